@@ -1,0 +1,250 @@
+"""The shared machinery of the latent-variable models: bounds, train/test steps, input checks.
+
+A subclass supplies `encode(x) -> q(z|x)`, `decode(z) -> p(x|z)` and `prior() -> p(z)` (all TFP
+distributions) and says whether KL(q || p) has a closed form; everything else (ELBO and IWAE
+objectives, `train_step`/`test_step`, sampling, serving functions) lives here.
+"""
+
+import numpy as np
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae import objectives
+
+tfd = tfp.distributions
+
+OBJECTIVES = ("elbo", "iwae")
+
+
+def check_images(x, x_dim, binary=True):
+    """Validates a batch of images and returns it as float32 [B, x_dim].
+
+    Accepts [B, x_dim], [B, 28, 28] or [B, 28, 28, 1] (reshaped). Raises ValueError naming the
+    expected shape for anything else; for pixels that are NaN/Inf, outside [0, 1] or (when
+    `binary`) not exactly 0 or 1, raises ValueError eagerly or fails a graph assertion with the
+    same message.
+    """
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating and not x.dtype.is_integer and x.dtype != tf.bool:
+        raise ValueError(f"Images must be numeric; got dtype {x.dtype.name}.")
+    x = tf.cast(x, tf.float32)
+    shape = x.shape
+    side = int(round(x_dim ** 0.5))
+    if shape.rank == 2 and shape[-1] == x_dim:
+        pass
+    elif shape.rank in (3, 4) and shape[1:3] == (side, side) and (shape.rank == 3 or shape[3] == 1):
+        x = tf.reshape(x, [-1, x_dim])
+    else:
+        raise ValueError(f"Expected images of shape [batch, {x_dim}] (or [batch, {side}, {side}]); "
+                         f"got shape {tuple(shape)}.")
+    checks = [
+        (lambda v: tf.reduce_all(tf.math.is_finite(v)),
+         "Images contain NaN or Inf values; clean the input."),
+        (lambda v: tf.reduce_all((v >= 0.0) & (v <= 1.0)),
+         "Pixel values must lie in [0, 1]; divide uint8 images by 255."),
+    ]
+    if binary:
+        checks.append((lambda v: tf.reduce_all((v == 0.0) | (v == 1.0)),
+                       "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
+                       "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training)."))
+    if tf.executing_eagerly():
+        for ok, message in checks:
+            if not bool(ok(x)):
+                raise ValueError(message)
+        return x
+    asserts = [tf.debugging.Assert(ok(x), [message]) for ok, message in checks]
+    with tf.control_dependencies(asserts):
+        return tf.identity(x)
+
+
+class LatentVariableModel(keras.Model):
+    """Base class: p(z) p(x|z) with an amortised posterior q(z|x), trained by model.fit.
+
+    Args:
+      z_dim: latent size.
+      x_dim: number of (binary) pixels.
+      beta: weight on KL in the ELBO objective (beta-VAE); 1 gives the true bound.
+      objective: "elbo" (the default) or "iwae" (the importance-weighted bound with `iw`
+        samples, the IWAE paper's estimator).
+      iw: number of importance samples for the "iwae" objective.
+
+    Metrics (train and test): `loss` (what is minimised), `nelbo`, `kl`, `rec`, and `niwae`
+    under the IWAE objective; all are per-example means in nats.
+    """
+
+    analytic_kl = False
+
+    def __init__(self, z_dim=10, x_dim=784, beta=1.0, objective="elbo", iw=1, **kwargs):
+        super().__init__(**kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
+        if int(iw) < 1:
+            raise ValueError(f"iw must be a positive number of samples; got {iw}.")
+        if float(beta) < 0:
+            raise ValueError(f"beta weights KL and must be >= 0; got {beta}.")
+        self.z_dim, self.x_dim = int(z_dim), int(x_dim)
+        self.beta, self.objective, self.iw = float(beta), objective, int(iw)
+        names = ["loss", "nelbo", "kl", "rec"] + (["niwae"] if objective == "iwae" else [])
+        self._trackers = [keras.metrics.Mean(name=n) for n in names]
+
+    # ---- what a subclass provides -------------------------------------------------------------
+
+    def encode(self, x):
+        """q(z|x): batch [B], event [z_dim]."""
+        raise NotImplementedError
+
+    def decode(self, z):
+        """p(x|z): batch = z's leading dims, event [x_dim]."""
+        raise NotImplementedError
+
+    def prior(self):
+        """p(z): batch [], event [z_dim]."""
+        raise NotImplementedError
+
+    # ---- bounds -------------------------------------------------------------------------------
+
+    def kl(self, q, z):
+        """KL(q(z|x) || p(z)) per example [B]: analytic if the model has it, else the one-sample
+        estimate at z (the sample used for the reconstruction term), which is unbiased."""
+        if self.analytic_kl:
+            return tfd.kl_divergence(q, self.prior())
+        return objectives.monte_carlo_kl(q.log_prob(z), self.prior().log_prob(z))
+
+    def elbo_terms(self, x, seed=None):
+        """One-sample ELBO terms for binary x [B, x_dim]: dict of [B] tensors nelbo, kl, rec."""
+        q = self.encode(x)
+        z = q.sample(seed=seed)
+        rec = -self.decode(z).log_prob(x)
+        kl = self.kl(q, z)
+        return {"nelbo": objectives.negative_elbo(-rec, kl), "kl": kl, "rec": rec}
+
+    def elbo(self, x, seed=None):
+        """Per-example ELBO (a lower bound on log p(x), nats) [B]; x is checked first."""
+        x = check_images(x, self.x_dim)
+        return -self.elbo_terms(x, seed=seed)["nelbo"]
+
+    def iwae_log_weights(self, x, m, seed=None):
+        """log p(x|z_i), log p(z_i), log q(z_i|x) for z_i ~ q(z|x), i < m: each [m, B]."""
+        q = self.encode(x)
+        z = q.sample(m, seed=seed)
+        return self.decode(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z)
+
+    def iwae(self, x, m, seed=None, chunk=None):
+        """Per-example IWAE bound with m samples [B]; m = 1 is the ELBO with a sampled KL.
+
+        Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory is
+        O(chunk * B) whatever m is. m may be a tensor (for serving).
+        """
+        x = check_images(x, self.x_dim)
+        chunk = int(chunk or 1000)
+        m = tf.convert_to_tensor(m, tf.int32)
+        if seed is None:
+            seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+        seed = tfp.random.sanitize_seed(seed)
+
+        def body(done, acc, seed):
+            size = tf.minimum(chunk, m - done)
+            seed, this_seed = tfp.random.split_seed(seed)
+            lse = tf.reduce_logsumexp(
+                objectives.log_weights(*self.iwae_log_weights(x, size, seed=this_seed)), axis=0)
+            return done + size, tf.reduce_logsumexp(tf.stack([acc, lse]), axis=0), seed
+
+        acc = tf.fill([tf.shape(x)[0]], tf.constant(-np.inf, tf.float32))
+        _, acc, _ = tf.while_loop(lambda done, acc, seed: done < m, body,
+                                  (tf.constant(0), acc, seed))
+        return acc - tf.math.log(tf.cast(m, tf.float32))
+
+    def compute_terms(self, x, training=False):
+        """Per-example [B] tensors: `loss` (minimised) and every reported metric."""
+        if self.objective == "elbo":
+            terms = self.elbo_terms(x)
+            terms["loss"] = objectives.negative_elbo(-terms["rec"], terms["kl"], self.beta)
+            return terms
+        # IWAE: one set of `iw` samples gives the bound; its first sample gives the ELBO terms.
+        q = self.encode(x)
+        z = q.sample(self.iw)
+        log_lik, log_prior, log_post = (self.decode(z).log_prob(x), self.prior().log_prob(z),
+                                        q.log_prob(z))
+        niwae = -objectives.iwae_bound(log_lik, log_prior, log_post)
+        kl = self.kl(q, z[0]) if self.analytic_kl else log_post[0] - log_prior[0]
+        rec = -log_lik[0]
+        return {"loss": niwae, "niwae": niwae, "nelbo": rec + kl, "kl": kl, "rec": rec}
+
+    # ---- Keras plumbing -----------------------------------------------------------------------
+
+    @property
+    def metrics(self):
+        return list(self._trackers)
+
+    def _record(self, terms):
+        for tracker in self._trackers:
+            tracker.update_state(terms[tracker.name])
+        return {t.name: t.result() for t in self._trackers}
+
+    @staticmethod
+    def _images_of(data):
+        return data[0] if isinstance(data, (tuple, list)) else data
+
+    def train_step(self, data):
+        x = check_images(self._images_of(data), self.x_dim)
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(x, training=True)
+            loss = tf.reduce_mean(terms["loss"])
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._record(terms)
+
+    def test_step(self, data):
+        x = check_images(self._images_of(data), self.x_dim)
+        return self._record(self.compute_terms(x, training=False))
+
+    def get_config(self):
+        return {**super().get_config(), "z_dim": self.z_dim, "x_dim": self.x_dim,
+                "beta": self.beta, "objective": self.objective, "iw": self.iw}
+
+    # ---- uses -----------------------------------------------------------------------------------
+
+    def sample(self, n, seed=None):
+        """n images from the model: pixel probabilities [n, x_dim] of p(x|z), z ~ p(z)."""
+        z = self.prior().sample(n, seed=seed)
+        return self.decode(z).mean()
+
+    def reconstruct(self, x):
+        """Pixel probabilities [B, x_dim] of p(x|z) at the posterior mean of q(z|x)."""
+        x = check_images(x, self.x_dim, binary=False)
+        return self.decode(self.encode(x).mean()).mean()
+
+    def call(self, x, training=False):
+        """Reconstruction probabilities [B, x_dim] (see `reconstruct`)."""
+        return self.decode(self.encode(x).mean()).mean()
+
+    def serving_functions(self):
+        """name -> (function, input_signature) for the SavedModel (see tfp_vae.export)."""
+        x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
+        z = tf.TensorSpec([None, self.z_dim], tf.float32, name="z")
+        n = tf.TensorSpec([], tf.int32, name="n")
+        m = tf.TensorSpec([], tf.int32, name="m")
+        seed = tf.TensorSpec([2], tf.int32, name="seed")
+
+        def encode(x):
+            q = self.encode(x)
+            return {"mean": q.mean(), "variance": q.variance()}
+
+        def decode(z):
+            p = self.decode(z)
+            return {"probs": p.mean(), "logits": p.distribution.logits}
+
+        def sample(n):
+            z = self.prior().sample(n)
+            return {"images": self.decode(z).mean(), "z": z}
+
+        def elbo(x, seed):
+            terms = self.elbo_terms(check_images(x, self.x_dim), seed=seed)
+            return {"elbo": -terms["nelbo"], "kl": terms["kl"], "rec": terms["rec"]}
+
+        def log_likelihood(x, m, seed):
+            return {"log_likelihood": self.iwae(x, m, seed=seed)}
+
+        return {"encode": (encode, [x]), "decode": (decode, [z]), "sample": (sample, [n]),
+                "elbo": (elbo, [x, seed]), "log_likelihood": (log_likelihood, [x, m, seed])}

@@ -1,0 +1,51 @@
+"""The VAE: p(z) = N(0, I), Gaussian q(z|x) from an MLP, Bernoulli p(x|z) from an MLP."""
+
+import keras
+
+from tfp_vae import layers, networks
+from tfp_vae.models.base import LatentVariableModel
+
+
+@keras.saving.register_keras_serializable("tfp_vae")
+class VAE(LatentVariableModel):
+    """Variational autoencoder with a standard normal prior (analytic KL).
+
+    Args:
+      z_dim: latent size (10 in the recipe).
+      hidden: hidden layer sizes of both MLPs (300, 300 in the recipe).
+      activation: hidden activation (ELU in the recipe).
+      min_variance: floor added to the softplus posterior variance.
+      init: "torch" (PyTorch's Linear default, the recipe's) or "glorot" (Keras' default).
+      **kwargs: beta, objective, iw, x_dim and keras.Model arguments (see the base class).
+    """
+
+    analytic_kl = True
+
+    def __init__(self, z_dim=10, hidden=(300, 300), activation="elu", min_variance=1e-8,
+                 init="torch", **kwargs):
+        super().__init__(z_dim=z_dim, **kwargs)
+        self.hidden, self.activation = tuple(int(h) for h in hidden), activation
+        self.min_variance, self.init = float(min_variance), init
+        self.encoder = networks.mlp(self.x_dim, self.hidden, 2 * self.z_dim, activation, init,
+                                    name="encoder")
+        self.decoder = networks.mlp(self.z_dim, self.hidden, self.x_dim, activation, init,
+                                    name="decoder")
+        self.posterior = layers.GaussianPosterior(min_variance)
+        self.likelihood = layers.BernoulliLikelihood()
+        self.prior_layer = self.make_prior()
+
+    def make_prior(self):
+        return layers.StandardNormalPrior(self.z_dim)
+
+    def encode(self, x):
+        return self.posterior(self.encoder(x))
+
+    def decode(self, z):
+        return self.likelihood(networks.apply(self.decoder, z))
+
+    def prior(self):
+        return self.prior_layer()
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": list(self.hidden), "activation": self.activation,
+                "min_variance": self.min_variance, "init": self.init}
