@@ -173,6 +173,10 @@ class LatentVariableModel(keras.Model):
 
     # ---- Keras plumbing -----------------------------------------------------------------------
 
+    def build(self, input_shape=None):
+        """All sub-networks are built at construction (their input sizes are known)."""
+        self.built = True
+
     @property
     def metrics(self):
         return list(self._trackers)

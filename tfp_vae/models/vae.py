@@ -33,6 +33,7 @@ class VAE(LatentVariableModel):
         self.posterior = layers.GaussianPosterior(min_variance)
         self.likelihood = layers.BernoulliLikelihood()
         self.prior_layer = self.make_prior()
+        self.build((None, self.x_dim))
 
     def make_prior(self):
         return layers.StandardNormalPrior(self.z_dim)

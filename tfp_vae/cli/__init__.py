@@ -1,0 +1,1 @@
+"""absl binaries; `bin/` holds launchers and setup.cfg installs them as console scripts."""

@@ -1,0 +1,26 @@
+"""Image grids written as PNG with tf.io.encode_png (no imaging dependency)."""
+
+import numpy as np
+import tensorflow as tf
+
+
+def grid(images, rows, cols, side=28, pad=1):
+    """[N, side*side] values in [0, 1] -> uint8 [H, W, 1] tiled rows x cols (N <= rows*cols)."""
+    images = np.asarray(images, np.float32).reshape(-1, side, side)
+    if len(images) > rows * cols:
+        raise ValueError(f"{len(images)} images do not fit a {rows}x{cols} grid.")
+    cell = side + pad
+    canvas = np.ones((rows * cell + pad, cols * cell + pad), np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[pad + r * cell: pad + r * cell + side, pad + c * cell: pad + c * cell + side] = image
+    return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[..., None]
+
+
+def write_png(path, image):
+    """Writes uint8 [H, W, 1|3] to path."""
+    tf.io.write_file(path, tf.io.encode_png(image))
+
+
+def write_grid(path, images, rows, cols):
+    write_png(path, grid(images, rows, cols))
