@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import os
 import struct
+import zlib
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -80,7 +81,7 @@ def _read_bytes(path: str) -> bytes:
                 return f.read()
         with open(path, "rb") as f:
             return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
         raise DataError(f"Cannot read {path}: {e}. The file is truncated or not gzip; "
                         "replace it with a fresh copy.") from e
 
@@ -204,10 +205,18 @@ def _download(name: str) -> ImageDataset:
     if name == "mnist":
         path = keras.utils.get_file("mnist.npz", _KERAS_MNIST_URL)
         return _load_npz(path)
-    for stem in _IDX_FILES.values():
-        keras.utils.get_file(stem + ".gz", _KERAS_FASHION_URL + "fashion-mnist/" + stem + ".gz",
-                             cache_subdir="datasets/fashion-mnist")
-    return _load_idx_dir(os.path.join(_keras_cache_dir(), "fashion-mnist"))
+    paths = [keras.utils.get_file(stem + ".gz",
+                                  _KERAS_FASHION_URL + "fashion-mnist/" + stem + ".gz",
+                                  cache_subdir="datasets/fashion-mnist")
+             for stem in _IDX_FILES.values()]
+    # Read from where get_file put the files: Keras fixes its cache directory when it is
+    # imported (and falls back to /tmp/.keras when ~/.keras is not writable), so it need not be
+    # _keras_cache_dir().
+    directory = os.path.dirname(paths[0])
+    found = _load_idx_dir(directory)
+    if found is None:
+        raise DataError(f"Downloaded files not found in {directory}.")
+    return found
 
 
 def candidate_dirs(name: str, data_dir: Optional[str] = None) -> List[Tuple[str, str]]:
@@ -268,7 +277,9 @@ def load(name: str = "mnist", data_dir: Optional[str] = None,
 
 def flatten(images: np.ndarray) -> np.ndarray:
     """uint8 [N, 28, 28] -> float32 [N, 784] in [0, 1]."""
-    return (np.asarray(images, np.float32) / 255.0).reshape(len(images), -1)
+    images = np.asarray(images, np.float32)
+    # An explicit pixel count (not -1) so an empty array flattens to [0, 784] too.
+    return (images / 255.0).reshape(len(images), int(np.prod(images.shape[1:])))
 
 
 def binarize_static(images: np.ndarray, seed: int = STATIC_BINARIZATION_SEED) -> np.ndarray:
@@ -322,6 +333,9 @@ def eval_dataset(images: np.ndarray, batch_size: int = 1000, binarization: str =
                  labels: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """A finite dataset of statically binarised float32 [B, 784] batches (and labels, if given)."""
     _check_nonempty(images, "evaluation")
+    if binarization not in ("static", "none"):
+        raise ValueError(f"binarization must be static or none for evaluation; got "
+                         f"{binarization!r}.")
     x = binarize_static(images) if binarization == "static" else flatten(images)
     tensors = x if labels is None else (x, np.asarray(labels, np.int64))
     return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size).prefetch(tf.data.AUTOTUNE)

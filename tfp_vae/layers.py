@@ -64,3 +64,68 @@ class BernoulliLikelihood(keras.layers.Layer):
     def call(self, logits):
         return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32),
                                reinterpreted_batch_ndims=1)
+
+
+class DiagonalGaussianMixture(tfd.MixtureSameFamily):
+    """`tfd.MixtureSameFamily` of `MultivariateNormalDiag` components with a fast `log_prob`.
+
+    The parent evaluates every component at every point by broadcasting an [N, k, z] tensor.
+    For diagonal Gaussians the quadratic form expands as
+      sum_d (z_d - mu_jd)^2 / v_jd = [z^2, z] . [1/v_j, -2 mu_j/v_j] + sum_d mu_jd^2 / v_jd,
+    so all N x k component log-densities come from one [N, 2z] x [2z, k] matmul and nothing of
+    size N*k*z is materialised. Otherwise it is the parent class (sampling, mean, ...).
+    The mixture must have batch shape [] (components batch [k], event [z]).
+    """
+
+    def _log_prob(self, x):
+        components = self.components_distribution
+        loc = components.loc                                       # [k, z]
+        variance = tf.square(components.scale.diag)                # [k, z]
+        precision = tf.math.reciprocal(variance)
+        z_dim = tf.cast(tf.shape(loc)[-1], x.dtype)
+        constant = (tf.reduce_sum(tf.square(loc) * precision + tf.math.log(variance), axis=-1)
+                    + z_dim * tf.math.log(2.0 * tf.constant(3.141592653589793, x.dtype)))  # [k]
+        coefficients = tf.concat([precision, -2.0 * loc * precision], axis=-1)  # [k, 2z]
+        flat = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        quadratic = tf.matmul(tf.concat([tf.square(flat), flat], axis=-1), coefficients,
+                              transpose_b=True)                    # [N, k]
+        log_components = -0.5 * (quadratic + constant)
+        log_mix = tf.nn.log_softmax(self.mixture_distribution.logits_parameter(), axis=-1)
+        log_prob = tf.reduce_logsumexp(log_components + log_mix, axis=-1)
+        return tf.reshape(log_prob, tf.shape(x)[:-1])
+
+
+@keras.saving.register_keras_serializable(_PACKAGE)
+class MixturePrior(keras.layers.Layer):
+    """p(z) = sum_j w_j N(z; mu_j, diag(v_j)), a learned mixture of k Gaussians.
+
+    Called with no input, returns a `DiagonalGaussianMixture` (a `tfd.MixtureSameFamily` of
+    `MultivariateNormalDiag`), batch [], event [z_dim], built from the current variables so
+    gradients reach the means, variances and (if trainable) weights.
+
+    Means and pre-softplus variances start as N(0, 1) / sqrt(k * z_dim) (the recipe); variance =
+    softplus(pre) + min_variance; weights start uniform and are fixed unless
+    `learn_weights` is set.
+    """
+
+    def __init__(self, z_dim, k, learn_weights=False, min_variance=1e-8, **kwargs):
+        super().__init__(**kwargs)
+        self.z_dim, self.k = int(z_dim), int(k)
+        self.learn_weights, self.min_variance = bool(learn_weights), float(min_variance)
+        init = keras.initializers.RandomNormal(stddev=1.0 / (self.k * self.z_dim) ** 0.5)
+        self.loc = self.add_weight(shape=(self.k, self.z_dim), initializer=init, name="loc")
+        self.pre_variance = self.add_weight(shape=(self.k, self.z_dim), initializer=init,
+                                            name="pre_variance")
+        self.mixture_logits = self.add_weight(shape=(self.k,), initializer="zeros",
+                                              trainable=self.learn_weights, name="mixture_logits")
+
+    def call(self, inputs=None):
+        variance = tf.nn.softplus(self.pre_variance) + self.min_variance
+        return DiagonalGaussianMixture(
+            mixture_distribution=tfd.Categorical(logits=tf.convert_to_tensor(self.mixture_logits)),
+            components_distribution=tfd.MultivariateNormalDiag(
+                loc=tf.convert_to_tensor(self.loc), scale_diag=tf.sqrt(variance)))
+
+    def get_config(self):
+        return {**super().get_config(), "z_dim": self.z_dim, "k": self.k,
+                "learn_weights": self.learn_weights, "min_variance": self.min_variance}

@@ -116,7 +116,7 @@ def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data
                  SampleImages(log_dir), *extra_callbacks]
     history = model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         initial_epoch=initial_epoch, validation_data=validation_data,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.bad_step is not None:
         raise NonFiniteLossError(
             f"The loss became NaN/Inf at step {guard.bad_step}; training stopped. The last good "

@@ -14,6 +14,35 @@ from tfp_vae import models  # noqa: E402,F401  (registers the model classes for 
 MODEL_FILE = "model.keras"
 
 
+def run_main(main):
+    """absl's app.run for our binaries: an expected failure (missing or corrupted data, a
+    missing model, an existing output) is one line on stderr and exit status 1, not a traceback.
+
+    The binary's flags and docstring live in its tfp_vae.cli module, not in the launcher that is
+    `__main__` (bin/ script or console script), so they are declared the main module's here for
+    `--help` to list them.
+    """
+    import functools
+    import sys
+
+    from absl import app, flags
+
+    module = sys.modules[main.__module__]
+    sys.modules["__main__"].__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_flags_for_module(module.__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except (data.DataError, FileNotFoundError, FileExistsError) as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            return 1
+
+    app.run(wrapped)
+
+
 def load_model(path):
     """Loads a model from a .keras file or a training run's out_dir."""
     if os.path.isdir(path):

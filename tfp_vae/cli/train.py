@@ -14,7 +14,11 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "vae", ["vae"], "Which model to train.")
+flags.DEFINE_enum("model", "vae", ["vae", "gmvae"],
+                  "Which model: vae (N(0, I) prior) or gmvae (learned mixture-of-Gaussians prior).")
+flags.DEFINE_integer("k", 500, "gmvae: number of mixture components of the prior.", lower_bound=1)
+flags.DEFINE_bool("learn_mixture_weights", False,
+                  "gmvae: train the mixture weights too (default: uniform, fixed).")
 flags.DEFINE_integer("z_dim", 10, "Latent dimension.", lower_bound=1)
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
                    lower_bound=0.0)
@@ -50,6 +54,8 @@ def build_model():
 
     keras.utils.set_random_seed(FLAGS.seed)
     kwargs = dict(z_dim=FLAGS.z_dim, beta=FLAGS.beta, objective=FLAGS.objective, iw=FLAGS.iw)
+    if FLAGS.model == "gmvae":
+        kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
     model = models.MODELS[FLAGS.model](**kwargs)
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate), jit_compile=False)
     return model
@@ -103,7 +109,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_main(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""Shared fixtures.
+
+TF's C++ logging is silenced before anything imports TensorFlow (this module is imported by
+pytest before any test module).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST (tfp_vae.data.ImageDataset), read from $TFP_VAE_DATA_DIR.
+
+    Skips the test when the variable is unset: the unit tests must run without the data.
+    """
+    from tfp_vae import data
+
+    if not os.environ.get(data.ENV_VAR):
+        pytest.skip(f"${data.ENV_VAR} is not set; real MNIST is not available.")
+    return data.load("mnist", download=False)
+
+
+@pytest.fixture
+def keras_seed():
+    """Seeds Python, NumPy, TensorFlow and Keras (keras.utils.set_random_seed); returns the seed."""
+    import keras
+
+    seed = 1234
+    keras.utils.set_random_seed(seed)
+    return seed

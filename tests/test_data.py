@@ -1,0 +1,602 @@
+"""Tests for tfp_vae.data: IDX parsing, where the files are found, binarisation, pipelines.
+
+Everything runs on small synthetic IDX/npz files written under tmp_path; HOME and KERAS_HOME are
+redirected there and keras.utils.get_file is replaced, so nothing touches the real ~/.keras or
+the network. Only test_real_mnist reads the real data (and skips without it).
+"""
+
+import gzip
+import os
+import struct
+import types
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from tfp_vae import data
+
+STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: an independent IDX writer.
+
+
+def idx_bytes(array):
+    array = np.asarray(array, np.uint8)
+    if array.ndim == 3:
+        header = struct.pack(">IIII", 2051, *array.shape)
+    elif array.ndim == 1:
+        header = struct.pack(">II", 2049, array.shape[0])
+    else:
+        raise AssertionError(array.shape)
+    return header + array.tobytes()
+
+
+def write_bytes(path, raw, gz):
+    path = str(path) + (".gz" if gz else "")
+    with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+        f.write(raw)
+    return path
+
+
+def make_arrays(n_train=12, n_test=7, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, n_train).astype(np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, n_test).astype(np.uint8),
+    }
+
+
+def write_idx_set(directory, n_train=12, n_test=7, gz=True, seed=0, skip=()):
+    """Writes the four IDX files into `directory` (created); returns the arrays."""
+    os.makedirs(directory, exist_ok=True)
+    arrays = make_arrays(n_train, n_test, seed)
+    for key, stem in STEMS.items():
+        if key not in skip:
+            write_bytes(os.path.join(directory, stem), idx_bytes(arrays[key]), gz)
+    return arrays
+
+
+def write_npz(path, n_train=12, n_test=7, seed=0):
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    arrays = make_arrays(n_train, n_test, seed)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def assert_same(ds, arrays):
+    for key in STEMS:
+        np.testing.assert_array_equal(getattr(ds, key), arrays[key])
+    assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int64
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """No $TFP_VAE_DATA_DIR, HOME and KERAS_HOME under tmp_path, get_file raising."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KERAS_HOME", str(home / ".keras"))
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    calls = []
+
+    def no_network(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise RuntimeError("network disabled in tests")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    return types.SimpleNamespace(tmp=tmp_path, home=home,
+                                 keras_cache=home / ".keras" / "datasets", calls=calls)
+
+
+def skip_if_debian_has(name):
+    for alias in ("mnist",) if name == "mnist" else ("fashion_mnist", "fashion-mnist"):
+        if os.path.isdir(f"/usr/share/datasets/{alias}"):
+            pytest.skip(f"/usr/share/datasets/{alias} exists and would shadow the Keras cache.")
+
+
+# --------------------------------------------------------------------------------------------
+# read_idx
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+@pytest.mark.parametrize("kind", ["images", "labels"])
+def test_read_idx_round_trip(tmp_path, gz, kind):
+    rng = np.random.default_rng(1)
+    array = (rng.integers(0, 256, (5, 28, 28)) if kind == "images"
+             else rng.integers(0, 10, 9)).astype(np.uint8)
+    path = write_bytes(tmp_path / "f-idx-ubyte", idx_bytes(array), gz)
+    out = data.read_idx(path)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, array)
+
+
+def test_read_idx_non_square_images(tmp_path):
+    array = np.arange(3 * 4 * 6, dtype=np.uint8).reshape(3, 4, 6)
+    path = write_bytes(tmp_path / "rect", idx_bytes(array), gz=False)
+    np.testing.assert_array_equal(data.read_idx(path), array)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_read_idx_bad_magic(tmp_path, gz):
+    raw = struct.pack(">II", 1234, 3) + bytes(3)
+    path = write_bytes(tmp_path / "badmagic", raw, gz)
+    with pytest.raises(data.DataError, match="magic") as info:
+        data.read_idx(path)
+    assert path in str(info.value)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+@pytest.mark.parametrize("kind", ["images", "labels"])
+def test_read_idx_truncated_data(tmp_path, gz, kind):
+    array = np.ones((4, 28, 28) if kind == "images" else (4,), np.uint8)
+    path = write_bytes(tmp_path / "short", idx_bytes(array)[:-1], gz)
+    with pytest.raises(data.DataError, match="truncated") as info:
+        data.read_idx(path)
+    assert path in str(info.value)
+
+
+def test_read_idx_extra_bytes(tmp_path):
+    path = write_bytes(tmp_path / "long", idx_bytes(np.ones(4, np.uint8)) + b"\0", gz=False)
+    with pytest.raises(data.DataError) as info:
+        data.read_idx(path)
+    assert path in str(info.value)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\0\0\x08", struct.pack(">III", 2051, 2, 28)],
+                         ids=["empty", "short-header", "short-image-header"])
+def test_read_idx_truncated_header(tmp_path, raw):
+    path = write_bytes(tmp_path / "hdr", raw, gz=False)
+    with pytest.raises(data.DataError) as info:
+        data.read_idx(path)
+    assert path in str(info.value)
+
+
+def test_read_idx_truncated_gzip(tmp_path):
+    blob = gzip.compress(idx_bytes(np.zeros((3, 28, 28), np.uint8)))
+    path = tmp_path / "cut.gz"
+    path.write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(data.DataError) as info:
+        data.read_idx(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_corrupted_gzip_stream(tmp_path):
+    """Damage inside the deflate stream raises zlib.error (not OSError/EOFError)."""
+    blob = bytearray(gzip.compress(idx_bytes(np.zeros((3, 28, 28), np.uint8))))
+    blob[10] |= 0x06  # First deflate block header -> block type 3, which is invalid.
+    path = tmp_path / "bad.gz"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(data.DataError) as info:
+        data.read_idx(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_gz_name_but_not_gzip(tmp_path):
+    path = tmp_path / "plain.gz"
+    path.write_bytes(idx_bytes(np.zeros(3, np.uint8)))
+    with pytest.raises(data.DataError) as info:
+        data.read_idx(str(path))
+    assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Directories and their contents
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_load_idx_directory(env, gz):
+    arrays = write_idx_set(env.tmp / "d", gz=gz)
+    ds = data.load(data_dir=str(env.tmp / "d"), download=False)
+    assert_same(ds, arrays)
+    assert ds.source == str(env.tmp / "d")
+
+
+def test_load_idx_directory_dotted_names(env):
+    """The other common spelling: train-images.idx3-ubyte."""
+    directory = env.tmp / "dotted"
+    directory.mkdir()
+    arrays = make_arrays()
+    for key, stem in STEMS.items():
+        write_bytes(directory / stem.replace("-idx", ".idx"), idx_bytes(arrays[key]), gz=False)
+    assert_same(data.load(data_dir=str(directory), download=False), arrays)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_count_mismatch(env, split):
+    directory = env.tmp / "mismatch"
+    write_idx_set(directory)
+    write_bytes(directory / STEMS["y_" + split], idx_bytes(np.zeros(3, np.uint8)), gz=True)
+    with pytest.raises(data.DataError, match="labels") as info:
+        data.load(data_dir=str(directory), download=False)
+    assert str(directory) in str(info.value)
+
+
+def test_labels_out_of_range(env):
+    directory = env.tmp / "labels"
+    write_idx_set(directory)
+    write_bytes(directory / STEMS["y_test"], idx_bytes(np.full(7, 10, np.uint8)), gz=True)
+    with pytest.raises(data.DataError, match="0..9"):
+        data.load(data_dir=str(directory), download=False)
+
+
+def test_wrong_image_size(env):
+    directory = env.tmp / "size"
+    write_idx_set(directory)
+    write_bytes(directory / STEMS["x_test"], idx_bytes(np.zeros((7, 27, 28), np.uint8)), gz=True)
+    with pytest.raises(data.DataError, match="shape"):
+        data.load(data_dir=str(directory), download=False)
+
+
+def test_partial_directory_names_missing_files(env):
+    directory = env.tmp / "partial"
+    write_idx_set(directory, skip=("y_train", "x_test"))
+    with pytest.raises(data.DataError) as info:
+        data.load(data_dir=str(directory), download=False)
+    message = str(info.value)
+    assert STEMS["y_train"] in message and STEMS["x_test"] in message
+    assert STEMS["x_train"] not in message and STEMS["y_test"] not in message
+    assert str(directory) in message
+
+
+def test_partial_directory_in_env_var_is_an_error_too(env, monkeypatch):
+    """A broken set is reported, not silently skipped in favour of a later place."""
+    write_idx_set(env.tmp / "env", skip=("y_test",))
+    write_npz(env.keras_cache / "mnist.npz")
+    monkeypatch.setenv(data.ENV_VAR, str(env.tmp / "env"))
+    with pytest.raises(data.DataError, match=STEMS["y_test"]):
+        data.load(download=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution order
+
+
+def test_data_dir_beats_env_var_beats_keras_cache(env, monkeypatch):
+    skip_if_debian_has("mnist")
+    explicit = write_idx_set(env.tmp / "explicit", n_train=11, seed=1)
+    from_env = write_idx_set(env.tmp / "env", n_train=13, seed=2)
+    cached = write_npz(env.keras_cache / "mnist.npz", n_train=15, seed=3)
+    monkeypatch.setenv(data.ENV_VAR, str(env.tmp / "env"))
+
+    assert_same(data.load(data_dir=str(env.tmp / "explicit"), download=False), explicit)
+    assert_same(data.load(download=False), from_env)
+    monkeypatch.delenv(data.ENV_VAR)
+    ds = data.load(download=False)
+    assert_same(ds, cached)
+    assert ds.source == str(env.keras_cache / "mnist.npz")
+    assert not env.calls  # Nothing tried to download.
+
+
+def test_keras_cache_follows_keras_home(env, monkeypatch):
+    skip_if_debian_has("mnist")
+    other = env.tmp / "other_keras_home"
+    cached = write_npz(other / "datasets" / "mnist.npz", n_train=9)
+    with pytest.raises(data.DataError):
+        data.load(download=False)
+    monkeypatch.setenv("KERAS_HOME", str(other))
+    assert_same(data.load(download=False), cached)
+
+
+def test_keras_cache_without_keras_home_uses_home(env, monkeypatch):
+    skip_if_debian_has("mnist")
+    monkeypatch.delenv("KERAS_HOME")
+    cached = write_npz(env.home / ".keras" / "datasets" / "mnist.npz", n_train=8)
+    assert_same(data.load(download=False), cached)
+
+
+def test_keras_cache_idx_subfolder(env):
+    skip_if_debian_has("fashion_mnist")
+    arrays = write_idx_set(env.keras_cache / "fashion-mnist", n_train=10)
+    assert_same(data.load("fashion_mnist", download=False), arrays)
+
+
+@pytest.mark.parametrize("name,sub", [("mnist", "mnist"), ("fashion_mnist", "fashion_mnist"),
+                                      ("fashion_mnist", "fashion-mnist")])
+def test_subfolder_named_after_dataset(env, name, sub):
+    arrays = write_idx_set(env.tmp / "root" / sub, n_train=10)
+    ds = data.load(name, data_dir=str(env.tmp / "root"), download=False)
+    assert_same(ds, arrays)
+    assert ds.source == str(env.tmp / "root" / sub)
+
+
+def test_subfolder_beats_flat_files(env, monkeypatch):
+    write_idx_set(env.tmp / "root", n_train=10, seed=1)
+    sub = write_idx_set(env.tmp / "root" / "mnist", n_train=14, seed=2)
+    monkeypatch.setenv(data.ENV_VAR, str(env.tmp / "root"))
+    assert_same(data.load(download=False), sub)
+
+
+def test_npz_in_subfolder(env):
+    arrays = write_npz(env.tmp / "root" / "mnist" / "mnist.npz")
+    assert_same(data.load(data_dir=str(env.tmp / "root"), download=False), arrays)
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["empty-dir", "no-dir"])
+def test_explicit_data_dir_without_data_is_an_error(env, monkeypatch, exists):
+    """Even though $TFP_VAE_DATA_DIR and the Keras cache both hold the data."""
+    write_idx_set(env.tmp / "env")
+    write_npz(env.keras_cache / "mnist.npz")
+    monkeypatch.setenv(data.ENV_VAR, str(env.tmp / "env"))
+    explicit = env.tmp / "explicit"
+    if exists:
+        explicit.mkdir()
+    with pytest.raises(data.DataError) as info:
+        data.load(data_dir=str(explicit), download=True)
+    assert str(explicit) in str(info.value)
+    assert not env.calls
+
+
+def test_nothing_found_names_every_place_and_the_download_error(env, monkeypatch):
+    monkeypatch.setenv(data.ENV_VAR, str(env.tmp / "nowhere"))
+    with pytest.raises(data.DataError) as info:
+        data.load("mnist", download=True)
+    message = str(info.value)
+    assert env.calls, "the download was not attempted"
+    for place in (str(env.tmp / "nowhere"), data.ENV_VAR, "/usr/share/datasets/mnist",
+                  str(env.keras_cache), "network disabled in tests", "--data_dir"):
+        assert place in message, (place, message)
+
+
+def test_nothing_found_without_download(env):
+    with pytest.raises(data.DataError) as info:
+        data.load("fashion_mnist", download=False)
+    message = str(info.value)
+    assert not env.calls
+    for place in ("/usr/share/datasets/fashion_mnist", "/usr/share/datasets/fashion-mnist",
+                  str(env.keras_cache), "download disabled"):
+        assert place in message, (place, message)
+
+
+def test_unknown_dataset_name(env):
+    with pytest.raises(ValueError, match="cifar"):
+        data.load("cifar", download=False)
+
+
+def test_download_is_the_last_resort(env, monkeypatch):
+    skip_if_debian_has("mnist")
+    downloaded = env.tmp / "downloaded" / "mnist.npz"
+    arrays = write_npz(downloaded, n_train=6)
+    requested = []
+
+    def fake_get_file(fname, origin, **kwargs):
+        requested.append((fname, origin))
+        return str(downloaded)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    assert_same(data.load("mnist", download=True), arrays)
+    assert requested and requested[0][0] == "mnist.npz"
+
+
+def test_fashion_download_reads_where_get_file_wrote(env, monkeypatch):
+    """Keras may cache somewhere other than $KERAS_HOME/datasets (it reads KERAS_HOME once, at
+    import, and falls back to /tmp/.keras): the files must be read from where get_file put
+    them."""
+    skip_if_debian_has("fashion_mnist")
+    keras_dir = env.tmp / "keras_elsewhere"
+    arrays = make_arrays(n_train=5)
+    stem_key = {stem: key for key, stem in STEMS.items()}
+
+    def fake_get_file(fname, origin, cache_subdir="datasets", **kwargs):
+        directory = keras_dir / cache_subdir
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / fname
+        path.write_bytes(gzip.compress(idx_bytes(arrays[stem_key[fname[:-3]]])))
+        return str(path)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    assert_same(data.load("fashion_mnist", download=True), arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# npz
+
+
+def test_npz_loading(env):
+    arrays = write_npz(env.tmp / "npz" / "mnist.npz", n_train=10, n_test=4)
+    ds = data.load(data_dir=str(env.tmp / "npz"), download=False)
+    assert_same(ds, arrays)
+    assert ds.source == str(env.tmp / "npz" / "mnist.npz")
+
+
+def test_npz_missing_key(env):
+    arrays = make_arrays()
+    del arrays["y_test"]
+    (env.tmp / "npz").mkdir()
+    np.savez(env.tmp / "npz" / "mnist.npz", **arrays)
+    with pytest.raises(data.DataError, match="y_test"):
+        data.load(data_dir=str(env.tmp / "npz"), download=False)
+
+
+def test_npz_damaged(env):
+    (env.tmp / "npz").mkdir()
+    (env.tmp / "npz" / "mnist.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
+    with pytest.raises(data.DataError, match="mnist.npz"):
+        data.load(data_dir=str(env.tmp / "npz"), download=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Binarisation
+
+
+def constant_images(n, seed=0):
+    """n copies of one image whose pixels take many intensities (incl. 0 and 255)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    image.flat[:2] = (0, 255)
+    return np.repeat(image[None], n, axis=0), image.reshape(-1) / 255.0
+
+
+def test_binarize_static():
+    images, probs = constant_images(4000)
+    out = data.binarize_static(images, seed=5)
+    assert out.dtype == np.float32 and out.shape == (4000, 784)
+    assert set(np.unique(out)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(out, data.binarize_static(images, seed=5))
+    assert not np.array_equal(out, data.binarize_static(images, seed=6))
+    np.testing.assert_array_equal(data.binarize_static(images),
+                                  data.binarize_static(images, data.STATIC_BINARIZATION_SEED))
+    # Per-pixel frequencies match intensity / 255 (4 standard errors, plus float slack).
+    freq = out.mean(axis=0)
+    tol = 4 * np.sqrt(probs * (1 - probs) / len(out)) + 1e-6
+    assert np.all(np.abs(freq - probs) <= tol)
+    assert np.all(out[:, 0] == 0) and np.all(out[:, 1] == 1)
+    assert abs(out.mean() - probs.mean()) < 0.005
+
+
+def test_flatten():
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    out = data.flatten(images)
+    assert out.dtype == np.float32 and out.shape == (3, 784)
+    np.testing.assert_allclose(out, images.reshape(3, -1).astype(np.float64) / 255, rtol=1e-6)
+    assert data.flatten(np.zeros((0, 28, 28), np.uint8)).shape == (0, 784)
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_dynamic_binarize(seed):
+    images, probs = constant_images(2000)
+    batch = tf.constant(images.reshape(2000, 784))
+    a = data.dynamic_binarize(batch, seed).numpy()
+    b = data.dynamic_binarize(batch, seed).numpy()
+    assert a.dtype == np.float32 and a.shape == (2000, 784)
+    assert set(np.unique(a)) <= {0.0, 1.0}
+    assert not np.array_equal(a, b)  # A fresh draw every call.
+    for out in (a, b):
+        freq = out.mean(axis=0)
+        assert np.all(np.abs(freq - probs) <= 4 * np.sqrt(probs * (1 - probs) / 2000) + 1e-6)
+        assert np.all(out[:, 0] == 0) and np.all(out[:, 1] == 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def rows_of(array):
+    return {row.tobytes() for row in np.asarray(array, np.float32)}
+
+
+@pytest.mark.parametrize("n", [50, 5], ids=["several-batches", "fewer-than-a-batch"])
+def test_train_dataset_dynamic(n):
+    images = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = 0, 255
+    ds = data.train_dataset(images, batch_size=16, seed=1)
+    assert ds.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+    batches = [b.numpy() for b in ds.take(12)]  # Several passes over the data.
+    for b in batches:
+        assert b.dtype == np.float32 and b.shape == (16, 784)
+        assert set(np.unique(b)) <= {0.0, 1.0}
+        assert np.all(b[:, 0] == 0) and np.all(b[:, 1] == 1)
+    everything = np.concatenate(batches)
+    assert abs(everything.mean() - images.mean() / 255) < 0.01
+
+
+@pytest.mark.parametrize("binarization", ["static", "none"])
+def test_train_dataset_static_and_none(binarization):
+    images = np.random.default_rng(0).integers(0, 256, (37, 28, 28), dtype=np.uint8)
+    expected = data.binarize_static(images) if binarization == "static" else data.flatten(images)
+    ds = data.train_dataset(images, batch_size=8, binarization=binarization, seed=0)
+    seen = []
+    for b in ds.take(10):
+        b = b.numpy()
+        assert b.dtype == np.float32 and b.shape == (8, 784)
+        seen.extend(b)
+    # Every row is one of the expected rows, and 80 rows from 37 images cover all of them.
+    assert rows_of(seen) == rows_of(expected)
+
+
+def test_train_dataset_bad_binarization():
+    with pytest.raises(ValueError, match="binarization"):
+        data.train_dataset(np.zeros((4, 28, 28), np.uint8), 2, binarization="otsu")
+
+
+def test_eval_dataset_covers_everything_once():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (23, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 23)
+    batches = list(data.eval_dataset(images, batch_size=5, labels=labels))
+    assert [len(x) for x, _ in batches] == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in batches]),
+                                  data.binarize_static(images))
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in batches]), labels)
+    # Without labels; grayscale.
+    x = np.concatenate([b.numpy() for b in data.eval_dataset(images, 10, binarization="none")])
+    np.testing.assert_allclose(x, images.reshape(23, -1) / 255.0, rtol=1e-6)
+    assert x.dtype == np.float32
+
+
+def test_eval_dataset_bad_binarization():
+    with pytest.raises(ValueError, match="binarization"):
+        data.eval_dataset(np.zeros((4, 28, 28), np.uint8), 2, binarization="dynamic")
+
+
+def test_empty_images_raise():
+    empty = np.zeros((0, 28, 28), np.uint8)
+    with pytest.raises(data.DataError, match="empty"):
+        data.train_dataset(empty, 4)
+    with pytest.raises(data.DataError, match="empty"):
+        data.eval_dataset(empty, 4)
+
+
+def test_take_first():
+    ds = data.ImageDataset(**make_arrays(10, 6), source="x")
+    small = data.take_first(ds, 3, 2)
+    assert small.x_train.shape == (3, 28, 28) and small.y_test.shape == (2,)
+    np.testing.assert_array_equal(small.x_train, ds.x_train[:3])
+    assert small.source == "x"
+
+
+# --------------------------------------------------------------------------------------------
+# labelled_subset
+
+
+def test_labelled_subset():
+    labels = np.random.default_rng(0).integers(0, 10, 600)
+    labelled, unlabelled = data.labelled_subset(labels, per_class=7, seed=3)
+    assert len(labelled) == 70
+    np.testing.assert_array_equal(np.bincount(labels[labelled], minlength=10), np.full(10, 7))
+    assert len(np.intersect1d(labelled, unlabelled)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([labelled, unlabelled])),
+                                  np.arange(600))
+    assert len(np.unique(labelled)) == 70
+    again = data.labelled_subset(labels, per_class=7, seed=3)
+    np.testing.assert_array_equal(again[0], labelled)
+    np.testing.assert_array_equal(again[1], unlabelled)
+    other = data.labelled_subset(labels, per_class=7, seed=4)
+    assert not np.array_equal(other[0], labelled)
+
+
+def test_labelled_subset_class_too_small():
+    labels = np.repeat(np.arange(10), 5)
+    labels[labels == 6] = 7  # Class 6 is gone.
+    labelled, _ = data.labelled_subset(labels, per_class=5, seed=0, num_classes=6)
+    assert len(labelled) == 30
+    with pytest.raises(data.DataError, match="Class 6"):
+        data.labelled_subset(labels, per_class=1, seed=0)
+    with pytest.raises(data.DataError, match="Class 0"):
+        data.labelled_subset(np.repeat(np.arange(10), 5), per_class=6, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The real thing
+
+
+def test_real_mnist(mnist):
+    assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_train.dtype == np.uint8
+    assert mnist.x_test.shape == (10000, 28, 28)
+    assert mnist.y_train.shape == (60000,) and mnist.y_test.shape == (10000,)
+    np.testing.assert_array_equal(np.unique(mnist.y_train), np.arange(10))
+    np.testing.assert_array_equal(np.unique(mnist.y_test), np.arange(10))
+    assert abs(mnist.x_train.mean() / 255.0 - 0.1307) < 5e-4
+    # Every class has thousands of training examples.
+    assert np.bincount(mnist.y_train).min() > 5000

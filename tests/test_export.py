@@ -1,0 +1,82 @@
+"""SavedModel export: served by plain TensorFlow in a process that cannot import tfp_vae."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_vae import export
+from tfp_vae.models import GMVAE, VAE
+
+# Runs in a fresh interpreter that refuses to import tfp_vae or tensorflow_probability.
+_SERVE = textwrap.dedent("""
+    import json, sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tfp_vae", "tensorflow_probability"):
+                raise ImportError("blocked: " + name)
+    sys.meta_path.insert(0, Block())
+    import numpy as np, tensorflow as tf
+    loaded = tf.saved_model.load(sys.argv[1])
+    x = tf.constant(np.load(sys.argv[2]))
+    sig = loaded.signatures
+    out = {
+        "signatures": sorted(sig.keys()),
+        "elbo": sig["elbo"](x=x, seed=tf.constant([3, 4]))["elbo"].numpy().tolist(),
+        "iwae": sig["log_likelihood"](x=x, m=tf.constant(50), seed=tf.constant([3, 4]))[
+            "log_likelihood"].numpy().tolist(),
+        "mean": sig["encode"](x=x)["mean"].numpy().tolist(),
+        "sample_shape": list(sig["sample"](n=tf.constant(3))["images"].shape),
+        "decode_shape": list(sig["decode"](z=sig["encode"](x=x)["mean"])["probs"].shape),
+        "modules": sorted(m for m in sys.modules if m.startswith(("tfp_vae", "tensorflow_prob"))),
+    }
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("model_cls", [VAE, GMVAE])
+def test_savedmodel_serves_without_the_package(tmp_path, model_cls):
+    keras.utils.set_random_seed(0)
+    kwargs = {"k": 7} if model_cls is GMVAE else {}
+    model = model_cls(z_dim=3, hidden=(16,), **kwargs)
+    model.compile(keras.optimizers.Adam(1e-2), jit_compile=False)
+    x = (np.random.default_rng(0).random((5, 784)) < 0.3).astype(np.float32)
+    model.fit(x, batch_size=5, epochs=3, verbose=0)
+    path = tmp_path / "saved"
+    export.export(model, path)
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "serve.py"
+    script.write_text(_SERVE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -I: isolated (no cwd, no PYTHONPATH, no user site), run from elsewhere.
+    result = subprocess.run([sys.executable, "-I", str(script), str(path), str(tmp_path / "x.npy")],
+                            capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["modules"] == []
+    assert {"encode", "decode", "sample", "elbo", "log_likelihood", "serving_default"} <= set(
+        out["signatures"])
+    seed = tf.constant([3, 4])
+    np.testing.assert_allclose(out["elbo"], model.elbo(x, seed=seed), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out["iwae"], model.iwae(x, 50, seed=seed), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out["mean"], model.encode(x).mean(), rtol=1e-5, atol=1e-5)
+    assert out["sample_shape"] == [3, 784] and out["decode_shape"] == [5, 784]
+
+
+def test_refuses_to_overwrite(tmp_path):
+    model = VAE(z_dim=2, hidden=(8,))
+    path = tmp_path / "saved"
+    path.mkdir()
+    (path / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export.export(model, path)
+    assert (path / "keep.txt").read_text() == "precious"
+    export.export(model, path, overwrite=True)
+    assert not (path / "keep.txt").exists() and (path / "saved_model.pb").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export")] == []

@@ -1,0 +1,337 @@
+"""Tests of the semi-supervised VAE (M2): bound math, loss, training, inputs, saving, serving."""
+
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae import data
+from tfp_vae.models import ssvae
+
+tfd = tfp.distributions
+
+K = 10
+TINY = dict(z_dim=4, hidden=(16,), classifier_hidden=(16,))
+
+
+def tiny_model(**overrides):
+    keras.utils.set_random_seed(0)
+    return ssvae.SSVAE(**{**TINY, **overrides})
+
+
+def binary_images(n, seed=0):
+    return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
+
+
+def synthetic_uint8(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % K
+
+
+# ---- the bounds -------------------------------------------------------------------------------
+
+
+def test_unlabelled_bound_terms_match_numpy():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, K)).astype(np.float32) * 3
+    rec = rng.uniform(50, 150, (6, K)).astype(np.float32)
+    kl_z = rng.uniform(0, 20, (6, K)).astype(np.float32)
+    terms = {k: v.numpy() for k, v in ssvae.unlabelled_bound_terms(logits, rec, kl_z).items()}
+    q = np.exp(logits - logits.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    kl_y = np.sum(q * np.log(q / (1.0 / K)), axis=1)
+    np.testing.assert_allclose(terms["kl_y"], kl_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(terms["nelbo"], np.sum(q * (rec + kl_z), 1) + kl_y, rtol=1e-5)
+    np.testing.assert_allclose(terms["nelbo"], terms["rec"] + terms["kl_z"] + terms["kl_y"],
+                               rtol=1e-6)
+    # A certain classifier pays log K; a uniform one pays nothing.
+    confident = ssvae.categorical_kl_to_uniform(tf.constant([[200.0] + [0.0] * (K - 1)]))
+    np.testing.assert_allclose(confident.numpy(), [math.log(K)], rtol=1e-5)
+    np.testing.assert_allclose(ssvae.categorical_kl_to_uniform(tf.zeros([1, K])).numpy(), [0.0],
+                               atol=1e-6)
+    np.testing.assert_allclose(ssvae.labelled_negative_elbo(tf.constant([3.0]), tf.constant([2.0]))
+                               .numpy(), [5.0 + math.log(K)], rtol=1e-6)
+
+
+def test_categorical_kl_gradient_is_finite_for_extreme_logits():
+    logits = tf.Variable([[1000.0, -1000.0] + [0.0] * (K - 2)])
+    with tf.GradientTape() as tape:
+        kl = ssvae.categorical_kl_to_uniform(logits)
+    grad = tape.gradient(kl, logits)
+    assert np.all(np.isfinite(kl.numpy())) and np.all(np.isfinite(grad.numpy()))
+
+
+def _point_mass_posterior(model):
+    """Makes q(z|x,y) a point mass in effect (variance softplus(-60) ~ 1e-26, no floor), so the
+    one-sample bound is deterministic and can be compared with a class-by-class computation."""
+    out = model.encoder.layers[-1]
+    kernel, bias = out.kernel.numpy(), out.bias.numpy()
+    kernel[:, model.z_dim:] = 0.0
+    bias[model.z_dim:] = -60.0
+    out.kernel.assign(kernel)
+    out.bias.assign(bias)
+
+
+def test_enumerated_bound_equals_sum_over_labels_class_by_class():
+    model = tiny_model(min_variance=0.0)
+    _point_mass_posterior(model)
+    x = binary_images(7)
+    batched = {k: v.numpy() for k, v in model.unlabelled_terms(tf.constant(x)).items()}
+
+    # The reference: a Python loop over labels, each a separate pass through the networks.
+    probs = model.classify(x).numpy()
+    prior = tfd.MultivariateNormalDiag(tf.zeros(model.z_dim), tf.ones(model.z_dim))
+    rec, kl_z = np.zeros((7, K)), np.zeros((7, K))
+    for k in range(K):
+        onehot = tf.one_hot(tf.fill([7], k), K)
+        q = model.posterior(model.encoder(tf.concat([x, onehot], -1)))
+        z = q.mean()
+        p = model.likelihood(model.decoder(tf.concat([z, onehot], -1)))
+        rec[:, k] = -p.log_prob(x).numpy()
+        kl_z[:, k] = tfd.kl_divergence(q, prior).numpy()
+    expected = np.sum(probs * (rec + kl_z), 1) + np.sum(probs * np.log(probs * K), 1)
+
+    enumerated_rec, enumerated_kl = (t.numpy() for t in model.enumerated_terms(tf.constant(x)))
+    np.testing.assert_allclose(enumerated_kl, kl_z, rtol=1e-5)
+    np.testing.assert_allclose(enumerated_rec, rec, rtol=1e-4)
+    np.testing.assert_allclose(batched["nelbo"], expected, rtol=1e-4)
+    np.testing.assert_allclose(-model.elbo(x).numpy(), expected, rtol=1e-4)
+    # Labelled: the same class-k terms plus log K.
+    y = np.arange(7) % K
+    labelled = model.labelled_terms(tf.constant(x), tf.constant(y, tf.int32))["nelbo"].numpy()
+    np.testing.assert_allclose(labelled, rec[np.arange(7), y] + kl_z[np.arange(7), y] + math.log(K),
+                               rtol=1e-4)
+
+
+def test_unlabelled_bound_is_stochastic_but_seeded():
+    model = tiny_model()
+    x = binary_images(4)
+    a, b = model.elbo(x, seed=[1, 2]).numpy(), model.elbo(x, seed=[1, 2]).numpy()
+    c = model.elbo(x, seed=[3, 4]).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert a.shape == (4,) and np.all(a < 0)
+
+
+# ---- the loss ---------------------------------------------------------------------------------
+
+
+def test_gen_weight_zero_is_a_classifier_trained_on_the_labels():
+    model = tiny_model(gen_weight=0.0, class_weight=100.0)
+    x_u, x_l = binary_images(9, seed=1), binary_images(20, seed=2)
+    y_l = np.arange(20) % K
+    with tf.GradientTape() as tape:
+        values = model.compute_losses(x_u, x_l, y_l)
+    cross_entropy = tf.reduce_mean(ssvae.classification_loss(model.classifier(x_l), y_l))
+    assert float(values["loss"]) == float(100.0 * cross_entropy)
+    assert float(values["nelbo"]) > 0  # The bounds are still computed and reported.
+    grads = tape.gradient(values["loss"], model.trainable_variables)
+    for var, grad in zip(model.trainable_variables, grads):
+        norm = float(tf.norm(grad))
+        if var.path.startswith("classifier/"):
+            assert norm > 0, var.path
+        else:
+            assert norm == 0, var.path
+
+    # ... and with the generative term on, every network learns.
+    model_on = tiny_model(gen_weight=1.0)
+    with tf.GradientTape() as tape:
+        loss = model_on.compute_losses(x_u, x_l, y_l)["loss"]
+    grads = tape.gradient(loss, model_on.trainable_variables)
+    assert all(float(tf.norm(g)) > 0 for g in grads)
+
+
+def test_fit_with_gen_weight_zero_moves_only_the_classifier():
+    model = tiny_model(gen_weight=0.0)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    x_u, x_l = binary_images(9, seed=1), binary_images(20, seed=2)
+    ds = tf.data.Dataset.from_tensors((x_u, (x_l, np.arange(20) % K))).repeat()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)
+    for v in model.trainable_variables:
+        moved = not np.array_equal(before[v.path], v.numpy())
+        assert moved == v.path.startswith("classifier/"), v.path
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def test_make_train_dataset_structure():
+    images, labels = synthetic_uint8(400)
+    ds = ssvae.make_train_dataset(images, labels, labels_per_class=3, batch_size=16, seed=0)
+    (x_u, (x_l, y_l)), (x_u2, (x_l2, y_l2)) = list(ds.take(2))
+    assert x_u.shape == (16, 784) and x_l.shape == (30, 784) and y_l.shape == (30,)
+    assert x_u.dtype == tf.float32 and y_l.dtype == tf.int32
+    assert set(np.unique(np.concatenate([x_u.numpy().ravel(), x_l.numpy().ravel()]))) <= {0.0, 1.0}
+    np.testing.assert_array_equal(np.bincount(y_l.numpy(), minlength=K), [3] * K)
+    np.testing.assert_array_equal(y_l.numpy(), y_l2.numpy())   # The same labelled set ...
+    assert not np.array_equal(x_l.numpy(), x_l2.numpy())        # ... binarised afresh.
+    labelled, unlabelled = ssvae.split_labelled(labels, 3, 0)
+    assert len(np.intersect1d(labelled, unlabelled)) == 0 and len(unlabelled) == 370
+
+
+def test_make_eval_dataset_pairs_binary_and_grayscale():
+    images, labels = synthetic_uint8(25)
+    ((x_bin, x_gray), y), = list(ssvae.make_eval_dataset(images, labels, batch_size=100))
+    assert set(np.unique(x_bin.numpy())) <= {0.0, 1.0}
+    np.testing.assert_allclose(x_gray.numpy(), data.flatten(images))
+    np.testing.assert_array_equal(y.numpy(), labels)
+
+
+# ---- bad inputs -------------------------------------------------------------------------------
+
+
+def test_labels_out_of_range_raise():
+    model = tiny_model()
+    x = binary_images(3)
+    for y in ([0, 1, 10], [-1, 0, 1]):
+        with pytest.raises(ValueError, match=r"class indices in 0\.\.9"):
+            model.encode(x, y)
+    with pytest.raises(ValueError, match=r"class indices in 0\.\.9"):
+        model.compute_losses(x, x, [0, 1, 12])
+    with pytest.raises(ValueError, match=r"class indices in 0\.\.9"):
+        model.sample(2, 10)
+    images, labels = synthetic_uint8(200)
+    labels[5] = 11
+    with pytest.raises(ValueError, match=r"class indices in 0\.\.9"):
+        ssvae.make_train_dataset(images, labels)
+
+
+def test_labels_out_of_range_fail_inside_a_graph_too():
+    model = tiny_model()
+    x = binary_images(3)
+    step = tf.function(model.compute_losses)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"class indices in 0\.\.9"):
+        step(x, x, tf.constant([0, 1, 12]))
+
+
+def test_one_hot_of_wrong_width_raises():
+    model = tiny_model()
+    x = binary_images(3)
+    with pytest.raises(ValueError, match="must have 10 columns"):
+        model.encode(x, np.eye(11, dtype=np.float32)[:3])
+    with pytest.raises(ValueError, match="must have 10 columns"):
+        model.decode(np.zeros((3, 4), np.float32), np.eye(9, dtype=np.float32)[:3])
+    with pytest.raises(ValueError, match="exactly one 1"):
+        model.encode(x, np.full((3, K), 0.1, np.float32))
+    # A proper one-hot is the same as the class index.
+    np.testing.assert_allclose(model.encode(x, np.eye(K, dtype=np.float32)[[2, 5, 7]]).mean(),
+                               model.encode(x, [2, 5, 7]).mean())
+
+
+def test_labelled_set_missing_a_class_raises():
+    images, labels = synthetic_uint8(300)
+    labels[labels == 3] = 4
+    with pytest.raises(ValueError, match=r"no examples of class\(es\) \[3\]"):
+        ssvae.make_train_dataset(images, labels)
+    labels = np.arange(300) % K
+    few = np.where(labels == 7)[0][3:]
+    labels[few] = 8  # Only 3 sevens left.
+    with pytest.raises(ValueError, match=r"fewer than labels_per_class=10"):
+        ssvae.make_train_dataset(images, labels)
+
+
+def test_bad_shapes_and_pixels_raise():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="Expected images of shape"):
+        model.classify(np.zeros((2, 783), np.float32))
+    with pytest.raises(ValueError, match="binary"):
+        model.elbo(np.full((2, 784), 0.5, np.float32))
+    with pytest.raises(ValueError, match="Got 2 labels for a batch of 3"):
+        model.encode(binary_images(3), [1, 2])
+    with pytest.raises(ValueError, match="latents of shape"):
+        model.decode(np.zeros((3, 5), np.float32), 1)
+    images, labels = synthetic_uint8(100)
+    with pytest.raises(ValueError, match="uint8"):
+        ssvae.make_train_dataset(images.astype(np.float32), labels)
+    with pytest.raises(ValueError, match="labels"):
+        ssvae.make_train_dataset(images, labels[:50])
+    with pytest.raises(ValueError, match="make_eval_dataset"):
+        model.test_step(tf.constant(binary_images(2)))
+
+
+def test_classifier_takes_grayscale():
+    model = tiny_model()
+    gray = np.random.default_rng(0).random((4, 784)).astype(np.float32)
+    probs = model.classify(gray).numpy()
+    assert probs.shape == (4, K)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+# ---- uses, saving, serving ---------------------------------------------------------------------
+
+
+def test_sample_shapes_and_labels():
+    model = tiny_model()
+    assert model.sample(3, 4, seed=[0, 1]).shape == (3, 784)
+    assert model.sample(3, [1, 2, 3]).shape == (3, 784)
+    assert model.sample(12).shape == (12, 784)
+    np.testing.assert_array_equal(model.sample(3, 4, seed=[0, 1]), model.sample(3, 4, seed=[0, 1]))
+    # The label matters: the same z with another class gives other digits.
+    assert not np.allclose(model.sample(3, 4, seed=[0, 1]), model.sample(3, 5, seed=[0, 1]))
+    x = binary_images(3)
+    predicted = np.argmax(model.classify(x), 1)
+    np.testing.assert_allclose(model.reconstruct(x), model.reconstruct(x, predicted), rtol=1e-6)
+    assert model.reconstruct(x, 2).shape == (3, 784)
+
+
+def test_keras_round_trip(tmp_path):
+    model = tiny_model(class_weight=7.0, activation="relu")
+    x = binary_images(5)
+    path = str(tmp_path / "ssvae.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, ssvae.SSVAE)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(loaded.classify(x), model.classify(x), rtol=1e-6)
+    np.testing.assert_allclose(loaded.elbo(x, seed=[3, 4]), model.elbo(x, seed=[3, 4]), rtol=1e-6)
+
+
+def test_serving_functions_trace_and_run():
+    model = tiny_model()
+    fns = model.serving_functions()
+    assert list(fns) == ["classify", "encode", "decode", "sample", "elbo"]
+    x = tf.constant(binary_images(3))
+    y = tf.constant([1, 2, 3], tf.int32)
+    args = {"classify": (x,), "encode": (x, y), "decode": (tf.zeros([3, 4]), y),
+            "sample": (tf.constant(3), tf.constant([7], tf.int32)),
+            "elbo": (x, tf.constant([1, 2], tf.int32))}
+    out = {name: tf.function(fn, input_signature=sig).get_concrete_function()(*args[name])
+           for name, (fn, sig) in fns.items()}
+    assert out["classify"]["probs"].shape == (3, K)
+    assert out["encode"]["mean"].shape == (3, 4) and out["encode"]["variance"].shape == (3, 4)
+    assert out["decode"]["probs"].shape == (3, 784) and out["decode"]["logits"].shape == (3, 784)
+    assert out["sample"]["images"].shape == (3, 784)
+    np.testing.assert_allclose(out["elbo"]["elbo"], model.elbo(x, seed=[1, 2]), rtol=1e-5)
+
+
+# ---- training on MNIST ------------------------------------------------------------------------
+
+
+def test_short_fit_on_mnist_beats_chance():
+    if not os.environ.get(data.ENV_VAR):
+        pytest.skip(f"set {data.ENV_VAR} to the MNIST directory to run this test")
+    mnist = data.load("mnist", download=False)
+    keras.utils.set_random_seed(0)
+    model = ssvae.SSVAE(z_dim=8, hidden=(64,), classifier_hidden=(128,))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    train = ssvae.make_train_dataset(mnist.x_train, mnist.y_train, batch_size=97, seed=0)
+    history = model.fit(train, steps_per_epoch=300, epochs=1, verbose=0, shuffle=False)
+    logs = {k: v[-1] for k, v in history.history.items()}
+    assert set(ssvae.SSVAE.TRAIN_METRICS) <= set(logs)
+    assert all(np.isfinite(v) for v in logs.values())
+    assert logs["accuracy"] > 0.9  # The 100 labelled examples are fitted.
+    test = ssvae.make_eval_dataset(mnist.x_test[:1000], mnist.y_test[:1000])
+    results = model.evaluate(test, verbose=0, return_dict=True)
+    assert set(results) == set(ssvae.SSVAE.TEST_METRICS)
+    # Chance is 10%; a classifier from 100 labels reaches ~70%.
+    print("SSVAE short fit:", logs, results)
+    assert results["accuracy"] > 0.5, results
+    accuracy = np.mean(np.argmax(model.classify(data.flatten(mnist.x_test[:1000])), 1)
+                       == mnist.y_test[:1000])
+    np.testing.assert_allclose(accuracy, results["accuracy"], atol=1e-6)
+    assert 0 < results["nelbo"] < 400, results

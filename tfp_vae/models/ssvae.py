@@ -1,0 +1,572 @@
+"""The semi-supervised VAE of Kingma et al. (2014), "M2".
+
+Generative model: p(y) = uniform Categorical over K classes, p(z) = N(0, I),
+p(x|y,z) = Bernoulli(logits = MLP([z, onehot(y)])). Inference: q(y|x) = Categorical(logits =
+classifier MLP(x)), q(z|x,y) = Gaussian(MLP([x, onehot(y)])).
+
+Bounds (nats, per example; `rec_k` = -log p(x|y=k, z_k) at one z_k ~ q(z|x,k) and
+`kl_z_k` = KL(q(z|x,k) || p(z)), analytic):
+
+  labelled   -L(x, y) = rec_y + kl_z_y + log K           (log K = -log p(y); included, so -L is
+                                                          a true bound on -log p(x, y))
+  unlabelled -U(x)    = sum_k q(k|x) (rec_k + kl_z_k) + KL(q(y|x) || p(y))
+
+The unlabelled bound enumerates all K labels in one batched pass: x is tiled to [K * B, D]
+(class-major) and every network runs once on the whole block; no Python loop over classes.
+
+Training loss (what `train_step` minimises), with means over the examples of each set:
+
+  loss = gen_weight * (mean_U[-U(x)] + mean_L[-L(x, y)]) + class_weight * mean_L[-log q(y|x)]
+
+so the unlabelled batch and the labelled set weigh the same whatever their sizes (97 and 100
+in the recipe, where this is within 2% of Kingma's per-example sum rescaled by 2 / 197).
+
+`SSVAE` stands alongside `LatentVariableModel` rather than subclassing it: its encoder and
+decoder take a label (`encode(x, y)`, `decode(z, y)`) and its train step consumes a pair of
+batches, so the base class's ELBO/IWAE machinery, `reconstruct` and serving functions would all
+have to be overridden or would silently do the wrong thing. It reuses `check_images`, the
+distribution layers, `networks.mlp` and `objectives` instead.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae import data, layers, networks, objectives
+from tfp_vae.models.base import check_images
+
+tfd = tfp.distributions
+
+NUM_CLASSES = data.NUM_CLASSES
+
+
+# ----------------------------------------------------------------------------------------------
+# The bounds, as pure functions of per-class terms.
+
+
+def categorical_kl_to_uniform(logits):
+    """KL(Categorical(logits) || Uniform(K)) = sum_k q_k log q_k + log K, per row of [..., K].
+
+    Computed from log-softmax, so it stays finite (with finite gradients) when some q_k
+    underflow to 0.
+    """
+    log_q = tf.nn.log_softmax(logits, axis=-1)
+    num_classes = tf.cast(tf.shape(logits)[-1], logits.dtype)
+    return tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1) + tf.math.log(num_classes)
+
+
+def unlabelled_bound_terms(class_logits, rec, kl_z):
+    """The unlabelled bound -U(x) from the per-class terms of every label.
+
+    Args:
+      class_logits: logits of q(y|x), [B, K].
+      rec: -log p(x|y=k, z_k) for one z_k ~ q(z|x, k), [B, K].
+      kl_z: KL(q(z|x, k) || p(z)) (or its one-sample estimate), [B, K].
+
+    Returns:
+      dict of [B] tensors: `nelbo` = sum_k q(k|x) (rec_k + kl_z_k) + KL(q(y|x) || p(y)), and its
+      parts `rec` = sum_k q(k|x) rec_k, `kl_z` = sum_k q(k|x) kl_z_k and `kl_y` =
+      KL(q(y|x) || p(y)) with p(y) uniform; nelbo = rec + kl_z + kl_y.
+    """
+    probs = tf.nn.softmax(class_logits, axis=-1)
+    expected_rec = tf.reduce_sum(probs * rec, axis=-1)
+    expected_kl_z = tf.reduce_sum(probs * kl_z, axis=-1)
+    kl_y = categorical_kl_to_uniform(class_logits)
+    return {"nelbo": expected_rec + expected_kl_z + kl_y, "rec": expected_rec,
+            "kl_z": expected_kl_z, "kl_y": kl_y}
+
+
+def labelled_negative_elbo(rec, kl_z, num_classes=NUM_CLASSES):
+    """The labelled bound -L(x, y) = rec_y + kl_z_y - log p(y), with p(y) = 1/K: [B].
+
+    Args:
+      rec: -log p(x|y, z) at one z ~ q(z|x, y) for the observed y, [B].
+      kl_z: KL(q(z|x, y) || p(z)) for the observed y, [B].
+    """
+    return objectives.negative_elbo(-rec, kl_z) + math.log(num_classes)
+
+
+def classification_loss(class_logits, labels):
+    """Cross-entropy -log q(y|x) of integer labels [B] under logits [B, K]: [B]."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=class_logits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks.
+
+
+def _enforce(value, checks):
+    """Raises ValueError eagerly, or adds graph assertions, for each (predicate, message)."""
+    if tf.executing_eagerly():
+        for ok, message in checks:
+            if not bool(ok(value)):
+                raise ValueError(message)
+        return value
+    asserts = [tf.debugging.Assert(ok(value), [message]) for ok, message in checks]
+    with tf.control_dependencies(asserts):
+        return tf.identity(value)
+
+
+def check_labels(y, num_classes=NUM_CLASSES):
+    """Validates labels and returns them as int32 class indices (shape [] or [B]).
+
+    Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
+    numeric dtype). Raises ValueError for a one-hot of the wrong width, float labels that are
+    not one-hot, other ranks, indices outside 0..num_classes-1 or rows that are not one-hot
+    (eagerly, or as a failing graph assertion with the same message).
+    """
+    y = tf.convert_to_tensor(y)
+    rank = y.shape.rank
+    if rank == 2:
+        if y.shape[-1] != num_classes:
+            raise ValueError(f"One-hot labels must have {num_classes} columns (one per class); "
+                             f"got shape {tuple(y.shape)}.")
+        if not (y.dtype.is_floating or y.dtype.is_integer or y.dtype == tf.bool):
+            raise ValueError(f"Labels must be numeric; got dtype {y.dtype.name}.")
+        y = tf.cast(y, tf.float32)
+        y = _enforce(y, [(lambda v: tf.reduce_all(((v == 0.0) | (v == 1.0))
+                                                  & (tf.reduce_sum(v, -1, keepdims=True) == 1.0)),
+                          "One-hot labels must have exactly one 1 (and otherwise 0) per row.")])
+        return tf.argmax(y, axis=-1, output_type=tf.int32)
+    if rank not in (0, 1):
+        raise ValueError(f"Labels must be class indices of shape [batch] or one-hot rows of "
+                         f"shape [batch, {num_classes}]; got shape {tuple(y.shape)}.")
+    if not y.dtype.is_integer:
+        raise ValueError(f"Class-index labels must have an integer dtype; got {y.dtype.name} "
+                         f"(pass one-hot rows as [batch, {num_classes}]).")
+    y = tf.cast(y, tf.int32)
+    return _enforce(y, [(lambda v: tf.reduce_all((v >= 0) & (v < num_classes)),
+                         f"Labels must be class indices in 0..{num_classes - 1}; some are "
+                         "outside that range.")])
+
+
+def _labels_for(y, batch_size, num_classes):
+    """check_labels, then a scalar broadcast to [batch_size]; a [B] must match batch_size."""
+    y = check_labels(y, num_classes)
+    if y.shape.rank == 0:
+        return tf.fill(tf.reshape(batch_size, [1]), y)
+    static = tf.get_static_value(batch_size)
+    if static is not None and y.shape[0] is not None and y.shape[0] != int(static):
+        raise ValueError(f"Got {y.shape[0]} labels for a batch of {int(static)}; pass one label "
+                         "per example (or a single label for all of them).")
+    if static is None or y.shape[0] is None:
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(y)[0], batch_size, message="One label per example is needed.")]):
+            y = tf.identity(y)
+    return y
+
+
+def _check_label_array(labels, num_classes=NUM_CLASSES):
+    """A NumPy array of class indices [N], checked (ValueError naming the problem)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"Labels must be a 1-D array of class indices; got shape {labels.shape}.")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"Labels must be integers; got dtype {labels.dtype}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"Labels must be class indices in 0..{num_classes - 1}; got values "
+                         f"from {labels.min()} to {labels.max()}.")
+    return labels
+
+
+def split_labelled(labels, labels_per_class=10, label_seed=0, num_classes=NUM_CLASSES):
+    """(labelled, unlabelled) index arrays: `labels_per_class` of each class, chosen by seed.
+
+    A checked front end to `data.labelled_subset`: raises ValueError naming the problem when
+    labels are not a 1-D integer array in 0..num_classes-1, when a class is missing altogether or
+    has fewer than `labels_per_class` examples.
+    """
+    labels = _check_label_array(labels, num_classes)
+    if int(labels_per_class) < 1:
+        raise ValueError(f"labels_per_class must be >= 1; got {labels_per_class}.")
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
+    missing = [c for c in range(num_classes) if counts[c] == 0]
+    if missing:
+        raise ValueError(f"The labels contain no examples of class(es) {missing}; the "
+                         f"semi-supervised split needs {labels_per_class} labelled examples of "
+                         f"each of the {num_classes} classes.")
+    short = [c for c in range(num_classes) if counts[c] < labels_per_class]
+    if short:
+        raise ValueError(f"Class(es) {short} have fewer than labels_per_class="
+                         f"{labels_per_class} examples ({[int(counts[c]) for c in short]}).")
+    return data.labelled_subset(labels, int(labels_per_class), label_seed, num_classes)
+
+
+def _check_uint8_images(images, labels):
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"Images must be uint8 (as tfp_vae.data.load returns them); got "
+                         f"{images.dtype}.")
+    if not (images.ndim == 3 and images.shape[1:] == data.IMAGE_SHAPE) and not (
+            images.ndim == 2 and images.shape[1] == data.NUM_PIXELS):
+        raise ValueError(f"Expected images of shape [N, 28, 28] or [N, 784]; got {images.shape}.")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+    return images.reshape(len(images), data.NUM_PIXELS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data pipelines.
+
+
+def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_size=97, seed=0,
+                       binarization="dynamic"):
+    """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
+
+    `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
+    form the labelled set, which comes whole at every step; the remaining images come as
+    shuffled unlabelled batches of `batch_size` (`data.train_dataset`; their labels are never
+    used). With "dynamic" binarisation both get a fresh Bernoulli draw at every step.
+
+    Args:
+      images: uint8 [N, 28, 28] (or [N, 784]).
+      labels: int [N].
+      binarization: "dynamic" (the recipe), "static" or "none" (grayscale).
+
+    Returns:
+      tf.data.Dataset of (float32 [batch_size, 784], (float32 [L, 784], int32 [L])), where
+      L = 10 * labels_per_class.
+    """
+    labels = np.asarray(labels)
+    labelled, unlabelled = split_labelled(labels, labels_per_class, label_seed)
+    images = _check_uint8_images(images, labels)
+    if binarization not in ("dynamic", "static", "none"):
+        raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
+    unlabelled_ds = data.train_dataset(images[unlabelled], batch_size, binarization, seed=seed)
+    x_l, y_l = images[labelled], labels[labelled].astype(np.int32)
+    if binarization == "dynamic":
+        # Another op seed than the unlabelled stream's, so the two draws are not correlated.
+        label_seed_op = None if seed is None else seed + 1
+        labelled_ds = tf.data.Dataset.from_tensors((x_l, y_l)).repeat().map(
+            lambda x, y: (data.dynamic_binarize(x, label_seed_op), y))
+    else:
+        x_l = data.binarize_static(x_l) if binarization == "static" else data.flatten(x_l)
+        labelled_ds = tf.data.Dataset.from_tensors((x_l, y_l)).repeat()
+    return tf.data.Dataset.zip((unlabelled_ds, labelled_ds)).prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(images, labels, batch_size=1000):
+    """A finite labelled dataset for `evaluate` / `validation_data`: ((x_binary, x_gray), y).
+
+    The bound is computed on the statically binarised images (`data.binarize_static`), the
+    accuracy on the grayscale ones, as the reference evaluates it.
+    """
+    labels = _check_label_array(labels).astype(np.int32)
+    images = _check_uint8_images(images, labels)
+    if len(images) == 0:
+        raise ValueError("The evaluation set is empty.")
+    return tf.data.Dataset.from_tensor_slices(
+        ((data.binarize_static(images), data.flatten(images)), labels)).batch(
+            batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model.
+
+
+@keras.saving.register_keras_serializable("tfp_vae")
+class CategoricalFromLogits(keras.layers.Layer):
+    """Logits [..., K] -> tfd.Categorical(logits): batch [...], event []."""
+
+    def call(self, logits):
+        return tfd.Categorical(logits=logits)
+
+
+@keras.saving.register_keras_serializable("tfp_vae")
+class SSVAE(keras.Model):
+    """Semi-supervised VAE (M2), trained by one `model.fit` on labelled + unlabelled data.
+
+    Args:
+      z_dim: latent size (64 in the recipe).
+      hidden: hidden sizes of the encoder q(z|x,y) and decoder p(x|y,z) MLPs (300, 300).
+      classifier_hidden: hidden sizes of the classifier q(y|x) (300, 300).
+      activation: hidden activation of encoder and decoder (ELU).
+      classifier_activation: hidden activation of the classifier (ReLU).
+      num_classes: K (10).
+      gen_weight: weight on the bounds in the loss (1); 0 trains the classifier alone.
+      class_weight: weight on the labelled cross-entropy (100).
+      min_variance: floor added to the softplus posterior variance.
+      init: "torch" (the recipe's) or "glorot"; see networks.mlp.
+      x_dim: number of pixels.
+
+    Training data (see `make_train_dataset`): each element is
+    (unlabelled_x [B, x_dim], (labelled_x [L, x_dim], labelled_y [L] ints or [L, K] one-hot)),
+    binary images. Train metrics: `loss`, `nelbo` (unlabelled -U), `labelled_nelbo` (-L),
+    `kl_z`, `kl_y`, `rec` (parts of the unlabelled bound), `class_loss` (-log q(y|x) on the
+    labelled set) and `accuracy` (on the labelled set).
+
+    Test data: (x, y) with binary x, or ((x_binary, x_for_classifier), y) (see
+    `make_eval_dataset`). Test metrics: `accuracy`, `nelbo`, `kl_z`, `kl_y`, `rec`.
+    """
+
+    TRAIN_METRICS = ("loss", "nelbo", "labelled_nelbo", "kl_z", "kl_y", "rec", "class_loss",
+                     "accuracy")
+    TEST_METRICS = ("accuracy", "nelbo", "kl_z", "kl_y", "rec")
+
+    def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
+                 activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
+                 gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=784,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if int(z_dim) < 1:
+            raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
+        if float(gen_weight) < 0 or float(class_weight) < 0:
+            raise ValueError(f"gen_weight and class_weight must be >= 0; got {gen_weight} and "
+                             f"{class_weight}.")
+        self.z_dim, self.x_dim, self.num_classes = int(z_dim), int(x_dim), int(num_classes)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.classifier_hidden = tuple(int(h) for h in classifier_hidden)
+        self.activation, self.classifier_activation = activation, classifier_activation
+        self.gen_weight, self.class_weight = float(gen_weight), float(class_weight)
+        self.min_variance, self.init = float(min_variance), init
+        k = self.num_classes
+        self.classifier = networks.mlp(self.x_dim, self.classifier_hidden, k,
+                                       classifier_activation, init, name="classifier")
+        self.encoder = networks.mlp(self.x_dim + k, self.hidden, 2 * self.z_dim, activation, init,
+                                    name="encoder")
+        self.decoder = networks.mlp(self.z_dim + k, self.hidden, self.x_dim, activation, init,
+                                    name="decoder")
+        self.label_posterior = CategoricalFromLogits()
+        self.posterior = layers.GaussianPosterior(min_variance)
+        self.likelihood = layers.BernoulliLikelihood()
+        self.prior_layer = layers.StandardNormalPrior(self.z_dim)
+        self._trackers = {name: keras.metrics.Mean(name=name)
+                          for name in dict.fromkeys(self.TRAIN_METRICS + self.TEST_METRICS)}
+        self.build((None, self.x_dim))
+
+    # ---- distributions ----------------------------------------------------------------------
+
+    def prior(self):
+        """p(z): batch [], event [z_dim]."""
+        return self.prior_layer()
+
+    def label_prior(self):
+        """p(y): uniform Categorical over num_classes."""
+        return tfd.Categorical(logits=tf.zeros([self.num_classes]))
+
+    def _onehot(self, labels):
+        return tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+
+    def _encode(self, x, onehot):
+        return self.posterior(networks.apply(self.encoder, tf.concat([x, onehot], axis=-1)))
+
+    def _decode(self, z, onehot):
+        return self.likelihood(networks.apply(self.decoder, tf.concat([z, onehot], axis=-1)))
+
+    def class_logits(self, x):
+        """Logits [B, K] of q(y|x); x may be grayscale in [0, 1] (checked)."""
+        return self.classifier(check_images(x, self.x_dim, binary=False))
+
+    def label_distribution(self, x):
+        """q(y|x) as a tfd.Categorical, batch [B]."""
+        return self.label_posterior(self.class_logits(x))
+
+    def classify(self, x):
+        """Class probabilities q(y|x), [B, K]; x may be grayscale in [0, 1]."""
+        return tf.nn.softmax(self.class_logits(x), axis=-1)
+
+    def encode(self, x, y):
+        """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K]."""
+        x = check_images(x, self.x_dim, binary=False)
+        labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
+        return self._encode(x, self._onehot(labels))
+
+    def decode(self, z, y):
+        """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`."""
+        z = tf.convert_to_tensor(z, tf.float32)
+        if z.shape.rank != 2 or z.shape[-1] != self.z_dim:
+            raise ValueError(f"Expected latents of shape [batch, {self.z_dim}]; got "
+                             f"{tuple(z.shape)}.")
+        labels = _labels_for(y, tf.shape(z)[0], self.num_classes)
+        return self._decode(z, self._onehot(labels))
+
+    # ---- bounds -----------------------------------------------------------------------------
+
+    def _class_terms(self, x, onehot, seed=None):
+        """rec = -log p(x|y,z) at one z ~ q(z|x,y), and analytic KL(q(z|x,y) || p(z)): [N]."""
+        q = self._encode(x, onehot)
+        z = q.sample(seed=seed)
+        rec = -self._decode(z, onehot).log_prob(x)
+        return rec, tfd.kl_divergence(q, self.prior())
+
+    def enumerated_terms(self, x, seed=None):
+        """rec and kl_z for every label, in one batched pass: two [B, K] tensors.
+
+        x (binary, [B, x_dim], not checked) is tiled class-major to [K * B, x_dim]; row
+        k * B + i pairs example i with label k.
+        """
+        k = self.num_classes
+        batch = tf.shape(x)[0]
+        tiled = tf.reshape(tf.tile(x[None], [k, 1, 1]), [-1, self.x_dim])
+        onehot = self._onehot(tf.repeat(tf.range(k), batch))
+        rec, kl_z = self._class_terms(tiled, onehot, seed)
+        to_bk = lambda t: tf.transpose(tf.reshape(t, [k, batch]))  # noqa: E731
+        return to_bk(rec), to_bk(kl_z)
+
+    def unlabelled_terms(self, x, seed=None):
+        """-U(x) and its parts for binary x [B, x_dim] (not checked): dict of [B] tensors
+        `nelbo`, `rec`, `kl_z`, `kl_y` (see `unlabelled_bound_terms`) and `class_logits` [B, K]."""
+        logits = self.classifier(x)
+        rec, kl_z = self.enumerated_terms(x, seed)
+        return {**unlabelled_bound_terms(logits, rec, kl_z), "class_logits": logits}
+
+    def labelled_terms(self, x, labels, seed=None):
+        """-L(x, y) (including log K) and its parts for binary x [B, x_dim] and int labels [B]
+        (not checked): dict of [B] tensors `nelbo`, `rec`, `kl_z`."""
+        rec, kl_z = self._class_terms(x, self._onehot(labels), seed)
+        return {"nelbo": labelled_negative_elbo(rec, kl_z, self.num_classes), "rec": rec,
+                "kl_z": kl_z}
+
+    def elbo(self, x, seed=None):
+        """Per-example unlabelled ELBO U(x) <= log p(x) (nats) [B]; x must be binary."""
+        x = check_images(x, self.x_dim)
+        return -self.unlabelled_terms(x, seed)["nelbo"]
+
+    def labelled_elbo(self, x, y, seed=None):
+        """Per-example labelled ELBO L(x, y) <= log p(x, y) (nats) [B]; x must be binary."""
+        x = check_images(x, self.x_dim)
+        labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
+        return -self.labelled_terms(x, labels, seed)["nelbo"]
+
+    def compute_losses(self, unlabelled_x, labelled_x, labelled_y):
+        """The training loss and every train metric, as scalars (means over each set).
+
+        Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]).
+        """
+        x_u = check_images(unlabelled_x, self.x_dim)
+        x_l = check_images(labelled_x, self.x_dim)
+        y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes)
+        unlabelled = self.unlabelled_terms(x_u)
+        labelled = self.labelled_terms(x_l, y_l)
+        logits_l = self.classifier(x_l)
+        class_loss = tf.reduce_mean(classification_loss(logits_l, y_l))
+        correct = tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l),
+                          tf.float32)
+        out = {name: tf.reduce_mean(unlabelled[name]) for name in ("nelbo", "rec", "kl_z", "kl_y")}
+        out.update(labelled_nelbo=tf.reduce_mean(labelled["nelbo"]), class_loss=class_loss,
+                   accuracy=tf.reduce_mean(correct))
+        out["loss"] = (self.gen_weight * (out["nelbo"] + out["labelled_nelbo"])
+                       + self.class_weight * class_loss)
+        return out
+
+    # ---- Keras plumbing ---------------------------------------------------------------------
+
+    def build(self, input_shape=None):
+        """All sub-networks are built at construction (their input sizes are known)."""
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _record(self, values, names):
+        for name in names:
+            self._trackers[name].update_state(values[name])
+        return {name: self._trackers[name].result() for name in names}
+
+    def train_step(self, data):
+        try:
+            unlabelled_x, (labelled_x, labelled_y) = data
+        except (TypeError, ValueError):
+            raise ValueError("SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
+                             "build the dataset with tfp_vae.models.ssvae.make_train_dataset.")
+        with tf.GradientTape() as tape:
+            values = self.compute_losses(unlabelled_x, labelled_x, labelled_y)
+        grads = tape.gradient(values["loss"], self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._record(values, self.TRAIN_METRICS)
+
+    def test_step(self, data):
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise ValueError("SSVAE evaluates on (x, y) or ((x_binary, x_for_classifier), y); "
+                             "build the dataset with tfp_vae.models.ssvae.make_eval_dataset.")
+        inputs, y = data
+        if isinstance(inputs, (tuple, list)):
+            x_bound, x_class = inputs
+        else:
+            x_bound = x_class = inputs
+        x_bound = check_images(x_bound, self.x_dim)
+        logits = self.class_logits(x_class)
+        labels = _labels_for(y, tf.shape(logits)[0], self.num_classes)
+        terms = self.unlabelled_terms(x_bound)
+        values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
+        values["accuracy"] = tf.cast(
+            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        return self._record(values, self.TEST_METRICS)
+
+    def call(self, x, training=False):
+        """Class probabilities q(y|x) [B, K] (see `classify`)."""
+        return self.classify(x)
+
+    def get_config(self):
+        return {**super().get_config(), "z_dim": self.z_dim, "hidden": list(self.hidden),
+                "classifier_hidden": list(self.classifier_hidden), "activation": self.activation,
+                "classifier_activation": self.classifier_activation,
+                "num_classes": self.num_classes, "gen_weight": self.gen_weight,
+                "class_weight": self.class_weight, "min_variance": self.min_variance,
+                "init": self.init, "x_dim": self.x_dim}
+
+    # ---- uses -------------------------------------------------------------------------------
+
+    def sample(self, n, y=None, seed=None):
+        """Pixel probabilities [n, x_dim] of p(x|y,z), z ~ p(z), for digits of class y.
+
+        y: one class for all (scalar), one per sample ([n], ints or one-hot), or None for the
+        classes in turn (0, 1, ..., K-1, 0, ...).
+        """
+        n = tf.convert_to_tensor(n, tf.int32)
+        if y is None:
+            y = tf.range(n) % self.num_classes
+        labels = _labels_for(y, n, self.num_classes)
+        z = self.prior().sample(n, seed=seed)
+        return self._decode(z, self._onehot(labels)).mean()
+
+    def reconstruct(self, x, y=None):
+        """Pixel probabilities [B, x_dim] of p(x|y,z) at the mean of q(z|x,y); y defaults to
+        the classifier's prediction argmax q(y|x). x may be grayscale."""
+        x = check_images(x, self.x_dim, binary=False)
+        if y is None:
+            y = tf.argmax(self.classifier(x), axis=-1, output_type=tf.int32)
+        labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
+        onehot = self._onehot(labels)
+        return self._decode(self._encode(x, onehot).mean(), onehot).mean()
+
+    def serving_functions(self):
+        """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
+
+        `classify` comes first (the serving default). Labels are int32 class indices.
+        """
+        x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
+        z = tf.TensorSpec([None, self.z_dim], tf.float32, name="z")
+        y = tf.TensorSpec([None], tf.int32, name="y")
+        n = tf.TensorSpec([], tf.int32, name="n")
+        seed = tf.TensorSpec([2], tf.int32, name="seed")
+
+        def classify(x):
+            return {"probs": self.classify(x)}
+
+        def encode(x, y):
+            q = self.encode(x, y)
+            return {"mean": q.mean(), "variance": q.variance()}
+
+        def decode(z, y):
+            p = self.decode(z, y)
+            return {"probs": p.mean(), "logits": p.distribution.logits}
+
+        def sample(n, y):
+            # y: one label per sample, or a single label ([1]) for all n.
+            return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])))}
+
+        def elbo(x, seed):
+            terms = self.unlabelled_terms(check_images(x, self.x_dim), seed=seed)
+            return {"elbo": -terms["nelbo"], "kl_z": terms["kl_z"], "kl_y": terms["kl_y"],
+                    "rec": terms["rec"]}
+
+        return {"classify": (classify, [x]), "encode": (encode, [x, y]),
+                "decode": (decode, [z, y]), "sample": (sample, [n, y]),
+                "elbo": (elbo, [x, seed])}
