@@ -1,7 +1,6 @@
 """Tests of the semi-supervised VAE (M2): bound math, loss, training, inputs, saving, serving."""
 
 import math
-import os
 
 import keras
 import numpy as np
@@ -312,10 +311,7 @@ def test_serving_functions_trace_and_run():
 # ---- training on MNIST ------------------------------------------------------------------------
 
 
-def test_short_fit_on_mnist_beats_chance():
-    if not os.environ.get(data.ENV_VAR):
-        pytest.skip(f"set {data.ENV_VAR} to the MNIST directory to run this test")
-    mnist = data.load("mnist", download=False)
+def test_short_fit_on_mnist_beats_chance(mnist):
     keras.utils.set_random_seed(0)
     model = ssvae.SSVAE(z_dim=8, hidden=(64,), classifier_hidden=(128,))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)

@@ -331,7 +331,10 @@ def dynamic_binarize(batch: tf.Tensor, seed: Optional[int] = None) -> tf.Tensor:
 
 def eval_dataset(images: np.ndarray, batch_size: int = 1000, binarization: str = "static",
                  labels: Optional[np.ndarray] = None) -> tf.data.Dataset:
-    """A finite dataset of statically binarised float32 [B, 784] batches (and labels, if given)."""
+    """A finite dataset of float32 [B, 784] batches (and labels, if given), in order.
+
+    `binarization` is "static" (binarised with the static seed) or "none" (grayscale in [0, 1]).
+    """
     _check_nonempty(images, "evaluation")
     if binarization not in ("static", "none"):
         raise ValueError(f"binarization must be static or none for evaluation; got "

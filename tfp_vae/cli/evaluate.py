@@ -65,6 +65,9 @@ def main(argv):
         dataset = data.take_first(dataset, n_test=FLAGS.examples)
     results = {"test_examples": len(dataset.x_test), "model_path": FLAGS.model_path}
     results.update(common.test_metrics(model, dataset))
+    if iw and common.is_semi_supervised(model):
+        raise app.UsageError("--iw: the IWAE bound is defined for vae and gmvae models, not for "
+                             "the ssvae.")
     x = data.binarize_static(dataset.x_test)
     for m in iw:
         start = time.time()

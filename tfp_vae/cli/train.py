@@ -14,18 +14,28 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "vae", ["vae", "gmvae"],
-                  "Which model: vae (N(0, I) prior) or gmvae (learned mixture-of-Gaussians prior).")
+flags.DEFINE_enum("model", "vae", ["vae", "gmvae", "ssvae"],
+                  "Which model: vae (N(0, I) prior), gmvae (learned mixture-of-Gaussians prior) or "
+                  "ssvae (semi-supervised M2: classifier + conditional VAE).")
 flags.DEFINE_integer("k", 500, "gmvae: number of mixture components of the prior.", lower_bound=1)
 flags.DEFINE_bool("learn_mixture_weights", False,
                   "gmvae: train the mixture weights too (default: uniform, fixed).")
-flags.DEFINE_integer("z_dim", 10, "Latent dimension.", lower_bound=1)
+flags.DEFINE_integer("labels_per_class", 10, "ssvae: labelled training examples per class; the "
+                     "rest of the training set is used unlabelled.", lower_bound=1)
+flags.DEFINE_integer("label_seed", 0, "ssvae: seed that picks the labelled examples.")
+flags.DEFINE_float("gen_weight", 1.0, "ssvae: weight on the labelled and unlabelled bounds "
+                   "(0 trains the classifier alone).", lower_bound=0.0)
+flags.DEFINE_float("class_weight", 100.0, "ssvae: weight on the labelled cross-entropy.",
+                   lower_bound=0.0)
+flags.DEFINE_integer("z_dim", None, "Latent dimension (default: the recipe's, 10 for vae and "
+                     "gmvae, 64 for ssvae).", lower_bound=1)
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
                    lower_bound=0.0)
 flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
                   "Training objective: the ELBO, or the importance-weighted bound with --iw samples.")
 flags.DEFINE_integer("iw", 1, "Importance samples for --objective=iwae.", lower_bound=1)
-flags.DEFINE_integer("steps", 20000, "Gradient steps (rounded up to whole --steps_per_epoch).",
+flags.DEFINE_integer("steps", None, "Gradient steps, rounded up to whole --steps_per_epoch "
+                     "(default: the recipe's, 20000 for vae and gmvae, 30000 for ssvae).",
                      lower_bound=1)
 flags.DEFINE_integer("steps_per_epoch", 1000,
                      "Steps between checkpoints, validation and TensorBoard points.", lower_bound=1)
@@ -48,12 +58,19 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2
                      lower_bound=0, upper_bound=2)
 
 
+RECIPE_STEPS = {"vae": 20000, "gmvae": 20000, "ssvae": 30000}
+
+
 def build_model():
     import keras
     from tfp_vae import models
 
     keras.utils.set_random_seed(FLAGS.seed)
-    kwargs = dict(z_dim=FLAGS.z_dim, beta=FLAGS.beta, objective=FLAGS.objective, iw=FLAGS.iw)
+    kwargs = {} if FLAGS.z_dim is None else {"z_dim": FLAGS.z_dim}
+    if FLAGS.model == "ssvae":
+        kwargs.update(gen_weight=FLAGS.gen_weight, class_weight=FLAGS.class_weight)
+    else:
+        kwargs.update(beta=FLAGS.beta, objective=FLAGS.objective, iw=FLAGS.iw)
     if FLAGS.model == "gmvae":
         kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
     model = models.MODELS[FLAGS.model](**kwargs)
@@ -64,8 +81,7 @@ def build_model():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import numpy as np
-    from tfp_vae import data, images, training
+    from tfp_vae import data, training
 
     out_dir = FLAGS.out_dir
     ckpt_dir = os.path.join(out_dir, "checkpoints")
@@ -76,13 +92,22 @@ def main(argv):
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     print(f"Data: {dataset.source}")
     model = build_model()
-    train_ds = data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
-                                  seed=FLAGS.seed)
-    val_ds = (data.eval_dataset(dataset.x_test[:FLAGS.validation_examples])
-              if FLAGS.validation_examples else None)
+    if FLAGS.model == "ssvae":
+        from tfp_vae.models import ssvae
+
+        train_ds = ssvae.make_train_dataset(
+            dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
+            FLAGS.batch_size, FLAGS.seed, FLAGS.binarization)
+    else:
+        train_ds = data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
+                                      seed=FLAGS.seed)
+    n_val = FLAGS.validation_examples
+    val_ds = (common.eval_dataset(model, data.take_first(dataset, n_test=n_val))
+              if n_val else None)
+    steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     start = time.time()
     try:
-        training.fit(model, train_ds, FLAGS.steps, out_dir, FLAGS.steps_per_epoch, val_ds,
+        training.fit(model, train_ds, steps, out_dir, FLAGS.steps_per_epoch, val_ds,
                      resume=FLAGS.resume, verbose=FLAGS.verbose)
     except training.NonFiniteLossError as e:
         print(f"ERROR: {e}", file=sys.stderr)
@@ -95,13 +120,7 @@ def main(argv):
                    dataset=FLAGS.dataset, test_examples=len(dataset.x_test),
                    command=" ".join(["train"] + sys.argv[1:]))
     common.write_json(os.path.join(out_dir, "metrics.json"), metrics)
-    images.write_grid(os.path.join(out_dir, "samples.png"),
-                      common.seeded_images(model, 100, FLAGS.seed), 10, 10)
-    x = data.binarize_static(dataset.x_test[:50])
-    recon = np.asarray(model.reconstruct(x))
-    # Rows alternate: 10 originals, then their reconstructions.
-    pairs = np.concatenate([np.stack([x[i:i + 10], recon[i:i + 10]]) for i in range(0, 50, 10)])
-    images.write_grid(os.path.join(out_dir, "reconstructions.png"), pairs.reshape(-1, 784), 10, 10)
+    common.write_images(model, dataset, out_dir, FLAGS.seed)
     print(common.format_table([[k, v] for k, v in sorted(metrics.items())
                                if isinstance(v, float)], ["test metric", "value"]))
     print(f"Wrote {out_dir}/{{model.keras,metrics.json,samples.png,reconstructions.png}}")

@@ -2,6 +2,7 @@
 
 from tfp_vae.models.base import LatentVariableModel, check_images
 from tfp_vae.models.gmvae import GMVAE
+from tfp_vae.models.ssvae import SSVAE
 from tfp_vae.models.vae import VAE
 
-MODELS = {"vae": VAE, "gmvae": GMVAE}
+MODELS = {"vae": VAE, "gmvae": GMVAE, "ssvae": SSVAE}

@@ -138,7 +138,10 @@ class LatentVariableModel(keras.Model):
         """
         x = check_images(x, self.x_dim)
         chunk = int(chunk or 1000)
+        if isinstance(m, int) and m < 1:
+            raise ValueError(f"The IWAE bound needs m >= 1 samples; got m={m}.")
         m = tf.convert_to_tensor(m, tf.int32)
+        tf.debugging.assert_positive(m, "The IWAE bound needs m >= 1 samples.")
         if seed is None:
             seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
         seed = tfp.random.sanitize_seed(seed)
