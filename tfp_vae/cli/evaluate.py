@@ -39,24 +39,10 @@ def _iw_values():
     return values
 
 
-def negative_iwae(model, x, m, max_rows, seed):
-    """Mean over x of -IWAE-m, evaluated in chunks of at most max_rows decoder rows."""
-    import numpy as np
-    import tensorflow as tf
-
-    batch = max(1, max_rows // m)
-    chunk = min(m, max_rows)
-    fn = tf.function(lambda xb, s: model.iwae(xb, m, seed=s, chunk=chunk))
-    total = 0.0
-    for i, start in enumerate(range(0, len(x), batch)):
-        total += float(np.sum(fn(x[start:start + batch], tf.constant([seed, i], tf.int32))))
-    return -total / len(x)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from tfp_vae import data
+    from tfp_vae import data, evaluation
 
     iw = _iw_values()
     model = common.load_model(FLAGS.model_path)
@@ -71,7 +57,7 @@ def main(argv):
     x = data.binarize_static(dataset.x_test)
     for m in iw:
         start = time.time()
-        results[f"niwae_{m}"] = negative_iwae(model, x, m, FLAGS.max_rows, FLAGS.seed)
+        results[f"niwae_{m}"] = evaluation.negative_iwae(model, x, m, FLAGS.max_rows, FLAGS.seed)
         results[f"niwae_{m}_seconds"] = round(time.time() - start, 1)
     rows = [[k, v] for k, v in results.items() if isinstance(v, float) and "seconds" not in k]
     print(common.format_table(rows, ["test metric (nats)", "value"]))
