@@ -1,0 +1,194 @@
+"""Training throughput of each model's recipe, with and without XLA, against the machine's
+matmul peak and a PyTorch implementation of the VAE recipe, all measured in one run.
+
+  python benchmarks/train_throughput.py --steps=300 --output_json=runs/bench_train.json
+
+For every recipe it times `--steps` steps of model.fit (after a warm-up epoch that traces and
+compiles) and reports steps/s, examples/s and achieved FLOP/s. FLOPs are counted from the Dense
+layers: forward multiply-adds x 2 x 3 (forward + the two backward matmuls), for the rows each
+network sees per step. The peak is a large float32 matmul timed in the same run. The PyTorch peer
+(optional: `pip install -e .[bench]`) trains the same VAE recipe (same MLPs, init, Adam, batch,
+loss) and is skipped with a note when torch is not installed.
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 300, "Timed steps per configuration.", lower_bound=10)
+flags.DEFINE_list("models", ["vae", "gmvae", "iwae10", "ssvae"], "Recipes to time.")
+flags.DEFINE_bool("xla", True, "Also time each recipe with jit_compile=True.")
+flags.DEFINE_bool("torch", True, "Time the PyTorch VAE peer if torch is importable.")
+flags.DEFINE_string("output_json", None, "Where to write the results.")
+
+BATCH = 97
+
+
+def matmul_peak_flops(n=2048, repeats=10):
+    """float32 FLOP/s of an n x n matmul (the best of `repeats`), the machine's practical peak."""
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    mm = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    mm(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        mm(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best
+
+
+def dense_macs(network):
+    """Multiply-adds of one row through a Sequential of Dense layers."""
+    return sum(int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+               for layer in network.layers if hasattr(layer, "kernel"))
+
+
+def recipe(name):
+    """(model, dataset, training FLOPs per step) for a recipe name."""
+    import keras
+    import numpy as np
+
+    from tfp_vae import data, models
+    from tfp_vae.models import ssvae
+
+    try:
+        mnist = data.load(download=False)
+        x_train, y_train = mnist.x_train, mnist.y_train
+    except data.DataError:  # Timing does not depend on the pixels.
+        rng = np.random.default_rng(0)
+        x_train = rng.integers(0, 256, (60000, 28, 28), np.uint8)
+        y_train = np.arange(60000) % 10
+    keras.utils.set_random_seed(0)
+    if name == "ssvae":
+        model = models.SSVAE()
+        ds = ssvae.make_train_dataset(x_train, y_train, batch_size=BATCH)
+        labelled = 100
+        rows_gen = 10 * BATCH + labelled  # Every label enumerated for the unlabelled batch.
+        macs = (dense_macs(model.encoder) + dense_macs(model.decoder)) * rows_gen \
+            + dense_macs(model.classifier) * (BATCH + labelled)
+        examples = BATCH + labelled
+    else:
+        kwargs = {"gmvae": {"k": 500}, "iwae10": {"objective": "iwae", "iw": 10}}.get(name, {})
+        model = models.MODELS["gmvae" if name == "gmvae" else "vae"](**kwargs)
+        ds = data.train_dataset(x_train, BATCH, seed=0)
+        samples = 10 if name == "iwae10" else 1
+        macs = dense_macs(model.encoder) * BATCH + dense_macs(model.decoder) * BATCH * samples
+        if name == "gmvae":
+            macs += 2 * model.z_dim * model.k * BATCH  # The matmul-form mixture density.
+        examples = BATCH
+    return model, ds, 6.0 * macs, examples
+
+
+def time_keras(name, jit, steps):
+    import keras
+
+    model, ds, flops, examples = recipe(name)
+    model.compile(keras.optimizers.Adam(1e-3), jit_compile=jit)
+    model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0, shuffle=False)  # Trace/compile outside the clock.
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    seconds = time.perf_counter() - start
+    return {"steps_per_s": steps / seconds, "examples_per_s": steps * examples / seconds,
+            "flops_per_s": steps * flops / seconds}
+
+
+def time_torch_vae(steps):
+    """The VAE recipe in PyTorch: the peer the issue compares against."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count())
+
+    def mlp(sizes):
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))  # PyTorch's default init, as in our recipe.
+            if i < len(sizes) - 2:
+                layers.append(nn.ELU())
+        return nn.Sequential(*layers)
+
+    enc, dec = mlp([784, 300, 300, 20]), mlp([10, 300, 300, 784])
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+    images = torch.from_numpy(np.random.default_rng(0).random((60000, 784), np.float32))
+
+    def step(i):
+        idx = torch.randint(0, 60000, (BATCH,))
+        x = torch.bernoulli(images[idx])
+        h = enc(x)
+        mean, pre = h[:, :10], h[:, 10:]
+        var = nn.functional.softplus(pre) + 1e-8
+        z = mean + var.sqrt() * torch.randn_like(mean)
+        logits = dec(z)
+        rec = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        kl = 0.5 * (var + mean ** 2 - 1 - var.log()).sum(-1)
+        loss = (rec + kl).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for i in range(20):
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    seconds = time.perf_counter() - start
+    macs = (784 * 300 + 300 * 300 + 300 * 20 + 10 * 300 + 300 * 300 + 300 * 784) * BATCH
+    return {"steps_per_s": steps / seconds, "examples_per_s": steps * BATCH / seconds,
+            "flops_per_s": steps * 6.0 * macs / seconds, "torch_version": torch.__version__}
+
+
+def main(argv):
+    del argv
+    from tfp_vae.cli import common
+
+    peak = matmul_peak_flops()
+    results = {"matmul_peak_gflops": peak / 1e9, "batch": BATCH, "steps": FLAGS.steps,
+               "cpu_count": os.cpu_count(), "recipes": {}}
+    for name in FLAGS.models:
+        for jit in ([False, True] if FLAGS.xla else [False]):
+            key = f"{name}{'+xla' if jit else ''}"
+            try:
+                r = time_keras(name, jit, FLAGS.steps)
+            except Exception as e:  # An XLA-incompatible op is a result to report, not a crash.
+                results["recipes"][key] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+                continue
+            r["fraction_of_peak"] = r["flops_per_s"] / peak
+            results["recipes"][key] = r
+    if FLAGS.torch:
+        try:
+            r = time_torch_vae(FLAGS.steps)
+            r["fraction_of_peak"] = r["flops_per_s"] / peak
+            results["recipes"]["vae (pytorch peer)"] = r
+        except ImportError:
+            results["torch"] = "not installed: pip install -e .[bench]"
+    peer = results["recipes"].get("vae (pytorch peer)")
+    rows = []
+    for key, r in results["recipes"].items():
+        if "error" in r:
+            rows.append([key, "-", "-", "-", "-", r["error"][:60]])
+            continue
+        if peer:
+            r["ratio_to_pytorch_peer"] = r["steps_per_s"] / peer["steps_per_s"]
+        rows.append([key, round(r["steps_per_s"], 1), round(r["examples_per_s"]),
+                     round(r["flops_per_s"] / 1e9, 1), f"{100 * r['fraction_of_peak']:.1f}%",
+                     f"{r['ratio_to_pytorch_peer']:.2f}x" if peer else "-"])
+    print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({os.cpu_count()} CPUs)")
+    print(common.format_table(rows, ["recipe", "steps/s", "examples/s", "GFLOP/s", "of peak",
+                                     "vs PyTorch"]))
+    print(json.dumps(results))
+    if FLAGS.output_json:
+        common.write_json(FLAGS.output_json, results)
+
+
+if __name__ == "__main__":
+    app.run(main)
