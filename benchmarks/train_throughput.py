@@ -92,7 +92,8 @@ def time_keras(name, jit, steps):
 
     model, ds, flops, examples = recipe(name)
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=jit)
-    model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0, shuffle=False)  # Trace/compile outside the clock.
+    # Trace and compile outside the clock.
+    model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0, shuffle=False)
     start = time.perf_counter()
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start

@@ -3,6 +3,23 @@
 The graph holds plain TF ops (the TFP distributions are traced away), so
 `tf.saved_model.load(path).signatures["elbo"](x=..., seed=...)` works in a process that never
 imports tfp_vae or tensorflow_probability.
+
+With `trainable=True` the SavedModel also trains itself: a `train_step` signature applies one
+step of the model's own optimizer (its state, e.g. Adam's moments and iteration count, is saved
+with the weights), so a host with only TensorFlow can continue training and re-save it:
+
+    m = tf.saved_model.load(path)
+    for x in batches:                                   # float32 [B, 784], binary pixels
+        metrics = m.signatures["train_step"](x=x)      # loss, nelbo, kl, rec, ...
+    tf.saved_model.save(m, new_path, signatures=m.signatures)
+
+How the state is shared: `keras.export.ExportArchive` saves every variable that its endpoint
+functions capture. All endpoints are traced from the same Python model, so they capture the same
+underlying `tf.Variable`s (with the TensorFlow backend a Keras variable wraps one); the SavedModel
+stores each once, and after loading `train_step` updates exactly the variables that `elbo`,
+`encode`, ... read. The optimizer's variables are captured by `train_step` (and also exposed as
+the collection `optimizer_variables`; a fixed learning rate as the variable `learning_rate`, so
+`m.learning_rate.assign(1e-4)` changes it).
 """
 
 import os
@@ -10,17 +27,25 @@ import shutil
 import tempfile
 
 import keras
+import tensorflow as tf
 
 
-def export(model, path, overwrite=False, verbose=False):
+def export(model, path, overwrite=False, trainable=False, verbose=False):
     """Writes `model.serving_functions()` as SavedModel signatures at `path`.
 
     The first signature is also `serving_default`. The directory is written next to `path`
     and moved into place only when complete, so a failed export never leaves a half-written
     model or destroys the one that was there.
 
+    Args:
+      trainable: also write the training signatures (`training_functions`: `train_step`) and
+        the optimizer's state, so that the SavedModel can be trained further with TensorFlow
+        alone. The model must be compiled with an optimizer (a model from
+        `keras.models.load_model` of a compiled model is; its optimizer state is restored).
+
     Raises:
       FileExistsError: `path` exists and `overwrite` is False.
+      ValueError: `trainable` and the model has no optimizer or cannot be trained this way.
     """
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
@@ -28,8 +53,24 @@ def export(model, path, overwrite=False, verbose=False):
                               "overwrite=True (--overwrite) to replace it.")
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for name, (fn, signature) in model.serving_functions().items():
+    endpoints = dict(model.serving_functions())
+    if trainable:
+        optimizer = _built_optimizer(model)
+        training = training_functions(model)
+        clash = sorted(set(training) & set(endpoints))
+        if clash:
+            raise ValueError(f"Training signature names {clash} clash with serving signatures.")
+        endpoints.update(training)
+    for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name, fn, input_signature=signature)
+    if trainable:
+        archive.add_variable_collection("optimizer_variables", list(optimizer.variables))
+        learning_rate = getattr(optimizer, "_learning_rate", None)  # a schedule has none
+        root = getattr(archive, "_tf_trackable", None)  # what write_out saves
+        if isinstance(learning_rate, keras.Variable) and root is not None:
+            # The tf.Variable itself (train_step captures it), so that after loading
+            # `loaded.learning_rate.assign(1e-4)` changes the rate of the next steps.
+            root.learning_rate = learning_rate.value
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -42,3 +83,67 @@ def export(model, path, overwrite=False, verbose=False):
         if os.path.exists(staging):
             shutil.rmtree(staging)
     return path
+
+
+def training_functions(model):
+    """name -> (function, input_signature) of the training signatures of `model`.
+
+    `model.training_functions()` where the model defines it (the VAE and GMVAE, see
+    LatentVariableModel.training_functions); for the SSVAE,
+    `train_step(unlabelled_x, labelled_x, labelled_y)` (see `_ssvae_training_functions`).
+    """
+    if hasattr(model, "training_functions"):
+        return dict(model.training_functions())
+    from tfp_vae.models import ssvae
+
+    if isinstance(model, ssvae.SSVAE):
+        return _ssvae_training_functions(model)
+    raise ValueError(f"A trainable export is not supported for {type(model).__name__}: it has no "
+                     "training_functions(). Export it without trainable=True (--trainable).")
+
+
+def _built_optimizer(model):
+    """The model's optimizer, built on its trainable variables (so that its state exists before
+    the train step is traced), or a ValueError saying how to get one."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise ValueError("A trainable export needs the model's optimizer: compile the model "
+                         "(model.compile(keras.optimizers.Adam(1e-3))) or load a compiled one "
+                         "with keras.models.load_model before exporting with trainable=True.")
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError("A trainable export needs the TensorFlow backend (KERAS_BACKEND="
+                         f"tensorflow); this is {keras.backend.backend()}.")
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def _ssvae_training_functions(model):
+    """`train_step(unlabelled_x, labelled_x, labelled_y)` for the SSVAE: one optimizer step on
+    its loss (`SSVAE.compute_losses`), as `SSVAE.train_step` takes it.
+
+    Inputs: binary images float32 [B, x_dim] and [L, x_dim], int32 class indices [L]. Returns
+    the batch's train metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless
+    gen_weight is 0, `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations`
+    (int64, after the update) and `learning_rate`.
+    """
+    x_u = tf.TensorSpec([None, model.x_dim], tf.float32, name="unlabelled_x")
+    x_l = tf.TensorSpec([None, model.x_dim], tf.float32, name="labelled_x")
+    y_l = tf.TensorSpec([None], tf.int32, name="labelled_y")
+
+    def train_step(unlabelled_x, labelled_x, labelled_y):
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            values = model.compute_losses(unlabelled_x, labelled_x, labelled_y)
+            loss = model.optimizer.scale_loss(values["loss"])
+        grads = tape.gradient(loss, variables)
+        # With gen_weight 0 only the classifier has gradients (as in SSVAE.train_step).
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        model.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        out = {name: tf.cast(value, tf.float32) for name, value in values.items()}
+        out["optimizer_iterations"] = tf.identity(
+            tf.convert_to_tensor(model.optimizer.iterations))
+        out["learning_rate"] = tf.cast(model.optimizer.learning_rate, tf.float32)
+        return out
+
+    return {"train_step": (train_step, [x_u, x_l, y_l])}

@@ -6,6 +6,11 @@ built once in `__init__` would freeze them), so gradients reach every parameter.
 
 Shapes follow TFP: batch shape is everything but the last axis of the input; the event is the
 last axis (z for Gaussians, pixels for the Bernoulli).
+
+Every layer here computes in float32 whatever the global dtype policy: under mixed precision
+(`keras.mixed_precision.set_global_policy("mixed_bfloat16")`) the networks may compute in bfloat16
+or float16, but their outputs are cast to float32 on the way in, so every distribution
+parameter, log-probability, log-sum-exp and loss is float32.
 """
 
 import keras
@@ -17,8 +22,16 @@ tfd = tfp.distributions
 _PACKAGE = "tfp_vae"
 
 
+class Float32Layer(keras.layers.Layer):
+    """A layer whose dtype policy is always float32 (inputs cast to float32, float32 variables
+    used as they are), so a mixed-precision global policy stops at it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "dtype": "float32"})
+
+
 @keras.saving.register_keras_serializable(_PACKAGE)
-class GaussianPosterior(keras.layers.Layer):
+class GaussianPosterior(Float32Layer):
     """Network output h [..., 2z] -> MultivariateNormalDiag, batch [...], event [z].
 
     The first half of h is the mean; variance = softplus(second half) + min_variance (the floor
@@ -30,7 +43,7 @@ class GaussianPosterior(keras.layers.Layer):
         self.min_variance = float(min_variance)
 
     def call(self, h):
-        loc, pre_variance = tf.split(h, 2, axis=-1)
+        loc, pre_variance = tf.split(tf.cast(h, tf.float32), 2, axis=-1)
         variance = tf.nn.softplus(pre_variance) + self.min_variance
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.sqrt(variance))
 
@@ -39,7 +52,7 @@ class GaussianPosterior(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
-class StandardNormalPrior(keras.layers.Layer):
+class StandardNormalPrior(Float32Layer):
     """p(z) = N(0, I): called with no input, returns MultivariateNormalDiag, event [z_dim]."""
 
     def __init__(self, z_dim, **kwargs):
@@ -65,13 +78,14 @@ class LogitBernoulli(tfd.Bernoulli):
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
-class BernoulliLikelihood(keras.layers.Layer):
+class BernoulliLikelihood(Float32Layer):
     """Logits [..., D] -> Independent(Bernoulli(logits), 1): batch [...], event [D].
 
     Samples are float32 so they can be fed straight back into the encoder.
     """
 
     def call(self, logits):
+        logits = tf.cast(logits, tf.float32)
         return tfd.Independent(LogitBernoulli(logits=logits, dtype=tf.float32),
                                reinterpreted_batch_ndims=1)
 
@@ -106,7 +120,7 @@ class DiagonalGaussianMixture(tfd.MixtureSameFamily):
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
-class MixturePrior(keras.layers.Layer):
+class MixturePrior(Float32Layer):
     """p(z) = sum_j w_j N(z; mu_j, diag(v_j)), a learned mixture of k Gaussians.
 
     Called with no input, returns a `DiagonalGaussianMixture` (a `tfd.MixtureSameFamily` of

@@ -5,6 +5,11 @@ Example:
 
 Signatures: encode (x -> mean, variance), decode (z -> probs, logits), sample (n -> images, z),
 elbo (x, seed -> elbo, kl, rec), log_likelihood (x, m, seed -> per-example IWAE-m bound).
+
+With --trainable the SavedModel also has train_step (x -> loss, nelbo, kl, rec,
+optimizer_iterations, learning_rate; for the SSVAE: unlabelled_x, labelled_x, labelled_y), one
+step of the model's own optimizer, whose state (e.g. Adam's moments and step count) is saved too,
+so TensorFlow alone can continue training it and re-save it with tf.saved_model.save.
 """
 
 from absl import app, flags
@@ -16,6 +21,8 @@ flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `tr
                     required=True)
 flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel to.", required=True)
 flags.DEFINE_bool("overwrite", False, "Replace --export_dir if it already exists.")
+flags.DEFINE_bool("trainable", False, "Also export a train_step signature and the optimizer "
+                  "state, so that the SavedModel can be trained further with TensorFlow alone.")
 
 
 def main(argv):
@@ -27,8 +34,14 @@ def main(argv):
     if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
         raise app.UsageError(f"{FLAGS.export_dir} already exists; pass --overwrite to replace it.")
     model = common.load_model(FLAGS.model_path)
-    export.export(model, FLAGS.export_dir, overwrite=FLAGS.overwrite)
-    names = sorted(model.serving_functions())
+    if FLAGS.trainable and getattr(model, "optimizer", None) is None:
+        raise app.UsageError(f"{FLAGS.model_path} has no optimizer (it was saved uncompiled); "
+                             "--trainable needs one.")
+    export.export(model, FLAGS.export_dir, overwrite=FLAGS.overwrite, trainable=FLAGS.trainable)
+    names = list(model.serving_functions())
+    if FLAGS.trainable:
+        names += list(export.training_functions(model))
+    names = sorted(names)
     print(f"Wrote SavedModel {FLAGS.export_dir} with signatures: {', '.join(names)}")
 
 

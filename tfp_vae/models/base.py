@@ -58,6 +58,76 @@ def check_images(x, x_dim, binary=True):
         return tf.identity(x)
 
 
+def replica_context():
+    """The replica context when a step runs replicated (under a tf.distribute strategy with more
+    than one replica in sync), else None.
+
+    Decided when the step is traced, so the single-device graph has no distribution ops at all.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    return ctx
+
+
+def global_counts(ctx, *sizes):
+    """The sizes (scalars) summed over all replicas: float32 scalars, one per argument.
+
+    Used to divide each replica's *sum* of per-example losses by the *global* number of examples.
+    Keras' optimizer sums the replicas' gradients (`optimizer.apply` all-reduces with
+    ReduceOp.SUM), so the summed gradient is exactly that of the mean over the global batch, also
+    when the batch does not split evenly (97 over 2 replicas is 49 + 48). (Keras' own losses
+    divide a replica's mean by the number of replicas instead, which is exact only for even
+    splits.)
+    """
+    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                          tf.cast(tf.stack(list(sizes)), tf.float32))
+    return tf.unstack(sums, num=len(sizes))
+
+
+def global_results(ctx, trackers):
+    """name -> pooled mean over all replicas of each `keras.metrics.Mean` in `trackers`.
+
+    A replica's tracker holds its own total and count (metric variables are sync-on-read), so
+    `result()` inside a replicated step is that replica's mean, and Keras would average those
+    means across replicas, which is not the mean over all examples when the replicas saw
+    different numbers. One all-reduce of the totals and counts gives the exact pooled mean, the
+    same on every replica.
+    """
+    local = tf.stack([tf.cast(tf.convert_to_tensor(v), tf.float32)
+                      for t in trackers for v in (t.total.value, t.count.value)])
+    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    results = {t.name: tf.math.divide_no_nan(sums[2 * i], sums[2 * i + 1])
+               for i, t in enumerate(trackers)}
+    strategy = ctx.strategy
+    if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()):
+        # Keras 3 reduces a multi-worker step's outputs with strategy.reduce(MEAN, v, axis=0),
+        # which fails on scalars (tensorflow/tensorflow#72388); as shape [1] they reduce to the
+        # scalar value itself (it is the same on every replica).
+        results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+    return results
+
+
+def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
+    """Replaces Keras' `Trainer._maybe_symbolic_build` (TF backend) for our models.
+
+    Under a tf.distribute strategy Keras builds the model from the first batch after reducing it
+    with an elementwise MEAN across replicas, which fails when the global batch does not split
+    evenly (97 examples over 2 replicas are slices of 49 and 48). Our models create every
+    variable at construction and compile no Keras loss or metrics, so only the optimizer's
+    variables are missing: they are created here, in the strategy's scope (not lazily inside the
+    replicated step, where tf.distribute cannot create them). Without a strategy Keras does
+    nothing here either.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None:
+        return
+    if model.optimizer is not None and not model.optimizer.built:
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+
+
 class LatentVariableModel(keras.Model):
     """Base class: p(z) p(x|z) with an amortised posterior q(z|x), trained by model.fit.
 
@@ -184,9 +254,15 @@ class LatentVariableModel(keras.Model):
     def metrics(self):
         return list(self._trackers)
 
-    def _record(self, terms):
+    _maybe_symbolic_build = symbolic_build_under_strategy
+
+    def _record(self, terms, ctx=None):
+        """Adds the per-example terms to the metrics; returns their means so far (pooled over
+        all replicas when `ctx`, a replica context, is given)."""
         for tracker in self._trackers:
             tracker.update_state(terms[tracker.name])
+        if ctx is not None:
+            return global_results(ctx, self._trackers)
         return {t.name: t.result() for t in self._trackers}
 
     @staticmethod
@@ -194,17 +270,33 @@ class LatentVariableModel(keras.Model):
         return data[0] if isinstance(data, (tuple, list)) else data
 
     def train_step(self, data):
+        """One gradient step on the mean per-example loss of the batch.
+
+        Replicated (tf.distribute, N > 1 replicas): each replica gets a slice of the global
+        batch, and its loss is the *sum* of its per-example losses divided by the *global* batch
+        size (all-reduced); the optimizer sums the replicas' gradients, so the update is exactly
+        the single-device one on the whole batch. Metrics are pooled over all examples.
+        """
         x = check_images(self._images_of(data), self.x_dim)
+        ctx = replica_context()
+        if ctx is not None:
+            (global_batch,) = global_counts(ctx, tf.shape(x)[0])
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True)
-            loss = tf.reduce_mean(terms["loss"])
+            if ctx is None:
+                loss = tf.reduce_mean(terms["loss"])
+            else:
+                loss = tf.reduce_sum(terms["loss"]) / global_batch
+            # A LossScaleOptimizer (mixed_float16) scales here and unscales in apply; any other
+            # optimizer returns the loss itself.
+            loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        return self._record(terms)
+        return self._record(terms, ctx)
 
     def test_step(self, data):
         x = check_images(self._images_of(data), self.x_dim)
-        return self._record(self.compute_terms(x, training=False))
+        return self._record(self.compute_terms(x, training=False), replica_context())
 
     def get_config(self):
         return {**super().get_config(), "z_dim": self.z_dim, "x_dim": self.x_dim,
@@ -255,3 +347,37 @@ class LatentVariableModel(keras.Model):
 
         return {"encode": (encode, [x]), "decode": (decode, [z]), "sample": (sample, [n]),
                 "elbo": (elbo, [x, seed]), "log_likelihood": (log_likelihood, [x, m, seed])}
+
+    def training_functions(self):
+        """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
+
+        `train_step(x)`: one optimizer step on binary images x, float32 [B, x_dim] (checked as
+        in `train_step`): the gradient of the mean `loss` of `compute_terms` is applied with
+        `self.optimizer`, which updates the model's variables and the optimizer's state (Adam's
+        moments, its iteration count). Returns the batch means of `loss`, `nelbo`, `kl`, `rec`
+        (and `niwae` under the IWAE objective), computed before the update (float32 scalars),
+        `optimizer_iterations` (int64, counted after the update) and `learning_rate` (float32).
+
+        Unlike `train_step` under model.fit, nothing goes into Keras' running metrics: each call
+        reports its own batch. Needs a compiled model whose optimizer is built
+        (`tfp_vae.export.export(..., trainable=True)` builds it).
+        """
+        x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
+
+        def train_step(x):
+            x = check_images(x, self.x_dim)
+            variables = self.trainable_variables
+            with tf.GradientTape() as tape:
+                terms = self.compute_terms(x, training=True)
+                # A LossScaleOptimizer scales here and unscales in apply (as in train_step).
+                loss = self.optimizer.scale_loss(tf.reduce_mean(terms["loss"]))
+            self.optimizer.apply(tape.gradient(loss, variables), variables)
+            out = {name: tf.cast(tf.reduce_mean(value), tf.float32)
+                   for name, value in terms.items()}
+            # Read after the update (automatic control dependencies order the variable ops).
+            out["optimizer_iterations"] = tf.identity(
+                tf.convert_to_tensor(self.optimizer.iterations))
+            out["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
+            return out
+
+        return {"train_step": (train_step, [x])}

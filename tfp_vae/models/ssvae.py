@@ -36,7 +36,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import data, layers, networks, objectives
-from tfp_vae.models.base import check_images
+from tfp_vae.models.base import (check_images, global_counts, global_results, replica_context,
+                                 symbolic_build_under_strategy)
 
 tfd = tfp.distributions
 
@@ -269,10 +270,16 @@ def make_eval_dataset(images, labels, batch_size=1000):
 
 @keras.saving.register_keras_serializable("tfp_vae")
 class CategoricalFromLogits(keras.layers.Layer):
-    """Logits [..., K] -> tfd.Categorical(logits): batch [...], event []."""
+    """Logits [..., K] -> tfd.Categorical(logits): batch [...], event [].
+
+    Always float32 (see tfp_vae.layers): under a mixed-precision policy the logits are cast up.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "dtype": "float32"})
 
     def call(self, logits):
-        return tfd.Categorical(logits=logits)
+        return tfd.Categorical(logits=tf.cast(logits, tf.float32))
 
 
 @keras.saving.register_keras_serializable("tfp_vae")
@@ -358,9 +365,14 @@ class SSVAE(keras.Model):
     def _decode(self, z, onehot):
         return self.likelihood(networks.apply(self.decoder, tf.concat([z, onehot], axis=-1)))
 
+    def _classifier_logits(self, x):
+        """The classifier's logits [B, K] as float32 (the network may compute in bfloat16 or
+        float16 under a mixed-precision policy; every softmax, KL and loss is float32)."""
+        return tf.cast(self.classifier(x), tf.float32)
+
     def class_logits(self, x):
         """Logits [B, K] of q(y|x); x may be grayscale in [0, 1] (checked)."""
-        return self.classifier(check_images(x, self.x_dim, binary=False))
+        return self._classifier_logits(check_images(x, self.x_dim, binary=False))
 
     def label_distribution(self, x):
         """q(y|x) as a tfd.Categorical, batch [B]."""
@@ -411,7 +423,7 @@ class SSVAE(keras.Model):
     def unlabelled_terms(self, x, seed=None):
         """-U(x) and its parts for binary x [B, x_dim] (not checked): dict of [B] tensors
         `nelbo`, `rec`, `kl_z`, `kl_y` (see `unlabelled_bound_terms`) and `class_logits` [B, K]."""
-        logits = self.classifier(x)
+        logits = self._classifier_logits(x)
         rec, kl_z = self.enumerated_terms(x, seed)
         return {**unlabelled_bound_terms(logits, rec, kl_z), "class_logits": logits}
 
@@ -433,30 +445,69 @@ class SSVAE(keras.Model):
         labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
         return -self.labelled_terms(x, labels, seed)["nelbo"]
 
-    def compute_losses(self, unlabelled_x, labelled_x, labelled_y):
-        """The training loss and every train metric, as scalars (means over each set).
+    # Which set each per-example training term is averaged over.
+    LABELLED_TERMS = ("class_loss", "accuracy", "labelled_nelbo")
+    UNLABELLED_TERMS = ("nelbo", "rec", "kl_z", "kl_y")
+
+    def per_example_losses(self, unlabelled_x, labelled_x, labelled_y):
+        """The training terms per example, before averaging: dict of `class_loss`
+        (-log q(y|x)), `accuracy` (0/1) and `labelled_nelbo` (-L(x, y)), each [L], and `nelbo`
+        (-U(x)), `rec`, `kl_z`, `kl_y`, each [B]. The bound terms are left out when gen_weight
+        is 0 (a plain classifier: they would cost ~10x the step and change nothing).
 
         Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]).
         """
         x_u = check_images(unlabelled_x, self.x_dim)
         x_l = check_images(labelled_x, self.x_dim)
         y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes)
-        logits_l = self.classifier(x_l)
-        class_loss = tf.reduce_mean(classification_loss(logits_l, y_l))
-        correct = tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l),
-                          tf.float32)
-        out = {"class_loss": class_loss, "accuracy": tf.reduce_mean(correct),
-               "loss": self.class_weight * class_loss}
+        logits_l = self._classifier_logits(x_l)
+        out = {"class_loss": classification_loss(logits_l, y_l),
+               "accuracy": tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l),
+                                   tf.float32)}
         if self.gen_weight == 0:
-            # A plain classifier: the bounds would cost ~10x the step and change nothing.
             return out
         unlabelled = self.unlabelled_terms(x_u)
-        labelled = self.labelled_terms(x_l, y_l)
-        out.update({name: tf.reduce_mean(unlabelled[name])
-                    for name in ("nelbo", "rec", "kl_z", "kl_y")})
-        out["labelled_nelbo"] = tf.reduce_mean(labelled["nelbo"])
-        out["loss"] += self.gen_weight * (out["nelbo"] + out["labelled_nelbo"])
+        out.update({name: unlabelled[name] for name in self.UNLABELLED_TERMS})
+        out["labelled_nelbo"] = self.labelled_terms(x_l, y_l)["nelbo"]
         return out
+
+    def _loss_of(self, means):
+        """The training loss from the set means of the per-example terms."""
+        loss = self.class_weight * means["class_loss"]
+        if self.gen_weight == 0:
+            return loss
+        return loss + self.gen_weight * (means["nelbo"] + means["labelled_nelbo"])
+
+    def compute_losses(self, unlabelled_x, labelled_x, labelled_y):
+        """The training loss and every train metric, as scalars (means over each set).
+
+        Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]).
+        """
+        out = {name: tf.reduce_mean(t) for name, t in
+               self.per_example_losses(unlabelled_x, labelled_x, labelled_y).items()}
+        out["loss"] = self._loss_of(out)
+        return out
+
+    def _replicated_losses(self, ctx, unlabelled_x, labelled_x, labelled_y):
+        """This replica's share of the loss, and its per-example terms, under tf.distribute.
+
+        tf.distribute splits every component of a batch along its first axis, so each replica
+        gets a slice of the unlabelled batch *and a slice of the labelled set* (the labelled set
+        comes whole at every step, so the slices are a fixed partition of it). Each set mean
+        becomes this replica's sum over its slice divided by the global size of the set
+        (all-reduced); the optimizer sums the replicas' gradients, so the update equals the
+        single-device one on the whole unlabelled batch and labelled set, even and uneven splits
+        alike. For the `loss` metric each replica records its share times the number of
+        replicas, so the pooled mean over replicas is the global loss.
+        """
+        terms = self.per_example_losses(unlabelled_x, labelled_x, labelled_y)
+        n_u, n_l = global_counts(ctx, tf.shape(tf.convert_to_tensor(unlabelled_x))[0],
+                                 tf.shape(tf.convert_to_tensor(labelled_x))[0])
+        means = {name: tf.reduce_sum(t) / (n_u if name in self.UNLABELLED_TERMS else n_l)
+                 for name, t in terms.items()}
+        loss = self._loss_of(means)
+        terms["loss"] = loss * tf.cast(ctx.num_replicas_in_sync, tf.float32)
+        return loss, terms
 
     # ---- Keras plumbing ---------------------------------------------------------------------
 
@@ -468,9 +519,15 @@ class SSVAE(keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
-    def _record(self, values, names):
+    _maybe_symbolic_build = symbolic_build_under_strategy
+
+    def _record(self, values, names, ctx=None):
+        """Adds values (scalars or per-example vectors) to the named metrics; returns their
+        means so far, pooled over all replicas when `ctx` (a replica context) is given."""
         for name in names:
             self._trackers[name].update_state(values[name])
+        if ctx is not None:
+            return global_results(ctx, [self._trackers[name] for name in names])
         return {name: self._trackers[name].result() for name in names}
 
     def train_step(self, data):
@@ -479,13 +536,21 @@ class SSVAE(keras.Model):
         except (TypeError, ValueError):
             raise ValueError("SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
                              "build the dataset with tfp_vae.models.ssvae.make_train_dataset.")
+        ctx = replica_context()
         with tf.GradientTape() as tape:
-            values = self.compute_losses(unlabelled_x, labelled_x, labelled_y)
-        grads = tape.gradient(values["loss"], self.trainable_variables)
+            if ctx is None:
+                values = self.compute_losses(unlabelled_x, labelled_x, labelled_y)
+                loss = values["loss"]
+            else:
+                loss, values = self._replicated_losses(ctx, unlabelled_x, labelled_x, labelled_y)
+            # A LossScaleOptimizer (mixed_float16) scales here and unscales in apply; any other
+            # optimizer returns the loss itself.
+            loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, self.trainable_variables)
         # With gen_weight 0 only the classifier has gradients; skip the rest quietly.
         pairs = [(g, v) for g, v in zip(grads, self.trainable_variables) if g is not None]
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-        return self._record(values, [n for n in self.TRAIN_METRICS if n in values])
+        return self._record(values, [n for n in self.TRAIN_METRICS if n in values], ctx)
 
     def test_step(self, data):
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
@@ -503,7 +568,7 @@ class SSVAE(keras.Model):
         values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
         values["accuracy"] = tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        return self._record(values, self.TEST_METRICS)
+        return self._record(values, self.TEST_METRICS, replica_context())
 
     def call(self, x, training=False):
         """Class probabilities q(y|x) [B, K] (see `classify`)."""
