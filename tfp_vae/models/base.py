@@ -48,14 +48,20 @@ def check_images(x, x_dim, binary=True):
         checks.append((lambda v: tf.reduce_all((v == 0.0) | (v == 1.0)),
                        "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
                        "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training)."))
+    return enforce(x, checks)
+
+
+def enforce(value, checks):
+    """Raises ValueError eagerly, or adds graph assertions, for each (predicate, message):
+    the same message either way. Returns `value` (behind the assertions in a graph)."""
     if tf.executing_eagerly():
         for ok, message in checks:
-            if not bool(ok(x)):
+            if not bool(ok(value)):
                 raise ValueError(message)
-        return x
-    asserts = [tf.debugging.Assert(ok(x), [message]) for ok, message in checks]
+        return value
+    asserts = [tf.debugging.Assert(ok(value), [message]) for ok, message in checks]
     with tf.control_dependencies(asserts):
-        return tf.identity(x)
+        return tf.identity(value)
 
 
 def replica_context():

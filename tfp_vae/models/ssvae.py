@@ -36,8 +36,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import data, layers, networks, objectives
-from tfp_vae.models.base import (check_images, global_counts, global_results, replica_context,
-                                 symbolic_build_under_strategy)
+from tfp_vae.models.base import (check_images, enforce, global_counts, global_results,
+                                 replica_context, symbolic_build_under_strategy)
 
 tfd = tfp.distributions
 
@@ -99,18 +99,6 @@ def classification_loss(class_logits, labels):
 # Input checks.
 
 
-def _enforce(value, checks):
-    """Raises ValueError eagerly, or adds graph assertions, for each (predicate, message)."""
-    if tf.executing_eagerly():
-        for ok, message in checks:
-            if not bool(ok(value)):
-                raise ValueError(message)
-        return value
-    asserts = [tf.debugging.Assert(ok(value), [message]) for ok, message in checks]
-    with tf.control_dependencies(asserts):
-        return tf.identity(value)
-
-
 def check_labels(y, num_classes=NUM_CLASSES):
     """Validates labels and returns them as int32 class indices (shape [] or [B]).
 
@@ -128,7 +116,7 @@ def check_labels(y, num_classes=NUM_CLASSES):
         if not (y.dtype.is_floating or y.dtype.is_integer or y.dtype == tf.bool):
             raise ValueError(f"Labels must be numeric; got dtype {y.dtype.name}.")
         y = tf.cast(y, tf.float32)
-        y = _enforce(y, [(lambda v: tf.reduce_all(((v == 0.0) | (v == 1.0))
+        y = enforce(y, [(lambda v: tf.reduce_all(((v == 0.0) | (v == 1.0))
                                                   & (tf.reduce_sum(v, -1, keepdims=True) == 1.0)),
                           "One-hot labels must have exactly one 1 (and otherwise 0) per row.")])
         return tf.argmax(y, axis=-1, output_type=tf.int32)
@@ -139,7 +127,7 @@ def check_labels(y, num_classes=NUM_CLASSES):
         raise ValueError(f"Class-index labels must have an integer dtype; got {y.dtype.name} "
                          f"(pass one-hot rows as [batch, {num_classes}]).")
     y = tf.cast(y, tf.int32)
-    return _enforce(y, [(lambda v: tf.reduce_all((v >= 0) & (v < num_classes)),
+    return enforce(y, [(lambda v: tf.reduce_all((v >= 0) & (v < num_classes)),
                          f"Labels must be class indices in 0..{num_classes - 1}; some are "
                          "outside that range.")])
 
