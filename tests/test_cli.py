@@ -69,12 +69,13 @@ def test_evaluate_and_export(trained_run, tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
 
 
-@pytest.mark.parametrize("binary", ["train", "evaluate", "export"])
+@pytest.mark.parametrize("binary", ["train", "evaluate", "export", "sample"])
 def test_help_explains_every_flag(binary):
     result = _run(binary, "--help")
     assert "Traceback" not in result.stderr  # absl's --help exits with status 1 by design.
     text = result.stdout
-    module = {"train": ["--model", "--z_dim", "--beta", "--steps", "--batch_size",
+    module = {"sample": ["--model_path", "--output", "--rows", "--y", "--seed"],
+              "train": ["--model", "--z_dim", "--beta", "--steps", "--batch_size",
                         "--learning_rate", "--dataset", "--data_dir", "--out_dir", "--seed",
                         "--resume", "--objective", "--iw", "--k"],
               "evaluate": ["--model_path", "--iw", "--output_json", "--data_dir"],
@@ -103,3 +104,35 @@ def test_missing_data_names_every_place(tmp_path):
     env = {data.ENV_VAR: str(tmp_path / "nowhere"), "KERAS_HOME": str(tmp_path / "keras")}
     result = _run("evaluate", f"--model_path={tmp_path}", env_extra=env)
     assert result.returncode != 0 and "No saved model" in result.stderr
+
+
+def test_sample_writes_grids(trained_run, tmp_path):
+    out, _ = trained_run
+    png = tmp_path / "s.png"
+    result = _run("sample", f"--model_path={out}", f"--output={png}", "--rows=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    refused = _run("sample", f"--model_path={out}", f"--output={png}", "--y=3")
+    assert refused.returncode != 0 and "ssvae" in refused.stderr
+
+
+def test_sample_ssvae_style_grid(tmp_path):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfp_vae.models import SSVAE
+
+    model = SSVAE(z_dim=4, hidden=(16,), classifier_hidden=(16,))
+    model.compile(keras.optimizers.Adam(), jit_compile=False)
+    path = tmp_path / "ss.keras"
+    model.save(path)
+    png = tmp_path / "style.png"
+    result = _run("sample", f"--model_path={path}", f"--output={png}", "--rows=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    image = tf.io.decode_png(png.read_bytes()).numpy()
+    assert image.shape == (3 * 29 + 1, 10 * 29 + 1, 1)
+    for args in (["--y=7"], ["--y=12"]):
+        result = _run("sample", f"--model_path={path}", f"--output={png}", *args)
+        assert (result.returncode == 0) == (args == ["--y=7"]), result.stderr[-2000:]
+    assert np.any(image < 255)
