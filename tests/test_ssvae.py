@@ -330,3 +330,24 @@ def test_short_fit_on_mnist_beats_chance(mnist):
                        == mnist.y_test[:1000])
     np.testing.assert_allclose(accuracy, results["accuracy"], atol=1e-6)
     assert 0 < results["nelbo"] < 400, results
+
+
+def test_course_reference_loss_without_labelled_bound():
+    """labelled_bound=False: loss = gen_weight * -U + class_weight * cross-entropy, and the
+    labelled images may be grayscale (they only feed the classifier)."""
+    model = tiny_model(labelled_bound=False, gen_weight=1.0, class_weight=100.0)
+    x_u = binary_images(9, seed=1)
+    x_l = np.random.default_rng(2).random((20, 784)).astype(np.float32)  # Grayscale.
+    y_l = np.arange(20) % K
+    tf.random.set_seed(3)
+    values = model.compute_losses(x_u, x_l, y_l)
+    assert "labelled_nelbo" not in values
+    np.testing.assert_allclose(values["loss"], values["nelbo"] + 100.0 * values["class_loss"],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="binary"):
+        tiny_model().compute_losses(x_u, x_l, y_l)  # The labelled bound needs binary pixels.
+    ds = ssvae.make_train_dataset(*synthetic_uint8(300), labels_per_class=2, batch_size=8,
+                                  labelled_binarization="none")
+    _, (xl, _) = next(iter(ds))
+    assert not np.all(np.isin(xl.numpy(), [0.0, 1.0]))
+    assert model.get_config()["labelled_bound"] is False

@@ -33,6 +33,12 @@ flags.DEFINE_float("gen_weight", 1.0, "ssvae: weight on the labelled and unlabel
                    "(0 trains the classifier alone).", lower_bound=0.0)
 flags.DEFINE_float("class_weight", 100.0, "ssvae: weight on the labelled cross-entropy.",
                    lower_bound=0.0)
+flags.DEFINE_bool("labelled_bound", True, "ssvae: include the labelled bound in the loss; "
+                  "--nolabelled_bound gives the course reference's loss (unlabelled bound + "
+                  "weighted cross-entropy).")
+flags.DEFINE_enum("labelled_binarization", None, ["dynamic", "static", "none"],
+                  "ssvae: binarisation of the labelled set (default: --binarization); 'none' "
+                  "(grayscale) needs --nolabelled_bound.")
 flags.DEFINE_integer("z_dim", None, "Latent dimension (default: the recipe's, 10 for vae and "
                      "gmvae, 64 for ssvae).", lower_bound=1)
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
@@ -85,7 +91,8 @@ def build_model():
     keras.utils.set_random_seed(FLAGS.seed)
     kwargs = {} if FLAGS.z_dim is None else {"z_dim": FLAGS.z_dim}
     if FLAGS.model == "ssvae":
-        kwargs.update(gen_weight=FLAGS.gen_weight, class_weight=FLAGS.class_weight)
+        kwargs.update(gen_weight=FLAGS.gen_weight, class_weight=FLAGS.class_weight,
+                      labelled_bound=FLAGS.labelled_bound)
     else:
         kwargs.update(beta=FLAGS.beta, objective=FLAGS.objective, iw=FLAGS.iw)
     if FLAGS.model == "gmvae":
@@ -129,7 +136,7 @@ def main(argv):
 
         train_ds = ssvae.make_train_dataset(
             dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
-            FLAGS.batch_size, FLAGS.seed, FLAGS.binarization)
+            FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization)
     else:
         train_ds = data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
                                       seed=FLAGS.seed)

@@ -202,7 +202,7 @@ def _check_uint8_images(images, labels):
 
 
 def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_size=97, seed=0,
-                       binarization="dynamic"):
+                       binarization="dynamic", labelled_binarization=None):
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
     `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
@@ -214,6 +214,8 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
       images: uint8 [N, 28, 28] (or [N, 784]).
       labels: int [N].
       binarization: "dynamic" (the recipe), "static" or "none" (grayscale).
+      labelled_binarization: the same for the labelled set (default: `binarization`); "none"
+        (grayscale) goes with SSVAE(labelled_bound=False), as in the course reference.
 
     Returns:
       tf.data.Dataset of (float32 [batch_size, 784], (float32 [L, 784], int32 [L])), where
@@ -226,6 +228,10 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
         raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
     unlabelled_ds = data.train_dataset(images[unlabelled], batch_size, binarization, seed=seed)
     x_l, y_l = images[labelled], labels[labelled].astype(np.int32)
+    binarization = labelled_binarization or binarization
+    if binarization not in ("dynamic", "static", "none"):
+        raise ValueError(f"labelled_binarization must be dynamic, static or none; got "
+                         f"{binarization!r}.")
     if binarization == "dynamic":
         # Another op seed than the unlabelled stream's, so the two draws are not correlated.
         label_seed_op = None if seed is None else seed + 1
@@ -283,6 +289,9 @@ class SSVAE(keras.Model):
       num_classes: K (10).
       gen_weight: weight on the bounds in the loss (1); 0 trains the classifier alone.
       class_weight: weight on the labelled cross-entropy (100).
+      labelled_bound: include the labelled bound -L(x, y) in the loss (default). False gives
+        the course reference's loss, gen_weight * -U + class_weight * cross-entropy, where the
+        labelled images only feed the classifier (and may be grayscale).
       min_variance: floor added to the softplus posterior variance.
       init: "torch" (the recipe's) or "glorot"; see networks.mlp.
       x_dim: number of pixels.
@@ -304,6 +313,7 @@ class SSVAE(keras.Model):
     def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
                  activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
                  gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=784,
+                 labelled_bound=True,
                  **kwargs):
         super().__init__(**kwargs)
         if int(z_dim) < 1:
@@ -318,6 +328,7 @@ class SSVAE(keras.Model):
         self.classifier_hidden = tuple(int(h) for h in classifier_hidden)
         self.activation, self.classifier_activation = activation, classifier_activation
         self.gen_weight, self.class_weight = float(gen_weight), float(class_weight)
+        self.labelled_bound = bool(labelled_bound)
         self.min_variance, self.init = float(min_variance), init
         k = self.num_classes
         self.classifier = networks.mlp(self.x_dim, self.classifier_hidden, k,
@@ -446,7 +457,9 @@ class SSVAE(keras.Model):
         Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]).
         """
         x_u = check_images(unlabelled_x, self.x_dim)
-        x_l = check_images(labelled_x, self.x_dim)
+        # Without the labelled bound the labelled images only feed the classifier: grayscale is
+        # allowed then.
+        x_l = check_images(labelled_x, self.x_dim, binary=self.labelled_bound)
         y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes)
         logits_l = self._classifier_logits(x_l)
         out = {"class_loss": classification_loss(logits_l, y_l),
@@ -456,7 +469,8 @@ class SSVAE(keras.Model):
             return out
         unlabelled = self.unlabelled_terms(x_u)
         out.update({name: unlabelled[name] for name in self.UNLABELLED_TERMS})
-        out["labelled_nelbo"] = self.labelled_terms(x_l, y_l)["nelbo"]
+        if self.labelled_bound:
+            out["labelled_nelbo"] = self.labelled_terms(x_l, y_l)["nelbo"]
         return out
 
     def _loss_of(self, means):
@@ -464,7 +478,8 @@ class SSVAE(keras.Model):
         loss = self.class_weight * means["class_loss"]
         if self.gen_weight == 0:
             return loss
-        return loss + self.gen_weight * (means["nelbo"] + means["labelled_nelbo"])
+        bounds = means["nelbo"] + (means["labelled_nelbo"] if self.labelled_bound else 0.0)
+        return loss + self.gen_weight * bounds
 
     def compute_losses(self, unlabelled_x, labelled_x, labelled_y):
         """The training loss and every train metric, as scalars (means over each set).
@@ -568,6 +583,7 @@ class SSVAE(keras.Model):
                 "classifier_activation": self.classifier_activation,
                 "num_classes": self.num_classes, "gen_weight": self.gen_weight,
                 "class_weight": self.class_weight, "min_variance": self.min_variance,
+                "labelled_bound": self.labelled_bound,
                 "init": self.init, "x_dim": self.x_dim}
 
     # ---- uses -------------------------------------------------------------------------------
