@@ -34,6 +34,11 @@ def run_main(main):
 
     @functools.wraps(main)
     def wrapped(argv):
+        from absl import logging
+
+        if not flags.FLAGS["verbosity"].present:
+            # TF's SavedModel writer logs every function at INFO; keep the console readable.
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except (data.DataError, FileNotFoundError, FileExistsError) as e:
