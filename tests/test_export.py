@@ -11,17 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from isolation import BLOCK_PACKAGE_IMPORTS
 from tfp_vae import export
 from tfp_vae.models import GMVAE, VAE
 
 # Runs in a fresh interpreter that refuses to import tfp_vae or tensorflow_probability.
 _SERVE = textwrap.dedent("""
     import json, sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tfp_vae", "tensorflow_probability"):
-                raise ImportError("blocked: " + name)
-    sys.meta_path.insert(0, Block())
     import numpy as np, tensorflow as tf
     loaded = tf.saved_model.load(sys.argv[1])
     x = tf.constant(np.load(sys.argv[2]))
@@ -38,6 +34,8 @@ _SERVE = textwrap.dedent("""
     }
     print(json.dumps(out))
 """)
+_SERVE = BLOCK_PACKAGE_IMPORTS + _SERVE
+
 
 
 @pytest.mark.parametrize("model_cls", [VAE, GMVAE])

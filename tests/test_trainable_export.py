@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from isolation import BLOCK_PACKAGE_IMPORTS
 from tfp_vae import data, export
 from tfp_vae.models import GMVAE, SSVAE, VAE
 
@@ -22,11 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # where it is installed, so keras is not blocked; no tfp_vae code is needed to run the graph.)
 _TRAIN = textwrap.dedent("""
     import gzip, json, os, sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tfp_vae", "tensorflow_probability"):
-                raise ImportError("blocked: " + name)
-    sys.meta_path.insert(0, Block())
     import numpy as np, tensorflow as tf
 
     saved, resaved, data_dir = sys.argv[1:4]
@@ -66,6 +62,8 @@ _TRAIN = textwrap.dedent("""
     out["modules"] = sorted(m for m in sys.modules if m.startswith(("tfp_vae", "tensorflow_prob")))
     print(json.dumps(out))
 """)
+_TRAIN = BLOCK_PACKAGE_IMPORTS + _TRAIN
+
 
 
 def _run_isolated(script, *args, cwd):

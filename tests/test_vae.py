@@ -1,7 +1,6 @@
 """The VAE end to end: convergence on real MNIST, model API, save/load, resume, NaN stop, bad input."""
 
 import json
-import os
 
 import keras
 import numpy as np
@@ -23,15 +22,8 @@ def _random_binary(n, seed=0):
     return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def mnist_data():
-    if not os.environ.get(data.ENV_VAR):
-        pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
-    return data.load()
-
-
 @pytest.mark.parametrize("model_cls", [VAE, GMVAE])
-def test_converges_on_mnist(mnist_data, model_cls):
+def test_converges_on_mnist(mnist, model_cls):
     """1500 steps of the recipe: the bound, computed independently of `kl()` through sampled
     log q - log p (IWAE with m = 1), must fall far below its start. A broken KL (say, beta 0 or
     a wrong sign) collapses the posterior and blows this bound up; a broken likelihood never
@@ -39,9 +31,9 @@ def test_converges_on_mnist(mnist_data, model_cls):
     keras.utils.set_random_seed(1)
     model = model_cls(**({"k": 50} if model_cls is GMVAE else {}))
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=False)
-    model.fit(data.train_dataset(mnist_data.x_train, 97, seed=1), steps_per_epoch=1500, epochs=1,
+    model.fit(data.train_dataset(mnist.x_train, 97, seed=1), steps_per_epoch=1500, epochs=1,
               verbose=0)
-    x = data.binarize_static(mnist_data.x_test[:1000])
+    x = data.binarize_static(mnist.x_test[:1000])
     metrics = model.evaluate(x, batch_size=500, verbose=0, return_dict=True)
     sampled_bound = -float(tf.reduce_mean(model.iwae(x, 1, seed=[3, 4])))
     assert sampled_bound < 122.0, (sampled_bound, metrics)

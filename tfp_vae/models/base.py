@@ -202,9 +202,13 @@ class LatentVariableModel(keras.Model):
 
     def iwae_log_weights(self, x, m, seed=None):
         """log p(x|z_i), log p(z_i), log q(z_i|x) for z_i ~ q(z|x), i < m: each [m, B]."""
+        return self._importance_samples(x, m, seed)[2:]
+
+    def _importance_samples(self, x, m, seed=None):
+        """q(z|x), z [m, B, z_dim] ~ q, and the three log-densities of `iwae_log_weights`."""
         q = self.encode(x)
         z = q.sample(m, seed=seed)
-        return self.decode(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z)
+        return q, z, self.decode(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z)
 
     def iwae(self, x, m, seed=None, chunk=None):
         """Per-example IWAE bound with m samples [B]; m = 1 is the ELBO with a sampled KL.
@@ -241,12 +245,10 @@ class LatentVariableModel(keras.Model):
             terms["loss"] = objectives.negative_elbo(-terms["rec"], terms["kl"], self.beta)
             return terms
         # IWAE: one set of `iw` samples gives the bound; its first sample gives the ELBO terms.
-        q = self.encode(x)
-        z = q.sample(self.iw)
-        log_lik, log_prior, log_post = (self.decode(z).log_prob(x), self.prior().log_prob(z),
-                                        q.log_prob(z))
+        q, z, log_lik, log_prior, log_post = self._importance_samples(x, self.iw)
         niwae = -objectives.iwae_bound(log_lik, log_prior, log_post)
-        kl = self.kl(q, z[0]) if self.analytic_kl else log_post[0] - log_prior[0]
+        kl = (self.kl(q, z[0]) if self.analytic_kl
+              else objectives.monte_carlo_kl(log_post[0], log_prior[0]))
         rec = -log_lik[0]
         return {"loss": niwae, "niwae": niwae, "nelbo": rec + kl, "kl": kl, "rec": rec}
 
