@@ -106,6 +106,18 @@ def test_missing_data_names_every_place(tmp_path):
     assert result.returncode != 0 and "No saved model" in result.stderr
 
 
+def test_bad_labelled_indices_file_is_one_line(tmp_path):
+    if not os.environ.get(data.ENV_VAR):
+        pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
+    idx = tmp_path / "idx.txt"
+    idx.write_text("0 1 2 3\n")   # Four examples cannot cover ten classes.
+    result = _run("train", "--model=ssvae", f"--labelled_indices={idx}", "--steps=1",
+                  f"--out_dir={tmp_path}/o")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "no examples of class(es)" in result.stderr
+    assert not os.path.exists(tmp_path / "o" / "checkpoints")
+
+
 def test_sample_writes_grids(trained_run, tmp_path):
     out, _ = trained_run
     png = tmp_path / "s.png"

@@ -172,6 +172,29 @@ def test_make_train_dataset_structure():
     assert len(np.intersect1d(labelled, unlabelled)) == 0 and len(unlabelled) == 370
 
 
+def test_chosen_labelled_indices(tmp_path):
+    images, labels = synthetic_uint8(400)
+    chosen = np.array([5, 0, 11, 2, 3, 4, 17, 6, 7, 8, 9])   # Every class; 0 and 1 twice.
+    path = tmp_path / "idx.txt"
+    path.write_text("# hand-picked\n5, 0 11\n2 3 4 17 6 7 8 9  # the rest\n")
+    np.testing.assert_array_equal(ssvae.read_indices(path), chosen)
+    ds = ssvae.make_train_dataset(images, labels, batch_size=8, labelled_indices=chosen,
+                                  binarization="none")
+    _, (x_l, y_l) = next(iter(ds))
+    order = np.sort(chosen)
+    np.testing.assert_array_equal(y_l.numpy(), labels[order])
+    np.testing.assert_allclose(x_l.numpy(), images[order].reshape(-1, 784) / 255.0, atol=1e-6)
+    labelled, unlabelled = ssvae.split_by_indices(labels, chosen)
+    assert len(unlabelled) == 400 - 11 and not np.intersect1d(labelled, unlabelled).size
+    for bad, match in [([1, 2, 2], "repeat"), ([0, 400], r"0\.\.399"), ([0.5], "integers"),
+                       (list(range(9)), r"class\(es\) \[9\]"), ([], "non-empty")]:
+        with pytest.raises(ValueError, match=match):
+            ssvae.split_by_indices(labels, np.array(bad))
+    path.write_text("1 2 x\n")
+    with pytest.raises(ValueError, match="integer training-set indices"):
+        ssvae.read_indices(path)
+
+
 def test_make_eval_dataset_pairs_binary_and_grayscale():
     images, labels = synthetic_uint8(25)
     ((x_bin, x_gray), y), = list(ssvae.make_eval_dataset(images, labels, batch_size=100))

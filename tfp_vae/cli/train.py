@@ -29,6 +29,9 @@ flags.DEFINE_bool("learn_mixture_weights", False,
 flags.DEFINE_integer("labels_per_class", 10, "ssvae: labelled training examples per class; the "
                      "rest of the training set is used unlabelled.", lower_bound=1)
 flags.DEFINE_integer("label_seed", 0, "ssvae: seed that picks the labelled examples.")
+flags.DEFINE_string("labelled_indices", None, "ssvae: text file of training-set indices to use "
+                    "as the labelled set (whitespace or comma separated, '#' comments) instead of "
+                    "drawing --labels_per_class by --label_seed.")
 flags.DEFINE_float("gen_weight", 1.0, "ssvae: weight on the labelled and unlabelled bounds "
                    "(0 trains the classifier alone).", lower_bound=0.0)
 flags.DEFINE_float("class_weight", 100.0, "ssvae: weight on the labelled cross-entropy.",
@@ -53,6 +56,10 @@ flags.DEFINE_integer("steps_per_epoch", 1000,
                      "Steps between checkpoints, validation and TensorBoard points.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 97, "Training batch size.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving average of the "
+                   "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
+                   "with the averaged weights. 0 (the recipe) turns it off.",
+                   lower_bound=0.0, upper_bound=0.999999)
 flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Training data.")
 flags.DEFINE_string("data_dir", None, "Directory holding the dataset files (IDX .gz or .npz); "
                     "default: $TFP_VAE_DATA_DIR, then /usr/share/datasets, the Keras cache, "
@@ -98,7 +105,8 @@ def build_model():
     if FLAGS.model == "gmvae":
         kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
     model = models.MODELS[FLAGS.model](**kwargs)
-    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate), jit_compile=False)
+    ema = {"use_ema": True, "ema_momentum": FLAGS.ema_momentum} if FLAGS.ema_momentum else {}
+    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate, **ema), jit_compile=False)
     return model
 
 
@@ -134,9 +142,15 @@ def main(argv):
     if FLAGS.model == "ssvae":
         from tfp_vae.models import ssvae
 
-        train_ds = ssvae.make_train_dataset(
-            dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
-            FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization)
+        try:
+            labelled_indices = (None if FLAGS.labelled_indices is None
+                                else ssvae.read_indices(FLAGS.labelled_indices))
+            train_ds = ssvae.make_train_dataset(
+                dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
+                FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
+                labelled_indices)
+        except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
+            raise app.UsageError(str(e))
     else:
         train_ds = data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
                                       seed=FLAGS.seed)

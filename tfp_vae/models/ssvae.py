@@ -184,6 +184,45 @@ def split_labelled(labels, labels_per_class=10, label_seed=0, num_classes=NUM_CL
     return data.labelled_subset(labels, int(labels_per_class), label_seed, num_classes)
 
 
+def split_by_indices(labels, indices, num_classes=NUM_CLASSES):
+    """(labelled, unlabelled) index arrays from a chosen labelled set (training-set indices).
+
+    For a labelled set picked by hand (or by another codebase) rather than drawn by seed.
+    Raises ValueError naming the problem when an index is not an integer, out of range or
+    repeated, or when the chosen examples miss a class.
+    """
+    labels = _check_label_array(labels, num_classes)
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or indices.size == 0:
+        raise ValueError(f"Labelled indices must be a non-empty 1-D list; got shape "
+                         f"{indices.shape}.")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"Labelled indices must be integers; got dtype {indices.dtype}.")
+    bad = indices[(indices < 0) | (indices >= len(labels))]
+    if bad.size:
+        raise ValueError(f"Labelled indices must lie in 0..{len(labels) - 1} (the training "
+                         f"set); got {bad[:5].tolist()}.")
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"Labelled indices repeat: {values[counts > 1][:5].tolist()}; list each "
+                         "example once.")
+    missing = np.setdiff1d(np.arange(num_classes), labels[values])
+    if missing.size:
+        raise ValueError(f"The labelled indices contain no examples of class(es) "
+                         f"{missing.tolist()}; every class needs at least one.")
+    return values, np.setdiff1d(np.arange(len(labels)), values)
+
+
+def read_indices(path):
+    """Integers from a text file (whitespace or comma separated; '#' starts a comment)."""
+    with open(path) as f:
+        text = " ".join(line.split("#", 1)[0] for line in f).replace(",", " ")
+    try:
+        return np.array([int(t) for t in text.split()], dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"{path}: expected integer training-set indices ({e}).") from None
+
+
 def _check_uint8_images(images, labels):
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -202,7 +241,8 @@ def _check_uint8_images(images, labels):
 
 
 def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_size=97, seed=0,
-                       binarization="dynamic", labelled_binarization=None):
+                       binarization="dynamic", labelled_binarization=None,
+                       labelled_indices=None):
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
     `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
@@ -216,13 +256,18 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
       binarization: "dynamic" (the recipe), "static" or "none" (grayscale).
       labelled_binarization: the same for the labelled set (default: `binarization`); "none"
         (grayscale) goes with SSVAE(labelled_bound=False), as in the course reference.
+      labelled_indices: training-set indices of a chosen labelled set (`split_by_indices`);
+        when given, `labels_per_class` and `label_seed` are not used.
 
     Returns:
       tf.data.Dataset of (float32 [batch_size, 784], (float32 [L, 784], int32 [L])), where
-      L = 10 * labels_per_class.
+      L = 10 * labels_per_class (or len(labelled_indices)).
     """
     labels = np.asarray(labels)
-    labelled, unlabelled = split_labelled(labels, labels_per_class, label_seed)
+    if labelled_indices is None:
+        labelled, unlabelled = split_labelled(labels, labels_per_class, label_seed)
+    else:
+        labelled, unlabelled = split_by_indices(labels, labelled_indices)
     images = _check_uint8_images(images, labels)
     if binarization not in ("dynamic", "static", "none"):
         raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
