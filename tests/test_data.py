@@ -501,6 +501,22 @@ def test_train_dataset_dynamic(n, keras_seed):
     assert abs(everything.mean() - images.mean() / 255) < 0.01
 
 
+def test_train_dataset_epochs_are_permutations_and_seeded():
+    images = np.arange(48, dtype=np.uint8).repeat(784).reshape(48, 28, 28)  # Row i is all i.
+    ds = data.train_dataset(images, batch_size=8, binarization="none", seed=3)
+    first = [b.numpy()[:, 0] * 255 for b in ds.take(12)]  # Two epochs of 6 batches.
+    for epoch in (first[:6], first[6:]):
+        np.testing.assert_allclose(np.sort(np.concatenate(epoch)), np.arange(48), atol=1e-4)
+    assert not np.array_equal(np.concatenate(first[:6]), np.concatenate(first[6:]))
+    again = [b.numpy()[:, 0] * 255 for b in
+             data.train_dataset(images, batch_size=8, binarization="none", seed=3).take(12)]
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
+    other = data.train_dataset(images, batch_size=8, binarization="none", seed=4)
+    assert not np.array_equal(next(iter(other)).numpy(), next(iter(ds)).numpy())
+    dyn = [list(data.train_dataset(images, 8, seed=5).take(3)) for _ in range(2)]
+    np.testing.assert_array_equal(np.stack(dyn[0]), np.stack(dyn[1]))  # Binarisation seeded too.
+
+
 @pytest.mark.parametrize("binarization", ["static", "none"])
 def test_train_dataset_static_and_none(binarization):
     images = np.random.default_rng(0).integers(0, 256, (37, 28, 28), dtype=np.uint8)

@@ -299,34 +299,65 @@ def _check_nonempty(images: np.ndarray, what: str):
 
 
 def train_dataset(images: np.ndarray, batch_size: int, binarization: str = "dynamic",
-                  seed: Optional[int] = None, shuffle_buffer: int = 60000) -> tf.data.Dataset:
-    """An endless, shuffled stream of batches of float32 [batch_size, 784] binary images.
+                  seed: Optional[int] = None) -> tf.data.Dataset:
+    """An endless stream of shuffled epochs in batches of float32 [batch_size, 784] images.
+
+    Each epoch is a fresh permutation of the images cut into whole batches (the last
+    `N % batch_size` of each permutation are left out, a different few every epoch; a set
+    smaller than one batch is repeated within the epoch). Indices are shuffled, not images, and
+    each batch is gathered and binarised in one vectorised map; every draw comes from a stateless
+    RNG keyed by (`seed`, epoch or batch number), so a seed gives the same stream every time.
 
     Args:
       images: uint8 [N, 28, 28].
       binarization: "dynamic" draws fresh Bernoulli pixels for every batch (the recipe);
         "static" binarises once with the static seed; "none" keeps grayscale in [0, 1].
+      seed: None draws one from the OS.
     """
     _check_nonempty(images, "training")
-    if binarization == "static":
-        ds = tf.data.Dataset.from_tensor_slices(binarize_static(images))
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(np.asarray(images, np.uint8).reshape(len(images), -1))
-    ds = ds.shuffle(min(shuffle_buffer, len(images)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(batch_size, drop_remainder=len(images) >= batch_size)
-    if binarization == "dynamic":
-        ds = ds.map(lambda b: dynamic_binarize(b, seed), num_parallel_calls=tf.data.AUTOTUNE)
-    elif binarization == "none":
-        ds = ds.map(lambda b: tf.cast(b, tf.float32) / 255.0)
-    elif binarization != "static":
+    if binarization not in ("dynamic", "static", "none"):
         raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
-    return ds.prefetch(tf.data.AUTOTUNE)
+    if binarization == "static":
+        table = tf.constant(binarize_static(images))
+    else:
+        table = tf.constant(np.asarray(images, np.uint8).reshape(len(images), -1))
+    n = len(images)
+    repeats = -(-batch_size // n)  # Whole copies of the set needed to fill one batch.
+    per_epoch = n * repeats // batch_size
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    seed = tf.constant(seed, tf.int64)
+
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.tile(tf.range(n, dtype=tf.int32), [repeats]), seed=tf.stack([seed, e]))
+        return tf.data.Dataset.from_tensor_slices(
+            tf.reshape(order[:per_epoch * batch_size], [per_epoch, batch_size]))
+
+    def batch(step, indices):
+        x = tf.gather(table, indices)
+        if binarization == "dynamic":
+            # Another key than the shuffles' (seed, epoch): seed + 1 as the second word.
+            return dynamic_binarize(x, tf.stack([step, seed + 1]))
+        return x if binarization == "static" else tf.cast(x, tf.float32) / 255.0
+
+    ds = tf.data.Dataset.range(np.iinfo(np.int64).max).flat_map(epoch).enumerate()
+    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    return ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def dynamic_binarize(batch: tf.Tensor, seed: Optional[int] = None) -> tf.Tensor:
-    """uint8 [B, 784] -> float32 [B, 784] with pixel ~ Bernoulli(intensity / 255)."""
+def dynamic_binarize(batch: tf.Tensor, seed=None) -> tf.Tensor:
+    """uint8 [B, 784] -> float32 [B, 784] with pixel ~ Bernoulli(intensity / 255).
+
+    `seed`: an op seed (int or None) for the stateful RNG, or a shape-[2] tensor for the
+    stateless one.
+    """
     probs = tf.cast(batch, tf.float32) / 255.0
-    return tf.cast(tf.random.uniform(tf.shape(probs), seed=seed) < probs, tf.float32)
+    if seed is not None and not isinstance(seed, int):
+        uniform = tf.random.stateless_uniform(tf.shape(probs), seed=seed)
+    else:
+        uniform = tf.random.uniform(tf.shape(probs), seed=seed)
+    return tf.cast(uniform < probs, tf.float32)
 
 
 def eval_dataset(images: np.ndarray, batch_size: int = 1000, binarization: str = "static",

@@ -55,6 +55,13 @@ flags.DEFINE_integer("steps", None, "Gradient steps, rounded up to whole --steps
 flags.DEFINE_integer("steps_per_epoch", 1000,
                      "Steps between checkpoints, validation and TensorBoard points.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 97, "Training batch size.", lower_bound=1)
+flags.DEFINE_bool("xla", True, "vae/gmvae: compile each update with XLA (the pixel checks stay "
+                  "outside it); the fastest setting on CPU (see benchmarks/). Not used by ssvae "
+                  "(slower with XLA) or with --strategy other than default.")
+flags.DEFINE_integer("steps_per_execution", None, "Training steps per call into the TF graph "
+                     "(Keras steps_per_execution); must divide --steps_per_epoch. Progress, "
+                     "the NaN check and callbacks see every this many steps. Default: the "
+                     "largest divisor of --steps_per_epoch up to 25.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving average of the "
                    "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
@@ -106,13 +113,19 @@ def build_model():
         kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
     model = models.MODELS[FLAGS.model](**kwargs)
     ema = {"use_ema": True, "ema_momentum": FLAGS.ema_momentum} if FLAGS.ema_momentum else {}
-    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate, **ema), jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate, **ema),
+                  jit_compile=FLAGS.xla and FLAGS.model != "ssvae" and FLAGS.strategy == "default",
+                  steps_per_execution=FLAGS.steps_per_execution or max(
+                      d for d in range(1, 26) if FLAGS.steps_per_epoch % d == 0))
     return model
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
+        raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
+                             f"--steps_per_epoch={FLAGS.steps_per_epoch}.")
     from tfp_vae import data, training
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).

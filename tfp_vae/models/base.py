@@ -17,7 +17,7 @@ tfd = tfp.distributions
 OBJECTIVES = ("elbo", "iwae")
 
 
-def check_images(x, x_dim, binary=True):
+def check_images(x, x_dim, binary=True, check_pixels=True):
     """Validates a batch of images and returns it as float32 [B, x_dim].
 
     Accepts [B, x_dim], [B, 28, 28] or [B, 28, 28, 1] (reshaped). Raises ValueError naming the
@@ -38,17 +38,41 @@ def check_images(x, x_dim, binary=True):
     else:
         raise ValueError(f"Expected images of shape [batch, {x_dim}] (or [batch, {side}, {side}]); "
                          f"got shape {tuple(shape)}.")
-    checks = [
-        (lambda v: tf.reduce_all(tf.math.is_finite(v)),
-         "Images contain NaN or Inf values; clean the input."),
-        (lambda v: tf.reduce_all((v >= 0.0) & (v <= 1.0)),
-         "Pixel values must lie in [0, 1]; divide uint8 images by 255."),
-    ]
+    return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
+
+
+IMAGE_PROBLEMS = (
+    "Images contain NaN or Inf values; clean the input.",
+    "Pixel values must lie in [0, 1]; divide uint8 images by 255.",
+    "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
+    "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training).",
+)
+
+
+def image_problem(x, binary=True):
+    """int32 scalar: 0 when the float32 pixels `x` are valid, else 1 + the index in
+    `IMAGE_PROBLEMS` of the first check they fail (finite, in [0, 1], binary when `binary`).
+
+    Plain tensor ops, so it compiles under XLA, which drops assertion ops: the fused training
+    step computes it inside XLA and asserts on it outside (see `raise_on_problem`).
+    """
+    problem = tf.where(tf.reduce_all((x >= 0.0) & (x <= 1.0)), 0, 2)  # NaN fails both too.
     if binary:
-        checks.append((lambda v: tf.reduce_all((v == 0.0) | (v == 1.0)),
-                       "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
-                       "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training)."))
-    return enforce(x, checks)
+        problem = tf.where((problem == 0) & ~tf.reduce_all((x == 0.0) | (x == 1.0)), 3, problem)
+    return tf.where(tf.reduce_all(tf.math.is_finite(x)), problem, 1)
+
+
+def raise_on_problem(value, problem):
+    """Raises ValueError eagerly, or asserts in a graph, with the message of `problem` (from
+    `image_problem`); returns `value`, a tensor or a structure of them (behind the assertion in a
+    graph)."""
+    if tf.executing_eagerly():
+        if int(problem):
+            raise ValueError(IMAGE_PROBLEMS[int(problem) - 1])
+        return value
+    message = tf.gather(tf.constant(("",) + IMAGE_PROBLEMS), problem)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(problem, 0), [message])]):
+        return tf.nest.map_structure(tf.identity, value)
 
 
 def enforce(value, checks):
@@ -277,16 +301,75 @@ class LatentVariableModel(keras.Model):
     def _images_of(data):
         return data[0] if isinstance(data, (tuple, list)) else data
 
+    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
+        """Keras' `compile`, except that `jit_compile` applies to the fused update only.
+
+        XLA drops assertion ops, so under Keras' own `jit_compile` a batch of non-binary pixels
+        would train silently. Here Keras compiles no XLA; `train_step` asserts on the pixels in
+        the graph and XLA compiles the rest (`_fused_update`), which applies nothing when the
+        pixels fail. "auto" is XLA for a single device (fastest on CPU and GPU, see
+        benchmarks/); replicated steps (tf.distribute) and `run_eagerly` never use it.
+        """
+        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
+        self.xla_update = bool(jit_compile) and not self.run_eagerly
+        self._xla_update_fn = None
+        self._compile_config.config["jit_compile"] = jit_compile  # Reloads compile the same way.
+
+    def compile_from_config(self, config):
+        """As Keras' own, which skips any model that overrides `compile` (loading a model)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _fused_update(self, x):
+        """One gradient step and the metric updates, unless the pixels of x fail a check.
+
+        Returns (problem, metric results), `problem` from `image_problem`: nothing changes
+        (weights, optimizer state, metrics) when it is not 0. Compiled with XLA when
+        `xla_update` (see `compile`).
+        """
+        problem = image_problem(x)
+
+        def update():
+            with tf.GradientTape() as tape:
+                terms = self.compute_terms(x, training=True)
+                loss = self.optimizer.scale_loss(tf.reduce_mean(terms["loss"]))
+            grads = tape.gradient(loss, self.trainable_variables)
+            self.optimizer.apply(grads, self.trainable_variables)
+            for tracker in self._trackers:
+                tracker.update_state(terms[tracker.name])
+            return tf.constant(True)
+
+        tf.cond(tf.equal(problem, 0), update, lambda: tf.constant(False))
+        return problem, {t.name: t.result() for t in self._trackers}
+
     def train_step(self, data):
         """One gradient step on the mean per-example loss of the batch.
+
+        On one device, the pixels are checked inside the (XLA-compiled) fused update and
+        asserted on outside it (`_fused_update`).
 
         Replicated (tf.distribute, N > 1 replicas): each replica gets a slice of the global
         batch, and its loss is the *sum* of its per-example losses divided by the *global* batch
         size (all-reduced); the optimizer sums the replicas' gradients, so the update is exactly
         the single-device one on the whole batch. Metrics are pooled over all examples.
         """
-        x = check_images(self._images_of(data), self.x_dim)
         ctx = replica_context()
+        if ctx is None:
+            x = check_images(self._images_of(data), self.x_dim, check_pixels=False)
+            update = self._fused_update
+            if getattr(self, "xla_update", False) and not tf.executing_eagerly():
+                if not self.optimizer.built:  # Its variables cannot be made inside XLA.
+                    with tf.init_scope():
+                        self.optimizer.build(self.trainable_variables)
+                if self._xla_update_fn is None:
+                    self._xla_update_fn = tf.function(self._fused_update, jit_compile=True)
+                update = self._xla_update_fn
+            problem, results = update(x)
+            return raise_on_problem(results, problem)
+        x = check_images(self._images_of(data), self.x_dim)
         if ctx is not None:
             (global_batch,) = global_counts(ctx, tf.shape(x)[0])
         with tf.GradientTape() as tape:
