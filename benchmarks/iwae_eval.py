@@ -1,16 +1,28 @@
-"""IWAE evaluation speed: our chunked bound vs the broadcasting formulation, in one run.
+"""IWAE evaluation throughput: ours (XLA and plain graph) against the matmul peak and a PyTorch
+peer, all measured in one run.
 
-The broadcasting baseline is what a direct implementation does (and what the PyTorch reference
-measured at 82 s for GMVAE IWAE-1000 on 1000 images): the parent `tfd.MixtureSameFamily.log_prob`
-materialises a [samples, k, z] tensor, and TFP's stock Bernoulli log_prob uses two softplus per
-pixel. Ours: the matmul form of the mixture density and one softplus per pixel.
+  python benchmarks/iwae_eval.py --model_path=runs/vae --m=1000,5000 --examples=1000
 
-  python benchmarks/iwae_eval.py --model_path=runs/gmvae --m=1000 --examples=1000
+For each m it times `tfp_vae.evaluation.negative_iwae` on the first --examples test images
+(after a warm-up call that traces and compiles) with and without XLA, and a PyTorch
+implementation of the same bound on the same weights: encoder once per example, then chunks of
+[samples, batch] latents through the decoder, `binary_cross_entropy_with_logits`,
+`torch.distributions` densities (`MixtureSameFamily` for a GMVAE prior) and a running
+`logsumexp`, under `torch.inference_mode` with the same --max_rows chunking. The peer's bound
+must agree with ours up to Monte Carlo noise (it is printed next to ours).
 
-Prints a table and JSON (seconds, examples x samples per second, and the speed-up ratio).
+Throughput is examples x samples per second; FLOPs count the matmuls (2 x multiply-adds of the
+decoder per sample, of the encoder per example, and of the matmul-form mixture density per
+sample for a GMVAE); the peak is a large float32 matmul timed in the same run. With --tfp_baseline
+it also times the stock broadcasting TFP densities (`tfd.MixtureSameFamily.log_prob`, two
+softplus per pixel) on --baseline_examples images, scaled to --examples.
+
+Prints a table and JSON. The PyTorch peer is optional (`pip install -e .[bench]`) and skipped
+with a note when torch is not installed.
 """
 
 import json
+import math
 import os
 import time
 
@@ -18,46 +30,89 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from peak import dense_macs, matmul_peak_flops  # noqa: E402  (benchmarks/peak.py)
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", None, "A trained model (.keras or run dir); default: a fresh "
-                    "GMVAE with k=500 (timing does not depend on the weights).")
-flags.DEFINE_integer("m", 1000, "Importance samples.")
-flags.DEFINE_integer("examples", 1000, "Test images for our implementation.")
-flags.DEFINE_integer("baseline_examples", 100, "Test images for the (slow) baseline; its time "
-                     "is reported per image and scaled to --examples.")
+flags.DEFINE_string("model_path", None, "A trained VAE or GMVAE (.keras or run dir); default: a "
+                    "fresh VAE of the recipe (timing does not depend on the weights).")
+flags.DEFINE_list("m", ["1000", "5000"], "Importance samples per example.")
+flags.DEFINE_integer("examples", 1000, "Test images to evaluate.", lower_bound=1)
 flags.DEFINE_integer("max_rows", 20000, "Decoder rows per chunk (as in bin/evaluate).")
+flags.DEFINE_bool("torch", True, "Time the PyTorch peer if torch is importable.")
+flags.DEFINE_bool("tfp_baseline", False, "Also time the stock broadcasting TFP densities.")
+flags.DEFINE_integer("baseline_examples", 100, "Test images for --tfp_baseline (scaled).")
 flags.DEFINE_string("output_json", None, "Where to write the results.")
 
 
-def main(argv):
-    del argv
+def torch_peer(model, x, m, max_rows, seed=0):
+    """-IWAE-m of `model` (its weights copied to torch) on x, the direct PyTorch way."""
     import numpy as np
+    import torch
+    from torch import distributions as td
+    from torch.nn import functional as F
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(os.cpu_count())
+
+    def to_torch(network):
+        layers = [layer for layer in network.layers if hasattr(layer, "kernel")]
+        params = [(torch.from_numpy(np.asarray(layer.kernel.numpy())).T.contiguous(),
+                   torch.from_numpy(np.asarray(layer.bias.numpy()))) for layer in layers]
+
+        def forward(h):
+            for i, (w, b) in enumerate(params):
+                h = F.linear(h, w, b)
+                if i < len(params) - 1:
+                    h = F.elu(h)
+            return h
+        return forward
+
+    if model.activation != "elu":
+        raise ValueError(f"The peer implements the recipe's ELU MLPs; got {model.activation}.")
+    encoder, decoder = to_torch(model.encoder), to_torch(model.decoder)
+    z_dim = model.z_dim
+    if model.analytic_kl:  # The VAE: N(0, I).
+        prior = td.Independent(td.Normal(torch.zeros(z_dim), torch.ones(z_dim)), 1)
+    else:  # The GMVAE's mixture, its parameters read off the TFP distribution.
+        tfp_prior = model.prior()
+        components = tfp_prior.components_distribution
+        prior = td.MixtureSameFamily(
+            td.Categorical(logits=torch.from_numpy(
+                np.array(tfp_prior.mixture_distribution.logits_parameter()))),
+            td.Independent(td.Normal(torch.from_numpy(np.array(components.mean())),
+                                     torch.from_numpy(np.array(components.stddev()))), 1))
+    chunk = min(m, max_rows)
+    batch = max(1, max_rows // chunk)
+    total = 0.0
+    with torch.inference_mode():
+        x = torch.from_numpy(np.asarray(x, np.float32))
+        for start in range(0, len(x), batch):
+            xb = x[start:start + batch]
+            h = encoder(xb)
+            posterior = td.Independent(td.Normal(
+                h[:, :z_dim], (F.softplus(h[:, z_dim:]) + model.min_variance).sqrt()), 1)
+            acc = torch.full((len(xb),), -math.inf, dtype=torch.float64)
+            for done in range(0, m, chunk):
+                z = posterior.rsample((min(chunk, m - done),))              # [s, b, z]
+                logits = decoder(z.reshape(-1, z_dim)).reshape(*z.shape[:2], -1)
+                log_lik = -F.binary_cross_entropy_with_logits(
+                    logits, xb.expand_as(logits), reduction="none").sum(-1)
+                log_w = log_lik + prior.log_prob(z) - posterior.log_prob(z)
+                acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0).double())
+            total += float((acc - math.log(m)).sum())
+    return -total / len(x)
+
+
+def stock_densities(model):
+    """A context manager swapping in the stock TFP densities (the --tfp_baseline)."""
+    import contextlib
+
     import tensorflow as tf
     import tensorflow_probability as tfp
 
-    from tfp_vae import data, layers
-    from tfp_vae.cli import common
-    from tfp_vae.evaluation import negative_iwae
-    from tfp_vae.models import GMVAE
+    from tfp_vae import networks
 
     tfd = tfp.distributions
-    model = common.load_model(FLAGS.model_path) if FLAGS.model_path else GMVAE(k=500)
-    try:
-        x = data.binarize_static(data.load(download=False).x_test)
-    except data.DataError:
-        x = (np.random.default_rng(0).random((10000, 784)) < 0.13).astype(np.float32)
-
-    def timed(fn, n):
-        fn(model, x[:min(n, 20)], FLAGS.m, FLAGS.max_rows, 0)  # Trace outside the clock.
-        start = time.perf_counter()
-        value = fn(model, x[:n], FLAGS.m, FLAGS.max_rows, 0)
-        return time.perf_counter() - start, value
-
-    ours_s, ours = timed(negative_iwae, FLAGS.examples)
-
-    _, ours_small = timed(negative_iwae, FLAGS.baseline_examples)
-
-    # The baseline: the same model, bound and samples with the stock TFP densities swapped in.
     prior_call = model.prior
 
     def stock_prior():
@@ -67,30 +122,84 @@ def main(argv):
         return d
 
     def stock_decode(z):
-        from tfp_vae import networks
-
         logits = networks.apply(model.decoder, z)
         return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
 
-    model.prior, model.decode = stock_prior, stock_decode
+    @contextlib.contextmanager
+    def swapped():
+        model.prior, model.decode = stock_prior, stock_decode
+        try:
+            yield
+        finally:
+            del model.prior, model.decode
+    return swapped()
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from tfp_vae import data
+    from tfp_vae.cli import common
+    from tfp_vae.evaluation import negative_iwae
+    from tfp_vae.models import VAE
+
+    model = common.load_model(FLAGS.model_path) if FLAGS.model_path else VAE()
     try:
-        base_s, base = timed(negative_iwae, FLAGS.baseline_examples)
-    finally:
-        del model.prior, model.decode
-    base_scaled = base_s * FLAGS.examples / FLAGS.baseline_examples
-    results = {
-        "model": type(model).__name__, "m": FLAGS.m, "examples": FLAGS.examples,
-        "ours_seconds": round(ours_s, 2),
-        "ours_examples_x_samples_per_s": round(FLAGS.examples * FLAGS.m / ours_s),
-        "baseline_seconds_scaled": round(base_scaled, 2),
-        "baseline_examples": FLAGS.baseline_examples,
-        "speedup": round(base_scaled / ours_s, 2),
-        "ours_niwae": round(ours, 3),
-        # Same seeds, same samples: the two formulations must agree.
-        "abs_diff_vs_baseline_niwae": float(abs(ours_small - base)),
-    }
-    print(common.format_table([[k, v] for k, v in results.items()],
-                              ["iwae evaluation", "value"]))
+        x = data.binarize_static(data.load(download=False).x_test)
+    except data.DataError:  # Timing does not depend on the pixels.
+        x = (np.random.default_rng(0).random((10000, 784)) < 0.13).astype(np.float32)
+    x = x[:FLAGS.examples]
+    peak = matmul_peak_flops()
+    per_sample = 2 * dense_macs(model.decoder)
+    if not model.analytic_kl:
+        per_sample += 2 * 2 * model.z_dim * model.k  # The matmul-form mixture density.
+    per_example = 2 * dense_macs(model.encoder)
+
+    def timed(fn, m, x, **kwargs):
+        fn(model, x[:20], m, FLAGS.max_rows, **kwargs)  # Trace and compile outside the clock.
+        start = time.perf_counter()
+        value = fn(model, x, m, FLAGS.max_rows, **kwargs)
+        seconds = time.perf_counter() - start
+        flops = len(x) * (m * per_sample + per_example)
+        return {"seconds": seconds, "examples_x_samples_per_s": len(x) * m / seconds,
+                "gflops_per_s": flops / seconds / 1e9, "fraction_of_peak": flops / seconds / peak,
+                "niwae": value}
+
+    results = {"model": type(model).__name__, "examples": len(x), "max_rows": FLAGS.max_rows,
+               "matmul_peak_gflops": peak / 1e9, "cpu_count": os.cpu_count(), "runs": {}}
+    rows = []
+    for m in [int(v) for v in FLAGS.m]:
+        runs = {"ours (xla)": timed(negative_iwae, m, x, jit_compile=True),
+                "ours (graph)": timed(negative_iwae, m, x, jit_compile=False)}
+        if FLAGS.torch:
+            try:
+                import torch
+
+                runs["pytorch peer"] = timed(torch_peer, m, x)
+                runs["pytorch peer"]["torch_version"] = torch.__version__
+            except ImportError:
+                results["torch"] = "not installed: pip install -e .[bench]"
+        if FLAGS.tfp_baseline:
+            with stock_densities(model):
+                r = timed(negative_iwae, m, x[:FLAGS.baseline_examples], jit_compile=False)
+            scale = len(x) / FLAGS.baseline_examples
+            r["seconds"] *= scale
+            r["note"] = f"timed on {FLAGS.baseline_examples} images, seconds scaled"
+            runs["stock tfp densities (graph)"] = r
+        peer = runs.get("pytorch peer")
+        for name, r in runs.items():
+            if peer:
+                r["ratio_to_pytorch_peer"] = peer["seconds"] / r["seconds"]
+            rows.append([m, name, round(r["seconds"], 2), round(r["examples_x_samples_per_s"]),
+                         round(r["gflops_per_s"], 1), f"{100 * r['fraction_of_peak']:.1f}%",
+                         f"{r['ratio_to_pytorch_peer']:.2f}x" if peer else "-",
+                         round(r["niwae"], 3)])
+        results["runs"][str(m)] = runs
+    print(f"{results['model']}, {len(x)} test images; float32 matmul peak: {peak / 1e9:.1f} "
+          f"GFLOP/s ({os.cpu_count()} CPUs)")
+    print(common.format_table(rows, ["m", "implementation", "seconds", "examples x samples/s",
+                                     "GFLOP/s", "of peak", "vs PyTorch", "-IWAE (nats)"]))
     print(json.dumps(results))
     if FLAGS.output_json:
         common.write_json(FLAGS.output_json, results)

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import objectives
+from tfp_vae import evaluation, objectives
 from tfp_vae.models import VAE
 
 SEED = tf.constant([1, 2], tf.int32)
@@ -290,3 +290,39 @@ def test_iwae_objective_terms(keras_seed):
     np.testing.assert_allclose(terms["loss"], terms["niwae"])
     np.testing.assert_allclose(terms["nelbo"], terms["rec"] + terms["kl"], rtol=1e-6)
     assert terms["niwae"].shape == (6,) and np.all(np.isfinite(terms["niwae"]))
+
+
+# ---- whole-test-set evaluation (tfp_vae.evaluation) ------------------------------------------
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("m, max_rows", [(12, 1000), (12, 5), (7, 3), (1, 4)])
+def test_negative_iwae_chunks_and_folds_exactly(tiny_vae, jit_compile, m, max_rows):
+    """With known log weights (sample i, example b of a call: -(i mod 5) - b / 10), the chunked,
+    batched, running log-sum-exp must equal the closed form whatever the chunking."""
+    def known_log_weights(x, size, seed=None):
+        b = tf.range(tf.shape(x)[0], dtype=tf.float32)
+        i = tf.range(size, dtype=tf.float32)[:, None]
+        return -tf.math.floormod(i, 5.0) - b / 10.0, tf.zeros([size, 1]), tf.zeros([size, 1])
+
+    x = np.zeros((9, 16), np.float32)
+    tiny_vae.iwae_log_weights = known_log_weights
+    got = evaluation.negative_iwae(tiny_vae, x, m, max_rows, seed=0, jit_compile=jit_compile)
+    chunk = min(m, max_rows)
+    b = np.arange(9) % max(1, max_rows // chunk)  # Each call numbers its examples from 0 ...
+    i = np.arange(m) % chunk                       # ... and its samples.
+    log_w = -(i % 5)[:, None] - b[None, :] / 10.0
+    expected = -np.mean(np.log(np.mean(np.exp(log_w), axis=0)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_negative_iwae_agrees_with_model_iwae_and_checks_pixels(tiny_vae):
+    x = binary((40, 16))
+    reference = -float(tf.reduce_mean(tiny_vae.iwae(x, 400, seed=SEED)))
+    for jit in (False, True):  # Other random streams: agreement within Monte Carlo error.
+        got = evaluation.negative_iwae(tiny_vae, x, 400, max_rows=1000, seed=1, jit_compile=jit)
+        assert abs(got - reference) < 0.05 * abs(reference), (jit, got, reference)
+    with pytest.raises(ValueError, match="binary"):
+        evaluation.negative_iwae(tiny_vae, np.full((2, 16), 0.5, np.float32), 10)
+    with pytest.raises(ValueError, match="m >= 1"):
+        evaluation.negative_iwae(tiny_vae, x, 0)

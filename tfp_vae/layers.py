@@ -77,17 +77,34 @@ class LogitBernoulli(tfd.Bernoulli):
         return tf.cast(event, logits.dtype) * logits - tf.math.softplus(logits)
 
 
+@tf.function(jit_compile=True)
+def _bernoulli_image_log_prob(x, logits):
+    """sum_d x_d * logits_d - softplus(logits_d) over the last axis, as one XLA-fused pass
+    (TF runs the multiply, softplus, subtract and sum as four passes over [..., D])."""
+    return tf.reduce_sum(x * logits - tf.math.softplus(logits), axis=-1)
+
+
+class BernoulliImage(tfd.Independent):
+    """`Independent(LogitBernoulli(logits), 1)` whose `log_prob` is one XLA-fused pass over the
+    pixels: the bulk of the elementwise work of the IWAE bound (about 13% of its evaluation time
+    on CPU, see benchmarks/). Otherwise the parent class (sampling, mean, entropy, ...)."""
+
+    def _log_prob(self, x):
+        return _bernoulli_image_log_prob(tf.cast(x, tf.float32), self.distribution.logits)
+
+
 @keras.saving.register_keras_serializable(_PACKAGE)
 class BernoulliLikelihood(Float32Layer):
-    """Logits [..., D] -> Independent(Bernoulli(logits), 1): batch [...], event [D].
+    """Logits [..., D] -> BernoulliImage = Independent(Bernoulli(logits), 1): batch [...],
+    event [D].
 
     Samples are float32 so they can be fed straight back into the encoder.
     """
 
     def call(self, logits):
         logits = tf.cast(logits, tf.float32)
-        return tfd.Independent(LogitBernoulli(logits=logits, dtype=tf.float32),
-                               reinterpreted_batch_ndims=1)
+        return BernoulliImage(LogitBernoulli(logits=logits, dtype=tf.float32),
+                              reinterpreted_batch_ndims=1)
 
 
 class DiagonalGaussianMixture(tfd.MixtureSameFamily):

@@ -26,6 +26,8 @@ flags.DEFINE_integer("examples", 0, "Evaluate on the first N test images only (0
 flags.DEFINE_integer("max_rows", 20000, "Decoder rows (images x samples) per chunk: bounds "
                      "the memory of the IWAE evaluation whatever m is.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the posterior samples.")
+flags.DEFINE_bool("xla", True, "Compile the IWAE chunks with XLA (about 2x faster on CPU; "
+                  "same bound up to Monte Carlo noise, as XLA draws other random streams).")
 flags.DEFINE_string("output_json", None, "Where to write the results (default: print only).")
 
 
@@ -57,7 +59,8 @@ def main(argv):
     x = data.binarize_static(dataset.x_test)
     for m in iw:
         start = time.time()
-        results[f"niwae_{m}"] = evaluation.negative_iwae(model, x, m, FLAGS.max_rows, FLAGS.seed)
+        results[f"niwae_{m}"] = evaluation.negative_iwae(
+            model, x, m, FLAGS.max_rows, FLAGS.seed, jit_compile=FLAGS.xla)
         results[f"niwae_{m}_seconds"] = round(time.time() - start, 1)
     rows = [[k, v] for k, v in results.items() if isinstance(v, float) and "seconds" not in k]
     print(common.format_table(rows, ["test metric (nats)", "value"]))
