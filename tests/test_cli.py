@@ -89,6 +89,7 @@ def test_help_explains_every_flag(binary):
     (["--steps=-5", "--out_dir=x"], "steps"),
     (["--beta=abc", "--out_dir=x"], "beta"),
     (["--no_such_flag", "--out_dir=x"], "no_such_flag"),
+    (["--steps_per_execution=7", "--out_dir=x"], "must divide --steps_per_epoch=1000"),
     ([], "out_dir"),
 ])
 def test_bad_flags_give_a_one_line_error(args, expected):

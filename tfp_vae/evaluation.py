@@ -7,15 +7,17 @@ from tfp_vae import objectives
 from tfp_vae.models.base import check_images
 
 
-def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=True):
+def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
     """Mean over x of -IWAE-m (nats), in calls of at most `max_rows` decoder rows.
 
     Each call takes `max(1, max_rows // chunk)` examples and `chunk = min(m, max_rows)` samples
     of each, returns the log-sum-exp of their log weights, and the chunks of an example are
     folded into a running log-sum-exp. Shapes are static per call (at most two chunk sizes and two
-    batch sizes), so each compiles once with XLA, which fuses the Bernoulli and Gaussian
-    log-densities into a few passes over the decoder's output. x is checked here, eagerly, as
-    XLA drops assertion ops. Samples come from stateless seeds (seed, call number).
+    batch sizes), so each traces once; with `jit_compile` each also compiles whole with XLA
+    (slower on CPU, where TensorFlow's own large matmuls are faster than XLA's; the Bernoulli
+    log-density is XLA-fused either way, see `layers.BernoulliImage`). x is checked here,
+    eagerly (XLA would drop the assertions). Samples come from stateless seeds (seed, call
+    number).
 
     Args:
       model: a LatentVariableModel.

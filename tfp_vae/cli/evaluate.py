@@ -26,9 +26,9 @@ flags.DEFINE_integer("examples", 0, "Evaluate on the first N test images only (0
 flags.DEFINE_integer("max_rows", 20000, "Decoder rows (images x samples) per chunk: bounds "
                      "the memory of the IWAE evaluation whatever m is.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the posterior samples.")
-flags.DEFINE_bool("xla", True, "Compile the IWAE chunks with XLA (about 2x faster on CPU; "
-                  "same bound up to Monte Carlo noise, as XLA draws other random streams).")
-flags.DEFINE_string("output_json", None, "Where to write the results (default: print only).")
+flags.DEFINE_bool("xla", False, "Compile each IWAE chunk whole with XLA. Off by default: on "
+                  "CPU, XLA's large matmuls are slower than TensorFlow's (see benchmarks/); the "
+                  "pixel log-densities are XLA-fused either way.")
 
 
 def _iw_values():
