@@ -61,7 +61,8 @@ flags.DEFINE_bool("xla", True, "vae/gmvae: compile each update with XLA (the pix
 flags.DEFINE_integer("steps_per_execution", None, "Training steps per call into the TF graph "
                      "(Keras steps_per_execution); must divide --steps_per_epoch. Progress, "
                      "the NaN check and callbacks see every this many steps. Default: the "
-                     "largest divisor of --steps_per_epoch up to 25.", lower_bound=1)
+                     "largest divisor of --steps_per_epoch up to 25 (1 with a --strategy).",
+                     lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
 flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving average of the "
                    "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
@@ -98,6 +99,17 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2
 RECIPE_STEPS = {"vae": 20000, "gmvae": 20000, "ssvae": 30000}
 
 
+def steps_per_execution():
+    """--steps_per_execution, or its default: 1 under a tf.distribute strategy (Keras' multi-step
+    loop fails under MultiWorkerMirroredStrategy), else the largest divisor of --steps_per_epoch
+    up to 25."""
+    if FLAGS.steps_per_execution:
+        return FLAGS.steps_per_execution
+    if FLAGS.strategy != "default":
+        return 1
+    return max(d for d in range(1, 26) if FLAGS.steps_per_epoch % d == 0)
+
+
 def build_model():
     import keras
     from tfp_vae import models
@@ -115,14 +127,16 @@ def build_model():
     ema = {"use_ema": True, "ema_momentum": FLAGS.ema_momentum} if FLAGS.ema_momentum else {}
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate, **ema),
                   jit_compile=FLAGS.xla and FLAGS.model != "ssvae" and FLAGS.strategy == "default",
-                  steps_per_execution=FLAGS.steps_per_execution or max(
-                      d for d in range(1, 26) if FLAGS.steps_per_epoch % d == 0))
+                  steps_per_execution=steps_per_execution())
     return model
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.strategy == "multi_worker" and (FLAGS.steps_per_execution or 1) > 1:
+        raise app.UsageError("--strategy=multi_worker runs one step per execution; leave "
+                             "--steps_per_execution unset or 1.")
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
         raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                              f"--steps_per_epoch={FLAGS.steps_per_epoch}.")

@@ -5,6 +5,8 @@ distributions) and says whether KL(q || p) has a closed form; everything else (E
 objectives, `train_step`/`test_step`, sampling, serving functions) lives here.
 """
 
+import contextlib
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -147,14 +149,13 @@ def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
     evenly (97 examples over 2 replicas are slices of 49 and 48). Our models create every
     variable at construction and compile no Keras loss or metrics, so only the optimizer's
     variables are missing: they are created here, in the strategy's scope (not lazily inside the
-    replicated step, where tf.distribute cannot create them). Without a strategy Keras does
-    nothing here either.
+    replicated step, where tf.distribute cannot create them).
     """
     strategy = getattr(model, "_distribute_strategy", None)
-    if strategy is None:
-        return
     if model.optimizer is not None and not model.optimizer.built:
-        with strategy.scope():
+        # Also without a strategy: inside the traced step the optimizer would be built in the
+        # fused update's tf.cond branch (or its XLA function, where it cannot be).
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model.optimizer.build(model.trainable_variables)
 
 
@@ -359,11 +360,11 @@ class LatentVariableModel(keras.Model):
         ctx = replica_context()
         if ctx is None:
             x = check_images(self._images_of(data), self.x_dim, check_pixels=False)
+            if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
+                with tf.init_scope():
+                    self.optimizer.build(self.trainable_variables)
             update = self._fused_update
             if getattr(self, "xla_update", False) and not tf.executing_eagerly():
-                if not self.optimizer.built:  # Its variables cannot be made inside XLA.
-                    with tf.init_scope():
-                        self.optimizer.build(self.trainable_variables)
                 if self._xla_update_fn is None:
                     self._xla_update_fn = tf.function(self._fused_update, jit_compile=True)
                 update = self._xla_update_fn
