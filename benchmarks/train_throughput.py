@@ -94,9 +94,9 @@ def time_keras(name, jit, steps_per_execution, steps):
 def rates(times, steps, examples, flops):
     """Throughput of the fastest of the repeated runs, and the median's steps/s.
 
-    On 2 cores the repeats are bimodal (TF's, XLA's and tf.data's thread pools contend; the slow
-    mode is about half the fast one, for PyTorch too), so the fastest run measures the code and
-    the median shows the spread."""
+    On 2 cores the repeats are bimodal (the slow mode is about half the fast one, for PyTorch
+    too; contention between thread pools is the likely cause, not confirmed), so the fastest run
+    measures the code and the median shows the spread."""
     import statistics
 
     seconds = min(times)

@@ -14,9 +14,8 @@ def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
     of each, returns the log-sum-exp of their log weights, and the chunks of an example are
     folded into a running log-sum-exp. Shapes are static per call (at most two chunk sizes and two
     batch sizes), so each traces once; with `jit_compile` each also compiles whole with XLA
-    (slower on CPU, where TensorFlow's own large matmuls are faster than XLA's; the Bernoulli
-    log-density is XLA-fused either way, see `layers.BernoulliImage`). x is checked here,
-    eagerly (XLA would drop the assertions). Samples come from stateless seeds (seed, call
+    (slower on CPU, where TensorFlow's own large matmuls are faster than XLA's). x is checked
+    here, eagerly (XLA would drop the assertions). Samples come from stateless seeds (seed, call
     number).
 
     Args:

@@ -27,8 +27,7 @@ flags.DEFINE_integer("max_rows", 20000, "Decoder rows (images x samples) per chu
                      "the memory of the IWAE evaluation whatever m is.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the posterior samples.")
 flags.DEFINE_bool("xla", False, "Compile each IWAE chunk whole with XLA. Off by default: on "
-                  "CPU, XLA's large matmuls are slower than TensorFlow's (see benchmarks/); the "
-                  "pixel log-densities are XLA-fused either way.")
+                  "CPU, XLA's large matmuls are slower than TensorFlow's (see benchmarks/).")
 flags.DEFINE_string("output_json", None, "Where to write the results (default: print only).")
 
 

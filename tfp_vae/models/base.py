@@ -371,14 +371,10 @@ class LatentVariableModel(keras.Model):
             problem, results = update(x)
             return raise_on_problem(results, problem)
         x = check_images(self._images_of(data), self.x_dim)
-        if ctx is not None:
-            (global_batch,) = global_counts(ctx, tf.shape(x)[0])
+        (global_batch,) = global_counts(ctx, tf.shape(x)[0])
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True)
-            if ctx is None:
-                loss = tf.reduce_mean(terms["loss"])
-            else:
-                loss = tf.reduce_sum(terms["loss"]) / global_batch
+            loss = tf.reduce_sum(terms["loss"]) / global_batch
             # A LossScaleOptimizer (mixed_float16) scales here and unscales in apply; any other
             # optimizer returns the loss itself.
             loss = self.optimizer.scale_loss(loss)
