@@ -90,6 +90,10 @@ def test_help_explains_every_flag(binary):
     (["--beta=abc", "--out_dir=x"], "beta"),
     (["--no_such_flag", "--out_dir=x"], "no_such_flag"),
     (["--steps_per_execution=7", "--out_dir=x"], "must divide --steps_per_epoch=1000"),
+    (["--model=m1m2", "--out_dir=x"], "--m1_path"),
+    (["--m1_path=runs/vae", "--out_dir=x"], "--m1_path"),
+    (["--hidden=600,x", "--out_dir=x"], "--hidden must be positive integers"),
+    (["--model=ssvae", "--hidden=600", "--out_dir=x"], "--hidden sets the VAE"),
     ([], "out_dir"),
 ])
 def test_bad_flags_give_a_one_line_error(args, expected):
@@ -117,6 +121,25 @@ def test_bad_labelled_indices_file_is_one_line(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no examples of class(es)" in result.stderr
     assert not os.path.exists(tmp_path / "o" / "checkpoints")
+
+
+def test_m1m2_on_a_trained_run(trained_run, tmp_path):
+    """M2 on the features of the module's trained GMVAE: trains, reports accuracy, exports."""
+    m1, _ = trained_run
+    out = tmp_path / "m1m2"
+    result = _run("train", "--model=m1m2", f"--m1_path={m1}", "--steps=20", "--steps_per_epoch=10",
+                  "--validation_examples=100", "--verbose=0", f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "m1m2" and 0 <= metrics["accuracy"] <= 1
+    assert metrics["steps"] == 20 and metrics["nelbo"] > 0
+    result = _run("export", f"--model_path={out}", f"--export_dir={tmp_path}/sm")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # An M1 that is not a VAE is refused in one line.
+    refused = _run("train", "--model=m1m2", f"--m1_path={out}", "--steps=1",
+                   f"--out_dir={tmp_path}/again")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "m1 must be a trained VAE" in refused.stderr
 
 
 def test_sample_writes_grids(trained_run, tmp_path):

@@ -374,3 +374,21 @@ def test_course_reference_loss_without_labelled_bound():
     _, (xl, _) = next(iter(ds))
     assert not np.all(np.isin(xl.numpy(), [0.0, 1.0]))
     assert model.get_config()["labelled_bound"] is False
+
+
+def test_compile_never_uses_xla_and_survives_a_reload(tmp_path):
+    """XLA drops assertion ops, so the SSVAE refuses it: "auto" (Keras' default, XLA on a GPU)
+    means off. A reloaded model comes back compiled the same way, optimizer state included."""
+    model = tiny_model()
+    with pytest.raises(ValueError, match="without XLA"):
+        model.compile(keras.optimizers.Adam(1e-3), jit_compile=True)
+    model.compile(keras.optimizers.Adam(1e-3))
+    assert model.jit_compile is False
+    images, labels = synthetic_uint8(200)
+    model.fit(ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
+              steps_per_epoch=2, epochs=1, verbose=0)
+    path = str(tmp_path / "ssvae.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer is not None and loaded.jit_compile is False
+    assert int(loaded.optimizer.iterations.numpy()) == 2

@@ -122,13 +122,13 @@ def _ssvae_training_functions(model):
     """`train_step(unlabelled_x, labelled_x, labelled_y)` for the SSVAE: one optimizer step on
     its loss (`SSVAE.compute_losses`), as `SSVAE.train_step` takes it.
 
-    Inputs: binary images float32 [B, x_dim] and [L, x_dim], int32 class indices [L]. Returns
+    Inputs: binary images float32 [B, input_dim] and [L, input_dim], int32 class indices [L]. Returns
     the batch's train metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless
     gen_weight is 0, `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations`
     (int64, after the update) and `learning_rate`.
     """
-    x_u = tf.TensorSpec([None, model.x_dim], tf.float32, name="unlabelled_x")
-    x_l = tf.TensorSpec([None, model.x_dim], tf.float32, name="labelled_x")
+    x_u = tf.TensorSpec([None, model.input_dim], tf.float32, name="unlabelled_x")
+    x_l = tf.TensorSpec([None, model.input_dim], tf.float32, name="labelled_x")
     y_l = tf.TensorSpec([None], tf.int32, name="labelled_y")
 
     def train_step(unlabelled_x, labelled_x, labelled_y):

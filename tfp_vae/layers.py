@@ -52,6 +52,12 @@ class GaussianPosterior(Float32Layer):
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
+class GaussianLikelihood(GaussianPosterior):
+    """The same map for a likelihood over real-valued data: decoder output h [..., 2D] ->
+    MultivariateNormalDiag, batch [...], event [D] (M2 on M1's latent features)."""
+
+
+@keras.saving.register_keras_serializable(_PACKAGE)
 class StandardNormalPrior(Float32Layer):
     """p(z) = N(0, I): called with no input, returns MultivariateNormalDiag, event [z_dim]."""
 

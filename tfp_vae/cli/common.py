@@ -48,14 +48,14 @@ def run_main(main):
     app.run(wrapped)
 
 
-def load_model(path):
+def load_model(path, compile=True):
     """Loads a model from a .keras file or a training run's out_dir."""
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No saved model at {path}: pass a .keras file or the --out_dir "
                                 "of a finished `train` run.")
-    return keras.models.load_model(path)
+    return keras.models.load_model(path, compile=compile)
 
 
 def is_semi_supervised(model):
@@ -113,7 +113,7 @@ def style_grid(model, rows, seed):
     z = model.prior().sample(rows, seed=tf.constant([seed, 2]))
     z = tf.repeat(z, k, axis=0)
     y = tf.tile(tf.range(k), [rows])
-    return np.asarray(model.decode(z, y).mean())
+    return np.asarray(model.generate(z, y))
 
 
 def write_json(path, obj):

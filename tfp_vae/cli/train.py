@@ -20,37 +20,44 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "vae", ["vae", "gmvae", "ssvae"],
-                  "Which model: vae (N(0, I) prior), gmvae (learned mixture-of-Gaussians prior) or "
-                  "ssvae (semi-supervised M2: classifier + conditional VAE).")
+flags.DEFINE_enum("model", "vae", ["vae", "gmvae", "ssvae", "m1m2"],
+                  "Which model: vae (N(0, I) prior), gmvae (learned mixture-of-Gaussians prior), "
+                  "ssvae (semi-supervised M2: classifier + conditional VAE) or m1m2 (M2 on the "
+                  "latent features of the VAE at --m1_path, which stays fixed).")
+flags.DEFINE_string("m1_path", None, "m1m2: the trained VAE (M1) whose latent features M2 "
+                    "models: a .keras file or a `train` --out_dir, e.g. from "
+                    "`train --model=vae --z_dim=50 --hidden=600,600 --steps=50000`.")
 flags.DEFINE_integer("k", 500, "gmvae: number of mixture components of the prior.", lower_bound=1)
 flags.DEFINE_bool("learn_mixture_weights", False,
                   "gmvae: train the mixture weights too (default: uniform, fixed).")
-flags.DEFINE_integer("labels_per_class", 10, "ssvae: labelled training examples per class; the "
+flags.DEFINE_integer("labels_per_class", 10, "ssvae/m1m2: labelled training examples per class; the "
                      "rest of the training set is used unlabelled.", lower_bound=1)
-flags.DEFINE_integer("label_seed", 0, "ssvae: seed that picks the labelled examples.")
-flags.DEFINE_string("labelled_indices", None, "ssvae: text file of training-set indices to use "
+flags.DEFINE_integer("label_seed", 0, "ssvae/m1m2: seed that picks the labelled examples.")
+flags.DEFINE_string("labelled_indices", None, "ssvae/m1m2: text file of training-set indices to use "
                     "as the labelled set (whitespace or comma separated, '#' comments) instead of "
                     "drawing --labels_per_class by --label_seed.")
-flags.DEFINE_float("gen_weight", 1.0, "ssvae: weight on the labelled and unlabelled bounds "
+flags.DEFINE_float("gen_weight", 1.0, "ssvae/m1m2: weight on the labelled and unlabelled bounds "
                    "(0 trains the classifier alone).", lower_bound=0.0)
-flags.DEFINE_float("class_weight", 100.0, "ssvae: weight on the labelled cross-entropy.",
+flags.DEFINE_float("class_weight", 100.0, "ssvae/m1m2: weight on the labelled cross-entropy.",
                    lower_bound=0.0)
-flags.DEFINE_bool("labelled_bound", True, "ssvae: include the labelled bound in the loss; "
+flags.DEFINE_bool("labelled_bound", True, "ssvae/m1m2: include the labelled bound in the loss; "
                   "--nolabelled_bound gives the course reference's loss (unlabelled bound + "
                   "weighted cross-entropy).")
 flags.DEFINE_enum("labelled_binarization", None, ["dynamic", "static", "none"],
-                  "ssvae: binarisation of the labelled set (default: --binarization); 'none' "
+                  "ssvae/m1m2: binarisation of the labelled set (default: --binarization); 'none' "
                   "(grayscale) needs --nolabelled_bound.")
 flags.DEFINE_integer("z_dim", None, "Latent dimension (default: the recipe's, 10 for vae and "
-                     "gmvae, 64 for ssvae).", lower_bound=1)
+                     "gmvae, 64 for ssvae and m1m2).", lower_bound=1)
+flags.DEFINE_list("hidden", None, "vae/gmvae: hidden layer sizes of the encoder and decoder MLPs, "
+                 "comma separated (default: the recipe's 300,300). An M1 feature extractor for "
+                 "--model=m1m2 uses 600,600 with --z_dim=50.")
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
                    lower_bound=0.0)
 flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
                   "Training objective: the ELBO, or the importance-weighted bound with --iw samples.")
 flags.DEFINE_integer("iw", 1, "Importance samples for --objective=iwae.", lower_bound=1)
 flags.DEFINE_integer("steps", None, "Gradient steps, rounded up to whole --steps_per_epoch "
-                     "(default: the recipe's, 20000 for vae and gmvae, 30000 for ssvae).",
+                     "(default: the recipe's, 20000 for vae and gmvae, 30000 for ssvae and m1m2).",
                      lower_bound=1)
 flags.DEFINE_integer("steps_per_epoch", 1000,
                      "Steps between checkpoints, validation and TensorBoard points.", lower_bound=1)
@@ -96,7 +103,8 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2
                      lower_bound=0, upper_bound=2)
 
 
-RECIPE_STEPS = {"vae": 20000, "gmvae": 20000, "ssvae": 30000}
+RECIPE_STEPS = {"vae": 20000, "gmvae": 20000, "ssvae": 30000, "m1m2": 30000}
+SEMI_SUPERVISED = ("ssvae", "m1m2")
 
 
 def steps_per_execution():
@@ -116,19 +124,27 @@ def build_model():
 
     keras.utils.set_random_seed(FLAGS.seed)
     kwargs = {} if FLAGS.z_dim is None else {"z_dim": FLAGS.z_dim}
-    if FLAGS.model == "ssvae":
+    if FLAGS.model in SEMI_SUPERVISED:
         kwargs.update(gen_weight=FLAGS.gen_weight, class_weight=FLAGS.class_weight,
                       labelled_bound=FLAGS.labelled_bound)
     else:
         kwargs.update(beta=FLAGS.beta, objective=FLAGS.objective, iw=FLAGS.iw)
+        if FLAGS.hidden:
+            kwargs.update(hidden=[int(h) for h in FLAGS.hidden])
     if FLAGS.model == "gmvae":
         kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
-    model = models.MODELS[FLAGS.model](**kwargs)
+    if FLAGS.model == "m1m2":
+        try:
+            model = models.M1M2(common.load_model(FLAGS.m1_path, compile=False), **kwargs)
+        except ValueError as e:  # Not a VAE: say so in one line.
+            raise app.UsageError(f"--m1_path={FLAGS.m1_path}: {e}")
+    else:
+        model = models.MODELS[FLAGS.model](**kwargs)
     ema = {"use_ema": True, "ema_momentum": FLAGS.ema_momentum} if FLAGS.ema_momentum else {}
     model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate, **ema),
-                  # Replicated steps never use it (LatentVariableModel.compile); the SSVAE keeps
-                  # Keras' compile, whose XLA would drop its input checks.
-                  jit_compile=FLAGS.xla and FLAGS.model != "ssvae",
+                  # Replicated steps never use it (LatentVariableModel.compile); the SSVAE
+                  # refuses it (SSVAE.compile).
+                  jit_compile=FLAGS.xla and FLAGS.model not in SEMI_SUPERVISED,
                   steps_per_execution=steps_per_execution())
     return model
 
@@ -139,6 +155,15 @@ def main(argv):
     if FLAGS.strategy == "multi_worker" and (FLAGS.steps_per_execution or 1) > 1:
         raise app.UsageError("--strategy=multi_worker runs one step per execution; leave "
                              "--steps_per_execution unset or 1.")
+    if (FLAGS.model == "m1m2") != (FLAGS.m1_path is not None):
+        raise app.UsageError("--m1_path (the trained VAE whose features M2 models) goes with "
+                             "--model=m1m2, and --model=m1m2 needs it.")
+    if FLAGS.hidden and not all(h.isdigit() and int(h) > 0 for h in FLAGS.hidden):
+        raise app.UsageError(f"--hidden must be positive integers, comma separated; got "
+                             f"{','.join(FLAGS.hidden)}.")
+    if FLAGS.hidden and FLAGS.model not in ("vae", "gmvae"):
+        raise app.UsageError("--hidden sets the VAE and GMVAE networks; the ssvae and m1m2 keep "
+                             "the recipe's.")
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
         raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                              f"--steps_per_epoch={FLAGS.steps_per_epoch}.")
@@ -168,7 +193,7 @@ def main(argv):
     # The model and its optimizer are created in the strategy's scope (mirrored variables).
     with strategy.scope() if distributed else contextlib.nullcontext():
         model = build_model()
-    if FLAGS.model == "ssvae":
+    if FLAGS.model in SEMI_SUPERVISED:
         from tfp_vae.models import ssvae
 
         try:

@@ -3,6 +3,7 @@
 from tfp_vae.models.base import LatentVariableModel, check_images
 from tfp_vae.models.gmvae import GMVAE
 from tfp_vae.models.ssvae import SSVAE
+from tfp_vae.models.stacked import M1M2
 from tfp_vae.models.vae import VAE
 
-MODELS = {"vae": VAE, "gmvae": GMVAE, "ssvae": SSVAE}
+MODELS = {"vae": VAE, "gmvae": GMVAE, "ssvae": SSVAE, "m1m2": M1M2}

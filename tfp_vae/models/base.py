@@ -43,6 +43,23 @@ def check_images(x, x_dim, binary=True, check_pixels=True):
     return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
 
 
+def check_features(x, dim):
+    """Validates a batch of real-valued features and returns it as float32 [B, dim].
+
+    Raises ValueError for another shape, and (eagerly, or as a failing graph assertion with the
+    same message) for NaN or Inf values.
+    """
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating and not x.dtype.is_integer:
+        raise ValueError(f"Features must be numeric; got dtype {x.dtype.name}.")
+    x = tf.cast(x, tf.float32)
+    if x.shape.rank != 2 or x.shape[-1] != dim:
+        raise ValueError(f"Expected features of shape [batch, {dim}]; got shape "
+                         f"{tuple(x.shape)}.")
+    return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)),
+                        "Features contain NaN or Inf values; clean the input.")])
+
+
 IMAGE_PROBLEMS = (
     "Images contain NaN or Inf values; clean the input.",
     "Pixel values must lie in [0, 1]; divide uint8 images by 255.",
@@ -157,6 +174,14 @@ def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
         # fused update's tf.cond branch (or its XLA function, where it cannot be).
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model.optimizer.build(model.trainable_variables)
+
+
+def compile_from_saved_config(model, config):
+    """`Model.compile_from_config` for our models, which override `compile`: Keras' own skips
+    any model that does, so a reloaded model would come back uncompiled."""
+    model.compile(**keras.saving.deserialize_keras_object(config))
+    if model.built:
+        model.optimizer.build(model.trainable_variables)
 
 
 class LatentVariableModel(keras.Model):
@@ -318,11 +343,7 @@ class LatentVariableModel(keras.Model):
         self._xla_update_fn = None
         self._compile_config.config["jit_compile"] = jit_compile  # Reloads compile the same way.
 
-    def compile_from_config(self, config):
-        """As Keras' own, which skips any model that overrides `compile` (loading a model)."""
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+    compile_from_config = compile_from_saved_config
 
     def _fused_update(self, x):
         """One gradient step and the metric updates, unless the pixels of x fail a check.

@@ -36,12 +36,14 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import data, layers, networks, objectives
-from tfp_vae.models.base import (check_images, enforce, global_counts, global_results,
-                                 replica_context, symbolic_build_under_strategy)
+from tfp_vae.models.base import (check_features, check_images, compile_from_saved_config,
+                                 enforce, global_counts, global_results, replica_context,
+                                 symbolic_build_under_strategy)
 
 tfd = tfp.distributions
 
 NUM_CLASSES = data.NUM_CLASSES
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +341,10 @@ class SSVAE(keras.Model):
         labelled images only feed the classifier (and may be grayscale).
       min_variance: floor added to the softplus posterior variance.
       init: "torch" (the recipe's) or "glorot"; see networks.mlp.
-      x_dim: number of pixels.
+      x_dim: number of pixels (or of features, with a Gaussian likelihood).
+      likelihood: "bernoulli" (binary pixels, the recipe) or "gaussian" (real-valued features
+        with a diagonal Gaussian p(x|y,z) whose mean and softplus variance come from the
+        decoder; M2 on the latent features of M1, see `tfp_vae.models.stacked`).
 
     Training data (see `make_train_dataset`): each element is
     (unlabelled_x [B, x_dim], (labelled_x [L, x_dim], labelled_y [L] ints or [L, K] one-hot)),
@@ -354,17 +359,21 @@ class SSVAE(keras.Model):
     TRAIN_METRICS = ("loss", "nelbo", "labelled_nelbo", "kl_z", "kl_y", "rec", "class_loss",
                      "accuracy")
     TEST_METRICS = ("accuracy", "nelbo", "kl_z", "kl_y", "rec")
+    # A subclass that adds sub-layers after this __init__ sets False and builds itself (Keras
+    # locks a built layer's state).
+    build_at_init = True
 
     def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
                  activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
                  gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=784,
-                 labelled_bound=True,
-                 **kwargs):
+                 labelled_bound=True, likelihood="bernoulli", **kwargs):
         super().__init__(**kwargs)
         if int(z_dim) < 1:
             raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {likelihood!r}.")
         if float(gen_weight) < 0 or float(class_weight) < 0:
             raise ValueError(f"gen_weight and class_weight must be >= 0; got {gen_weight} and "
                              f"{class_weight}.")
@@ -374,21 +383,26 @@ class SSVAE(keras.Model):
         self.activation, self.classifier_activation = activation, classifier_activation
         self.gen_weight, self.class_weight = float(gen_weight), float(class_weight)
         self.labelled_bound = bool(labelled_bound)
+        self.likelihood_name = likelihood
         self.min_variance, self.init = float(min_variance), init
         k = self.num_classes
         self.classifier = networks.mlp(self.x_dim, self.classifier_hidden, k,
                                        classifier_activation, init, name="classifier")
         self.encoder = networks.mlp(self.x_dim + k, self.hidden, 2 * self.z_dim, activation, init,
                                     name="encoder")
-        self.decoder = networks.mlp(self.z_dim + k, self.hidden, self.x_dim, activation, init,
+        # A Gaussian likelihood needs a mean and a pre-softplus variance per feature.
+        out_dim = self.x_dim * (2 if likelihood == "gaussian" else 1)
+        self.decoder = networks.mlp(self.z_dim + k, self.hidden, out_dim, activation, init,
                                     name="decoder")
         self.label_posterior = CategoricalFromLogits()
         self.posterior = layers.GaussianPosterior(min_variance)
-        self.likelihood = layers.BernoulliLikelihood()
+        self.likelihood = (layers.GaussianLikelihood(min_variance) if likelihood == "gaussian"
+                           else layers.BernoulliLikelihood())
         self.prior_layer = layers.StandardNormalPrior(self.z_dim)
         self._trackers = {name: keras.metrics.Mean(name=name)
                           for name in dict.fromkeys(self.TRAIN_METRICS + self.TEST_METRICS)}
-        self.build((None, self.x_dim))
+        if type(self).build_at_init:
+            self.build((None, self.x_dim))
 
     # ---- distributions ----------------------------------------------------------------------
 
@@ -399,6 +413,24 @@ class SSVAE(keras.Model):
     def label_prior(self):
         """p(y): uniform Categorical over num_classes."""
         return tfd.Categorical(logits=tf.zeros([self.num_classes]))
+
+    @property
+    def input_dim(self):
+        """The width of the inputs every method takes: x_dim (a stacked model: its pixels)."""
+        return self.x_dim
+
+    def _inputs(self, x, binary=True, sample=False, seed=None):
+        """Checks raw inputs and returns what M2 models: float32 [B, x_dim].
+
+        With the Bernoulli likelihood, images (`check_images`; `binary` requires 0/1 pixels,
+        else grayscale in [0, 1] is allowed); with the Gaussian one, finite features
+        (`check_features`). A stacked model overrides this to map images to features (`sample`
+        and `seed` say how; unused here).
+        """
+        del sample, seed
+        if self.likelihood_name == "gaussian":
+            return check_features(x, self.x_dim)
+        return check_images(x, self.x_dim, binary=binary)
 
     def _onehot(self, labels):
         return tf.one_hot(labels, self.num_classes, dtype=tf.float32)
@@ -416,7 +448,7 @@ class SSVAE(keras.Model):
 
     def class_logits(self, x):
         """Logits [B, K] of q(y|x); x may be grayscale in [0, 1] (checked)."""
-        return self._classifier_logits(check_images(x, self.x_dim, binary=False))
+        return self._classifier_logits(self._inputs(x, binary=False))
 
     def label_distribution(self, x):
         """q(y|x) as a tfd.Categorical, batch [B]."""
@@ -428,7 +460,7 @@ class SSVAE(keras.Model):
 
     def encode(self, x, y):
         """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K]."""
-        x = check_images(x, self.x_dim, binary=False)
+        x = self._inputs(x, binary=False)
         labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
         return self._encode(x, self._onehot(labels))
 
@@ -478,16 +510,24 @@ class SSVAE(keras.Model):
         return {"nelbo": labelled_negative_elbo(rec, kl_z, self.num_classes), "rec": rec,
                 "kl_z": kl_z}
 
+    def bound_terms(self, x, labels=None, seed=None):
+        """-U(x) (labels None) or -L(x, y) (int labels [B], not checked) with its parts, for
+        inputs x that are checked first (binary images): dict of [B] tensors with `nelbo`,
+        `rec`, `kl_z` (and `kl_y` for -U). The bound of every use (`elbo`, `test_step`,
+        serving); a stacked model overrides it with its own."""
+        x = self._inputs(x)
+        if labels is None:
+            return self.unlabelled_terms(x, seed)
+        return self.labelled_terms(x, labels, seed)
+
     def elbo(self, x, seed=None):
         """Per-example unlabelled ELBO U(x) <= log p(x) (nats) [B]; x must be binary."""
-        x = check_images(x, self.x_dim)
-        return -self.unlabelled_terms(x, seed)["nelbo"]
+        return -self.bound_terms(x, seed=seed)["nelbo"]
 
     def labelled_elbo(self, x, y, seed=None):
         """Per-example labelled ELBO L(x, y) <= log p(x, y) (nats) [B]; x must be binary."""
-        x = check_images(x, self.x_dim)
         labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
-        return -self.labelled_terms(x, labels, seed)["nelbo"]
+        return -self.bound_terms(x, labels, seed)["nelbo"]
 
     # Which set each per-example training term is averaged over.
     LABELLED_TERMS = ("class_loss", "accuracy", "labelled_nelbo")
@@ -501,10 +541,10 @@ class SSVAE(keras.Model):
 
         Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]).
         """
-        x_u = check_images(unlabelled_x, self.x_dim)
+        x_u = self._inputs(unlabelled_x, sample=True)
         # Without the labelled bound the labelled images only feed the classifier: grayscale is
         # allowed then.
-        x_l = check_images(labelled_x, self.x_dim, binary=self.labelled_bound)
+        x_l = self._inputs(labelled_x, binary=self.labelled_bound, sample=True)
         y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes)
         logits_l = self._classifier_logits(x_l)
         out = {"class_loss": classification_loss(logits_l, y_l),
@@ -569,6 +609,23 @@ class SSVAE(keras.Model):
 
     _maybe_symbolic_build = symbolic_build_under_strategy
 
+    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
+        """Keras' `compile`, always without XLA.
+
+        XLA drops assertion ops, so the label and pixel checks of the step would be lost; and the
+        SSVAE step measured 2x slower with XLA on CPU (README, Benchmarks). Keras' default
+        "auto" would turn XLA on for a GPU, so "auto" means off here; True is refused.
+        """
+        if jit_compile is True:
+            raise ValueError("The SSVAE trains without XLA: XLA would drop its label and pixel "
+                             "checks. Compile with jit_compile=False (or 'auto').")
+        if jit_compile not in (False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
+        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+        self._compile_config.config["jit_compile"] = jit_compile  # Reloads compile the same way.
+
+    compile_from_config = compile_from_saved_config
+
     def _record(self, values, names, ctx=None):
         """Adds values (scalars or per-example vectors) to the named metrics; returns their
         means so far, pooled over all replicas when `ctx` (a replica context) is given."""
@@ -609,10 +666,9 @@ class SSVAE(keras.Model):
             x_bound, x_class = inputs
         else:
             x_bound = x_class = inputs
-        x_bound = check_images(x_bound, self.x_dim)
         logits = self.class_logits(x_class)
         labels = _labels_for(y, tf.shape(logits)[0], self.num_classes)
-        terms = self.unlabelled_terms(x_bound)
+        terms = self.bound_terms(x_bound)
         values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
         values["accuracy"] = tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
@@ -629,7 +685,7 @@ class SSVAE(keras.Model):
                 "num_classes": self.num_classes, "gen_weight": self.gen_weight,
                 "class_weight": self.class_weight, "min_variance": self.min_variance,
                 "labelled_bound": self.labelled_bound,
-                "init": self.init, "x_dim": self.x_dim}
+                "init": self.init, "x_dim": self.x_dim, "likelihood": self.likelihood_name}
 
     # ---- uses -------------------------------------------------------------------------------
 
@@ -644,24 +700,34 @@ class SSVAE(keras.Model):
             y = tf.range(n) % self.num_classes
         labels = _labels_for(y, n, self.num_classes)
         z = self.prior().sample(n, seed=seed)
-        return self._decode(z, self._onehot(labels)).mean()
+        return self._observed(self._decode(z, self._onehot(labels)))
+
+    def generate(self, z, y):
+        """The data-space mean of p(x|y,z) at given latents: pixel probabilities [B, x_dim] (or
+        feature means). z: [B, z_dim]; y as in `encode`."""
+        return self._observed(self.decode(z, y))
+
+    def _observed(self, p):
+        """The mean of the data space for p(x|y,z): pixel probabilities (or feature means); a
+        stacked model maps its features to pixels."""
+        return p.mean()
 
     def reconstruct(self, x, y=None):
         """Pixel probabilities [B, x_dim] of p(x|y,z) at the mean of q(z|x,y); y defaults to
         the classifier's prediction argmax q(y|x). x may be grayscale."""
-        x = check_images(x, self.x_dim, binary=False)
+        x = self._inputs(x, binary=False)
         if y is None:
-            y = tf.argmax(self.classifier(x), axis=-1, output_type=tf.int32)
+            y = tf.argmax(self._classifier_logits(x), axis=-1, output_type=tf.int32)
         labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
         onehot = self._onehot(labels)
-        return self._decode(self._encode(x, onehot).mean(), onehot).mean()
+        return self._observed(self._decode(self._encode(x, onehot).mean(), onehot))
 
     def serving_functions(self):
         """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
 
         `classify` comes first (the serving default). Labels are int32 class indices.
         """
-        x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
+        x = tf.TensorSpec([None, self.input_dim], tf.float32, name="x")
         z = tf.TensorSpec([None, self.z_dim], tf.float32, name="z")
         y = tf.TensorSpec([None], tf.int32, name="y")
         n = tf.TensorSpec([], tf.int32, name="n")
@@ -676,14 +742,16 @@ class SSVAE(keras.Model):
 
         def decode(z, y):
             p = self.decode(z, y)
-            return {"probs": p.mean(), "logits": p.distribution.logits}
+            if self.likelihood_name == "bernoulli":
+                return {"probs": p.mean(), "logits": p.distribution.logits}
+            return {"mean": p.mean(), "variance": p.variance(), "observed": self._observed(p)}
 
         def sample(n, y):
             # y: one label per sample, or a single label ([1]) for all n.
             return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])))}
 
         def elbo(x, seed):
-            terms = self.unlabelled_terms(check_images(x, self.x_dim), seed=seed)
+            terms = self.bound_terms(x, seed=seed)
             return {"elbo": -terms["nelbo"], "kl_z": terms["kl_z"], "kl_y": terms["kl_y"],
                     "rec": terms["rec"]}
 
