@@ -10,6 +10,7 @@ import tensorflow_probability as tfp
 
 from tfp_vae import export
 from tfp_vae.models import VAE, M1M2, SSVAE, ssvae
+from test_ssvae import _point_mass_posterior, binary_images, synthetic_uint8
 
 tfd = tfp.distributions
 
@@ -22,27 +23,13 @@ def tiny_m1m2(**overrides):
     return M1M2(VAE(z_dim=6, hidden=(32,)), **{**TINY_M2, **overrides})
 
 
-def binary_images(n, seed=0):
-    return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
-
-
-def synthetic_uint8(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % K
-
-
 # ---- the Gaussian-likelihood M2 ----------------------------------------------------------------
 
 
 def test_gaussian_m2_enumerated_bound_equals_class_by_class_loop():
     keras.utils.set_random_seed(0)
     model = SSVAE(x_dim=5, likelihood="gaussian", min_variance=0.0, **TINY_M2)
-    # q(z|x,y) a point mass in effect, so the one-sample bound is deterministic.
-    out = model.encoder.layers[-1]
-    kernel, bias = out.kernel.numpy(), out.bias.numpy()
-    kernel[:, model.z_dim:], bias[model.z_dim:] = 0.0, -60.0
-    out.kernel.assign(kernel)
-    out.bias.assign(bias)
+    _point_mass_posterior(model)
     x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
     probs = model.classify(x).numpy()
     prior = tfd.MultivariateNormalDiag(tf.zeros(model.z_dim), tf.ones(model.z_dim))
@@ -196,3 +183,36 @@ def test_m1m2_savedmodel_needs_only_tensorflow(tmp_path):
     assert decoded["observed"].shape == (3, 784) and decoded["mean"].shape == (3, 6)
     np.testing.assert_allclose(loaded.elbo(x, tf.constant([1, 2]))["elbo"],
                                model.elbo(x, seed=[1, 2]), rtol=1e-5)
+
+
+def test_active_units_and_a_partial_m2():
+    """M2 on some units of z1: the others keep the prior N(0, 1) in the bound, and outputs are
+    still pixels."""
+    keras.utils.set_random_seed(0)
+    m1 = VAE(z_dim=6, hidden=(32,))
+    out = m1.encoder.layers[-1]
+    kernel = out.kernel.numpy()
+    kernel[:, [1, 4]] = 0.0            # the means of units 1 and 4 ignore x: inactive
+    out.kernel.assign(kernel)
+    x = binary_images(50)
+    units = M1M2.active_units(m1, x, threshold=1e-6)
+    assert units == [0, 2, 3, 5]
+    model = M1M2(m1, feature_indices=units, **TINY_M2)
+    assert model.x_dim == 4
+    seed = tf.constant([2, 3])
+    terms = model.bound_terms(x[:3], seed=seed)
+    seed_z1, seed_m2 = tfp.random.split_seed(seed, 2)
+    q = m1.encode(x[:3])
+    z1 = q.sample(seed=seed_z1).numpy()
+    u = model.unlabelled_terms(tf.constant(z1[:, units]), seed_m2)["nelbo"].numpy()
+    rest = tfd.Normal(0.0, 1.0).log_prob(z1[:, [1, 4]]).numpy().sum(1)
+    rec = -m1.decode(z1).log_prob(x[:3]).numpy()
+    np.testing.assert_allclose(terms["nelbo"], rec + q.log_prob(z1).numpy() + u - rest,
+                               rtol=1e-5)
+    np.testing.assert_allclose(model.features(x[:3]), q.mean().numpy()[:, units], rtol=1e-6)
+    assert model.sample(3, seed=[1, 1]).shape == (3, 784)
+    loaded = M1M2.from_config(model.get_config())
+    assert loaded.feature_indices == units
+    for bad in ([], [2, 0], [0, 0], [6]):
+        with pytest.raises(ValueError, match="feature_indices"):
+            M1M2(m1, feature_indices=bad)

@@ -37,6 +37,7 @@ def mlp(input_dim: int, hidden: Sequence[int], output_dim: int, activation: str 
 def apply(network, inputs):
     """Applies a [B, d_in] -> [B, d_out] network to inputs of any rank >= 2: [..., d_in] ->
     [..., d_out] (for instance [m, B, z] importance samples), by folding the leading axes."""
+    inputs = tf.convert_to_tensor(inputs)
     if inputs.shape.rank == 2:
         return network(inputs)
     flat = network(tf.reshape(inputs, [-1, inputs.shape[-1]]))

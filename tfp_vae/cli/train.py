@@ -30,6 +30,10 @@ flags.DEFINE_string("m1_path", None, "m1m2: the trained VAE (M1) whose latent fe
 flags.DEFINE_integer("k", 500, "gmvae: number of mixture components of the prior.", lower_bound=1)
 flags.DEFINE_bool("learn_mixture_weights", False,
                   "gmvae: train the mixture weights too (default: uniform, fixed).")
+flags.DEFINE_float("active_threshold", 0.0, "m1m2: M2 models only the units of M1's z whose "
+                   "posterior mean has a std above this over 1000 training images (the paper's "
+                   "code uses 0.1); the others keep the prior N(0, 1). 0 models every unit.",
+                   lower_bound=0.0)
 flags.DEFINE_integer("labels_per_class", 10, "ssvae/m1m2: labelled training examples per class; the "
                      "rest of the training set is used unlabelled.", lower_bound=1)
 flags.DEFINE_integer("label_seed", 0, "ssvae/m1m2: seed that picks the labelled examples.")
@@ -118,7 +122,7 @@ def steps_per_execution():
     return max(d for d in range(1, 26) if FLAGS.steps_per_epoch % d == 0)
 
 
-def build_model():
+def build_model(dataset):
     import keras
     from tfp_vae import models
 
@@ -134,9 +138,17 @@ def build_model():
     if FLAGS.model == "gmvae":
         kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
     if FLAGS.model == "m1m2":
+        from tfp_vae import data
+
         try:
-            model = models.M1M2(common.load_model(FLAGS.m1_path, compile=False), **kwargs)
-        except ValueError as e:  # Not a VAE: say so in one line.
+            m1 = common.load_model(FLAGS.m1_path, compile=False)
+            if FLAGS.active_threshold > 0:
+                units = models.M1M2.active_units(m1, data.binarize_static(dataset.x_train[:1000]),
+                                                 FLAGS.active_threshold)
+                print(f"M2 models {len(units)} of M1's {m1.z_dim} latent units: {units}")
+                kwargs["feature_indices"] = units
+            model = models.M1M2(m1, **kwargs)
+        except ValueError as e:  # Not a VAE, or no active unit: say so in one line.
             raise app.UsageError(f"--m1_path={FLAGS.m1_path}: {e}")
     else:
         model = models.MODELS[FLAGS.model](**kwargs)
@@ -192,7 +204,7 @@ def main(argv):
     print(f"Data: {dataset.source}")
     # The model and its optimizer are created in the strategy's scope (mirrored variables).
     with strategy.scope() if distributed else contextlib.nullcontext():
-        model = build_model()
+        model = build_model(dataset)
     if FLAGS.model in SEMI_SUPERVISED:
         from tfp_vae.models import ssvae
 

@@ -10,9 +10,15 @@ M1 stays fixed while M2 trains; every step feeds M2 a fresh z1 ~ q(z1|x) of each
 paper does), and the classifier sees the posterior mean of z1 at test time. The paper reports
 96.67% +/- 0.14 test accuracy with 100 labels for M1+M2, against 88.03% +/- 1.71 for M2 alone.
 
+A VAE leaves many latent units inactive: q(z1_d|x) is the prior N(0, 1) whatever x, so a draw
+is pure noise. As the paper's code does, M2 may model only the active units
+(`feature_indices`, e.g. from `active_units`); the others keep M1's prior N(0, 1) in the bound.
+
 The bound of the stacked model (per example, nats), from log p(z1) >= U(z1):
 
   log p(x) >= E_q(z1|x)[log p(x|z1) - log q(z1|x) + U(z1)]
+
+(with only some units modelled by M2, U(z1) becomes U(z1_active) + log N(z1_rest; 0, I))
 
 estimated with one z1; `bound_terms` returns it as `nelbo` = `rec` + `kl_z1`, where `rec` =
 -log p(x|z1) and `kl_z1` = log q(z1|x) - U(z1) (an estimate of KL(q(z1|x) || p(z1)) plus M2's
@@ -24,11 +30,20 @@ evaluation, the binaries and the SavedModel signatures are the SSVAE's, on pixel
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae.models.base import LatentVariableModel, check_images
 from tfp_vae.models.ssvae import SSVAE
+
+tfd = tfp.distributions
+
+
+def _check_m1(m1):
+    if not isinstance(m1, LatentVariableModel):
+        raise ValueError(f"m1 must be a trained VAE (a tfp_vae LatentVariableModel); got "
+                         f"{type(m1).__name__}.")
 
 
 @keras.saving.register_keras_serializable("tfp_vae")
@@ -38,8 +53,10 @@ class M1M2(SSVAE):
     Args:
       m1: a trained `VAE` (or `GMVAE`), or its Keras config (from `get_config`). Its weights are
         frozen (not trainable) and saved with this model.
+      feature_indices: the units of z1 that M2 models (sorted, distinct; default: all). The rest
+        keep the prior N(0, 1) (see `active_units`).
       **kwargs: the SSVAE's (z_dim, hidden, classifier_hidden, gen_weight, class_weight, ...),
-        for M2 on m1's z_dim features; its x_dim and likelihood are set by m1.
+        for M2 on the features; its x_dim and likelihood are set by m1 and feature_indices.
 
     Inputs everywhere are images, as for the SSVAE: binary for the bounds and training, grayscale
     allowed for `classify`, `encode` and `reconstruct`.
@@ -47,16 +64,21 @@ class M1M2(SSVAE):
 
     build_at_init = False
 
-    def __init__(self, m1, **kwargs):
+    def __init__(self, m1, feature_indices=None, **kwargs):
         if isinstance(m1, dict):
             m1 = keras.saving.deserialize_keras_object(m1)
-        if not isinstance(m1, LatentVariableModel):
-            raise ValueError(f"m1 must be a trained VAE (a tfp_vae LatentVariableModel); got "
-                             f"{type(m1).__name__}.")
+        _check_m1(m1)
         for fixed in ("x_dim", "likelihood"):
             if fixed in kwargs:
                 raise ValueError(f"M1M2 sets {fixed} from m1; do not pass it.")
-        super().__init__(x_dim=m1.z_dim, likelihood="gaussian", **kwargs)
+        if feature_indices is None:
+            feature_indices = range(m1.z_dim)
+        self.feature_indices = [int(i) for i in feature_indices]
+        if (not self.feature_indices or self.feature_indices != sorted(set(self.feature_indices))
+                or self.feature_indices[0] < 0 or self.feature_indices[-1] >= m1.z_dim):
+            raise ValueError(f"feature_indices must be distinct sorted units of M1's z "
+                             f"(0..{m1.z_dim - 1}), at least one; got {self.feature_indices}.")
+        super().__init__(x_dim=len(self.feature_indices), likelihood="gaussian", **kwargs)
         self.m1 = m1
         self.m1.trainable = False
         self.build((None, self.input_dim))
@@ -70,15 +92,46 @@ class M1M2(SSVAE):
         q(z1|x), or one draw when `sample`. [B, m1.z_dim]."""
         return self._inputs(x, binary=False, sample=sample, seed=seed)
 
+    @staticmethod
+    def active_units(m1, images, threshold=0.1):
+        """The units of M1's z whose posterior mean varies across `images` (binary [N, pixels]):
+        std over the images > threshold, as in the paper's code. A sorted list of ints."""
+        _check_m1(m1)
+        means = m1.encode(check_images(images, m1.x_dim)).mean()
+        return [int(i) for i in np.flatnonzero(np.std(np.asarray(means), axis=0) > threshold)]
+
+    def _modelled(self, z1):
+        """The units of z1 [..., m1.z_dim] that M2 models: [..., x_dim]."""
+        if self.x_dim == self.m1.z_dim:
+            return z1
+        return tf.gather(z1, self.feature_indices, axis=-1)
+
     def _inputs(self, x, binary=True, sample=False, seed=None):
-        """Images (checked as the SSVAE checks them) -> z1 ~ q(z1|x), or its mean."""
+        """Images (checked as the SSVAE checks them) -> z1 ~ q(z1|x), or its mean (the units M2
+        models)."""
         q = self.m1.encode(check_images(x, self.input_dim, binary=binary))
         # M1 is fixed; no gradient flows into it (its variables are not trainable anyway).
-        return tf.stop_gradient(q.sample(seed=seed) if sample else q.mean())
+        return tf.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
+
+    def _full_z1(self, features):
+        """Modelled units [B, x_dim] -> z1 [B, m1.z_dim], the others at their prior mean 0."""
+        if self.x_dim == self.m1.z_dim:
+            return features
+        indices = tf.constant(self.feature_indices)[:, None]
+        return tf.transpose(tf.scatter_nd(indices, tf.transpose(features),
+                                          [self.m1.z_dim, tf.shape(features)[0]]))
 
     def _observed(self, p):
         """p(z1|y,z2) -> pixel probabilities of M1's decoder at its mean z1."""
-        return self.m1.decode(p.mean()).mean()
+        return self.m1.decode(self._full_z1(p.mean())).mean()
+
+    def _unmodelled_log_prior(self, z1):
+        """log N(z1_rest; 0, I) of the units M2 does not model: [B] (0 when it models all)."""
+        if self.x_dim == self.m1.z_dim:
+            return tf.zeros(tf.shape(z1)[:1])
+        rest = [i for i in range(self.m1.z_dim) if i not in set(self.feature_indices)]
+        z_rest = tf.gather(z1, rest, axis=-1)
+        return tf.reduce_sum(tfd.Normal(0.0, 1.0).log_prob(z_rest), axis=-1)
 
     def bound_terms(self, x, labels=None, seed=None):
         """The stacked bound (module docstring) and its parts for binary images x, without
@@ -88,10 +141,11 @@ class M1M2(SSVAE):
         seed_z1, seed_m2 = (None, None) if seed is None else tfp.random.split_seed(seed, 2)
         q = self.m1.encode(x)
         z1 = q.sample(seed=seed_z1)
-        m2 = (self.unlabelled_terms(z1, seed_m2) if labels is None
-              else self.labelled_terms(z1, labels, seed_m2))
+        features = self._modelled(z1)
+        m2 = (self.unlabelled_terms(features, seed_m2) if labels is None
+              else self.labelled_terms(features, labels, seed_m2))
         rec = -self.m1.decode(z1).log_prob(x)
-        kl_z1 = q.log_prob(z1) + m2["nelbo"]
+        kl_z1 = q.log_prob(z1) + m2["nelbo"] - self._unmodelled_log_prior(z1)
         out = {"nelbo": rec + kl_z1, "rec": rec, "kl_z1": kl_z1, "kl_z": m2["kl_z"]}
         if "kl_y" in m2:
             out["kl_y"] = m2["kl_y"]
@@ -101,7 +155,8 @@ class M1M2(SSVAE):
         config = super().get_config()
         for fixed in ("x_dim", "likelihood"):
             config.pop(fixed)
-        return {**config, "m1": keras.saving.serialize_keras_object(self.m1)}
+        return {**config, "m1": keras.saving.serialize_keras_object(self.m1),
+                "feature_indices": list(self.feature_indices)}
 
     @classmethod
     def from_m1_path(cls, path, **kwargs):
