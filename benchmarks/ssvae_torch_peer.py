@@ -20,6 +20,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("label_seed", 0, "Seed that picks the labelled set (as bin/train).")
+flags.DEFINE_string("labelled_indices", None, "A chosen labelled set instead (a file of "
+                    "training-set indices, as bin/train --labelled_indices).")
 flags.DEFINE_integer("seed", 0, "Torch seed (initialisation, batches, binarisation).")
 flags.DEFINE_integer("steps", 10000, "Training steps.", lower_bound=1)
 flags.DEFINE_integer("eval_every", 1000, "Steps between test-accuracy prints.", lower_bound=1)
@@ -51,7 +53,11 @@ def main(argv):
 
     torch.manual_seed(FLAGS.seed)
     mnist = data.load(download=False)
-    labelled, unlabelled = ssvae.split_labelled(mnist.y_train, 10, FLAGS.label_seed)
+    if FLAGS.labelled_indices:
+        labelled, unlabelled = ssvae.split_by_indices(
+            mnist.y_train, ssvae.read_indices(FLAGS.labelled_indices))
+    else:
+        labelled, unlabelled = ssvae.split_labelled(mnist.y_train, 10, FLAGS.label_seed)
     images = torch.from_numpy(data.flatten(mnist.x_train))
     x_l, y_l = images[labelled], torch.from_numpy(mnist.y_train[labelled].astype(np.int64))
     x_u = images[unlabelled]
@@ -98,7 +104,8 @@ def main(argv):
             curve.append((step, accuracy()))
             print(f"step {step}: loss {loss.item():.2f}, test accuracy {curve[-1][1]:.4f}",
                   flush=True)
-    result = {"label_seed": FLAGS.label_seed, "seed": FLAGS.seed, "steps": FLAGS.steps,
+    result = {"label_seed": FLAGS.label_seed, "labelled_indices": FLAGS.labelled_indices,
+              "seed": FLAGS.seed, "steps": FLAGS.steps,
               "accuracy": accuracy(), "curve": curve, "seconds": round(time.time() - start, 1),
               "torch_version": torch.__version__}
     print(json.dumps(result))

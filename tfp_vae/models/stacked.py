@@ -81,6 +81,10 @@ class M1M2(SSVAE):
         super().__init__(x_dim=len(self.feature_indices), likelihood="gaussian", **kwargs)
         self.m1 = m1
         self.m1.trainable = False
+        # The setter does not reach the sub-layers of an m1 rebuilt from a config that already
+        # says trainable=False (a reloaded M1M2), so freeze the variables themselves.
+        for variable in self.m1.variables:
+            variable.trainable = False
         self.build((None, self.input_dim))
 
     @property
