@@ -1,7 +1,8 @@
 """An independent PyTorch M2 with the course's loss, to check that our SSVAE's accuracy is not an
 artefact of our implementation (Keras 3 / TFP).
 
-  python benchmarks/ssvae_torch_peer.py --label_seed=0 --steps=10000 --output_json=runs/torch_m2_s0.json
+  python benchmarks/ssvae_torch_peer.py --label_seed=0 --steps=10000 \
+      --output_json=runs/torch_m2_s0.json
 
 Same recipe as `bin/train --model=ssvae --nolabelled_bound --labelled_binarization=none`: the
 classifier 784-300-300-10 (ReLU), encoder [x, y]-300-300-2z and decoder [z, y]-300-300-784 (ELU),

@@ -127,14 +127,20 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     """M2 on the features of the module's trained GMVAE: trains, reports accuracy, exports."""
     m1, _ = trained_run
     out = tmp_path / "m1m2"
-    result = _run("train", "--model=m1m2", f"--m1_path={m1}", "--steps=20", "--steps_per_epoch=10",
-                  "--validation_examples=100", "--verbose=0", f"--out_dir={out}")
+    result = _run("train", "--model=m1m2", f"--m1_path={m1}", "--active_threshold=0",
+                  "--steps=20", "--steps_per_epoch=10", "--validation_examples=100",
+                  "--verbose=0", f"--out_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "m1m2" and 0 <= metrics["accuracy"] <= 1
     assert metrics["steps"] == 20 and metrics["nelbo"] > 0
     result = _run("export", f"--model_path={out}", f"--export_dir={tmp_path}/sm")
     assert result.returncode == 0, result.stderr[-3000:]
+    # A threshold no unit passes, and an M1 that is not a VAE, are refused in one line.
+    refused = _run("train", "--model=m1m2", f"--m1_path={m1}", "--active_threshold=1000",
+                   "--steps=1", f"--out_dir={tmp_path}/none")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "--active_threshold=1000" in refused.stderr
     # An M1 that is not a VAE is refused in one line.
     refused = _run("train", "--model=m1m2", f"--m1_path={out}", "--steps=1",
                    f"--out_dir={tmp_path}/again")

@@ -122,8 +122,8 @@ def _ssvae_training_functions(model):
     """`train_step(unlabelled_x, labelled_x, labelled_y)` for the SSVAE: one optimizer step on
     its loss (`SSVAE.compute_losses`), as `SSVAE.train_step` takes it.
 
-    Inputs: binary images float32 [B, input_dim] and [L, input_dim], int32 class indices [L]. Returns
-    the batch's train metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless
+    Inputs: binary images float32 [B, input_dim] and [L, input_dim], int32 class indices [L].
+    Returns the batch's train metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless
     gen_weight is 0, `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations`
     (int64, after the update) and `learning_rate`.
     """

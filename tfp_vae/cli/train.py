@@ -30,16 +30,16 @@ flags.DEFINE_string("m1_path", None, "m1m2: the trained VAE (M1) whose latent fe
 flags.DEFINE_integer("k", 500, "gmvae: number of mixture components of the prior.", lower_bound=1)
 flags.DEFINE_bool("learn_mixture_weights", False,
                   "gmvae: train the mixture weights too (default: uniform, fixed).")
-flags.DEFINE_float("active_threshold", 0.0, "m1m2: M2 models only the units of M1's z whose "
-                   "posterior mean has a std above this over 1000 training images (the paper's "
-                   "code uses 0.1); the others keep the prior N(0, 1). 0 models every unit.",
+flags.DEFINE_float("active_threshold", 0.1, "m1m2: M2 models only the units of M1's z whose "
+                   "posterior mean has a std above this over 1000 training images (0.1, as the "
+                   "paper's code); the others keep the prior N(0, 1). 0 models every unit.",
                    lower_bound=0.0)
-flags.DEFINE_integer("labels_per_class", 10, "ssvae/m1m2: labelled training examples per class; the "
-                     "rest of the training set is used unlabelled.", lower_bound=1)
+flags.DEFINE_integer("labels_per_class", 10, "ssvae/m1m2: labelled training examples per "
+                     "class; the rest of the training set is used unlabelled.", lower_bound=1)
 flags.DEFINE_integer("label_seed", 0, "ssvae/m1m2: seed that picks the labelled examples.")
-flags.DEFINE_string("labelled_indices", None, "ssvae/m1m2: text file of training-set indices to use "
-                    "as the labelled set (whitespace or comma separated, '#' comments) instead of "
-                    "drawing --labels_per_class by --label_seed.")
+flags.DEFINE_string("labelled_indices", None, "ssvae/m1m2: text file of training-set indices "
+                    "to use as the labelled set (whitespace or comma separated, '#' comments) "
+                    "instead of drawing --labels_per_class by --label_seed.")
 flags.DEFINE_float("gen_weight", 1.0, "ssvae/m1m2: weight on the labelled and unlabelled bounds "
                    "(0 trains the classifier alone).", lower_bound=0.0)
 flags.DEFINE_float("class_weight", 100.0, "ssvae/m1m2: weight on the labelled cross-entropy.",
@@ -52,9 +52,9 @@ flags.DEFINE_enum("labelled_binarization", None, ["dynamic", "static", "none"],
                   "(grayscale) needs --nolabelled_bound.")
 flags.DEFINE_integer("z_dim", None, "Latent dimension (default: the recipe's, 10 for vae and "
                      "gmvae, 64 for ssvae and m1m2).", lower_bound=1)
-flags.DEFINE_list("hidden", None, "vae/gmvae: hidden layer sizes of the encoder and decoder MLPs, "
-                 "comma separated (default: the recipe's 300,300). An M1 feature extractor for "
-                 "--model=m1m2 uses 600,600 with --z_dim=50.")
+flags.DEFINE_list("hidden", None, "vae/gmvae: hidden layer sizes of the encoder and decoder "
+                  "MLPs, comma separated (default: the recipe's 300,300). An M1 feature extractor "
+                  "for --model=m1m2 uses 600,600 with --z_dim=50.")
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
                    lower_bound=0.0)
 flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
@@ -145,6 +145,10 @@ def build_model(dataset):
             if FLAGS.active_threshold > 0:
                 units = models.M1M2.active_units(m1, data.binarize_static(dataset.x_train[:1000]),
                                                  FLAGS.active_threshold)
+                if not units:
+                    raise app.UsageError(f"No unit of M1's z has a posterior-mean std above "
+                                         f"--active_threshold={FLAGS.active_threshold}; lower "
+                                         "it (0 models every unit).")
                 print(f"M2 models {len(units)} of M1's {m1.z_dim} latent units: {units}")
                 kwargs["feature_indices"] = units
             model = models.M1M2(m1, **kwargs)
