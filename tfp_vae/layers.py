@@ -35,7 +35,8 @@ class GaussianPosterior(Float32Layer):
     """Network output h [..., 2z] -> MultivariateNormalDiag, batch [...], event [z].
 
     The first half of h is the mean; variance = softplus(second half) + min_variance (the floor
-    keeps log q finite when the network pushes a variance to zero).
+    keeps log q finite when the network pushes a variance to zero). Also the Gaussian likelihood
+    of M2 over real-valued features (`SSVAE(likelihood="gaussian")`).
     """
 
     def __init__(self, min_variance=1e-8, **kwargs):
@@ -49,12 +50,6 @@ class GaussianPosterior(Float32Layer):
 
     def get_config(self):
         return {**super().get_config(), "min_variance": self.min_variance}
-
-
-@keras.saving.register_keras_serializable(_PACKAGE)
-class GaussianLikelihood(GaussianPosterior):
-    """The same map for a likelihood over real-valued data: decoder output h [..., 2D] ->
-    MultivariateNormalDiag, batch [...], event [D] (M2 on M1's latent features)."""
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)

@@ -176,6 +176,20 @@ def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
             model.optimizer.build(model.trainable_variables)
 
 
+def build_at_construction(model, input_shape=None):
+    """`Layer.build` for our models, whose sub-networks are all built in `__init__` (their input
+    sizes are known), which then calls this.
+
+    A model constructed with trainable=False (as `from_config` rebuilds one saved frozen) also
+    freezes its sub-layers here. Keras' `trainable` setter would not: in the TF backend, setting
+    an attribute to the value it already holds returns before the setter runs.
+    """
+    if not model.trainable:
+        for layer in model.layers:
+            layer.trainable = False
+    model.built = True
+
+
 def compile_from_saved_config(model, config):
     """`Model.compile_from_config` for our models, which override `compile`: Keras' own skips
     any model that does, so a reloaded model would come back uncompiled."""
@@ -304,9 +318,7 @@ class LatentVariableModel(keras.Model):
 
     # ---- Keras plumbing -----------------------------------------------------------------------
 
-    def build(self, input_shape=None):
-        """All sub-networks are built at construction (their input sizes are known)."""
-        self.built = True
+    build = build_at_construction
 
     @property
     def metrics(self):

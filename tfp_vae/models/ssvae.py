@@ -36,9 +36,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import data, layers, networks, objectives
-from tfp_vae.models.base import (check_features, check_images, compile_from_saved_config,
-                                 enforce, global_counts, global_results, replica_context,
-                                 symbolic_build_under_strategy)
+from tfp_vae.models.base import (build_at_construction, check_features, check_images,
+                                 compile_from_saved_config, enforce, global_counts,
+                                 global_results, replica_context, symbolic_build_under_strategy)
 
 tfd = tfp.distributions
 
@@ -396,7 +396,8 @@ class SSVAE(keras.Model):
                                     name="decoder")
         self.label_posterior = CategoricalFromLogits()
         self.posterior = layers.GaussianPosterior(min_variance)
-        self.likelihood = (layers.GaussianLikelihood(min_variance) if likelihood == "gaussian"
+        # GaussianPosterior maps [mean, pre-variance] to a diagonal Gaussian, likelihood or not.
+        self.likelihood = (layers.GaussianPosterior(min_variance) if likelihood == "gaussian"
                            else layers.BernoulliLikelihood())
         self.prior_layer = layers.StandardNormalPrior(self.z_dim)
         self._trackers = {name: keras.metrics.Mean(name=name)
@@ -599,9 +600,7 @@ class SSVAE(keras.Model):
 
     # ---- Keras plumbing ---------------------------------------------------------------------
 
-    def build(self, input_shape=None):
-        """All sub-networks are built at construction (their input sizes are known)."""
-        self.built = True
+    build = build_at_construction
 
     @property
     def metrics(self):

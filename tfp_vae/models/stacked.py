@@ -81,10 +81,6 @@ class M1M2(SSVAE):
         super().__init__(x_dim=len(self.feature_indices), likelihood="gaussian", **kwargs)
         self.m1 = m1
         self.m1.trainable = False
-        # The setter does not reach the sub-layers of an m1 rebuilt from a config that already
-        # says trainable=False (a reloaded M1M2), so freeze the variables themselves.
-        for variable in self.m1.variables:
-            variable.trainable = False
         self.build((None, self.input_dim))
 
     @property
@@ -106,8 +102,6 @@ class M1M2(SSVAE):
 
     def _modelled(self, z1):
         """The units of z1 [..., m1.z_dim] that M2 models: [..., x_dim]."""
-        if self.x_dim == self.m1.z_dim:
-            return z1
         return tf.gather(z1, self.feature_indices, axis=-1)
 
     def _inputs(self, x, binary=True, sample=False, seed=None):
@@ -119,11 +113,10 @@ class M1M2(SSVAE):
 
     def _full_z1(self, features):
         """Modelled units [B, x_dim] -> z1 [B, m1.z_dim], the others at their prior mean 0."""
-        if self.x_dim == self.m1.z_dim:
-            return features
-        indices = tf.constant(self.feature_indices)[:, None]
-        return tf.transpose(tf.scatter_nd(indices, tf.transpose(features),
-                                          [self.m1.z_dim, tf.shape(features)[0]]))
+        slot = {unit: i for i, unit in enumerate(self.feature_indices)}
+        # Each unit of z1 reads its feature, or the appended zero column (slot x_dim).
+        padded = tf.pad(features, [[0, 0], [0, 1]])
+        return tf.gather(padded, [slot.get(u, self.x_dim) for u in range(self.m1.z_dim)], axis=-1)
 
     def _observed(self, p):
         """p(z1|y,z2) -> pixel probabilities of M1's decoder at its mean z1."""
@@ -131,10 +124,8 @@ class M1M2(SSVAE):
 
     def _unmodelled_log_prior(self, z1):
         """log N(z1_rest; 0, I) of the units M2 does not model: [B] (0 when it models all)."""
-        if self.x_dim == self.m1.z_dim:
-            return tf.zeros(tf.shape(z1)[:1])
         rest = [i for i in range(self.m1.z_dim) if i not in set(self.feature_indices)]
-        z_rest = tf.gather(z1, rest, axis=-1)
+        z_rest = tf.gather(z1, tf.constant(rest, tf.int32), axis=-1)  # [B, 0] when rest is empty
         return tf.reduce_sum(tfd.Normal(0.0, 1.0).log_prob(z_rest), axis=-1)
 
     def bound_terms(self, x, labels=None, seed=None):
@@ -161,9 +152,3 @@ class M1M2(SSVAE):
             config.pop(fixed)
         return {**config, "m1": keras.saving.serialize_keras_object(self.m1),
                 "feature_indices": list(self.feature_indices)}
-
-    @classmethod
-    def from_m1_path(cls, path, **kwargs):
-        """M1M2 on the VAE saved at `path` (a .keras file, as `bin/train` writes it)."""
-        m1 = keras.models.load_model(path, compile=False)
-        return cls(m1, **kwargs)
