@@ -376,14 +376,74 @@ def test_course_reference_loss_without_labelled_bound():
     assert model.get_config()["labelled_bound"] is False
 
 
-def test_compile_never_uses_xla_and_survives_a_reload(tmp_path):
-    """XLA drops assertion ops, so the SSVAE refuses it: "auto" (Keras' default, XLA on a GPU)
-    means off. A reloaded model comes back compiled the same way, optimizer state included."""
+def _batch(n_u=8, n_l=20):
+    return binary_images(n_u, seed=1), binary_images(n_l, seed=2), np.arange(n_l) % K
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_bad_batch_in_fit_fails_clearly_and_changes_nothing(jit_compile):
+    """XLA drops assertion ops: the fused update must still refuse a bad batch (pixels of either
+    set, labels), with the same messages, and leave every weight and optimizer slot as it was."""
     model = tiny_model()
-    with pytest.raises(ValueError, match="without XLA"):
-        model.compile(keras.optimizers.Adam(1e-3), jit_compile=True)
-    model.compile(keras.optimizers.Adam(1e-3))
-    assert model.jit_compile is False
+    model.compile(keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+    assert model.xla_update is jit_compile
+    x_u, x_l, y_l = _batch()
+    one = lambda *element: tf.data.Dataset.from_tensors(element)  # noqa: E731
+    model.fit(one(x_u, (x_l, y_l)), verbose=0)
+    before = [np.array(v) for v in model.weights + model.optimizer.variables]
+    gray = np.full_like(x_u, 0.5)
+    bad_onehot = np.full((len(y_l), K), 0.1, np.float32)
+    for element, message in [
+            ((gray, (x_l, y_l)), "binary"),
+            ((np.full_like(x_u, np.nan), (x_l, y_l)), "NaN"),
+            ((x_u, (np.full_like(x_l, 3.0), y_l)), r"\[0, 1\]"),
+            ((x_u, (np.full_like(x_l, 0.5), y_l)), "binary"),
+            ((x_u, (x_l, np.full_like(y_l, 12))), r"class indices in 0\.\.9"),
+            ((x_u, (x_l, bad_onehot)), "exactly one 1")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            model.fit(one(*element), verbose=0)
+    after = [np.array(v) for v in model.weights + model.optimizer.variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(ValueError, match=r"Expected images of shape \[batch, 784\]"):
+        model.fit(one(x_u[:, :10], (x_l, y_l)), verbose=0)
+    fresh = tiny_model()  # Traced with this element's static shapes.
+    fresh.compile(keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+    with pytest.raises(ValueError, match="Got 19 labels for a batch of 20"):
+        fresh.fit(one(x_u, (x_l, y_l[:19])), verbose=0)
+
+
+def test_xla_update_matches_graph_update():
+    """The XLA-compiled fused update computes the same step as the plain graph one (with
+    point-mass posteriors, so the two RNG streams do not matter)."""
+    x_u, x_l, y_l = _batch()
+    ds = tf.data.Dataset.from_tensors((x_u, (x_l, y_l))).repeat()
+    runs = []
+    for jit in (False, True):
+        model = tiny_model(min_variance=0.0)
+        _point_mass_posterior(model)
+        model.compile(keras.optimizers.Adam(1e-2), jit_compile=jit, steps_per_execution=3)
+        history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)
+        runs.append((model, {k: v[-1] for k, v in history.history.items()}))
+    (graph, graph_logs), (xla, xla_logs) = runs
+    assert xla.xla_update and not graph.xla_update
+    for a, b in zip(graph.weights, xla.weights):
+        # Adam normalises: a near-zero gradient of either sign moves a weight by up to lr.
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)
+    assert set(graph_logs) == set(xla_logs)
+    for name in graph_logs:
+        np.testing.assert_allclose(graph_logs[name], xla_logs[name], rtol=1e-4)
+    assert int(xla.optimizer.iterations) == 3
+
+
+@pytest.mark.parametrize("jit_compile", [True, "auto", False])
+def test_compile_survives_a_reload(tmp_path, jit_compile):
+    """A reloaded model comes back compiled the same way (XLA update or not), optimizer state
+    included."""
+    model = tiny_model()
+    with pytest.raises(ValueError, match="jit_compile must be"):
+        model.compile(keras.optimizers.Adam(1e-3), jit_compile="yes")
+    model.compile(keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+    assert model.jit_compile is False  # Keras' own XLA would drop the checks.
     images, labels = synthetic_uint8(200)
     model.fit(ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
               steps_per_epoch=2, epochs=1, verbose=0)
@@ -391,4 +451,43 @@ def test_compile_never_uses_xla_and_survives_a_reload(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert loaded.optimizer is not None and loaded.jit_compile is False
+    assert loaded.xla_update is bool(jit_compile)
     assert int(loaded.optimizer.iterations.numpy()) == 2
+
+
+# ---- the factorised enumeration ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_factorised_enumeration_equals_the_tiled_pass_gradients_included(likelihood):
+    """Splitting the first Dense layer ([x, onehot(k)] W = x W_x + W_y[k]) gives the tiled
+    pass's bound and gradients, with the same noise, to float32 rounding."""
+    if likelihood == "gaussian":
+        model = tiny_model(likelihood="gaussian", x_dim=12)
+        rng = np.random.default_rng(3)
+        x_u, x_l = (rng.normal(size=(n, 12)).astype(np.float32) for n in (7, 20))
+    else:
+        model = tiny_model()
+        x_u, x_l = binary_images(7, seed=1), binary_images(20, seed=2)
+    y_l = tf.constant(np.arange(20) % K, tf.int32)
+    from tfp_vae import networks
+    assert networks.split_first_dense(model.encoder, K) is not None
+    assert networks.split_first_dense(model.decoder, K) is not None
+
+    def bound_and_grads(factorise):
+        model.factorise_labels = factorise
+        with tf.GradientTape() as tape:
+            u = model.unlabelled_terms(x_u, seed=[4, 5])
+            lab = model.labelled_terms(tf.constant(x_l), y_l, seed=[6, 7])
+            loss = tf.reduce_mean(u["nelbo"]) + tf.reduce_mean(lab["nelbo"])
+        grads = tape.gradient(loss, model.trainable_variables)
+        return u, lab, [g.numpy() for g in grads]
+
+    u_f, lab_f, grads_f = bound_and_grads(True)
+    u_t, lab_t, grads_t = bound_and_grads(False)
+    for name in ("nelbo", "rec", "kl_z", "kl_y"):
+        np.testing.assert_allclose(u_f[name], u_t[name], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(lab_f["nelbo"], lab_t["nelbo"], rtol=1e-5, atol=1e-4)
+    for g_f, g_t in zip(grads_f, grads_t):
+        # float32: relative to the gradient's scale (sums of ~10^3 terms of size ~1).
+        np.testing.assert_allclose(g_f, g_t, rtol=1e-4, atol=1e-4 * np.abs(g_t).max())

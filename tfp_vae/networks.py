@@ -42,3 +42,86 @@ def apply(network, inputs):
         return network(inputs)
     flat = network(tf.reshape(inputs, [-1, inputs.shape[-1]]))
     return tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], tf.shape(flat)[-1:]], axis=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks whose input is [x, onehot(y)] (the SSVAE's encoder and decoder).
+#
+# For a first Dense layer, [x, onehot(y)] W + b = x W_x + (W_y[y] + b): the label only picks a
+# row of W_y. So enumerating all K labels for one x needs x W_x once, not K times; the tiled
+# alternative runs the whole first layer (784 + 10 -> 300 in the recipe's encoder) on K copies.
+
+
+def split_first_dense(network, label_width):
+    """(first Dense layer, the layers after it) when `network` is a `keras.Sequential` whose first
+    layer is a plain Dense over an input that ends with `label_width` one-hot columns, so that its
+    product can be split into an x part and a label part; None otherwise (any other network: the
+    callers then tile and concatenate, which is exact for every network)."""
+    if not isinstance(network, keras.Sequential) or not network.layers:
+        return None
+    first = network.layers[0]
+    if (type(first) is not keras.layers.Dense or not first.built
+            or getattr(first, "lora_enabled", False)
+            or getattr(first, "quantization_mode", None) is not None
+            or first.kernel.shape[0] <= label_width):
+        return None
+    return first, network.layers[1:]
+
+
+def _label_rows(first, label_width, dtype):
+    """W_y + b: the first layer's pre-activation contribution of each label, [K, units]."""
+    kernel = tf.cast(first.kernel, dtype)
+    rows = kernel[-label_width:]
+    if first.use_bias:
+        rows = rows + tf.cast(first.bias, dtype)
+    return kernel[:-label_width], rows
+
+
+def _finish(first, rest, pre_activation):
+    h = pre_activation if first.activation is None else first.activation(pre_activation)
+    for layer in rest:
+        h = layer(h)
+    return h
+
+
+def apply_labelled(network, x, labels, num_classes, factorise=True):
+    """network([x, onehot(labels)]) for x [N, d] and int labels [N]: [N, d_out].
+
+    With `factorise` and a network whose first layer is Dense (`split_first_dense`), the label's
+    row of the kernel is gathered and added instead of concatenating a one-hot block."""
+    split = split_first_dense(network, num_classes) if factorise else None
+    if split is None:
+        return network(tf.concat([x, tf.one_hot(labels, num_classes, dtype=x.dtype)], axis=-1))
+    first, rest = split
+    kernel_x, rows = _label_rows(first, num_classes, first.compute_dtype)
+    pre = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x) + tf.gather(rows, labels)
+    return _finish(first, rest, pre)
+
+
+def apply_enumerated(network, x, num_classes, shared, factorise=True):
+    """network([x_r, onehot(k)]) for every label k, class-major: [K * B, d_out], row k * B + i
+    pairing example i with label k.
+
+    Args:
+      x: [B, d], the same input for every label (`shared`, e.g. the encoder's images), or
+        [K * B, d], class-major, one input per (label, example) (e.g. the decoder's latents, a
+        different z for each label).
+      factorise: with a first Dense layer (`split_first_dense`), compute x W_x once per row of x
+        and add each label's row of W_y (and the bias) before the activation; a shared x then
+        costs one first-layer product instead of K. Otherwise tile x and concatenate one-hots.
+    """
+    k = num_classes
+    split = split_first_dense(network, k) if factorise else None
+    if split is None:
+        rows_per_class = tf.shape(x)[0] if shared else tf.shape(x)[0] // k
+        if shared:
+            x = tf.reshape(tf.tile(x[None], [k, 1, 1]), [-1, x.shape[-1]])
+        onehot = tf.one_hot(tf.repeat(tf.range(k), rows_per_class), k, dtype=x.dtype)
+        return network(tf.concat([x, onehot], axis=-1))
+    first, rest = split
+    kernel_x, rows = _label_rows(first, k, first.compute_dtype)
+    xw = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x)      # [B, H] or [K * B, H]
+    units = xw.shape[-1]
+    xw = xw[None] if shared else tf.reshape(xw, [k, -1, units])    # [1 or K, B, H]
+    pre = tf.reshape(xw + rows[:, None, :], [-1, units])           # [K * B, H]
+    return _finish(first, rest, pre)

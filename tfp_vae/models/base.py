@@ -43,11 +43,14 @@ def check_images(x, x_dim, binary=True, check_pixels=True):
     return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
 
 
-def check_features(x, dim):
+FEATURE_PROBLEM = "Features contain NaN or Inf values; clean the input."
+
+
+def check_features(x, dim, check_values=True):
     """Validates a batch of real-valued features and returns it as float32 [B, dim].
 
-    Raises ValueError for another shape, and (eagerly, or as a failing graph assertion with the
-    same message) for NaN or Inf values.
+    Raises ValueError for another shape, and (unless `check_values` is False; eagerly, or as a
+    failing graph assertion with the same message) for NaN or Inf values.
     """
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating and not x.dtype.is_integer:
@@ -56,8 +59,9 @@ def check_features(x, dim):
     if x.shape.rank != 2 or x.shape[-1] != dim:
         raise ValueError(f"Expected features of shape [batch, {dim}]; got shape "
                          f"{tuple(x.shape)}.")
-    return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)),
-                        "Features contain NaN or Inf values; clean the input.")])
+    if not check_values:
+        return x
+    return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)), FEATURE_PROBLEM)])
 
 
 IMAGE_PROBLEMS = (
@@ -81,15 +85,23 @@ def image_problem(x, binary=True):
     return tf.where(tf.reduce_all(tf.math.is_finite(x)), problem, 1)
 
 
-def raise_on_problem(value, problem):
-    """Raises ValueError eagerly, or asserts in a graph, with the message of `problem` (from
-    `image_problem`); returns `value`, a tensor or a structure of them (behind the assertion in a
-    graph)."""
+def first_problem(codes):
+    """The first non-zero of a list of int32 problem codes (scalars), or 0 when all are 0."""
+    result = codes[-1]
+    for code in reversed(codes[:-1]):
+        result = tf.where(tf.not_equal(code, 0), code, result)
+    return result
+
+
+def raise_on_problem(value, problem, messages=IMAGE_PROBLEMS):
+    """Raises ValueError eagerly, or asserts in a graph, with `messages[problem - 1]` (`problem`
+    from `image_problem` by default); returns `value`, a tensor or a structure of them (behind
+    the assertion in a graph)."""
     if tf.executing_eagerly():
         if int(problem):
-            raise ValueError(IMAGE_PROBLEMS[int(problem) - 1])
+            raise ValueError(messages[int(problem) - 1])
         return value
-    message = tf.gather(tf.constant(("",) + IMAGE_PROBLEMS), problem)
+    message = tf.gather(tf.constant(("",) + tuple(messages)), problem)
     with tf.control_dependencies([tf.debugging.Assert(tf.equal(problem, 0), [message])]):
         return tf.nest.map_structure(tf.identity, value)
 
@@ -196,6 +208,58 @@ def compile_from_saved_config(model, config):
     model.compile(**keras.saving.deserialize_keras_object(config))
     if model.built:
         model.optimizer.build(model.trainable_variables)
+
+
+def apply_gradients(optimizer, grads, variables):
+    """`optimizer.apply` on the variables that have a gradient. A variable the loss does not
+    reach (the decoder of an SSVAE with gen_weight 0, say) gets None and is left alone; Keras'
+    optimizer would fail on it."""
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+
+
+def gradient_step(model, losses):
+    """One optimizer step on `losses()` -> (loss scalar, values): returns the values.
+
+    The loss is scaled by the optimizer (a LossScaleOptimizer under mixed_float16 scales here and
+    unscales in `apply`; any other optimizer returns the loss itself)."""
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss, values = losses()
+        loss = model.optimizer.scale_loss(loss)
+    apply_gradients(model.optimizer, tape.gradient(loss, variables), variables)
+    return values
+
+
+def guarded_update(model, problem, losses, record):
+    """`gradient_step(model, losses)` and `record(values)` (the metric updates), unless
+    `problem` (an int32 code from the input checks) is not 0: then nothing changes at all.
+
+    Plain tensor ops and a `tf.cond`, so it compiles under XLA, which drops assertion ops: the
+    caller asserts on `problem` outside (`raise_on_problem`)."""
+    def update():
+        record(gradient_step(model, losses))
+        return tf.constant(True)
+
+    tf.cond(tf.equal(problem, 0), update, lambda: tf.constant(False))
+
+
+def compiled_update(model, update):
+    """`update` itself, or (when the model was compiled with an XLA update and the step is
+    being traced, not run eagerly) its XLA compilation, made once per model."""
+    if not getattr(model, "xla_update", False) or tf.executing_eagerly():
+        return update
+    if getattr(model, "_xla_update_fn", None) is None:
+        model._xla_update_fn = tf.function(update, jit_compile=True)
+    return model._xla_update_fn
+
+
+def resolve_jit_compile(model, jit_compile):
+    """Validates `compile`'s jit_compile and returns whether the fused update uses XLA:
+    True/"auto" -> XLA unless run_eagerly (replicated steps never use it, see train_step)."""
+    if jit_compile not in (True, False, "auto"):
+        raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
+    return bool(jit_compile) and not model.run_eagerly
 
 
 class LatentVariableModel(keras.Model):
@@ -349,9 +413,7 @@ class LatentVariableModel(keras.Model):
         benchmarks/); replicated steps (tf.distribute) and `run_eagerly` never use it.
         """
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
-        if jit_compile not in (True, False, "auto"):
-            raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
-        self.xla_update = bool(jit_compile) and not self.run_eagerly
+        self.xla_update = resolve_jit_compile(self, jit_compile)
         self._xla_update_fn = None
         self._compile_config.config["jit_compile"] = jit_compile  # Reloads compile the same way.
 
@@ -366,17 +428,11 @@ class LatentVariableModel(keras.Model):
         """
         problem = image_problem(x)
 
-        def update():
-            with tf.GradientTape() as tape:
-                terms = self.compute_terms(x, training=True)
-                loss = self.optimizer.scale_loss(tf.reduce_mean(terms["loss"]))
-            grads = tape.gradient(loss, self.trainable_variables)
-            self.optimizer.apply(grads, self.trainable_variables)
-            for tracker in self._trackers:
-                tracker.update_state(terms[tracker.name])
-            return tf.constant(True)
+        def losses():
+            terms = self.compute_terms(x, training=True)
+            return tf.reduce_mean(terms["loss"]), terms
 
-        tf.cond(tf.equal(problem, 0), update, lambda: tf.constant(False))
+        guarded_update(self, problem, losses, self._record)
         return problem, {t.name: t.result() for t in self._trackers}
 
     def train_step(self, data):
@@ -396,24 +452,16 @@ class LatentVariableModel(keras.Model):
             if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
                 with tf.init_scope():
                     self.optimizer.build(self.trainable_variables)
-            update = self._fused_update
-            if getattr(self, "xla_update", False) and not tf.executing_eagerly():
-                if self._xla_update_fn is None:
-                    self._xla_update_fn = tf.function(self._fused_update, jit_compile=True)
-                update = self._xla_update_fn
-            problem, results = update(x)
+            problem, results = compiled_update(self, self._fused_update)(x)
             return raise_on_problem(results, problem)
         x = check_images(self._images_of(data), self.x_dim)
         (global_batch,) = global_counts(ctx, tf.shape(x)[0])
-        with tf.GradientTape() as tape:
+
+        def losses():
             terms = self.compute_terms(x, training=True)
-            loss = tf.reduce_sum(terms["loss"]) / global_batch
-            # A LossScaleOptimizer (mixed_float16) scales here and unscales in apply; any other
-            # optimizer returns the loss itself.
-            loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply(grads, self.trainable_variables)
-        return self._record(terms, ctx)
+            return tf.reduce_sum(terms["loss"]) / global_batch, terms
+
+        return self._record(gradient_step(self, losses), ctx)
 
     def test_step(self, data):
         x = check_images(self._images_of(data), self.x_dim)
@@ -487,12 +535,12 @@ class LatentVariableModel(keras.Model):
 
         def train_step(x):
             x = check_images(x, self.x_dim)
-            variables = self.trainable_variables
-            with tf.GradientTape() as tape:
+
+            def losses():
                 terms = self.compute_terms(x, training=True)
-                # A LossScaleOptimizer scales here and unscales in apply (as in train_step).
-                loss = self.optimizer.scale_loss(tf.reduce_mean(terms["loss"]))
-            self.optimizer.apply(tape.gradient(loss, variables), variables)
+                return tf.reduce_mean(terms["loss"]), terms
+
+            terms = gradient_step(self, losses)
             out = {name: tf.cast(tf.reduce_mean(value), tf.float32)
                    for name, value in terms.items()}
             # Read after the update (automatic control dependencies order the variable ops).

@@ -11,8 +11,11 @@ Bounds (nats, per example; `rec_k` = -log p(x|y=k, z_k) at one z_k ~ q(z|x,k) an
                                                           a true bound on -log p(x, y))
   unlabelled -U(x)    = sum_k q(k|x) (rec_k + kl_z_k) + KL(q(y|x) || p(y))
 
-The unlabelled bound enumerates all K labels in one batched pass: x is tiled to [K * B, D]
-(class-major) and every network runs once on the whole block; no Python loop over classes.
+The unlabelled bound enumerates all K labels in one batched pass (no Python loop over classes):
+the networks run once on a class-major block of K * B rows. The encoder's first layer sees
+[x, onehot(k)], whose product with its kernel is x W_x + W_y[k]: x W_x is computed once per image
+and each label adds its row (`networks.apply_enumerated`), so the largest layer of the step runs
+B times instead of K * B times; the result is the tiled pass's to float32 rounding.
 
 Training loss (what `train_step` minimises), with means over the examples of each set:
 
@@ -36,9 +39,12 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import data, layers, networks, objectives
-from tfp_vae.models.base import (build_at_construction, check_features, check_images,
-                                 compile_from_saved_config, enforce, global_counts,
-                                 global_results, replica_context, symbolic_build_under_strategy)
+from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, build_at_construction,
+                                 check_features, check_images, compile_from_saved_config,
+                                 compiled_update, enforce, first_problem, global_counts,
+                                 global_results, gradient_step, guarded_update, image_problem,
+                                 raise_on_problem, replica_context, resolve_jit_compile,
+                                 symbolic_build_under_strategy)
 
 tfd = tfp.distributions
 
@@ -101,14 +107,15 @@ def classification_loss(class_logits, labels):
 # Input checks.
 
 
-def check_labels(y, num_classes=NUM_CLASSES):
-    """Validates labels and returns them as int32 class indices (shape [] or [B]).
+def label_problems(num_classes=NUM_CLASSES):
+    """The messages of the label values' checks: (class index out of range, bad one-hot row)."""
+    return (f"Labels must be class indices in 0..{num_classes - 1}; some are outside that range.",
+            "One-hot labels must have exactly one 1 (and otherwise 0) per row.")
 
-    Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
-    numeric dtype). Raises ValueError for a one-hot of the wrong width, float labels that are
-    not one-hot, other ranks, indices outside 0..num_classes-1 or rows that are not one-hot
-    (eagerly, or as a failing graph assertion with the same message).
-    """
+
+def _labels_and_validity(y, num_classes):
+    """Static checks of labels (ValueError), then (int32 class indices, bool scalar: whether
+    their values are valid, index of the message in `label_problems`)."""
     y = tf.convert_to_tensor(y)
     rank = y.shape.rank
     if rank == 2:
@@ -118,10 +125,8 @@ def check_labels(y, num_classes=NUM_CLASSES):
         if not (y.dtype.is_floating or y.dtype.is_integer or y.dtype == tf.bool):
             raise ValueError(f"Labels must be numeric; got dtype {y.dtype.name}.")
         y = tf.cast(y, tf.float32)
-        y = enforce(y, [(lambda v: tf.reduce_all(((v == 0.0) | (v == 1.0))
-                                                  & (tf.reduce_sum(v, -1, keepdims=True) == 1.0)),
-                          "One-hot labels must have exactly one 1 (and otherwise 0) per row.")])
-        return tf.argmax(y, axis=-1, output_type=tf.int32)
+        ok = tf.reduce_all(((y == 0.0) | (y == 1.0)) & (tf.reduce_sum(y, -1, keepdims=True) == 1.0))
+        return tf.argmax(y, axis=-1, output_type=tf.int32), ok, 1
     if rank not in (0, 1):
         raise ValueError(f"Labels must be class indices of shape [batch] or one-hot rows of "
                          f"shape [batch, {num_classes}]; got shape {tuple(y.shape)}.")
@@ -129,14 +134,34 @@ def check_labels(y, num_classes=NUM_CLASSES):
         raise ValueError(f"Class-index labels must have an integer dtype; got {y.dtype.name} "
                          f"(pass one-hot rows as [batch, {num_classes}]).")
     y = tf.cast(y, tf.int32)
-    return enforce(y, [(lambda v: tf.reduce_all((v >= 0) & (v < num_classes)),
-                         f"Labels must be class indices in 0..{num_classes - 1}; some are "
-                         "outside that range.")])
+    return y, tf.reduce_all((y >= 0) & (y < num_classes)), 0
 
 
-def _labels_for(y, batch_size, num_classes):
+def check_labels(y, num_classes=NUM_CLASSES, check_values=True):
+    """Validates labels and returns them as int32 class indices (shape [] or [B]).
+
+    Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
+    numeric dtype). Raises ValueError for a one-hot of the wrong width, float labels that are
+    not one-hot, other ranks, and (unless `check_values` is False: see `label_problem`) indices
+    outside 0..num_classes-1 or rows that are not one-hot (eagerly, or as a failing graph
+    assertion with the same message).
+    """
+    labels, ok, which = _labels_and_validity(y, num_classes)
+    if not check_values:
+        return labels
+    return enforce(labels, [(lambda _: ok, label_problems(num_classes)[which])])
+
+
+def label_problem(y, num_classes=NUM_CLASSES, offset=0):
+    """int32 scalar: 0 when the values of labels `y` are valid, else `offset` + 1 + the index in
+    `label_problems` of the check they fail. Plain tensor ops (it compiles under XLA)."""
+    _, ok, which = _labels_and_validity(y, num_classes)
+    return tf.where(ok, 0, offset + 1 + which)
+
+
+def _labels_for(y, batch_size, num_classes, check_values=True):
     """check_labels, then a scalar broadcast to [batch_size]; a [B] must match batch_size."""
-    y = check_labels(y, num_classes)
+    y = check_labels(y, num_classes, check_values)
     if y.shape.rank == 0:
         return tf.fill(tf.reshape(batch_size, [1]), y)
     static = tf.get_static_value(batch_size)
@@ -362,6 +387,9 @@ class SSVAE(keras.Model):
     # A subclass that adds sub-layers after this __init__ sets False and builds itself (Keras
     # locks a built layer's state).
     build_at_init = True
+    # Enumerate labels by splitting the first Dense layer of the encoder and decoder (exact, and
+    # cheaper); False tiles x and concatenates one-hots. Read when a step is traced.
+    factorise_labels = True
 
     def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
                  activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
@@ -420,27 +448,41 @@ class SSVAE(keras.Model):
         """The width of the inputs every method takes: x_dim (a stacked model: its pixels)."""
         return self.x_dim
 
-    def _inputs(self, x, binary=True, sample=False, seed=None):
+    def _inputs(self, x, binary=True, sample=False, seed=None, check_values=True):
         """Checks raw inputs and returns what M2 models: float32 [B, x_dim].
 
         With the Bernoulli likelihood, images (`check_images`; `binary` requires 0/1 pixels,
         else grayscale in [0, 1] is allowed); with the Gaussian one, finite features
-        (`check_features`). A stacked model overrides this to map images to features (`sample`
-        and `seed` say how; unused here).
+        (`check_features`). `check_values=False` checks only shapes and dtypes (the fused update
+        checks values with `_value_problem` instead). A stacked model overrides this to map
+        images to features (`sample` and `seed` say how; unused here).
         """
         del sample, seed
         if self.likelihood_name == "gaussian":
-            return check_features(x, self.x_dim)
-        return check_images(x, self.x_dim, binary=binary)
+            return check_features(x, self.x_dim, check_values)
+        return check_images(x, self.x_dim, binary=binary, check_pixels=check_values)
 
-    def _onehot(self, labels):
-        return tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+    def _value_problem(self, x, binary=True):
+        """int32 code (0: fine) of the values of raw inputs x, float32 [B, input_dim], as
+        `_inputs` checks them; a message of `input_problems`. Plain ops (XLA-safe)."""
+        if self.likelihood_name == "gaussian":
+            return tf.where(tf.reduce_all(tf.math.is_finite(x)), 0, len(IMAGE_PROBLEMS) + 1)
+        return image_problem(x, binary)
 
-    def _encode(self, x, onehot):
-        return self.posterior(networks.apply(self.encoder, tf.concat([x, onehot], axis=-1)))
+    @property
+    def input_problems(self):
+        """The messages of the input checks' codes (1-based): pixels, features, labels."""
+        return IMAGE_PROBLEMS + (FEATURE_PROBLEM,) + label_problems(self.num_classes)
 
-    def _decode(self, z, onehot):
-        return self.likelihood(networks.apply(self.decoder, tf.concat([z, onehot], axis=-1)))
+    def _encode(self, x, labels):
+        """q(z|x,y) for x [N, x_dim] and int labels [N] (not checked)."""
+        return self.posterior(networks.apply_labelled(self.encoder, x, labels, self.num_classes,
+                                                      self.factorise_labels))
+
+    def _decode(self, z, labels):
+        """p(x|y,z) for z [N, z_dim] and int labels [N] (not checked)."""
+        return self.likelihood(networks.apply_labelled(self.decoder, z, labels, self.num_classes,
+                                                       self.factorise_labels))
 
     def _classifier_logits(self, x):
         """The classifier's logits [B, K] as float32 (the network may compute in bfloat16 or
@@ -462,8 +504,7 @@ class SSVAE(keras.Model):
     def encode(self, x, y):
         """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K]."""
         x = self._inputs(x, binary=False)
-        labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
-        return self._encode(x, self._onehot(labels))
+        return self._encode(x, _labels_for(y, tf.shape(x)[0], self.num_classes))
 
     def decode(self, z, y):
         """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`."""
@@ -471,31 +512,38 @@ class SSVAE(keras.Model):
         if z.shape.rank != 2 or z.shape[-1] != self.z_dim:
             raise ValueError(f"Expected latents of shape [batch, {self.z_dim}]; got "
                              f"{tuple(z.shape)}.")
-        labels = _labels_for(y, tf.shape(z)[0], self.num_classes)
-        return self._decode(z, self._onehot(labels))
+        return self._decode(z, _labels_for(y, tf.shape(z)[0], self.num_classes))
 
     # ---- bounds -----------------------------------------------------------------------------
 
-    def _class_terms(self, x, onehot, seed=None):
+    def _class_terms(self, x, labels, seed=None):
         """rec = -log p(x|y,z) at one z ~ q(z|x,y), and analytic KL(q(z|x,y) || p(z)): [N]."""
-        q = self._encode(x, onehot)
+        q = self._encode(x, labels)
         z = q.sample(seed=seed)
-        rec = -self._decode(z, onehot).log_prob(x)
+        rec = -self._decode(z, labels).log_prob(x)
         return rec, tfd.kl_divergence(q, self.prior())
 
     def enumerated_terms(self, x, seed=None):
         """rec and kl_z for every label, in one batched pass: two [B, K] tensors.
 
-        x (binary, [B, x_dim], not checked) is tiled class-major to [K * B, x_dim]; row
-        k * B + i pairs example i with label k.
+        For x [B, x_dim] (binary, not checked), the networks run on K * B rows, class-major (row
+        k * B + i pairs example i with label k), without a Python loop over labels. The
+        encoder's first layer computes x W_x once per image (`networks.apply_enumerated`) where
+        the network allows it; the tiled pass, `factorise_labels = False`, gives the same bound
+        with the same noise.
         """
         k = self.num_classes
-        batch = tf.shape(x)[0]
-        tiled = tf.reshape(tf.tile(x[None], [k, 1, 1]), [-1, self.x_dim])
-        onehot = self._onehot(tf.repeat(tf.range(k), batch))
-        rec, kl_z = self._class_terms(tiled, onehot, seed)
-        to_bk = lambda t: tf.transpose(tf.reshape(t, [k, batch]))  # noqa: E731
-        return to_bk(rec), to_bk(kl_z)
+        q = self.posterior(networks.apply_enumerated(self.encoder, x, k, shared=True,
+                                                     factorise=self.factorise_labels))
+        z = q.sample(seed=seed)                                           # [K * B, z_dim]
+        out = networks.apply_enumerated(self.decoder, z, k, shared=False,
+                                        factorise=self.factorise_labels)  # [K * B, d_out]
+        # As [K, B, d_out] the likelihood has batch [K, B], and x [B, x_dim] broadcasts against
+        # it: no K copies of the images.
+        p = self.likelihood(tf.reshape(out, [k, -1, out.shape[-1]]))
+        rec = -p.log_prob(x)                                              # [K, B]
+        kl_z = tf.reshape(tfd.kl_divergence(q, self.prior()), [k, -1])
+        return tf.transpose(rec), tf.transpose(kl_z)
 
     def unlabelled_terms(self, x, seed=None):
         """-U(x) and its parts for binary x [B, x_dim] (not checked): dict of [B] tensors
@@ -507,7 +555,7 @@ class SSVAE(keras.Model):
     def labelled_terms(self, x, labels, seed=None):
         """-L(x, y) (including log K) and its parts for binary x [B, x_dim] and int labels [B]
         (not checked): dict of [B] tensors `nelbo`, `rec`, `kl_z`."""
-        rec, kl_z = self._class_terms(x, self._onehot(labels), seed)
+        rec, kl_z = self._class_terms(x, labels, seed)
         return {"nelbo": labelled_negative_elbo(rec, kl_z, self.num_classes), "rec": rec,
                 "kl_z": kl_z}
 
@@ -534,19 +582,21 @@ class SSVAE(keras.Model):
     LABELLED_TERMS = ("class_loss", "accuracy", "labelled_nelbo")
     UNLABELLED_TERMS = ("nelbo", "rec", "kl_z", "kl_y")
 
-    def per_example_losses(self, unlabelled_x, labelled_x, labelled_y):
+    def per_example_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True):
         """The training terms per example, before averaging: dict of `class_loss`
         (-log q(y|x)), `accuracy` (0/1) and `labelled_nelbo` (-L(x, y)), each [L], and `nelbo`
         (-U(x)), `rec`, `kl_z`, `kl_y`, each [B]. The bound terms are left out when gen_weight
         is 0 (a plain classifier: they would cost ~10x the step and change nothing).
 
-        Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]).
+        Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]); only their
+        shapes when `check_values` is False (the fused update's `_batch_problem` checks values).
         """
-        x_u = self._inputs(unlabelled_x, sample=True)
+        x_u = self._inputs(unlabelled_x, sample=True, check_values=check_values)
         # Without the labelled bound the labelled images only feed the classifier: grayscale is
         # allowed then.
-        x_l = self._inputs(labelled_x, binary=self.labelled_bound, sample=True)
-        y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes)
+        x_l = self._inputs(labelled_x, binary=self.labelled_bound, sample=True,
+                           check_values=check_values)
+        y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes, check_values)
         logits_l = self._classifier_logits(x_l)
         out = {"class_loss": classification_loss(logits_l, y_l),
                "accuracy": tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l),
@@ -567,13 +617,14 @@ class SSVAE(keras.Model):
         bounds = means["nelbo"] + (means["labelled_nelbo"] if self.labelled_bound else 0.0)
         return loss + self.gen_weight * bounds
 
-    def compute_losses(self, unlabelled_x, labelled_x, labelled_y):
+    def compute_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True):
         """The training loss and every train metric, as scalars (means over each set).
 
-        Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]).
+        Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]); see
+        `per_example_losses` for `check_values`.
         """
-        out = {name: tf.reduce_mean(t) for name, t in
-               self.per_example_losses(unlabelled_x, labelled_x, labelled_y).items()}
+        out = {name: tf.reduce_mean(t) for name, t in self.per_example_losses(
+            unlabelled_x, labelled_x, labelled_y, check_values).items()}
         out["loss"] = self._loss_of(out)
         return out
 
@@ -609,18 +660,17 @@ class SSVAE(keras.Model):
     _maybe_symbolic_build = symbolic_build_under_strategy
 
     def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
-        """Keras' `compile`, always without XLA.
+        """Keras' `compile`, except that `jit_compile` applies to the fused update only.
 
-        XLA drops assertion ops, so the label and pixel checks of the step would be lost; and the
-        SSVAE step measured 2x slower with XLA on CPU (README, Benchmarks). Keras' default
-        "auto" would turn XLA on for a GPU, so "auto" means off here; True is refused.
+        XLA drops assertion ops, so under Keras' own `jit_compile` a bad batch (non-binary pixels,
+        labels out of range) would train silently. Here Keras compiles no XLA: the update
+        (`_fused_update`), compiled with XLA when `jit_compile` is True or "auto", computes a
+        problem code from the inputs and applies nothing unless it is 0, and the step asserts on
+        the code outside XLA. Replicated steps (tf.distribute) and `run_eagerly` never use XLA.
         """
-        if jit_compile is True:
-            raise ValueError("The SSVAE trains without XLA: XLA would drop its label and pixel "
-                             "checks. Compile with jit_compile=False (or 'auto').")
-        if jit_compile not in (False, "auto"):
-            raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+        self.xla_update = resolve_jit_compile(self, jit_compile)
+        self._xla_update_fn = None
         self._compile_config.config["jit_compile"] = jit_compile  # Reloads compile the same way.
 
     compile_from_config = compile_from_saved_config
@@ -634,27 +684,83 @@ class SSVAE(keras.Model):
             return global_results(ctx, [self._trackers[name] for name in names])
         return {name: self._trackers[name].result() for name in names}
 
+    def _fused_update(self, x_u, x_l, labels, label_code):
+        """One gradient step and the metric updates, unless the batch fails a check.
+
+        Args: the unlabelled and labelled inputs with their shapes checked, the int32 labels
+        [L] and `label_code`, the labels' problem code (`label_problem`).
+
+        Returns (problem, metric results), `problem` an index into `input_problems` (1-based):
+        nothing changes (weights, optimizer state, metrics) when it is not 0. Compiled with XLA
+        when `xla_update` (see `compile`).
+        """
+        problem = first_problem([self._value_problem(x_u),
+                                 self._value_problem(x_l, binary=self.labelled_bound),
+                                 label_code])
+        # Kept in range even when the batch is refused: TF may run the cross-entropy op (whose
+        # CPU kernel raises on a label out of range) although the update's branch is not taken,
+        # and its error would hide ours.
+        labels = tf.clip_by_value(labels, 0, self.num_classes - 1)
+
+        def losses():
+            values = self.compute_losses(x_u, x_l, labels, check_values=False)
+            return values["loss"], values
+
+        names = self._train_metric_names()
+        guarded_update(self, problem, losses, lambda values: self._record(values, names))
+        return problem, {name: self._trackers[name].result() for name in names}
+
     def train_step(self, data):
+        """One gradient step on the training loss (`compute_losses`) of an element
+        (unlabelled_x, (labelled_x, labelled_y)).
+
+        On one device the shapes are checked here, the values inside the (XLA-compiled) fused
+        update, which applies nothing unless they pass, and asserted on outside it. Replicated
+        (tf.distribute), see `_replicated_losses`.
+        """
         try:
             unlabelled_x, (labelled_x, labelled_y) = data
         except (TypeError, ValueError):
             raise ValueError("SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
                              "build the dataset with tfp_vae.models.ssvae.make_train_dataset.")
         ctx = replica_context()
-        with tf.GradientTape() as tape:
-            if ctx is None:
-                values = self.compute_losses(unlabelled_x, labelled_x, labelled_y)
-                loss = values["loss"]
-            else:
-                loss, values = self._replicated_losses(ctx, unlabelled_x, labelled_x, labelled_y)
-            # A LossScaleOptimizer (mixed_float16) scales here and unscales in apply; any other
-            # optimizer returns the loss itself.
-            loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, self.trainable_variables)
-        # With gen_weight 0 only the classifier has gradients; skip the rest quietly.
-        pairs = [(g, v) for g, v in zip(grads, self.trainable_variables) if g is not None]
-        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        if ctx is None:
+            x_u = self._raw_inputs(unlabelled_x)
+            x_l = self._raw_inputs(labelled_x)
+            # One label per labelled input (asserted here, outside XLA, which would drop it);
+            # their values are checked in the update.
+            # The static batch size where it is known, so a label count that does not match is
+            # a ValueError when the step is traced.
+            n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
+            labels = _labels_for(labelled_y, n_l, self.num_classes, check_values=False)
+            label_code = label_problem(labelled_y, self.num_classes,
+                                       offset=len(IMAGE_PROBLEMS) + 1)
+            if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
+                with tf.init_scope():
+                    self.optimizer.build(self.trainable_variables)
+            problem, results = compiled_update(self, self._fused_update)(
+                x_u, x_l, labels, label_code)
+            return raise_on_problem(results, problem, self.input_problems)
+
+        def losses():
+            return self._replicated_losses(ctx, unlabelled_x, labelled_x, labelled_y)
+
+        values = gradient_step(self, losses)
         return self._record(values, [n for n in self.TRAIN_METRICS if n in values], ctx)
+
+    def _raw_inputs(self, x):
+        """Raw inputs as float32 [B, input_dim], their shape checked (not their values)."""
+        return self._inputs(x, check_values=False)
+
+    def _train_metric_names(self):
+        """The train metrics a step reports: the labelled set's terms, and the bounds' unless
+        gen_weight is 0 (see `per_example_losses`)."""
+        names = {"loss", "class_loss", "accuracy"}
+        if self.gen_weight != 0:
+            names.update(self.UNLABELLED_TERMS)
+            if self.labelled_bound:
+                names.add("labelled_nelbo")
+        return [n for n in self.TRAIN_METRICS if n in names]
 
     def test_step(self, data):
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
@@ -699,7 +805,7 @@ class SSVAE(keras.Model):
             y = tf.range(n) % self.num_classes
         labels = _labels_for(y, n, self.num_classes)
         z = self.prior().sample(n, seed=seed)
-        return self._observed(self._decode(z, self._onehot(labels)))
+        return self._observed(self._decode(z, labels))
 
     def generate(self, z, y):
         """The data-space mean of p(x|y,z) at given latents: pixel probabilities [B, x_dim] (or
@@ -718,8 +824,7 @@ class SSVAE(keras.Model):
         if y is None:
             y = tf.argmax(self._classifier_logits(x), axis=-1, output_type=tf.int32)
         labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
-        onehot = self._onehot(labels)
-        return self._observed(self._decode(self._encode(x, onehot).mean(), onehot))
+        return self._observed(self._decode(self._encode(x, labels).mean(), labels))
 
     def serving_functions(self):
         """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae.models.base import LatentVariableModel, check_images
+from tfp_vae.models.base import LatentVariableModel, check_images, image_problem
 from tfp_vae.models.ssvae import SSVAE
 
 tfd = tfp.distributions
@@ -87,6 +87,12 @@ class M1M2(SSVAE):
     def input_dim(self):
         return self.m1.x_dim
 
+    def _raw_inputs(self, x):
+        return check_images(x, self.input_dim, check_pixels=False)
+
+    def _value_problem(self, x, binary=True):
+        return image_problem(x, binary)
+
     def features(self, x, sample=False, seed=None):
         """M1's latent z1 for images x [B, pixels] (checked, grayscale allowed): the mean of
         q(z1|x), or one draw when `sample`. [B, m1.z_dim]."""
@@ -104,10 +110,11 @@ class M1M2(SSVAE):
         """The units of z1 [..., m1.z_dim] that M2 models: [..., x_dim]."""
         return tf.gather(z1, self.feature_indices, axis=-1)
 
-    def _inputs(self, x, binary=True, sample=False, seed=None):
-        """Images (checked as the SSVAE checks them) -> z1 ~ q(z1|x), or its mean (the units M2
-        models)."""
-        q = self.m1.encode(check_images(x, self.input_dim, binary=binary))
+    def _inputs(self, x, binary=True, sample=False, seed=None, check_values=True):
+        """Images (checked as the SSVAE checks them; only their shape unless `check_values`)
+        -> z1 ~ q(z1|x), or its mean (the units M2 models)."""
+        q = self.m1.encode(check_images(x, self.input_dim, binary=binary,
+                                        check_pixels=check_values))
         # M1 is fixed; no gradient flows into it (its variables are not trainable anyway).
         return tf.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
 
