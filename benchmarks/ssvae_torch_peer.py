@@ -28,18 +28,7 @@ flags.DEFINE_integer("steps", 10000, "Training steps.", lower_bound=1)
 flags.DEFINE_integer("eval_every", 1000, "Steps between test-accuracy prints.", lower_bound=1)
 flags.DEFINE_string("output_json", None, "Where to write the results.")
 
-K, Z, BATCH = 10, 64, 97
-
-
-def mlp(sizes, activation):
-    from torch import nn
-
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
+from torch_m2 import build_peer  # noqa: E402  (benchmarks/torch_m2.py)
 
 
 def main(argv):
@@ -65,29 +54,7 @@ def main(argv):
     x_test = torch.from_numpy(data.flatten(mnist.x_test))
     y_test = torch.from_numpy(mnist.y_test.astype(np.int64))
 
-    classifier = mlp([784, 300, 300, K], nn.ReLU)
-    encoder = mlp([784 + K, 300, 300, 2 * Z], nn.ELU)
-    decoder = mlp([Z + K, 300, 300, 784], nn.ELU)
-    params = [*classifier.parameters(), *encoder.parameters(), *decoder.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3)
-    eye = torch.eye(K)
-
-    def negative_unlabelled_bound(x):
-        logits = classifier(x)
-        log_q = F.log_softmax(logits, dim=1)
-        q = log_q.exp()
-        b = x.shape[0]
-        xs = x.repeat(K, 1)                                   # class-major [K * B, 784]
-        ys = eye.repeat_interleave(b, dim=0)
-        h = encoder(torch.cat([xs, ys], 1))
-        mean, var = h[:, :Z], F.softplus(h[:, Z:]) + 1e-8
-        z = mean + var.sqrt() * torch.randn_like(mean)
-        x_logits = decoder(torch.cat([z, ys], 1))
-        rec = F.binary_cross_entropy_with_logits(x_logits, xs, reduction="none").sum(1)
-        kl_z = 0.5 * (var + mean ** 2 - 1 - var.log()).sum(1)
-        per_class = (rec + kl_z).view(K, b).t()                 # [B, K]
-        kl_y = (q * (log_q + math.log(K))).sum(1)
-        return ((q * per_class).sum(1) + kl_y).mean()
+    step, classifier = build_peer(x_u, x_l, y_l, return_classifier=True)
 
     def accuracy():
         with torch.no_grad():
@@ -95,15 +62,11 @@ def main(argv):
 
     curve = []
     start = time.time()
-    for step in range(1, FLAGS.steps + 1):
-        xb = torch.bernoulli(x_u[torch.randint(0, len(x_u), (BATCH,))])
-        loss = negative_unlabelled_bound(xb) + 100.0 * F.cross_entropy(classifier(x_l), y_l)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % FLAGS.eval_every == 0:
-            curve.append((step, accuracy()))
-            print(f"step {step}: loss {loss.item():.2f}, test accuracy {curve[-1][1]:.4f}",
+    for step_number in range(1, FLAGS.steps + 1):
+        loss = step()
+        if step_number % FLAGS.eval_every == 0:
+            curve.append((step_number, accuracy()))
+            print(f"step {step_number}: loss {loss.item():.2f}, test accuracy {curve[-1][1]:.4f}",
                   flush=True)
     result = {"label_seed": FLAGS.label_seed, "labelled_indices": FLAGS.labelled_indices,
               "seed": FLAGS.seed, "steps": FLAGS.steps,
