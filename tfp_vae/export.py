@@ -86,18 +86,11 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
 
 
 def training_functions(model):
-    """name -> (function, input_signature) of the training signatures of `model`.
-
-    `model.training_functions()` where the model defines it (the VAE and GMVAE, see
-    LatentVariableModel.training_functions); for the SSVAE,
-    `train_step(unlabelled_x, labelled_x, labelled_y)` (see `_ssvae_training_functions`).
-    """
+    """name -> (function, input_signature) of the training signatures of `model`
+    (`model.training_functions()`: LatentVariableModel's `train_step(x)`, the SSVAE's
+    `train_step(unlabelled_x, labelled_x, labelled_y)`)."""
     if hasattr(model, "training_functions"):
         return dict(model.training_functions())
-    from tfp_vae.models import ssvae
-
-    if isinstance(model, ssvae.SSVAE):
-        return _ssvae_training_functions(model)
     raise ValueError(f"A trainable export is not supported for {type(model).__name__}: it has no "
                      "training_functions(). Export it without trainable=True (--trainable).")
 
@@ -116,34 +109,3 @@ def _built_optimizer(model):
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     return optimizer
-
-
-def _ssvae_training_functions(model):
-    """`train_step(unlabelled_x, labelled_x, labelled_y)` for the SSVAE: one optimizer step on
-    its loss (`SSVAE.compute_losses`), as `SSVAE.train_step` takes it.
-
-    Inputs: binary images float32 [B, input_dim] and [L, input_dim], int32 class indices [L].
-    Returns the batch's train metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless
-    gen_weight is 0, `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations`
-    (int64, after the update) and `learning_rate`.
-    """
-    x_u = tf.TensorSpec([None, model.input_dim], tf.float32, name="unlabelled_x")
-    x_l = tf.TensorSpec([None, model.input_dim], tf.float32, name="labelled_x")
-    y_l = tf.TensorSpec([None], tf.int32, name="labelled_y")
-
-    def train_step(unlabelled_x, labelled_x, labelled_y):
-        variables = model.trainable_variables
-        with tf.GradientTape() as tape:
-            values = model.compute_losses(unlabelled_x, labelled_x, labelled_y)
-            loss = model.optimizer.scale_loss(values["loss"])
-        grads = tape.gradient(loss, variables)
-        # With gen_weight 0 only the classifier has gradients (as in SSVAE.train_step).
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        model.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-        out = {name: tf.cast(value, tf.float32) for name, value in values.items()}
-        out["optimizer_iterations"] = tf.identity(
-            tf.convert_to_tensor(model.optimizer.iterations))
-        out["learning_rate"] = tf.cast(model.optimizer.learning_rate, tf.float32)
-        return out
-
-    return {"train_step": (train_step, [x_u, x_l, y_l])}

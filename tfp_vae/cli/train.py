@@ -40,6 +40,9 @@ flags.DEFINE_integer("label_seed", 0, "ssvae/m1m2: seed that picks the labelled 
 flags.DEFINE_string("labelled_indices", None, "ssvae/m1m2: text file of training-set indices "
                     "to use as the labelled set (whitespace or comma separated, '#' comments) "
                     "instead of drawing --labels_per_class by --label_seed.")
+flags.DEFINE_integer("labelled_batch_size", None, "ssvae/m1m2: draw this many labelled examples "
+                     "with replacement at every step instead of taking the whole labelled set "
+                     "(the recipe); for large --batch_size runs.", lower_bound=1)
 flags.DEFINE_float("gen_weight", 1.0, "ssvae/m1m2: weight on the labelled and unlabelled bounds "
                    "(0 trains the classifier alone).", lower_bound=0.0)
 flags.DEFINE_float("class_weight", 100.0, "ssvae/m1m2: weight on the labelled cross-entropy.",
@@ -66,15 +69,19 @@ flags.DEFINE_integer("steps", None, "Gradient steps, rounded up to whole --steps
 flags.DEFINE_integer("steps_per_epoch", 1000,
                      "Steps between checkpoints, validation and TensorBoard points.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 97, "Training batch size.", lower_bound=1)
-flags.DEFINE_bool("xla", True, "vae/gmvae: compile each update with XLA (the pixel checks stay "
-                  "outside it); the fastest setting on CPU (see benchmarks/). Not used by ssvae "
-                  "(slower with XLA) or with --strategy other than default.")
+flags.DEFINE_bool("xla", True, "Compile each update with XLA (the pixel and label checks stay "
+                  "outside it); the fastest setting on CPU (see benchmarks/). Not used with "
+                  "--strategy other than default.")
 flags.DEFINE_integer("steps_per_execution", None, "Training steps per call into the TF graph "
                      "(Keras steps_per_execution); must divide --steps_per_epoch. Progress, "
                      "the NaN check and callbacks see every this many steps. Default: the "
                      "largest divisor of --steps_per_epoch up to 25 (1 with a --strategy).",
                      lower_bound=1)
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (at the recipe's batch of 97; see "
+                   "--lr_scaling).", lower_bound=0.0)
+flags.DEFINE_enum("lr_scaling", "none", ["none", "sqrt"], "How the learning rate follows "
+                  "--batch_size: none (--learning_rate as given) or sqrt (--learning_rate * "
+                  "sqrt(batch_size / 97), the square-root rule for Adam, for large batches).")
 flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving average of the "
                    "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
                    "with the averaged weights. 0 (the recipe) turns it off.",
@@ -157,12 +164,23 @@ def build_model(dataset):
     else:
         model = models.MODELS[FLAGS.model](**kwargs)
     ema = {"use_ema": True, "ema_momentum": FLAGS.ema_momentum} if FLAGS.ema_momentum else {}
-    model.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate, **ema),
-                  # Replicated steps never use it (LatentVariableModel.compile); the SSVAE
-                  # refuses it (SSVAE.compile).
-                  jit_compile=FLAGS.xla and FLAGS.model not in SEMI_SUPERVISED,
-                  steps_per_execution=steps_per_execution())
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(), **ema),
+                  # XLA for the fused update only; replicated steps never use it (see the
+                  # models' compile).
+                  jit_compile=FLAGS.xla, steps_per_execution=steps_per_execution())
     return model
+
+
+RECIPE_BATCH = 97
+
+
+def learning_rate():
+    """--learning_rate, scaled for --batch_size by --lr_scaling."""
+    if FLAGS.lr_scaling == "sqrt":
+        return FLAGS.learning_rate * (FLAGS.batch_size / RECIPE_BATCH) ** 0.5
+    return FLAGS.learning_rate
+
+
 
 
 def main(argv):
@@ -180,6 +198,8 @@ def main(argv):
     if FLAGS.hidden and FLAGS.model not in ("vae", "gmvae"):
         raise app.UsageError("--hidden sets the VAE and GMVAE networks; the ssvae and m1m2 keep "
                              "the recipe's.")
+    if FLAGS.labelled_batch_size and FLAGS.model not in SEMI_SUPERVISED:
+        raise app.UsageError("--labelled_batch_size goes with --model=ssvae or m1m2.")
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
         raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                              f"--steps_per_epoch={FLAGS.steps_per_epoch}.")
@@ -218,7 +238,7 @@ def main(argv):
             train_ds = ssvae.make_train_dataset(
                 dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
                 FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
-                labelled_indices)
+                labelled_indices, FLAGS.labelled_batch_size)
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
             raise app.UsageError(str(e))
     else:
@@ -242,7 +262,7 @@ def main(argv):
                    steps=int(model.optimizer.iterations.numpy()), model=FLAGS.model,
                    dataset=FLAGS.dataset, test_examples=len(dataset.x_test),
                    strategy=FLAGS.strategy, replicas=int(strategy.num_replicas_in_sync),
-                   dtype_policy=model.dtype_policy.name,
+                   dtype_policy=model.dtype_policy.name, learning_rate=learning_rate(),
                    command=" ".join(["train"] + sys.argv[1:]))
     common.write_json(os.path.join(out_dir, "metrics.json"), metrics)
     common.write_images(model, dataset, out_dir, FLAGS.seed)

@@ -269,13 +269,15 @@ def _check_uint8_images(images, labels):
 
 def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_size=97, seed=0,
                        binarization="dynamic", labelled_binarization=None,
-                       labelled_indices=None):
+                       labelled_indices=None, labelled_batch_size=None):
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
     `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
-    form the labelled set, which comes whole at every step; the remaining images come as
-    shuffled unlabelled batches of `batch_size` (`data.train_dataset`; their labels are never
-    used). With "dynamic" binarisation both get a fresh Bernoulli draw at every step.
+    form the labelled set, which comes whole at every step (the recipe) or as a batch of
+    `labelled_batch_size` examples drawn from it with replacement (as the paper's labelled
+    minibatches; for large batches); the remaining images come as shuffled unlabelled batches
+    of `batch_size` (`data.train_dataset`; their labels are never used). With "dynamic"
+    binarisation both get a fresh Bernoulli draw at every step.
 
     Args:
       images: uint8 [N, 28, 28] (or [N, 784]).
@@ -285,11 +287,17 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
         (grayscale) goes with SSVAE(labelled_bound=False), as in the course reference.
       labelled_indices: training-set indices of a chosen labelled set (`split_by_indices`);
         when given, `labels_per_class` and `label_seed` are not used.
+      labelled_batch_size: None (the whole labelled set every step) or the size of a batch
+        drawn from it with replacement at every step (stateless RNG keyed by seed and step).
 
     Returns:
       tf.data.Dataset of (float32 [batch_size, 784], (float32 [L, 784], int32 [L])), where
-      L = 10 * labels_per_class (or len(labelled_indices)).
+      L = labelled_batch_size, or the labelled set's size: 10 * labels_per_class (or
+      len(labelled_indices)).
     """
+    if labelled_batch_size is not None and int(labelled_batch_size) < 1:
+        raise ValueError(f"labelled_batch_size must be >= 1 (or None for the whole labelled "
+                         f"set); got {labelled_batch_size}.")
     labels = np.asarray(labels)
     if labelled_indices is None:
         labelled, unlabelled = split_labelled(labels, labels_per_class, label_seed)
@@ -307,11 +315,24 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
     if binarization == "dynamic":
         # Another op seed than the unlabelled stream's, so the two draws are not correlated.
         label_seed_op = None if seed is None else seed + 1
-        labelled_ds = tf.data.Dataset.from_tensors((x_l, y_l)).repeat().map(
-            lambda x, y: (data.dynamic_binarize(x, label_seed_op), y))
+        binarize = lambda x: data.dynamic_binarize(x, label_seed_op)  # noqa: E731
     else:
         x_l = data.binarize_static(x_l) if binarization == "static" else data.flatten(x_l)
-        labelled_ds = tf.data.Dataset.from_tensors((x_l, y_l)).repeat()
+        binarize = tf.identity
+    if labelled_batch_size is None:
+        labelled_ds = tf.data.Dataset.from_tensors((x_l, y_l)).repeat().map(
+            lambda x, y: (binarize(x), y))
+    else:
+        table_x, table_y = tf.constant(x_l), tf.constant(y_l)
+        draw_seed = np.int64(0 if seed is None else seed) + 2  # Not the other streams' keys.
+
+        def draw(step):
+            idx = tf.random.stateless_uniform([int(labelled_batch_size)],
+                                              tf.stack([draw_seed, step]), 0, len(y_l),
+                                              dtype=tf.int64)
+            return binarize(tf.gather(table_x, idx)), tf.gather(table_y, idx)
+
+        labelled_ds = tf.data.Dataset.range(np.iinfo(np.int64).max).map(draw)
     return tf.data.Dataset.zip((unlabelled_ds, labelled_ds)).prefetch(tf.data.AUTOTUNE)
 
 
@@ -825,6 +846,34 @@ class SSVAE(keras.Model):
             y = tf.argmax(self._classifier_logits(x), axis=-1, output_type=tf.int32)
         labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
         return self._observed(self._decode(self._encode(x, labels).mean(), labels))
+
+    def training_functions(self):
+        """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
+
+        `train_step(unlabelled_x, labelled_x, labelled_y)`: one optimizer step on the loss of
+        `compute_losses`, as `train_step` takes it. Inputs: binary images float32
+        [B, input_dim] and [L, input_dim], int32 class indices [L]. Returns the batch's train
+        metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless gen_weight is 0,
+        `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations` (int64, after
+        the update) and `learning_rate`.
+        """
+        x_u = tf.TensorSpec([None, self.input_dim], tf.float32, name="unlabelled_x")
+        x_l = tf.TensorSpec([None, self.input_dim], tf.float32, name="labelled_x")
+        y_l = tf.TensorSpec([None], tf.int32, name="labelled_y")
+
+        def train_step(unlabelled_x, labelled_x, labelled_y):
+            def losses():
+                values = self.compute_losses(unlabelled_x, labelled_x, labelled_y)
+                return values["loss"], values
+
+            values = gradient_step(self, losses)
+            out = {name: tf.cast(value, tf.float32) for name, value in values.items()}
+            out["optimizer_iterations"] = tf.identity(
+                tf.convert_to_tensor(self.optimizer.iterations))
+            out["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
+            return out
+
+        return {"train_step": (train_step, [x_u, x_l, y_l])}
 
     def serving_functions(self):
         """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
