@@ -94,6 +94,9 @@ def test_help_explains_every_flag(binary):
     (["--m1_path=runs/vae", "--out_dir=x"], "--m1_path"),
     (["--hidden=600,x", "--out_dir=x"], "--hidden must be positive integers"),
     (["--model=ssvae", "--hidden=600", "--out_dir=x"], "--hidden sets the VAE"),
+    (["--labelled_batch_size=100", "--out_dir=x"], "--labelled_batch_size goes with"),
+    (["--model=ssvae", "--labelled_batch_size=0", "--out_dir=x"], "labelled_batch_size"),
+    (["--lr_scaling=linear", "--out_dir=x"], "lr_scaling"),
     ([], "out_dir"),
 ])
 def test_bad_flags_give_a_one_line_error(args, expected):

@@ -172,6 +172,35 @@ def test_make_train_dataset_structure():
     assert len(np.intersect1d(labelled, unlabelled)) == 0 and len(unlabelled) == 370
 
 
+def test_labelled_batches_drawn_with_replacement():
+    """For large batches: `labelled_batch_size` examples of the labelled set at every step,
+    drawn with replacement from a stateless RNG (the same stream for the same seed)."""
+    images, labels = synthetic_uint8(400)
+    labelled, _ = ssvae.split_labelled(labels, 2, 0)
+    gray = images[labelled].reshape(-1, 784) / 255.0
+
+    def steps(seed):
+        ds = ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=64,
+                                      seed=seed, binarization="none", labelled_batch_size=50)
+        return [(x_l.numpy(), y_l.numpy()) for _, (x_l, y_l) in ds.take(3)]
+
+    first, again, other = steps(0), steps(0), steps(1)
+    for x_l, y_l in first:
+        assert x_l.shape == (50, 784) and y_l.shape == (50,) and y_l.dtype == np.int32
+        # Every row is one of the 20 labelled images, with its own label.
+        match = np.argmin(np.abs(x_l[:, None, :] - gray[None]).sum(-1), axis=1)
+        np.testing.assert_allclose(x_l, gray[match], atol=1e-6)
+        np.testing.assert_array_equal(y_l, labels[labelled][match])
+        assert len(np.unique(match)) < 50  # With replacement: 50 draws from 20 repeat.
+    assert not np.array_equal(first[0][1], first[1][1])        # A fresh draw every step ...
+    for (a, ya), (b, yb) in zip(first, again):                 # ... replayed by the seed.
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(first[0][1], other[0][1])
+    with pytest.raises(ValueError, match="labelled_batch_size must be >= 1"):
+        ssvae.make_train_dataset(images, labels, labelled_batch_size=0)
+
+
 def test_chosen_labelled_indices(tmp_path):
     images, labels = synthetic_uint8(400)
     chosen = np.array([5, 0, 11, 2, 3, 4, 17, 6, 7, 8, 9])   # Every class; 0 and 1 twice.
