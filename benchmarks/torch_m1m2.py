@@ -31,7 +31,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder with the four MNIST IDX files (.gz or not).",
                     required=True)
 flags.DEFINE_list("seeds", ["0"], "Label seeds (each also seeds its M2's init and batches).")
-flags.DEFINE_integer("m1_steps", 12400, "M1 steps.")
+flags.DEFINE_integer("m1_steps", 50000, "M1 steps.")
+flags.DEFINE_integer("m1_batch", 1000, "M1 batch size.")
+flags.DEFINE_float("m1_learning_rate", 1e-3, "M1's Adam learning rate (the recipe's; at batch "
+                   "4850 the square-root rule's 7.1e-3 collapsed M1 on an H200).")
 flags.DEFINE_integer("m2_steps", 30000, "M2 steps per seed.")
 flags.DEFINE_integer("batch", 4850, "Unlabelled (and M1) batch size.")
 flags.DEFINE_integer("labelled_batch", 1000, "Labelled examples drawn per step.")
@@ -99,9 +102,9 @@ def main(argv):
     torch.backends.cuda.matmul.allow_tf32 = True  # As TensorFlow's default on GPUs.
     if FLAGS.dry_run:
         m1_steps = m2_steps = 20
-        batch, labelled_batch, eval_every = 200, 50, 10
+        m1_batch, batch, labelled_batch, eval_every = 100, 200, 50, 10
     else:
-        m1_steps, m2_steps = FLAGS.m1_steps, FLAGS.m2_steps
+        m1_steps, m2_steps, m1_batch = FLAGS.m1_steps, FLAGS.m2_steps, FLAGS.m1_batch
         batch, labelled_batch, eval_every = FLAGS.batch, FLAGS.labelled_batch, FLAGS.eval_every
     lr = 1e-3 * math.sqrt(batch / RECIPE_BATCH)
     x_train = read_idx(FLAGS.data_dir, "train-images-idx3-ubyte").reshape(-1, 784)
@@ -116,16 +119,17 @@ def main(argv):
     y_test = y_test.to(device)
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                "torch": torch.__version__, "batch": batch, "labelled_batch": labelled_batch,
-               "learning_rate": lr, "m1_steps": m1_steps, "m2_steps": m2_steps, "runs": {}}
+               "learning_rate": lr, "m1_batch": m1_batch,
+               "m1_learning_rate": FLAGS.m1_learning_rate, "m1_steps": m1_steps, "m2_steps": m2_steps, "runs": {}}
 
     # ---- M1 ---------------------------------------------------------------------------------
     torch.manual_seed(0)
     enc1, dec1 = mlp([784, 600, 600, 2 * Z1], nn.ELU).to(device), mlp([Z1, 600, 600, 784],
                                                                        nn.ELU).to(device)
-    opt = torch.optim.Adam([*enc1.parameters(), *dec1.parameters()], lr=lr)
+    opt = torch.optim.Adam([*enc1.parameters(), *dec1.parameters()], lr=FLAGS.m1_learning_rate)
     start = time.time()
     for step in range(m1_steps):
-        x = torch.bernoulli(train[torch.randint(0, len(train), (batch,), device=device)])
+        x = torch.bernoulli(train[torch.randint(0, len(train), (m1_batch,), device=device)])
         mean, var = gaussian(enc1(x))
         z = mean + var.sqrt() * torch.randn_like(mean)
         rec = F.binary_cross_entropy_with_logits(dec1(z), x, reduction="none").sum(-1)
@@ -136,7 +140,7 @@ def main(argv):
     if device == "cuda":
         torch.cuda.synchronize()
     results["m1_seconds"] = round(time.time() - start, 1)
-    results["m1_last_train_nelbo"] = float(loss)
+    results["m1_last_train_nelbo"] = loss.item()
     for p in [*enc1.parameters(), *dec1.parameters()]:
         p.requires_grad_(False)
     with torch.no_grad():
@@ -146,7 +150,10 @@ def main(argv):
         units = torch.nonzero(gaussian(enc1(probe))[0].std(0, unbiased=False) > 0.1).flatten()
     results["active_units"] = units.tolist()
     d = len(units)
-    print(f"M1: {m1_steps} steps in {results['m1_seconds']} s, last train NELBO {float(loss):.2f}, "
+    if d == 0:
+        raise SystemExit("M1 has no active unit (its posterior ignores x): lower "
+                         "--m1_learning_rate or train it longer.")
+    print(f"M1: {m1_steps} steps in {results['m1_seconds']} s, last train NELBO {loss.item():.2f}, "
           f"{d} active units", flush=True)
 
     def features(x, sample):
