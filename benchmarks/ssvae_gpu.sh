@@ -25,11 +25,14 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-runs/ssvae_gpu}"
 SEEDS="0 1 2"
 DRY_RUN=0
+need_value() {
+  [ $# -ge 2 ] && [ -n "$2" ] || { echo "ssvae_gpu.sh: $1 needs a value (see --help)" >&2; exit 2; }
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) OUT_DIR="$2"; shift 2 ;;
+    --out) need_value "$@"; OUT_DIR="$2"; shift 2 ;;
     --out=*) OUT_DIR="${1#--out=}"; shift ;;
-    --seeds) SEEDS="$2"; shift 2 ;;
+    --seeds) need_value "$@"; SEEDS="$2"; shift 2 ;;
     --seeds=*) SEEDS="${1#--seeds=}"; shift ;;
     --dry_run) DRY_RUN=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
@@ -37,6 +40,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 PYTHON="${PYTHON:-python3}"
+for s in $SEEDS; do
+  [[ "$s" =~ ^[0-9]+$ ]] || { echo "ssvae_gpu.sh: --seeds must be whole numbers; got '$s'" >&2; exit 2; }
+done
 
 if [ "$DRY_RUN" = 1 ]; then
   M1_BATCH=100; BATCH=200; LABELLED_BATCH=50; M1_STEPS=20; SSL_STEPS=20; STEPS_PER_EPOCH=10

@@ -41,6 +41,11 @@ def test_dry_run_writes_every_output_and_prints_the_accuracy(mnist, tmp_path):
     assert (out / "m1" / "metrics.json").is_file()
 
 
-def test_unknown_argument_is_refused(tmp_path):
-    result = _run("--seed", "0", "--out", str(tmp_path))
-    assert result.returncode == 2 and "unknown argument --seed" in result.stderr
+def test_bad_arguments_are_refused_in_one_line(tmp_path):
+    for args, message in [(("--seed", "0"), "unknown argument --seed"),
+                          (("--out",), "--out needs a value"),
+                          (("--seeds", "0 x", "--out", str(tmp_path / "o")), "whole numbers")]:
+        result = _run(*args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
