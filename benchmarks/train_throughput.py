@@ -1,17 +1,18 @@
 """Training throughput of each model's recipe, with and without XLA, against the machine's
-matmul peak and a PyTorch implementation of the VAE recipe, all measured in one run.
+matmul peak and PyTorch implementations of the VAE and SSVAE recipes, all measured in one run.
 
   python benchmarks/train_throughput.py --steps=300 --output_json=runs/bench_train.json
 
 For every recipe it times `--steps` steps of model.fit (the fastest of --repeats runs, after a warm-up
 that traces and compiles) in three settings: the XLA-compiled fused update with 25 steps per
-execution (the binaries' default for the VAE family), the plain graph with 25 steps per
-execution (the SSVAE's default), and the plain graph one step per execution (Keras' default).
+execution (the binaries' default for every model), the plain graph with 25 steps per
+execution, and the plain graph one step per execution (Keras' default).
 It reports steps/s, examples/s and achieved FLOP/s. FLOPs are counted from the Dense
 layers: forward multiply-adds x 2 x 3 (forward + the two backward matmuls), for the rows each
 network sees per step. The peak is a large float32 matmul timed in the same run. The PyTorch peer
 (optional: `pip install -e .[bench]`) trains the same VAE recipe (same MLPs, init, Adam, batch,
-loss) and is skipped with a note when torch is not installed.
+loss), and the PyTorch M2 (benchmarks/torch_m2.py, the course's loss) is the SSVAE's peer; both
+are skipped with a note when torch is not installed. Each recipe's ratio is to its own peer.
 """
 
 import json

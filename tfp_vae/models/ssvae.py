@@ -610,7 +610,7 @@ class SSVAE(keras.Model):
         is 0 (a plain classifier: they would cost ~10x the step and change nothing).
 
         Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]); only their
-        shapes when `check_values` is False (the fused update's `_batch_problem` checks values).
+        shapes when `check_values` is False (the fused update checks values, `_fused_update`).
         """
         x_u = self._inputs(unlabelled_x, sample=True, check_values=check_values)
         # Without the labelled bound the labelled images only feed the classifier: grayscale is
