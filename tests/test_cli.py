@@ -131,7 +131,7 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     m1, _ = trained_run
     out = tmp_path / "m1m2"
     result = _run("train", "--model=m1m2", f"--m1_path={m1}", "--active_threshold=0",
-                  "--steps=20", "--steps_per_epoch=10", "--validation_examples=100",
+                  "--steps=20", "--steps_per_epoch=10", "--validation_examples=100", "--noxla",
                   "--verbose=0", f"--out_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

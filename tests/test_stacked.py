@@ -121,7 +121,7 @@ def test_m1m2_bound_is_near_m1_bound_when_m2_is_the_standard_normal():
 
 def test_m1_stays_fixed_while_m2_trains():
     model = tiny_m1m2()
-    model.compile(keras.optimizers.Adam(1e-2))
+    model.compile(keras.optimizers.Adam(1e-2), jit_compile=False)  # XLA: test_ssvae.py
     m1_before = [v.numpy().copy() for v in model.m1.weights]
     m2_before = [v.numpy().copy() for v in model.trainable_variables]
     assert {id(v) for v in model.m1.weights}.isdisjoint(id(v) for v in model.trainable_variables)
@@ -160,7 +160,7 @@ def test_m1m2_outputs_are_pixels():
 
 def test_m1m2_keras_round_trip(tmp_path):
     model = tiny_m1m2(class_weight=7.0)
-    model.compile(keras.optimizers.Adam(1e-3))
+    model.compile(keras.optimizers.Adam(1e-3), jit_compile=False)
     images, labels = synthetic_uint8(200)
     model.fit(ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
               steps_per_epoch=2, epochs=1, verbose=0)
