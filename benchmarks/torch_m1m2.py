@@ -27,6 +27,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from torch_m2 import mlp  # benchmarks/torch_m2.py
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Folder with the four MNIST IDX files (.gz or not).",
                     required=True)
@@ -64,17 +66,6 @@ def split_labelled(labels, per_class, seed):
     chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(K)]
     labelled = np.sort(np.concatenate(chosen))
     return labelled, np.setdiff1d(np.arange(len(labels)), labelled)
-
-
-def mlp(sizes, activation):
-    from torch import nn
-
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 def gaussian(h):
