@@ -181,8 +181,6 @@ def learning_rate():
     return FLAGS.learning_rate
 
 
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -262,7 +260,9 @@ def main(argv):
                    steps=int(model.optimizer.iterations.numpy()), model=FLAGS.model,
                    dataset=FLAGS.dataset, test_examples=len(dataset.x_test),
                    strategy=FLAGS.strategy, replicas=int(strategy.num_replicas_in_sync),
-                   dtype_policy=model.dtype_policy.name, learning_rate=learning_rate(),
+                   dtype_policy=model.dtype_policy.name,
+                   # The optimizer's own value: a resumed run keeps its checkpoint's.
+                   learning_rate=float(model.optimizer.learning_rate.numpy()),
                    command=" ".join(["train"] + sys.argv[1:]))
     common.write_json(os.path.join(out_dir, "metrics.json"), metrics)
     common.write_images(model, dataset, out_dir, FLAGS.seed)

@@ -244,6 +244,16 @@ def guarded_update(model, problem, losses, record):
     tf.cond(tf.equal(problem, 0), update, lambda: tf.constant(False))
 
 
+def training_outputs(model, values):
+    """A trainable SavedModel's `train_step` outputs: the batch means of `values` (float32
+    scalars), `optimizer_iterations` (int64) and `learning_rate` (float32), both read after the
+    update (automatic control dependencies order the variable ops)."""
+    out = {name: tf.cast(tf.reduce_mean(value), tf.float32) for name, value in values.items()}
+    out["optimizer_iterations"] = tf.identity(tf.convert_to_tensor(model.optimizer.iterations))
+    out["learning_rate"] = tf.cast(model.optimizer.learning_rate, tf.float32)
+    return out
+
+
 def compiled_update(model, update):
     """`update` itself, or (when the model was compiled with an XLA update and the step is
     being traced, not run eagerly) its XLA compilation, made once per model."""
@@ -540,13 +550,6 @@ class LatentVariableModel(keras.Model):
                 terms = self.compute_terms(x, training=True)
                 return tf.reduce_mean(terms["loss"]), terms
 
-            terms = gradient_step(self, losses)
-            out = {name: tf.cast(tf.reduce_mean(value), tf.float32)
-                   for name, value in terms.items()}
-            # Read after the update (automatic control dependencies order the variable ops).
-            out["optimizer_iterations"] = tf.identity(
-                tf.convert_to_tensor(self.optimizer.iterations))
-            out["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
-            return out
+            return training_outputs(self, gradient_step(self, losses))
 
         return {"train_step": (train_step, [x])}

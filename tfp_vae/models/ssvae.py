@@ -44,7 +44,7 @@ from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, build_at_const
                                  compiled_update, enforce, first_problem, global_counts,
                                  global_results, gradient_step, guarded_update, image_problem,
                                  raise_on_problem, replica_context, resolve_jit_compile,
-                                 symbolic_build_under_strategy)
+                                 symbolic_build_under_strategy, training_outputs)
 
 tfd = tfp.distributions
 
@@ -295,9 +295,10 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
       L = labelled_batch_size, or the labelled set's size: 10 * labels_per_class (or
       len(labelled_indices)).
     """
-    if labelled_batch_size is not None and int(labelled_batch_size) < 1:
-        raise ValueError(f"labelled_batch_size must be >= 1 (or None for the whole labelled "
-                         f"set); got {labelled_batch_size}.")
+    if labelled_batch_size is not None and (
+            int(labelled_batch_size) != labelled_batch_size or labelled_batch_size < 1):
+        raise ValueError(f"labelled_batch_size must be >= 1, a whole number (or None for the "
+                         f"whole labelled set); got {labelled_batch_size}.")
     labels = np.asarray(labels)
     if labelled_indices is None:
         labelled, unlabelled = split_labelled(labels, labels_per_class, label_seed)
@@ -748,10 +749,8 @@ class SSVAE(keras.Model):
         if ctx is None:
             x_u = self._raw_inputs(unlabelled_x)
             x_l = self._raw_inputs(labelled_x)
-            # One label per labelled input (asserted here, outside XLA, which would drop it);
-            # their values are checked in the update.
-            # The static batch size where it is known, so a label count that does not match is
-            # a ValueError when the step is traced.
+            # One label per labelled input: a ValueError when the step is traced with static
+            # shapes (the label values are checked in the update).
             n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
             labels = _labels_for(labelled_y, n_l, self.num_classes, check_values=False)
             label_code = label_problem(labelled_y, self.num_classes,
@@ -766,8 +765,7 @@ class SSVAE(keras.Model):
         def losses():
             return self._replicated_losses(ctx, unlabelled_x, labelled_x, labelled_y)
 
-        values = gradient_step(self, losses)
-        return self._record(values, [n for n in self.TRAIN_METRICS if n in values], ctx)
+        return self._record(gradient_step(self, losses), self._train_metric_names(), ctx)
 
     def _raw_inputs(self, x):
         """Raw inputs as float32 [B, input_dim], their shape checked (not their values)."""
@@ -866,12 +864,7 @@ class SSVAE(keras.Model):
                 values = self.compute_losses(unlabelled_x, labelled_x, labelled_y)
                 return values["loss"], values
 
-            values = gradient_step(self, losses)
-            out = {name: tf.cast(value, tf.float32) for name, value in values.items()}
-            out["optimizer_iterations"] = tf.identity(
-                tf.convert_to_tensor(self.optimizer.iterations))
-            out["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
-            return out
+            return training_outputs(self, gradient_step(self, losses))
 
         return {"train_step": (train_step, [x_u, x_l, y_l])}
 
