@@ -33,7 +33,8 @@ def trained_run(tmp_path_factory):
 def test_train_writes_everything(trained_run):
     out, result = trained_run
     for name in ("model.keras", "metrics.json", "samples.png", "reconstructions.png",
-                 "checkpoints/state.json", "checkpoints/last.weights.h5"):
+                 "checkpoints/step-000000060/state.json",
+                 "checkpoints/step-000000060/weights.weights.h5"):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_examples"] == 10000 and metrics["steps"] == 60

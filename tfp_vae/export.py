@@ -35,7 +35,8 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
 
     The first signature is also `serving_default`. The directory is written next to `path`
     and moved into place only when complete, so a failed export never leaves a half-written
-    model or destroys the one that was there.
+    model or destroys the one that was there. `overwrite` replaces only a SavedModel directory:
+    anything else at `path` (a training run, a file, other folders) is refused.
 
     Args:
       trainable: also write the training signatures (`training_functions`: `train_step`) and
@@ -44,13 +45,12 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
         `keras.models.load_model` of a compiled model is; its optimizer state is restored).
 
     Raises:
-      FileExistsError: `path` exists and `overwrite` is False.
+      FileExistsError: `path` exists and `overwrite` is False, or it is not a SavedModel
+        directory.
       ValueError: `trainable` and the model has no optimizer or cannot be trained this way.
     """
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass "
-                              "overwrite=True (--overwrite) to replace it.")
+    check_target(path, overwrite)
     archive = keras.export.ExportArchive()
     archive.track(model)
     endpoints = dict(model.serving_functions())
@@ -74,15 +74,46 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    old = None
     try:
         archive.write_out(staging, verbose=verbose)
-        if os.path.exists(path):
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        os.replace(staging, path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 -> what os.makedirs would give.
+        if os.path.lexists(path):
+            # Two renames, so that at every instant `path` is the old or the new SavedModel.
+            old = tempfile.mkdtemp(prefix=".export-old-", dir=parent)
+            os.rename(path, os.path.join(old, "saved_model"))
+        os.rename(staging, path)
     finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
+        for leftover in (staging, old):
+            if leftover is not None and os.path.exists(leftover):
+                shutil.rmtree(leftover)
     return path
+
+
+# What `tf.saved_model.save` (and Keras' ExportArchive) put in a SavedModel directory.
+SAVEDMODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
+                                "assets.extra", "fingerprint.pb", "keras_metadata.pb"})
+
+
+def check_target(path, overwrite=False):
+    """FileExistsError unless a SavedModel may be written at `path`: nothing is there, or
+    (with `overwrite`) a SavedModel directory that holds nothing else."""
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another path or pass "
+                              "overwrite=True (--overwrite) to replace it.")
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise FileExistsError(f"{path} exists and is not a SavedModel directory; overwrite "
+                              "replaces only a SavedModel: choose another export path.")
+    entries = set(os.listdir(path))
+    other = sorted(entries - SAVEDMODEL_ENTRIES)
+    if other or not entries & {"saved_model.pb", "saved_model.pbtxt"}:
+        what = f"it holds {', '.join(other[:4])}" if other else "it has no saved_model.pb"
+        raise FileExistsError(f"{path} is not a SavedModel directory ({what}); overwrite "
+                              "replaces only a SavedModel: choose another export path.")
 
 
 def training_functions(model):

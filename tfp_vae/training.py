@@ -11,6 +11,8 @@ replicated step is the single-device step on the whole batch; see
 import json
 import math
 import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -119,8 +121,17 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the last good checkpoint was kept."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be resumed from (unreadable, or it does not fit the run)."""
+
+
 def _weights_finite(model):
     return all(np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in model.weights)
+
+
+def global_step(model):
+    """The optimizer's step count (int): how many updates the model has had."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -133,47 +144,151 @@ class NaNGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.bad_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.bad_step = global_step(self.model)
             self.model.stop_training = True
 
 
-class Checkpoint(keras.callbacks.Callback):
-    """Saves weights and optimizer state at each epoch end, atomically, unless they are bad.
+# A checkpoint is one directory, `checkpoints/step-<global step>/`, holding the weights file
+# (the model's and the optimizer's variables: Keras 3 `save_weights` includes the optimizer) and
+# `state.json` (the step, and the run's settings when given). It is written under a temporary
+# name and renamed into place, so a checkpoint either exists whole or not at all, whenever the
+# process dies. The global step is the whole of the training state beyond the variables: the
+# input pipelines and the models' training noise are keyed by it (stateless RNGs).
+_PREFIX = "step-"
+_WEIGHTS = "weights.weights.h5"
+_STATE = "state.json"
+_LEGACY_WEIGHTS = "last.weights.h5"  # Before checkpoints were directories: with state.json.
+KEEP = 2  # Checkpoints kept: the newest, and one to fall back on if it is damaged.
 
-    `directory/last.weights.h5` holds model + optimizer variables (Keras 3 `save_weights`
-    includes the optimizer), `directory/state.json` the epoch to resume from.
-    """
 
-    def __init__(self, directory, guard=None):
-        super().__init__()
-        self.directory, self.guard = directory, guard
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if (self.guard is not None and self.guard.bad_step is not None) or not _weights_finite(self.model):
-            return  # Keep the last good checkpoint.
-        os.makedirs(self.directory, exist_ok=True)
-        tmp = os.path.join(self.directory, "tmp." + _WEIGHTS)
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, os.path.join(self.directory, _WEIGHTS))
-        state = {"epoch": epoch + 1,
-                 "step": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))}
-        with open(os.path.join(self.directory, _STATE + ".tmp"), "w") as f:
-            json.dump(state, f)
-        os.replace(os.path.join(self.directory, _STATE + ".tmp"), os.path.join(self.directory, _STATE))
+
+def checkpoints(directory):
+    """[(step, path)] of the complete checkpoints in `directory`, newest first."""
+    found = []
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(_PREFIX) and name[len(_PREFIX):].isdigit():
+                found.append((int(name[len(_PREFIX):]), os.path.join(directory, name)))
+        legacy = os.path.join(directory, _STATE)
+        if os.path.isfile(legacy) and os.path.isfile(os.path.join(directory, _LEGACY_WEIGHTS)):
+            try:
+                with open(legacy) as f:
+                    found.append((int(json.load(f)["step"]), directory))
+            except (OSError, ValueError, KeyError, TypeError):
+                found.append((-1, directory))
+    return sorted(found, reverse=True)
 
 
 def has_checkpoint(directory):
-    return os.path.isfile(os.path.join(directory, _STATE))
+    return bool(checkpoints(directory))
+
+
+def _files_of(path):
+    """(weights file, state file) of the checkpoint at `path` (a legacy one: the directory)."""
+    if os.path.isfile(os.path.join(path, _LEGACY_WEIGHTS)):
+        return os.path.join(path, _LEGACY_WEIGHTS), os.path.join(path, _STATE)
+    return os.path.join(path, _WEIGHTS), os.path.join(path, _STATE)
+
+
+def read_state(path):
+    """The state.json of the checkpoint at `path` (a dict with at least "step")."""
+    with open(_files_of(path)[1]) as f:
+        state = json.load(f)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{_files_of(path)[1]} has no step")
+    return state
+
+
+def save_checkpoint(model, directory, settings=None):
+    """Writes the model's and optimizer's variables and the global step as one new checkpoint
+    `directory/step-<step>` (atomically, see above), then keeps only the newest `KEEP`.
+
+    Returns the checkpoint's path.
+    """
+    step = global_step(model)
+    os.makedirs(directory, exist_ok=True)
+    final = os.path.join(directory, f"{_PREFIX}{step:09d}")
+    if not os.path.isdir(final):
+        staging = tempfile.mkdtemp(prefix=".tmp-", dir=directory)
+        try:
+            weights, state = _files_of(staging)
+            model.save_weights(weights)
+            with open(state, "w") as f:
+                json.dump({"step": step, "settings": settings}, f, indent=1, sort_keys=True)
+            for path in (weights, state, staging):
+                _fsync(path)
+            os.rename(staging, final)
+            _fsync(directory)
+        finally:
+            if os.path.isdir(staging):
+                shutil.rmtree(staging)
+    _prune(directory)
+    return final
+
+
+def _prune(directory):
+    """Removes all but the newest KEEP checkpoints, a legacy one and leftover staging dirs
+    (of a process killed while writing; the run's lock says no other is writing)."""
+    for _, path in checkpoints(directory)[KEEP:]:
+        if path == directory:  # Legacy files live in the directory itself.
+            for name in (_LEGACY_WEIGHTS, _STATE):
+                os.remove(os.path.join(directory, name))
+        else:
+            shutil.rmtree(path)
+    for name in os.listdir(directory):
+        if name.startswith(".tmp-"):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def restore(model, directory):
-    """Loads the checkpoint in `directory` into a compiled model; returns the epoch to resume at."""
-    with open(os.path.join(directory, _STATE)) as f:
-        state = json.load(f)
+    """Loads the newest checkpoint in `directory` into a compiled model; returns its state
+    (a dict: "step", and "settings" as saved, or None).
+
+    Raises:
+      CheckpointError: there is none, or it cannot be read or loaded into this model; the
+        message names the previous checkpoint when there is one.
+    """
+    found = checkpoints(directory)
+    if not found:
+        raise CheckpointError(f"No checkpoint in {directory}.")
+    (step, path), older = found[0], found[1:]
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    model.load_weights(os.path.join(directory, _WEIGHTS))
-    return int(state["epoch"])
+    try:
+        state = read_state(path)
+        model.load_weights(_files_of(path)[0])
+    except Exception as e:  # noqa: BLE001  h5py, Keras and JSON raise many kinds.
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if older:
+            advice = (f"the previous checkpoint, {older[0][1]} (step {older[0][0]}), is intact: "
+                      f"move {path} out of {directory} and resume again to continue from it.")
+        else:
+            advice = "there is no earlier checkpoint; start a new run in another directory."
+        raise CheckpointError(f"The checkpoint {path} cannot be restored ({reason}); "
+                              f"{advice}") from None
+    state.setdefault("settings", None)
+    return state
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Saves a checkpoint (see `save_checkpoint`) at each epoch end, unless the weights are bad
+    (a NaN stop keeps the last good checkpoint)."""
+
+    def __init__(self, directory, guard=None, settings=None):
+        super().__init__()
+        self.directory, self.guard, self.settings = directory, guard, settings
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (self.guard is not None and self.guard.bad_step is not None) or not _weights_finite(self.model):
+            return
+        save_checkpoint(self.model, self.directory, self.settings)
 
 
 class SampleImages(keras.callbacks.Callback):
@@ -192,12 +307,20 @@ class SampleImages(keras.callbacks.Callback):
 
 
 def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data=None,
-        resume=False, verbose=1, extra_callbacks=()):
-    """Trains `model` (compiled) for `steps` gradient steps with model.fit.
+        resume=False, verbose=1, extra_callbacks=(), settings=None):
+    """Trains `model` (compiled) up to `steps` gradient steps in all with model.fit.
 
-    Checkpoints go to out_dir/checkpoints, TensorBoard logs to out_dir/logs. With `resume`, a
-    checkpoint there is restored first (weights, optimizer state, epoch) and training goes on to
-    the same total number of steps.
+    `steps` is rounded up to whole epochs of `steps_per_epoch` steps. At each epoch end a
+    checkpoint goes to out_dir/checkpoints (see `save_checkpoint`; `settings`, a JSON-able dict,
+    is stored in it), TensorBoard logs to out_dir/logs.
+
+    With `resume`, the newest checkpoint there is restored first (weights, optimizer state, global
+    step) and training goes on from its step to the same total: the same updates, on the same
+    batches with the same noise, as a run never interrupted (to float tolerance), when
+    `train_data` is a function of the step to start at (`start_step -> tf.data.Dataset`, e.g.
+    `lambda s: data.train_dataset(..., start_step=s)`); a `tf.data.Dataset` is skipped forward
+    to that step instead. The learning rate the model was compiled with is kept (not the
+    checkpoint's), so a run can go on at a lower one.
 
     A model built and compiled in a tf.distribute strategy's scope trains replicated: each batch
     of `train_data` is the global batch, split across the replicas. Under
@@ -210,24 +333,53 @@ def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data
 
     Raises:
       NonFiniteLossError: a NaN/Inf loss; the last good checkpoint is left in place.
+      CheckpointError: `resume` and the checkpoint cannot be restored.
+      ValueError: the checkpoint's step is not a whole number of epochs of `steps_per_epoch`.
     """
     ckpt_dir = os.path.join(out_dir, "checkpoints")
-    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        train_data, validation_data = _shard_by_data(train_data), _shard_by_data(validation_data)
-    with model.distribute_strategy.scope():  # The optimizer's variables, when resuming.
-        initial_epoch = restore(model, ckpt_dir) if resume and has_checkpoint(ckpt_dir) else 0
     steps_per_epoch = min(steps_per_epoch, steps)
     epochs = int(math.ceil(steps / steps_per_epoch))
+    start = 0
+    if resume and has_checkpoint(ckpt_dir):
+        # A fixed learning rate is a variable of the optimizer (a schedule is not), so the
+        # checkpoint holds one: put the compiled one back after restoring.
+        lr = model.optimizer.learning_rate
+        compiled_lr = (float(keras.ops.convert_to_numpy(lr)) if isinstance(lr, keras.Variable)
+                       else None)
+        with model.distribute_strategy.scope():  # The optimizer's variables.
+            start = restore(model, ckpt_dir)["step"]
+        if compiled_lr is not None:
+            model.optimizer.learning_rate = compiled_lr
+        if start % steps_per_epoch:
+            raise ValueError(f"The checkpoint is at step {start}, not a whole number of epochs "
+                             f"of {steps_per_epoch} steps: resume with a steps_per_epoch that "
+                             f"divides {start}.")
+    if callable(train_data):
+        train_data = train_data(start)
+    elif start:
+        if not isinstance(train_data, tf.data.Dataset):
+            raise ValueError("Resuming needs the training data as a tf.data.Dataset, or as a "
+                             "function start_step -> Dataset, to go on from the checkpoint's "
+                             f"step ({start}); got {type(train_data).__name__}.")
+        train_data = train_data.skip(start)
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        train_data, validation_data = _shard_by_data(train_data), _shard_by_data(validation_data)
     guard = NaNGuard()
     log_dir = os.path.join(out_dir, "logs")
-    callbacks = [guard, Checkpoint(ckpt_dir, guard),
+    callbacks = [guard, Checkpoint(ckpt_dir, guard, settings),
                  keras.callbacks.TensorBoard(log_dir, write_graph=False),
                  SampleImages(log_dir), *extra_callbacks]
     history = model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        initial_epoch=initial_epoch, validation_data=validation_data,
+                        initial_epoch=start // steps_per_epoch, validation_data=validation_data,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.bad_step is not None:
-        raise NonFiniteLossError(
-            f"The loss became NaN/Inf at step {guard.bad_step}; training stopped. The last good "
-            f"checkpoint is in {ckpt_dir} (resume with --resume after lowering --learning_rate).")
+        found = checkpoints(ckpt_dir)
+        if found:
+            where = (f"The last good checkpoint is {found[0][1]} (step {found[0][0]}): resume "
+                     "from it with a lower learning rate (--resume --learning_rate=...).")
+        else:
+            where = (f"No checkpoint exists yet (the first comes after {steps_per_epoch} "
+                     "steps): start again with a lower learning rate (--learning_rate=...).")
+        raise NonFiniteLossError(f"The loss became NaN/Inf at step {guard.bad_step}; training "
+                                 f"stopped. {where}")
     return history

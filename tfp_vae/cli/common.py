@@ -14,9 +14,14 @@ from tfp_vae import models  # noqa: E402,F401  (registers the model classes for 
 MODEL_FILE = "model.keras"
 
 
+class UserError(Exception):
+    """A mistake of the user's that the binaries report in one line (no traceback)."""
+
+
 def run_main(main):
-    """absl's app.run for our binaries: an expected failure (missing or corrupted data, a
-    missing model, an existing output) is one line on stderr and exit status 1, not a traceback.
+    """absl's app.run for our binaries: a user's mistake (a bad or unknown flag, missing or
+    corrupted data, a missing model, an existing or unwritable output, a run directory in use)
+    is one line on stderr and exit status 1, not a traceback or a page of --help.
 
     The binary's flags and docstring live in its tfp_vae.cli module, not in the launcher that is
     `__main__` (bin/ script or console script), so they are declared the main module's here for
@@ -32,6 +37,11 @@ def run_main(main):
     for flag in flags.FLAGS.get_flags_for_module(module.__name__):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
+    from tfp_vae import rundir, training
+
+    expected = (UserError, data.DataError, OSError, rundir.RunDirectoryError,
+                training.CheckpointError)
+
     @functools.wraps(main)
     def wrapped(argv):
         from absl import logging
@@ -41,11 +51,27 @@ def run_main(main):
             logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
-        except (data.DataError, FileNotFoundError, FileExistsError) as e:
-            print(f"ERROR: {e}", file=sys.stderr)
-            return 1
+        except app.UsageError as e:
+            return _fail(e, " (see --help)")
+        except expected as e:
+            return _fail(e)
 
-    app.run(wrapped)
+    def parse_flags(args):
+        try:
+            return flags.FLAGS(args)
+        except flags.Error as e:
+            sys.exit(_fail(e, " (see --help)"))
+
+    app.run(wrapped, flags_parser=parse_flags)
+
+
+def _fail(error, hint=""):
+    """Prints `error` as one line on stderr; returns the exit status 1."""
+    import sys
+
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"ERROR: {message}{hint}", file=sys.stderr)
+    return 1
 
 
 def load_model(path, compile=True):
@@ -55,7 +81,23 @@ def load_model(path, compile=True):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No saved model at {path}: pass a .keras file or the --out_dir "
                                 "of a finished `train` run.")
-    return keras.models.load_model(path, compile=compile)
+    try:
+        return keras.models.load_model(path, compile=compile)
+    except Exception as e:  # noqa: BLE001  zipfile, h5py, JSON and Keras raise many kinds.
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a model this package can load ({reason}); pass a "
+                        ".keras file written by `train` or model.save, or a run's --out_dir.")
+
+
+def check_output_file(path, flag):
+    """Refuses (UsageError) an output path that is a directory, or whose folder is missing."""
+    from absl import app
+
+    if os.path.isdir(path):
+        raise app.UsageError(f"--{flag}={path} is a directory; give a file name.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise app.UsageError(f"--{flag}={path}: the folder {folder} does not exist.")
 
 
 def is_semi_supervised(model):

@@ -47,6 +47,8 @@ def main(argv):
     from tfp_vae import data, evaluation
 
     iw = _iw_values()
+    if FLAGS.output_json:
+        common.check_output_file(FLAGS.output_json, "output_json")
     model = common.load_model(FLAGS.model_path)
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.examples:

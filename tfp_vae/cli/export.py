@@ -20,7 +20,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `train` run.",
                     required=True)
 flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel to.", required=True)
-flags.DEFINE_bool("overwrite", False, "Replace --export_dir if it already exists.")
+flags.DEFINE_bool("overwrite", False, "Replace --export_dir if it already holds a SavedModel "
+                  "(and nothing else; a training run or other files are never replaced).")
 flags.DEFINE_bool("trainable", False, "Also export a train_step signature and the optimizer "
                   "state, so that the SavedModel can be trained further with TensorFlow alone.")
 
@@ -31,8 +32,9 @@ def main(argv):
     import os
     from tfp_vae import export
 
-    if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
+    if os.path.lexists(FLAGS.export_dir) and not FLAGS.overwrite:
         raise app.UsageError(f"{FLAGS.export_dir} already exists; pass --overwrite to replace it.")
+    export.check_target(FLAGS.export_dir, FLAGS.overwrite)  # Before the slow load.
     model = common.load_model(FLAGS.model_path)
     if FLAGS.trainable and getattr(model, "optimizer", None) is None:
         raise app.UsageError(f"{FLAGS.model_path} has no optimizer (it was saved uncompiled); "

@@ -29,6 +29,7 @@ def main(argv):
 
     from tfp_vae import images
 
+    common.check_output_file(FLAGS.output, "output")
     model = common.load_model(FLAGS.model_path)
     n = FLAGS.rows * 10
     if common.is_semi_supervised(model):

@@ -17,6 +17,7 @@ import time
 
 from absl import app, flags
 
+from tfp_vae import rundir
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
@@ -134,7 +135,9 @@ def build_model(dataset):
     from tfp_vae import models
 
     keras.utils.set_random_seed(FLAGS.seed)
-    kwargs = {} if FLAGS.z_dim is None else {"z_dim": FLAGS.z_dim}
+    kwargs = {"seed": FLAGS.seed}  # Keys the training noise (see models.base.step_seed).
+    if FLAGS.z_dim is not None:
+        kwargs["z_dim"] = FLAGS.z_dim
     if FLAGS.model in SEMI_SUPERVISED:
         kwargs.update(gen_weight=FLAGS.gen_weight, class_weight=FLAGS.class_weight,
                       labelled_bound=FLAGS.labelled_bound)
@@ -217,39 +220,112 @@ def main(argv):
         keras.mixed_precision.set_global_policy(training.mixed_precision_policy())
         print(f"Mixed precision: {keras.mixed_precision.global_policy().name}")
     out_dir = training.worker_out_dir(FLAGS.out_dir, strategy)
+    # One process per run directory; a run that fails before training leaves none behind.
+    with rundir.RunDirectory(out_dir) as run:
+        return _train(run, out_dir, strategy, distributed)
+
+
+# The flags that define a run: a resumed run must have the values it was started with (the
+# others, e.g. --steps, --learning_rate, --steps_per_epoch, --xla, take effect on resume).
+RUN_FLAGS = ("model", "m1_path", "k", "learn_mixture_weights", "active_threshold",
+             "labels_per_class", "label_seed", "labelled_indices", "labelled_batch_size",
+             "gen_weight", "class_weight", "labelled_bound", "labelled_binarization", "z_dim",
+             "hidden", "beta", "objective", "iw", "batch_size", "binarization", "dataset", "seed",
+             "mixed_precision", "ema_momentum")
+
+
+def run_settings(model):
+    """flag -> value of the RUN_FLAGS, as this run resolves them (z_dim and hidden: the model's
+    own; paths: absolute)."""
+    settings = {name: FLAGS[name].value for name in RUN_FLAGS}
+    settings["z_dim"] = int(model.z_dim)
+    settings["hidden"] = [int(h) for h in getattr(model, "hidden", ())] or None
+    for name in ("m1_path", "labelled_indices"):
+        if settings[name] is not None:
+            settings[name] = os.path.abspath(settings[name])
+    return settings
+
+
+def check_resume(ckpt_dir, settings, steps_per_epoch):
+    """Refuses (one line) to resume a run with other RUN_FLAGS than it was started with, or at a
+    --steps_per_epoch that does not divide its checkpoint's step."""
+    from tfp_vae import training
+
+    (step, path), = training.checkpoints(ckpt_dir)[:1]
+    try:
+        saved = training.read_state(path).get("settings")
+    except (OSError, ValueError):
+        return  # Unreadable: restoring it says so, and names the previous checkpoint.
+    if saved is None:
+        print(f"Note: {path} predates recorded settings; resuming without checking the flags.")
+    else:
+        differ = [f"--{name}={_flag_text(settings.get(name))} (the run has "
+                  f"{_flag_text(saved.get(name))})"
+                  for name in RUN_FLAGS if settings.get(name) != saved.get(name)]
+        if differ:
+            raise app.UsageError(f"--resume with other settings than the run in "
+                                 f"{os.path.dirname(ckpt_dir)} was started with: "
+                                 f"{'; '.join(differ)}. Resume with the run's values, or start "
+                                 "a new run in another --out_dir.")
+    if step % steps_per_epoch:
+        raise app.UsageError(f"The run's checkpoint is at step {step}: --steps_per_epoch must "
+                             f"divide it (it is {steps_per_epoch}).")
+
+
+def _flag_text(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return "unset" if value is None else str(value)
+
+
+def _train(run, out_dir, strategy, distributed):
+    from tfp_vae import data, training
+
     ckpt_dir = os.path.join(out_dir, "checkpoints")
-    if training.has_checkpoint(ckpt_dir) and not FLAGS.resume:
+    resuming = training.has_checkpoint(ckpt_dir)
+    if resuming and not FLAGS.resume:
         raise app.UsageError(f"{out_dir} already holds a training run; pass --resume to continue "
                              "it or choose another --out_dir.")
-    os.makedirs(out_dir, exist_ok=True)
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     print(f"Data: {dataset.source}")
     # The model and its optimizer are created in the strategy's scope (mirrored variables).
     with strategy.scope() if distributed else contextlib.nullcontext():
         model = build_model(dataset)
+    steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
+    settings = run_settings(model)
+    if resuming:
+        check_resume(ckpt_dir, settings, min(FLAGS.steps_per_epoch, steps))
     if FLAGS.model in SEMI_SUPERVISED:
         from tfp_vae.models import ssvae
 
         try:
             labelled_indices = (None if FLAGS.labelled_indices is None
                                 else ssvae.read_indices(FLAGS.labelled_indices))
-            train_ds = ssvae.make_train_dataset(
+            # Checked here, once; fit builds it again at the step it starts from.
+            ssvae.make_train_dataset(
                 dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
                 FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
                 labelled_indices, FLAGS.labelled_batch_size)
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
             raise app.UsageError(str(e))
+
+        def train_ds(start_step):
+            return ssvae.make_train_dataset(
+                dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
+                FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
+                labelled_indices, FLAGS.labelled_batch_size, start_step=start_step)
     else:
-        train_ds = data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
-                                      seed=FLAGS.seed)
+        def train_ds(start_step):
+            return data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
+                                      seed=FLAGS.seed, start_step=start_step)
     n_val = FLAGS.validation_examples
     val_ds = (common.eval_dataset(model, data.take_first(dataset, n_test=n_val))
               if n_val else None)
-    steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
+    run.started()
     start = time.time()
     try:
         training.fit(model, train_ds, steps, out_dir, FLAGS.steps_per_epoch, val_ds,
-                     resume=FLAGS.resume, verbose=FLAGS.verbose)
+                     resume=FLAGS.resume, verbose=FLAGS.verbose, settings=settings)
     except training.NonFiniteLossError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

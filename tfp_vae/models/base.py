@@ -210,6 +210,29 @@ def compile_from_saved_config(model, config):
         model.optimizer.build(model.trainable_variables)
 
 
+def training_seed(seed=None):
+    """A model's `seed` argument as the int it keeps: `seed`, or one drawn from NumPy's global
+    RNG (so `keras.utils.set_random_seed` fixes it too)."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    if int(seed) != seed:
+        raise ValueError(f"seed must be an integer; got {seed!r}.")
+    return int(seed)
+
+
+def step_seed(model):
+    """int32 [2]: the stateless seed of the current training step's random draws (the
+    posterior samples), keyed by the model's `seed` and the optimizer's step count, so that a
+    run resumed from a checkpoint draws exactly what the uninterrupted run would have. Under
+    tf.distribute each replica folds in its id (its examples differ from the others')."""
+    step = tf.cast(tf.convert_to_tensor(model.optimizer.iterations) % (2**31 - 1), tf.int32)
+    seed = tf.stack([tf.constant(model.seed % (2**31 - 1), tf.int32), step])
+    ctx = replica_context()
+    if ctx is not None:
+        seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
+    return seed
+
+
 def apply_gradients(optimizer, grads, variables):
     """`optimizer.apply` on the variables that have a gradient. A variable the loss does not
     reach (the decoder of an SSVAE with gen_weight 0, say) gets None and is left alone; Keras'
@@ -283,14 +306,19 @@ class LatentVariableModel(keras.Model):
         samples, the IWAE paper's estimator).
       iw: number of importance samples for the "iwae" objective.
 
+      seed: keys the training steps' random draws with the step count (see `step_seed`);
+        None draws one (from NumPy's global RNG). Kept in the config.
+
     Metrics (train and test): `loss` (what is minimised), `nelbo`, `kl`, `rec`, and `niwae`
     under the IWAE objective; all are per-example means in nats.
     """
 
     analytic_kl = False
 
-    def __init__(self, z_dim=10, x_dim=784, beta=1.0, objective="elbo", iw=1, **kwargs):
+    def __init__(self, z_dim=10, x_dim=784, beta=1.0, objective="elbo", iw=1, seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.seed = training_seed(seed)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
         if int(iw) < 1:
@@ -376,14 +404,15 @@ class LatentVariableModel(keras.Model):
                                   (tf.constant(0), acc, seed))
         return acc - tf.math.log(tf.cast(m, tf.float32))
 
-    def compute_terms(self, x, training=False):
-        """Per-example [B] tensors: `loss` (minimised) and every reported metric."""
+    def compute_terms(self, x, training=False, seed=None):
+        """Per-example [B] tensors: `loss` (minimised) and every reported metric. `seed`: a
+        stateless seed (int32 [2]) for the posterior samples, or None (stateful)."""
         if self.objective == "elbo":
-            terms = self.elbo_terms(x)
+            terms = self.elbo_terms(x, seed=seed)
             terms["loss"] = objectives.negative_elbo(-terms["rec"], terms["kl"], self.beta)
             return terms
         # IWAE: one set of `iw` samples gives the bound; its first sample gives the ELBO terms.
-        q, z, log_lik, log_prior, log_post = self._importance_samples(x, self.iw)
+        q, z, log_lik, log_prior, log_post = self._importance_samples(x, self.iw, seed)
         niwae = -objectives.iwae_bound(log_lik, log_prior, log_post)
         kl = (self.kl(q, z[0]) if self.analytic_kl
               else objectives.monte_carlo_kl(log_post[0], log_prior[0]))
@@ -439,7 +468,7 @@ class LatentVariableModel(keras.Model):
         problem = image_problem(x)
 
         def losses():
-            terms = self.compute_terms(x, training=True)
+            terms = self.compute_terms(x, training=True, seed=step_seed(self))
             return tf.reduce_mean(terms["loss"]), terms
 
         guarded_update(self, problem, losses, self._record)
@@ -468,7 +497,7 @@ class LatentVariableModel(keras.Model):
         (global_batch,) = global_counts(ctx, tf.shape(x)[0])
 
         def losses():
-            terms = self.compute_terms(x, training=True)
+            terms = self.compute_terms(x, training=True, seed=step_seed(self))
             return tf.reduce_sum(terms["loss"]) / global_batch, terms
 
         return self._record(gradient_step(self, losses), ctx)
@@ -479,7 +508,7 @@ class LatentVariableModel(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "z_dim": self.z_dim, "x_dim": self.x_dim,
-                "beta": self.beta, "objective": self.objective, "iw": self.iw}
+                "beta": self.beta, "objective": self.objective, "iw": self.iw, "seed": self.seed}
 
     # ---- uses -----------------------------------------------------------------------------------
 
@@ -547,7 +576,7 @@ class LatentVariableModel(keras.Model):
             x = check_images(x, self.x_dim)
 
             def losses():
-                terms = self.compute_terms(x, training=True)
+                terms = self.compute_terms(x, training=True, seed=step_seed(self))
                 return tf.reduce_mean(terms["loss"]), terms
 
             return training_outputs(self, gradient_step(self, losses))

@@ -44,7 +44,8 @@ from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, build_at_const
                                  compiled_update, enforce, first_problem, global_counts,
                                  global_results, gradient_step, guarded_update, image_problem,
                                  raise_on_problem, replica_context, resolve_jit_compile,
-                                 symbolic_build_under_strategy, training_outputs)
+                                 step_seed, symbolic_build_under_strategy, training_outputs,
+                                 training_seed)
 
 tfd = tfp.distributions
 
@@ -269,7 +270,7 @@ def _check_uint8_images(images, labels):
 
 def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_size=97, seed=0,
                        binarization="dynamic", labelled_binarization=None,
-                       labelled_indices=None, labelled_batch_size=None):
+                       labelled_indices=None, labelled_batch_size=None, start_step=0):
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
     `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
@@ -277,7 +278,9 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
     `labelled_batch_size` examples drawn from it with replacement (as the paper's labelled
     minibatches; for large batches); the remaining images come as shuffled unlabelled batches
     of `batch_size` (`data.train_dataset`; their labels are never used). With "dynamic"
-    binarisation both get a fresh Bernoulli draw at every step.
+    binarisation both get a fresh Bernoulli draw at every step. Every draw comes from a
+    stateless RNG keyed by `seed` and the step, so `start_step` gives the stream from that step
+    on (a resumed run's), the same as the whole stream's.
 
     Args:
       images: uint8 [N, 28, 28] (or [N, 784]).
@@ -307,33 +310,34 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
     images = _check_uint8_images(images, labels)
     if binarization not in ("dynamic", "static", "none"):
         raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
-    unlabelled_ds = data.train_dataset(images[unlabelled], batch_size, binarization, seed=seed)
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    unlabelled_ds = data.train_dataset(images[unlabelled], batch_size, binarization, seed=seed,
+                                       start_step=start_step)
     x_l, y_l = images[labelled], labels[labelled].astype(np.int32)
     binarization = labelled_binarization or binarization
     if binarization not in ("dynamic", "static", "none"):
         raise ValueError(f"labelled_binarization must be dynamic, static or none; got "
                          f"{binarization!r}.")
-    if binarization == "dynamic":
-        # Another op seed than the unlabelled stream's, so the two draws are not correlated.
-        label_seed_op = None if seed is None else seed + 1
-        binarize = lambda x: data.dynamic_binarize(x, label_seed_op)  # noqa: E731
-    else:
+    if binarization != "dynamic":
         x_l = data.binarize_static(x_l) if binarization == "static" else data.flatten(x_l)
-        binarize = tf.identity
-    if labelled_batch_size is None:
-        labelled_ds = tf.data.Dataset.from_tensors((x_l, y_l)).repeat().map(
-            lambda x, y: (binarize(x), y))
-    else:
-        table_x, table_y = tf.constant(x_l), tf.constant(y_l)
-        draw_seed = np.int64(0 if seed is None else seed) + 2  # Not the other streams' keys.
+    table_x, table_y = tf.constant(x_l), tf.constant(y_l)
+    seed = np.int64(seed)
 
-        def draw(step):
+    def labelled(step):
+        if labelled_batch_size is None:
+            x, y = table_x, table_y
+        else:
             idx = tf.random.stateless_uniform([int(labelled_batch_size)],
-                                              tf.stack([draw_seed, step]), 0, len(y_l),
+                                              tf.stack([seed + 2, step]), 0, len(y_l),
                                               dtype=tf.int64)
-            return binarize(tf.gather(table_x, idx)), tf.gather(table_y, idx)
+            x, y = tf.gather(table_x, idx), tf.gather(table_y, idx)
+        if binarization == "dynamic":
+            # Keys apart from the unlabelled stream's (step, seed + 1) and the draw's.
+            x = data.dynamic_binarize(x, tf.stack([seed + 3, step]))
+        return x, y
 
-        labelled_ds = tf.data.Dataset.range(np.iinfo(np.int64).max).map(draw)
+    labelled_ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max).map(labelled)
     return tf.data.Dataset.zip((unlabelled_ds, labelled_ds)).prefetch(tf.data.AUTOTUNE)
 
 
@@ -416,8 +420,9 @@ class SSVAE(keras.Model):
     def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
                  activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
                  gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=784,
-                 labelled_bound=True, likelihood="bernoulli", **kwargs):
+                 labelled_bound=True, likelihood="bernoulli", seed=None, **kwargs):
         super().__init__(**kwargs)
+        self.seed = training_seed(seed)
         if int(z_dim) < 1:
             raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
         if int(num_classes) < 2:
@@ -604,7 +609,8 @@ class SSVAE(keras.Model):
     LABELLED_TERMS = ("class_loss", "accuracy", "labelled_nelbo")
     UNLABELLED_TERMS = ("nelbo", "rec", "kl_z", "kl_y")
 
-    def per_example_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True):
+    def per_example_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True,
+                           seed=None):
         """The training terms per example, before averaging: dict of `class_loss`
         (-log q(y|x)), `accuracy` (0/1) and `labelled_nelbo` (-L(x, y)), each [L], and `nelbo`
         (-U(x)), `rec`, `kl_z`, `kl_y`, each [B]. The bound terms are left out when gen_weight
@@ -612,11 +618,13 @@ class SSVAE(keras.Model):
 
         Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]); only their
         shapes when `check_values` is False (the fused update checks values, `_fused_update`).
+        `seed`: a stateless seed (int32 [2]) for every random draw, or None (stateful).
         """
-        x_u = self._inputs(unlabelled_x, sample=True, check_values=check_values)
+        seeds = [None] * 4 if seed is None else tfp.random.split_seed(seed, 4)
+        x_u = self._inputs(unlabelled_x, sample=True, seed=seeds[0], check_values=check_values)
         # Without the labelled bound the labelled images only feed the classifier: grayscale is
         # allowed then.
-        x_l = self._inputs(labelled_x, binary=self.labelled_bound, sample=True,
+        x_l = self._inputs(labelled_x, binary=self.labelled_bound, sample=True, seed=seeds[1],
                            check_values=check_values)
         y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes, check_values)
         logits_l = self._classifier_logits(x_l)
@@ -625,10 +633,10 @@ class SSVAE(keras.Model):
                                    tf.float32)}
         if self.gen_weight == 0:
             return out
-        unlabelled = self.unlabelled_terms(x_u)
+        unlabelled = self.unlabelled_terms(x_u, seeds[2])
         out.update({name: unlabelled[name] for name in self.UNLABELLED_TERMS})
         if self.labelled_bound:
-            out["labelled_nelbo"] = self.labelled_terms(x_l, y_l)["nelbo"]
+            out["labelled_nelbo"] = self.labelled_terms(x_l, y_l, seeds[3])["nelbo"]
         return out
 
     def _loss_of(self, means):
@@ -639,14 +647,15 @@ class SSVAE(keras.Model):
         bounds = means["nelbo"] + (means["labelled_nelbo"] if self.labelled_bound else 0.0)
         return loss + self.gen_weight * bounds
 
-    def compute_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True):
+    def compute_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True,
+                       seed=None):
         """The training loss and every train metric, as scalars (means over each set).
 
         Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]); see
-        `per_example_losses` for `check_values`.
+        `per_example_losses` for `check_values` and `seed`.
         """
         out = {name: tf.reduce_mean(t) for name, t in self.per_example_losses(
-            unlabelled_x, labelled_x, labelled_y, check_values).items()}
+            unlabelled_x, labelled_x, labelled_y, check_values, seed).items()}
         out["loss"] = self._loss_of(out)
         return out
 
@@ -662,7 +671,8 @@ class SSVAE(keras.Model):
         alike. For the `loss` metric each replica records its share times the number of
         replicas, so the pooled mean over replicas is the global loss.
         """
-        terms = self.per_example_losses(unlabelled_x, labelled_x, labelled_y)
+        terms = self.per_example_losses(unlabelled_x, labelled_x, labelled_y,
+                                        seed=step_seed(self))
         n_u, n_l = global_counts(ctx, tf.shape(tf.convert_to_tensor(unlabelled_x))[0],
                                  tf.shape(tf.convert_to_tensor(labelled_x))[0])
         means = {name: tf.reduce_sum(t) / (n_u if name in self.UNLABELLED_TERMS else n_l)
@@ -725,7 +735,8 @@ class SSVAE(keras.Model):
         labels = tf.clip_by_value(labels, 0, self.num_classes - 1)
 
         def losses():
-            values = self.compute_losses(x_u, x_l, labels, check_values=False)
+            values = self.compute_losses(x_u, x_l, labels, check_values=False,
+                                         seed=step_seed(self))
             return values["loss"], values
 
         names = self._train_metric_names()
@@ -809,7 +820,8 @@ class SSVAE(keras.Model):
                 "num_classes": self.num_classes, "gen_weight": self.gen_weight,
                 "class_weight": self.class_weight, "min_variance": self.min_variance,
                 "labelled_bound": self.labelled_bound,
-                "init": self.init, "x_dim": self.x_dim, "likelihood": self.likelihood_name}
+                "init": self.init, "x_dim": self.x_dim, "likelihood": self.likelihood_name,
+                "seed": self.seed}
 
     # ---- uses -------------------------------------------------------------------------------
 
@@ -861,7 +873,8 @@ class SSVAE(keras.Model):
 
         def train_step(unlabelled_x, labelled_x, labelled_y):
             def losses():
-                values = self.compute_losses(unlabelled_x, labelled_x, labelled_y)
+                values = self.compute_losses(unlabelled_x, labelled_x, labelled_y,
+                                             seed=step_seed(self))
                 return values["loss"], values
 
             return training_outputs(self, gradient_step(self, losses))

@@ -1,0 +1,82 @@
+"""A training run's output directory: made safely, held by one process at a time.
+
+`RunDirectory(path)` is a context manager. Entering it creates `path` if needed (a one-line
+`RunDirectoryError` when it cannot: under a file, read-only, ...) and takes the run's lock,
+`path/.lock`: an exclusive `fcntl.flock` on that file, which holds the owner's pid and host. A
+second process on the same directory fails at once, naming the holder. The kernel drops the lock
+when its process dies, however it dies (SIGKILL included), so a stale lock file from a dead run is
+simply taken over. Leaving the context after an exception that happened before `started()` was
+called removes the directory again if this process created it and wrote nothing else in it, so a
+run that failed early (missing data, a bad flag) leaves nothing behind.
+"""
+
+import errno
+import fcntl
+import os
+import socket
+
+LOCK_FILE = ".lock"
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory cannot be used (one line saying why and what to do)."""
+
+
+def _os_reason(e):
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+class RunDirectory:
+    """The lock on a run's output directory; see the module docstring."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._fd = None
+        self._created = False
+        self._started = False
+
+    def __enter__(self):
+        path = self.path
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise RunDirectoryError(f"--out_dir {path} is a file, not a directory; choose "
+                                    "another --out_dir.")
+        self._created = not os.path.exists(path)
+        try:
+            os.makedirs(path, exist_ok=True)
+            fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            where = e.filename or path
+            if e.errno in (errno.ENOTDIR, errno.EEXIST):
+                reason = f"a part of the path ({where}) is a file"
+            else:
+                reason = _os_reason(e)
+            raise RunDirectoryError(f"Cannot write the run directory {path}: {reason}; choose "
+                                    "another --out_dir.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirectoryError(f"{path} is in use by another training run ({holder}); "
+                                    "wait for it to end or choose another --out_dir.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def started(self):
+        """Marks the run as started: from now on the directory stays, whatever happens."""
+        self._started = True
+
+    def __exit__(self, exc_type, exc, tb):
+        lock = os.path.join(self.path, LOCK_FILE)
+        try:
+            if exc_type is not None and self._created and not self._started:
+                if set(os.listdir(self.path)) <= {LOCK_FILE}:
+                    os.remove(lock)
+                    os.rmdir(self.path)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)  # Releases the lock.
+                self._fd = None
+        return False
