@@ -74,7 +74,12 @@ def test_refuses_to_overwrite(tmp_path):
     (path / "keep.txt").write_text("precious")
     with pytest.raises(FileExistsError, match="overwrite"):
         export.export(model, path)
+    # overwrite replaces only a SavedModel: a folder with anything else is never deleted.
+    with pytest.raises(FileExistsError, match="not a SavedModel directory"):
+        export.export(model, path, overwrite=True)
     assert (path / "keep.txt").read_text() == "precious"
-    export.export(model, path, overwrite=True)
-    assert not (path / "keep.txt").exists() and (path / "saved_model.pb").exists()
+    other = tmp_path / "other"
+    export.export(model, other)
+    export.export(model, other, overwrite=True)
+    assert (other / "saved_model.pb").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export")] == []

@@ -258,7 +258,7 @@ def restore(model, directory):
     found = checkpoints(directory)
     if not found:
         raise CheckpointError(f"No checkpoint in {directory}.")
-    (step, path), older = found[0], found[1:]
+    (_, path), older = found[0], found[1:]
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     try:

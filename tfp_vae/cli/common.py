@@ -1,15 +1,13 @@
-"""Pieces the binaries share: quiet TF logging, loading a saved model, the test metrics."""
+"""Pieces the binaries share: quiet TF logging, loading a saved model, the test metrics.
+
+TensorFlow and the package's TF modules are imported inside the functions, after the flags are
+parsed, so that a flag mistake is reported at once (not after TensorFlow's seconds of start-up).
+"""
 
 import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep C++ start-up chatter off the console.
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tfp_vae import data  # noqa: E402
-from tfp_vae import models  # noqa: E402,F401  (registers the model classes for load_model)
 
 MODEL_FILE = "model.keras"
 
@@ -37,14 +35,12 @@ def run_main(main):
     for flag in flags.FLAGS.get_flags_for_module(module.__name__):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
-    from tfp_vae import rundir, training
-
-    expected = (UserError, data.DataError, OSError, rundir.RunDirectoryError,
-                training.CheckpointError)
-
     @functools.wraps(main)
     def wrapped(argv):
         from absl import logging
+
+        _import_tensorflow_quietly()
+
 
         if not flags.FLAGS["verbosity"].present:
             # TF's SavedModel writer logs every function at INFO; keep the console readable.
@@ -53,8 +49,10 @@ def run_main(main):
             return main(argv)
         except app.UsageError as e:
             return _fail(e, " (see --help)")
-        except expected as e:
-            return _fail(e)
+        except Exception as e:  # noqa: BLE001  Re-raised unless it is a user's mistake.
+            if isinstance(e, _user_errors()):
+                return _fail(e)
+            raise
 
     def parse_flags(args):
         try:
@@ -63,6 +61,38 @@ def run_main(main):
             sys.exit(_fail(e, " (see --help)"))
 
     app.run(wrapped, flags_parser=parse_flags)
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with the C++ start-up lines (oneDNN, CUDA drivers, CPU features) kept
+    off the console, which TF_CPP_MIN_LOG_LEVEL does not silence: they are written before TF's
+    logging is set up. TF_CPP_MIN_LOG_LEVEL=0 or 1 shows them."""
+    import sys
+
+    if "tensorflow" in sys.modules or int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) < 2:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _user_errors():
+    """The exception types that report a user's mistake (those of the modules loaded so far:
+    an error of a module not imported cannot have happened)."""
+    import sys
+
+    types = [UserError, OSError]
+    for module, name in (("tfp_vae.data", "DataError"), ("tfp_vae.rundir", "RunDirectoryError"),
+                         ("tfp_vae.training", "CheckpointError")):
+        if module in sys.modules:
+            types.append(getattr(sys.modules[module], name))
+    return tuple(types)
 
 
 def _fail(error, hint=""):
@@ -81,6 +111,10 @@ def load_model(path, compile=True):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No saved model at {path}: pass a .keras file or the --out_dir "
                                 "of a finished `train` run.")
+    import keras
+
+    from tfp_vae import models  # noqa: F401  (registers the model classes for load_model)
+
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # noqa: BLE001  zipfile, h5py, JSON and Keras raise many kinds.
@@ -109,6 +143,8 @@ def is_semi_supervised(model):
 def eval_dataset(model, dataset, batch_size=1000):
     """The test split as the model's test_step takes it: statically binarised images, plus
     labels and grayscale classifier inputs for the SSVAE."""
+    from tfp_vae import data
+
     if is_semi_supervised(model):
         from tfp_vae.models import ssvae
 
@@ -120,6 +156,8 @@ def test_metrics(model, dataset, batch_size=1000):
     """The model's test metrics on the test split (dict of floats). For the SSVAE, `accuracy`
     classifies grayscale images (as the reference does) and `accuracy_binarized` the
     statically binarised ones."""
+    from tfp_vae import data
+
     results = model.evaluate(eval_dataset(model, dataset, batch_size), verbose=0,
                              return_dict=True)
     results = {k: float(v) for k, v in results.items()}
@@ -133,7 +171,9 @@ def test_metrics(model, dataset, batch_size=1000):
 def write_images(model, dataset, out_dir, seed):
     """samples.png (10x10; for the SSVAE a style/content grid: a row per z, a column per class)
     and reconstructions.png (rows alternate 10 test images and their reconstructions)."""
-    from tfp_vae import images
+    import numpy as np
+
+    from tfp_vae import data, images
 
     if is_semi_supervised(model):
         samples = style_grid(model, rows=10, seed=seed)
@@ -149,6 +189,7 @@ def write_images(model, dataset, out_dir, seed):
 def style_grid(model, rows, seed):
     """[rows * K, x_dim] pixel probabilities: row r decodes one fixed z ~ p(z) with y = 0..K-1
     (style held, content varied)."""
+    import numpy as np
     import tensorflow as tf
 
     k = model.num_classes
@@ -175,4 +216,6 @@ def format_table(rows, headers):
 
 
 def seeded_images(model, n, seed):
+    import numpy as np
+
     return np.asarray(model.sample(n, seed=np.array([seed, 1], np.int32)))
