@@ -1,7 +1,8 @@
 """Pieces the binaries share: quiet TF logging, loading a saved model, the test metrics.
 
 TensorFlow and the package's TF modules are imported inside the functions, after the flags are
-parsed, so that a flag mistake is reported at once (not after TensorFlow's seconds of start-up).
+checked (`import_tensorflow_quietly` first), so that a flag mistake is reported at once, not
+after TensorFlow's seconds of start-up.
 """
 
 import json
@@ -39,7 +40,6 @@ def run_main(main):
     def wrapped(argv):
         from absl import logging
 
-        _import_tensorflow_quietly()
 
 
         if not flags.FLAGS["verbosity"].present:
@@ -63,7 +63,7 @@ def run_main(main):
     app.run(wrapped, flags_parser=parse_flags)
 
 
-def _import_tensorflow_quietly():
+def import_tensorflow_quietly():
     """Imports TensorFlow with the C++ start-up lines (oneDNN, CUDA drivers, CPU features) kept
     off the console, which TF_CPP_MIN_LOG_LEVEL does not silence: they are written before TF's
     logging is set up. TF_CPP_MIN_LOG_LEVEL=0 or 1 shows them."""
@@ -111,6 +111,7 @@ def load_model(path, compile=True):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No saved model at {path}: pass a .keras file or the --out_dir "
                                 "of a finished `train` run.")
+    import_tensorflow_quietly()
     import keras
 
     from tfp_vae import models  # noqa: F401  (registers the model classes for load_model)

@@ -44,11 +44,12 @@ def _iw_values():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from tfp_vae import data, evaluation
-
     iw = _iw_values()
     if FLAGS.output_json:
         common.check_output_file(FLAGS.output_json, "output_json")
+    common.import_tensorflow_quietly()
+    from tfp_vae import data, evaluation
+
     model = common.load_model(FLAGS.model_path)
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.examples:

@@ -30,10 +30,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import os
-    from tfp_vae import export
 
     if os.path.lexists(FLAGS.export_dir) and not FLAGS.overwrite:
         raise app.UsageError(f"{FLAGS.export_dir} already exists; pass --overwrite to replace it.")
+    common.import_tensorflow_quietly()
+    from tfp_vae import export
+
     export.check_target(FLAGS.export_dir, FLAGS.overwrite)  # Before the slow load.
     model = common.load_model(FLAGS.model_path)
     if FLAGS.trainable and getattr(model, "optimizer", None) is None:

@@ -25,11 +25,12 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent draws.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common.check_output_file(FLAGS.output, "output")
+    common.import_tensorflow_quietly()
     import numpy as np
 
     from tfp_vae import images
 
-    common.check_output_file(FLAGS.output, "output")
     model = common.load_model(FLAGS.model_path)
     n = FLAGS.rows * 10
     if common.is_semi_supervised(model):

@@ -204,6 +204,7 @@ def main(argv):
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
         raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                              f"--steps_per_epoch={FLAGS.steps_per_epoch}.")
+    common.import_tensorflow_quietly()
     from tfp_vae import training
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).

@@ -6,6 +6,7 @@ objectives, `train_step`/`test_step`, sampling, serving functions) lives here.
 """
 
 import contextlib
+import inspect
 
 import numpy as np
 import keras
@@ -25,43 +26,173 @@ def check_images(x, x_dim, binary=True, check_pixels=True):
     Accepts [B, x_dim], [B, 28, 28] or [B, 28, 28, 1] (reshaped). Raises ValueError naming the
     expected shape for anything else; for pixels that are NaN/Inf, outside [0, 1] or (when
     `binary`) not exactly 0 or 1, raises ValueError eagerly or fails a graph assertion with the
-    same message.
+    same message. In a graph where the rank is not known when tracing (a SavedModel signature
+    takes any shape), the shape is asserted on too, with the same message.
     """
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating and not x.dtype.is_integer and x.dtype != tf.bool:
         raise ValueError(f"Images must be numeric; got dtype {x.dtype.name}.")
     x = tf.cast(x, tf.float32)
-    shape = x.shape
     side = int(round(x_dim ** 0.5))
-    if shape.rank == 2 and shape[-1] == x_dim:
-        pass
-    elif shape.rank in (3, 4) and shape[1:3] == (side, side) and (shape.rank == 3 or shape[3] == 1):
-        x = tf.reshape(x, [-1, x_dim])
-    else:
-        raise ValueError(f"Expected images of shape [batch, {x_dim}] (or [batch, {side}, {side}]); "
-                         f"got shape {tuple(shape)}.")
+    shapes, expected = [(None, x_dim)], f"Expected images of shape [batch, {x_dim}]"
+    if side * side == x_dim:
+        shapes += [(None, side, side), (None, side, side, 1)]
+        expected += f" (or [batch, {side}, {side}])"
+    x = check_shape(x, shapes, expected)
     return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
 
 
-FEATURE_PROBLEM = "Features contain NaN or Inf values; clean the input."
+def shape_text(x):
+    """The shape of tensor `x` written as Python writes a tuple, "(5, 783)": a str when it is
+    known statically, else a string tensor (for a graph assertion's message)."""
+    if x.shape.is_fully_defined():
+        return str(tuple(x.shape))
+    dims = tf.strings.as_string(tf.shape(x))
+    text = tf.strings.reduce_join(dims, separator=", ")
+    text = tf.where(tf.equal(tf.size(dims), 1), tf.strings.join([text, ","]), text)
+    return tf.strings.join(["(", text, ")"])
 
 
-def check_features(x, dim, check_values=True):
-    """Validates a batch of real-valued features and returns it as float32 [B, dim].
+def assert_that(value, ok, parts):
+    """Returns `value` (a tensor or a structure of them) when the bool scalar `ok` holds, else
+    raises ValueError eagerly or fails a graph assertion (behind which `value` then is), with
+    the message `parts` joined: strs, and tensors written by value (strings as they are)."""
+    if tf.executing_eagerly():
+        if not bool(ok):
+            raise ValueError("".join(p if isinstance(p, str) else _eager_text(p) for p in parts))
+        return value
+    message = tf.strings.join([
+        p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
+        for p in parts])
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+        return tf.nest.map_structure(tf.identity, value)
 
-    Raises ValueError for another shape, and (unless `check_values` is False; eagerly, or as a
-    failing graph assertion with the same message) for NaN or Inf values.
+
+def _eager_text(tensor):
+    value = tensor.numpy()
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_shape(x, shapes, expected):
+    """`x` if its shape is one of `shapes` (tuples; None matches any size, as a batch axis),
+    reshaped to the first of them (at most one None); else the error "{expected}; got shape
+    (...).": a ValueError eagerly or when tracing with a known rank (a size that is unknown
+    then fails where `shapes` need a given one, as Keras' steps always checked), else (a graph
+    input of unknown rank, as a SavedModel signature's) a failing graph assertion, which runs
+    before the reshape could fail."""
+    shape = x.shape
+    target = [-1 if d is None else d for d in shapes[0]]
+    if shape.rank is not None:
+        if not _fits(tuple(shape), shapes):
+            raise ValueError(f"{expected}; got shape {tuple(shape)}.")
+        return x if _fits(tuple(shape), shapes[:1]) else tf.reshape(x, target)
+    dims = tf.shape(x)
+    longest = max(len(s) for s in shapes)
+    padded = tf.concat([dims, tf.fill([longest], -1)], axis=0)  # Indexable whatever the rank.
+    ok = tf.constant(False)
+    for s in shapes:
+        match = tf.equal(tf.rank(x), len(s))
+        for i, e in enumerate(s):
+            if e is not None:
+                match = match & tf.equal(padded[i], e)
+        ok = ok | match
+    x = assert_that(x, ok, [f"{expected}; got shape ", shape_text(x), "."])
+    return tf.reshape(x, target)
+
+
+def _fits(dims, shapes):
+    """Whether static dims are one of `shapes` (None there matching any size)."""
+    return any(len(dims) == len(s) and all(e is None or d == e for d, e in zip(dims, s))
+               for s in shapes)
+
+
+def check_count(n, name="n", minimum=0, what="samples"):
+    """A count, such as the number of samples to draw: an integer scalar >= `minimum`, returned
+    as int32 []. Raises ValueError (or asserts in a graph) with a sentence naming `name`."""
+    n = tf.convert_to_tensor(n)
+    if not n.dtype.is_integer:
+        raise ValueError(f"{name} must be an integer (the number of {what}); got dtype "
+                         f"{n.dtype.name}.")
+    n = check_shape(tf.cast(n, tf.int32), [()],
+                    f"{name} must be a single integer (the number of {what}), shape []")
+    return assert_that(n, n >= minimum,
+                       [f"{name} must be >= {minimum} (the number of {what}); got ", n, "."])
+
+
+def check_seed(seed):
+    """A stateless seed: two integers, returned as int32 [2]. Raises ValueError (or asserts in a
+    graph) naming the expected shape for anything else."""
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise ValueError(f"seed must be two integers, e.g. [0, 0]; got dtype {seed.dtype.name}.")
+    return check_shape(tf.cast(seed, tf.int32), [(2,)],
+                       "seed must be two integers, shape [2], e.g. [0, 0]")
+
+
+def padded_batch(fn, x, *args):
+    """`fn(x, *args)`, a dict of tensors with x's batch axis first, also for an empty batch x
+    (checked, [B, d]): TFP's stateless samplers divide by the batch size, so an empty batch goes
+    through as one all-zero row (a valid image) whose results are dropped. Any other batch goes
+    through as it is."""
+    size = tf.shape(x)[0]
+    padded = tf.pad(x, [[0, tf.maximum(1 - size, 0)], [0, 0]])
+    return {name: value[:size] for name, value in fn(padded, *args).items()}
+
+
+def check_array(x, check, rows=8192):
+    """Runs `check` (eager, raising ValueError) on `x` when it is data in memory, a NumPy array
+    or an eager tensor, `rows` rows at a time (no copy of a large array); anything else (a
+    tf.data.Dataset, a generator) is left to the step's own checks. For `fit`/`evaluate`, so
+    that bad arrays fail with the check's sentence before the first step."""
+    if not (isinstance(x, np.ndarray) or (tf.is_tensor(x) and tf.executing_eagerly())):
+        return
+    if len(x.shape) == 0:
+        check(x)
+        return
+    for start in range(0, max(int(x.shape[0]), 1), rows):
+        check(x[start:start + rows])
+
+
+def call_arguments(method, model, args, kwargs):
+    """The arguments of `method(model, *args, **kwargs)` by name (those passed), or {} when they
+    do not bind (the method itself then says why)."""
+    try:
+        return inspect.signature(method).bind(model, *args, **kwargs).arguments
+    except TypeError:
+        return {}
+
+
+def validation_inputs(validation_data):
+    """The inputs (x) of `fit`'s validation_data: the array itself, or the first of a tuple."""
+    if isinstance(validation_data, (tuple, list)):
+        return validation_data[0] if validation_data else None
+    return validation_data
+
+
+def non_finite_problem(name="features"):
+    """The message for NaN or Inf values among `name` (plural: "features", "latents")."""
+    return f"{name.capitalize()} contain NaN or Inf values; clean the input."
+
+
+FEATURE_PROBLEM = non_finite_problem("features")
+
+
+def check_features(x, dim, check_values=True, name="features"):
+    """Validates a batch of real-valued features (or latents: `name`) and returns it as float32
+    [B, dim].
+
+    Raises ValueError for another shape (or asserts on it in a graph, as `check_images`), and
+    (unless `check_values` is False; eagerly, or as a failing graph assertion with the same
+    message) for NaN or Inf values.
     """
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating and not x.dtype.is_integer:
-        raise ValueError(f"Features must be numeric; got dtype {x.dtype.name}.")
-    x = tf.cast(x, tf.float32)
-    if x.shape.rank != 2 or x.shape[-1] != dim:
-        raise ValueError(f"Expected features of shape [batch, {dim}]; got shape "
-                         f"{tuple(x.shape)}.")
+        raise ValueError(f"{name.capitalize()} must be numeric; got dtype {x.dtype.name}.")
+    x = check_shape(tf.cast(x, tf.float32), [(None, dim)],
+                    f"Expected {name} of shape [batch, {dim}]")
     if not check_values:
         return x
-    return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)), FEATURE_PROBLEM)])
+    return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)), non_finite_problem(name))])
 
 
 IMAGE_PROBLEMS = (
@@ -506,6 +637,26 @@ class LatentVariableModel(keras.Model):
         x = check_images(self._images_of(data), self.x_dim)
         return self._record(self.compute_terms(x, training=False), replica_context())
 
+    def fit(self, *args, **kwargs):
+        """Keras' `fit`. Images given as arrays (x, validation_data's x; NumPy or eager tensors)
+        are checked up front, as `check_images` checks them, so that uint8 or grayscale pixels
+        fail with its ValueError before the first step; datasets are checked in the step."""
+        arguments = call_arguments(keras.Model.fit, self, args, kwargs)
+        self._check_image_arrays(arguments.get("x"))
+        self._check_image_arrays(validation_inputs(arguments.get("validation_data")))
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras' `evaluate`, with array images checked up front (see `fit`; not again when
+        `fit` evaluates its validation data, which it checked)."""
+        if not kwargs.get("_use_cached_eval_dataset"):
+            self._check_image_arrays(
+                call_arguments(keras.Model.evaluate, self, args, kwargs).get("x"))
+        return super().evaluate(*args, **kwargs)
+
+    def _check_image_arrays(self, x):
+        check_array(self._images_of(x), lambda rows: check_images(rows, self.x_dim))
+
     def get_config(self):
         return {**super().get_config(), "z_dim": self.z_dim, "x_dim": self.x_dim,
                 "beta": self.beta, "objective": self.objective, "iw": self.iw, "seed": self.seed}
@@ -527,31 +678,45 @@ class LatentVariableModel(keras.Model):
         return self.decode(self.encode(x).mean()).mean()
 
     def serving_functions(self):
-        """name -> (function, input_signature) for the SavedModel (see tfp_vae.export)."""
-        x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
-        z = tf.TensorSpec([None, self.z_dim], tf.float32, name="z")
-        n = tf.TensorSpec([], tf.int32, name="n")
-        m = tf.TensorSpec([], tf.int32, name="m")
-        seed = tf.TensorSpec([2], tf.int32, name="seed")
+        """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
+
+        Every input is checked in the graph (a bad one raises tf.errors.InvalidArgumentError
+        whose message is the sentence `check_images` & co. raise in Python): `x` float32 images
+        [B, x_dim] (or [B, 28, 28]; binary for `elbo` and `log_likelihood`, grayscale in [0, 1]
+        allowed for `encode`), `z` finite float32 latents [B, z_dim], `n` an int32 scalar >= 0,
+        `m` one >= 1, `seed` int32 [2]. The specs leave the shapes open so that a wrong shape
+        reaches the check (and its message) rather than TensorFlow's signature matching. An
+        empty batch (B = 0, n = 0) gives empty outputs of the usual trailing shapes.
+        """
+        x = tf.TensorSpec(None, tf.float32, name="x")
+        z = tf.TensorSpec(None, tf.float32, name="z")
+        n = tf.TensorSpec(None, tf.int32, name="n")
+        m = tf.TensorSpec(None, tf.int32, name="m")
+        seed = tf.TensorSpec(None, tf.int32, name="seed")
 
         def encode(x):
-            q = self.encode(x)
+            q = self.encode(check_images(x, self.x_dim, binary=False))
             return {"mean": q.mean(), "variance": q.variance()}
 
         def decode(z):
-            p = self.decode(z)
+            p = self.decode(check_features(z, self.z_dim, name="latents"))
             return {"probs": p.mean(), "logits": p.distribution.logits}
 
         def sample(n):
-            z = self.prior().sample(n)
+            z = self.prior().sample(check_count(n))
             return {"images": self.decode(z).mean(), "z": z}
 
         def elbo(x, seed):
-            terms = self.elbo_terms(check_images(x, self.x_dim), seed=seed)
-            return {"elbo": -terms["nelbo"], "kl": terms["kl"], "rec": terms["rec"]}
+            def bound(x, seed):
+                terms = self.elbo_terms(x, seed=seed)
+                return {"elbo": -terms["nelbo"], "kl": terms["kl"], "rec": terms["rec"]}
+
+            return padded_batch(bound, check_images(x, self.x_dim), check_seed(seed))
 
         def log_likelihood(x, m, seed):
-            return {"log_likelihood": self.iwae(x, m, seed=seed)}
+            m = check_count(m, "m", minimum=1, what="importance samples")
+            return padded_batch(lambda x, seed: {"log_likelihood": self.iwae(x, m, seed=seed)},
+                                check_images(x, self.x_dim), check_seed(seed))
 
         return {"encode": (encode, [x]), "decode": (decode, [z]), "sample": (sample, [n]),
                 "elbo": (elbo, [x, seed]), "log_likelihood": (log_likelihood, [x, m, seed])}

@@ -39,13 +39,14 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import data, layers, networks, objectives
-from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, build_at_construction,
-                                 check_features, check_images, compile_from_saved_config,
-                                 compiled_update, enforce, first_problem, global_counts,
-                                 global_results, gradient_step, guarded_update, image_problem,
-                                 raise_on_problem, replica_context, resolve_jit_compile,
-                                 step_seed, symbolic_build_under_strategy, training_outputs,
-                                 training_seed)
+from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, assert_that,
+                                 build_at_construction, call_arguments, check_array, check_count,
+                                 check_features, check_images, check_seed,
+                                 compile_from_saved_config, compiled_update, enforce,
+                                 first_problem, global_counts, global_results, gradient_step,
+                                 guarded_update, image_problem, padded_batch, raise_on_problem,
+                                 replica_context, resolve_jit_compile, step_seed,
+                                 symbolic_build_under_strategy, training_outputs, training_seed)
 
 tfd = tfp.distributions
 
@@ -809,6 +810,19 @@ class SSVAE(keras.Model):
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
         return self._record(values, self.TEST_METRICS, replica_context())
 
+    def evaluate(self, *args, **kwargs):
+        """Keras' `evaluate`. Arrays (NumPy or eager tensors) of inputs and labels, (x, y) or
+        ((x_binary, x_for_classifier), y), are checked up front as `test_step` checks them, so
+        that bad pixels or labels fail with their ValueError before the first step."""
+        arguments = call_arguments(keras.Model.evaluate, self, args, kwargs)
+        x = arguments.get("x")
+        x_bound, x_class = x if isinstance(x, (tuple, list)) and len(x) == 2 else (x, x)
+        for inputs, binary in ((x_bound, True), (x_class, False)):
+            check_array(inputs, lambda rows, binary=binary: raise_on_problem(
+                None, self._value_problem(self._raw_inputs(rows), binary), self.input_problems))
+        check_array(arguments.get("y"), lambda rows: check_labels(rows, self.num_classes))
+        return super().evaluate(*args, **kwargs)
+
     def call(self, x, training=False):
         """Class probabilities q(y|x) [B, K] (see `classify`)."""
         return self.classify(x)
@@ -884,13 +898,19 @@ class SSVAE(keras.Model):
     def serving_functions(self):
         """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
 
-        `classify` comes first (the serving default). Labels are int32 class indices.
+        `classify` comes first (the serving default). Labels are int32 class indices. Every
+        input is checked in the graph, as the base class's signatures check theirs (a bad one
+        raises tf.errors.InvalidArgumentError with the Python API's sentence): `x` images
+        [B, input_dim] (binary for `elbo`, grayscale allowed elsewhere), `z` finite latents
+        [B, z_dim], `y` labels in 0..K-1 (one per example; for `sample` one per sample or a
+        single one for all), `n` >= 0, `seed` int32 [2]. An empty batch (B = 0, n = 0) gives
+        empty outputs.
         """
-        x = tf.TensorSpec([None, self.input_dim], tf.float32, name="x")
-        z = tf.TensorSpec([None, self.z_dim], tf.float32, name="z")
+        x = tf.TensorSpec(None, tf.float32, name="x")
+        z = tf.TensorSpec(None, tf.float32, name="z")
         y = tf.TensorSpec([None], tf.int32, name="y")
-        n = tf.TensorSpec([], tf.int32, name="n")
-        seed = tf.TensorSpec([2], tf.int32, name="seed")
+        n = tf.TensorSpec(None, tf.int32, name="n")
+        seed = tf.TensorSpec(None, tf.int32, name="seed")
 
         def classify(x):
             return {"probs": self.classify(x)}
@@ -900,19 +920,27 @@ class SSVAE(keras.Model):
             return {"mean": q.mean(), "variance": q.variance()}
 
         def decode(z, y):
-            p = self.decode(z, y)
+            p = self.decode(check_features(z, self.z_dim, name="latents"), y)
             if self.likelihood_name == "bernoulli":
                 return {"probs": p.mean(), "logits": p.distribution.logits}
             return {"mean": p.mean(), "variance": p.variance(), "observed": self._observed(p)}
 
         def sample(n, y):
             # y: one label per sample, or a single label ([1]) for all n.
+            n = check_count(n)
+            y = assert_that(y, (tf.size(y) == 1) | (tf.size(y) == n),
+                            ["y must hold one label per sample (n = ", n, ") or a single label "
+                             "for all of them; got ", tf.size(y), " labels."])
             return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])))}
 
         def elbo(x, seed):
-            terms = self.bound_terms(x, seed=seed)
-            return {"elbo": -terms["nelbo"], "kl_z": terms["kl_z"], "kl_y": terms["kl_y"],
-                    "rec": terms["rec"]}
+            def bound(x, seed):
+                terms = self.bound_terms(x, seed=seed)
+                return {"elbo": -terms["nelbo"], "kl_z": terms["kl_z"], "kl_y": terms["kl_y"],
+                        "rec": terms["rec"]}
+
+            # The shape is checked here (for the padding), the values by bound_terms.
+            return padded_batch(bound, self._raw_inputs(x), check_seed(seed))
 
         return {"classify": (classify, [x]), "encode": (encode, [x, y]),
                 "decode": (decode, [z, y]), "sample": (sample, [n, y]),
