@@ -33,3 +33,19 @@ def keras_seed():
     seed = 1234
     keras.utils.set_random_seed(seed)
     return seed
+
+
+def _read_h5(path):
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.fixture
+def h5_arrays():
+    """A function: an HDF5 file (a Keras weights file) -> {dataset name: array}."""
+    return _read_h5

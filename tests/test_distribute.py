@@ -73,17 +73,7 @@ def _free_ports(n):
             s.close()
 
 
-def _h5_arrays(path):
-    import h5py
-
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return arrays
-
-
-def test_multi_worker_training_keeps_workers_identical(tmp_path):
+def test_multi_worker_training_keeps_workers_identical(tmp_path, h5_arrays):
     """Two `bin/train --strategy=multi_worker` processes on localhost (TF_CONFIG with two
     127.0.0.1 ports) train 200 steps together; both end with identical weights and optimizer
     state, the chief writing to --out_dir and worker 1 to --out_dir/worker-1."""
@@ -120,7 +110,7 @@ def test_multi_worker_training_keeps_workers_identical(tmp_path):
         metrics = json.loads((d / "metrics.json").read_text())
         assert metrics["steps"] == 200 and metrics["replicas"] == 2, metrics
         assert metrics["strategy"] == "multi_worker" and np.isfinite(metrics["nelbo"])
-    chief, other = (_h5_arrays(d / "checkpoints" / "step-000000200" / "weights.weights.h5") for d in dirs)
+    chief, other = (h5_arrays(d / "checkpoints" / "step-000000200" / "weights.weights.h5") for d in dirs)
     assert chief.keys() == other.keys() and len(chief) > 10
     assert any("optimizer" in name for name in chief)
     for name, value in chief.items():

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
@@ -79,13 +78,8 @@ def _train(*args, kill=None, timeout=240):
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
 
 
-def _weights(run_dir, step):
-    path = os.path.join(run_dir, "checkpoints", f"step-{step:09d}", "weights.weights.h5")
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return arrays
+def _weights_file(run_dir, step):
+    return os.path.join(run_dir, "checkpoints", f"step-{step:09d}", "weights.weights.h5")
 
 
 def _one_line_error(result):
@@ -115,7 +109,7 @@ def whole_run(data_dir, tmp_path_factory):
     return out
 
 
-def test_killed_anywhere_resumes_to_the_same_weights(whole_run, data_dir, tmp_path):
+def test_killed_anywhere_resumes_to_the_same_weights(whole_run, data_dir, tmp_path, h5_arrays):
     out = str(tmp_path / "run")
     args = (*_FLAGS, "--steps=40", f"--data_dir={data_dir}", f"--out_dir={out}")
     ckpt = os.path.join(out, "checkpoints")
@@ -133,7 +127,7 @@ def test_killed_anywhere_resumes_to_the_same_weights(whole_run, data_dir, tmp_pa
     assert not [n for n in os.listdir(ckpt) if n.startswith(".tmp-")]  # Staging cleared.
     assert [s for s, _ in training.checkpoints(ckpt)] == [40, 30]  # Only the newest two kept.
     assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 40
-    whole, resumed = _weights(whole_run, 40), _weights(out, 40)
+    whole, resumed = (h5_arrays(_weights_file(d, 40)) for d in (whole_run, out))
     assert whole.keys() == resumed.keys() and any("optimizer" in k for k in whole)
     for name, value in whole.items():
         # The same updates on the same batches with the same noise: equal to float rounding.

@@ -674,8 +674,8 @@ class LatentVariableModel(keras.Model):
         return self.decode(self.encode(x).mean()).mean()
 
     def call(self, x, training=False):
-        """Reconstruction probabilities [B, x_dim] (see `reconstruct`)."""
-        return self.decode(self.encode(x).mean()).mean()
+        """Reconstruction probabilities [B, x_dim] (see `reconstruct`; `predict` calls it)."""
+        return self.reconstruct(x)
 
     def serving_functions(self):
         """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
