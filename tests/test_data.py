@@ -1,11 +1,14 @@
 """Tests for tfp_vae.data: IDX parsing, where the files are found, binarisation, pipelines.
 
-Everything runs on small synthetic IDX/npz files written under tmp_path; HOME and KERAS_HOME are
-redirected there and keras.utils.get_file is replaced, so nothing touches the real ~/.keras or
-the network. Only test_real_mnist reads the real data (and skips without it).
+Everything runs on small synthetic IDX/npz files written under tmp_path; HOME, KERAS_HOME and
+Debian's /usr/share/datasets are redirected there and keras.utils.get_file is replaced, so
+nothing touches the real ~/.keras, /usr/share/datasets or the network. Synthetic arrays stand in
+for the published datasets by registering their checksums (`register_known`). Only the tests
+at the end read the real data (and skip without it).
 """
 
 import gzip
+import hashlib
 import os
 import struct
 import types
@@ -83,12 +86,15 @@ def assert_same(ds, arrays):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """No $TFP_VAE_DATA_DIR, HOME and KERAS_HOME under tmp_path, get_file raising."""
+    """No $TFP_VAE_DATA_DIR; HOME, KERAS_HOME and the Debian datasets folder under tmp_path;
+    get_file raising."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("KERAS_HOME", str(home / ".keras"))
     monkeypatch.delenv(data.ENV_VAR, raising=False)
+    debian = tmp_path / "usr-share-datasets"
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", str(debian))
     calls = []
 
     def no_network(*args, **kwargs):
@@ -96,14 +102,22 @@ def env(tmp_path, monkeypatch):
         raise RuntimeError("network disabled in tests")
 
     monkeypatch.setattr(keras.utils, "get_file", no_network)
-    return types.SimpleNamespace(tmp=tmp_path, home=home,
+    return types.SimpleNamespace(tmp=tmp_path, home=home, debian=debian,
                                  keras_cache=home / ".keras" / "datasets", calls=calls)
 
 
-def skip_if_debian_has(name):
-    for alias in ("mnist",) if name == "mnist" else ("fashion_mnist", "fashion-mnist"):
-        if os.path.isdir(f"/usr/share/datasets/{alias}"):
-            pytest.skip(f"/usr/share/datasets/{alias} exists and would shadow the Keras cache.")
+def register_known(monkeypatch, name, arrays):
+    """Makes `arrays` (make_arrays' dict) count as the published `name` dataset."""
+    known = dict(data._KNOWN_DIGESTS)
+    for key, array in arrays.items():
+        known[hashlib.sha256(np.ascontiguousarray(array, np.uint8).tobytes()).hexdigest()] = (
+            name, key)
+    monkeypatch.setattr(data, "_KNOWN_DIGESTS", known)
+
+
+def sha256_of(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,16 +211,20 @@ def test_read_idx_gz_name_but_not_gzip(tmp_path):
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
 def test_load_idx_directory(env, gz):
-    arrays = write_idx_set(env.tmp / "d", gz=gz)
-    ds = data.load(data_dir=str(env.tmp / "d"), download=False)
+    arrays = write_idx_set(env.tmp / "mnist", gz=gz)
+    ds = data.load(data_dir=str(env.tmp / "mnist"), download=False)
     assert_same(ds, arrays)
-    assert ds.source == str(env.tmp / "d")
+    assert ds.source == str(env.tmp / "mnist")
+    assert ds.identified_as is None  # A user's own copy: accepted, but not the published one.
+    suffix = ".gz" if gz else ""
+    assert ds.files == {str(env.tmp / "mnist" / (stem + suffix)):
+                        sha256_of(env.tmp / "mnist" / (stem + suffix)) for stem in STEMS.values()}
 
 
 def test_load_idx_directory_dotted_names(env):
     """The other common spelling: train-images.idx3-ubyte."""
-    directory = env.tmp / "dotted"
-    directory.mkdir()
+    directory = env.tmp / "dotted" / "mnist"
+    directory.mkdir(parents=True)
     arrays = make_arrays()
     for key, stem in STEMS.items():
         write_bytes(directory / stem.replace("-idx", ".idx"), idx_bytes(arrays[key]), gz=False)
@@ -264,9 +282,8 @@ def test_partial_directory_in_env_var_is_an_error_too(env, monkeypatch):
 
 
 def test_data_dir_beats_env_var_beats_keras_cache(env, monkeypatch):
-    skip_if_debian_has("mnist")
-    explicit = write_idx_set(env.tmp / "explicit", n_train=11, seed=1)
-    from_env = write_idx_set(env.tmp / "env", n_train=13, seed=2)
+    explicit = write_idx_set(env.tmp / "explicit" / "mnist", n_train=11, seed=1)
+    from_env = write_idx_set(env.tmp / "env" / "mnist", n_train=13, seed=2)
     cached = write_npz(env.keras_cache / "mnist.npz", n_train=15, seed=3)
     monkeypatch.setenv(data.ENV_VAR, str(env.tmp / "env"))
 
@@ -280,7 +297,6 @@ def test_data_dir_beats_env_var_beats_keras_cache(env, monkeypatch):
 
 
 def test_keras_cache_follows_keras_home(env, monkeypatch):
-    skip_if_debian_has("mnist")
     other = env.tmp / "other_keras_home"
     cached = write_npz(other / "datasets" / "mnist.npz", n_train=9)
     with pytest.raises(data.DataError):
@@ -290,14 +306,12 @@ def test_keras_cache_follows_keras_home(env, monkeypatch):
 
 
 def test_keras_cache_without_keras_home_uses_home(env, monkeypatch):
-    skip_if_debian_has("mnist")
     monkeypatch.delenv("KERAS_HOME")
     cached = write_npz(env.home / ".keras" / "datasets" / "mnist.npz", n_train=8)
     assert_same(data.load(download=False), cached)
 
 
 def test_keras_cache_idx_subfolder(env):
-    skip_if_debian_has("fashion_mnist")
     arrays = write_idx_set(env.keras_cache / "fashion-mnist", n_train=10)
     assert_same(data.load("fashion_mnist", download=False), arrays)
 
@@ -344,7 +358,7 @@ def test_nothing_found_names_every_place_and_the_download_error(env, monkeypatch
         data.load("mnist", download=True)
     message = str(info.value)
     assert env.calls, "the download was not attempted"
-    for place in (str(env.tmp / "nowhere"), data.ENV_VAR, "/usr/share/datasets/mnist",
+    for place in (str(env.tmp / "nowhere"), data.ENV_VAR, str(env.debian / "mnist"),
                   str(env.keras_cache), "network disabled in tests", "--data_dir"):
         assert place in message, (place, message)
 
@@ -354,7 +368,7 @@ def test_nothing_found_without_download(env):
         data.load("fashion_mnist", download=False)
     message = str(info.value)
     assert not env.calls
-    for place in ("/usr/share/datasets/fashion_mnist", "/usr/share/datasets/fashion-mnist",
+    for place in (str(env.debian / "fashion_mnist"), str(env.debian / "fashion-mnist"),
                   str(env.keras_cache), "download disabled"):
         assert place in message, (place, message)
 
@@ -365,7 +379,6 @@ def test_unknown_dataset_name(env):
 
 
 def test_download_is_the_last_resort(env, monkeypatch):
-    skip_if_debian_has("mnist")
     downloaded = env.tmp / "downloaded" / "mnist.npz"
     arrays = write_npz(downloaded, n_train=6)
     requested = []
@@ -383,7 +396,6 @@ def test_fashion_download_reads_where_get_file_wrote(env, monkeypatch):
     """Keras may cache somewhere other than $KERAS_HOME/datasets (it reads KERAS_HOME once, at
     import, and falls back to /tmp/.keras): the files must be read from where get_file put
     them."""
-    skip_if_debian_has("fashion_mnist")
     keras_dir = env.tmp / "keras_elsewhere"
     arrays = make_arrays(n_train=5)
     stem_key = {stem: key for key, stem in STEMS.items()}
@@ -424,6 +436,276 @@ def test_npz_damaged(env):
     (env.tmp / "npz" / "mnist.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
     with pytest.raises(data.DataError, match="mnist.npz"):
         data.load(data_dir=str(env.tmp / "npz"), download=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Each dataset in its own place: asking for one never returns another
+
+
+def test_debian_folder_is_searched(env):
+    arrays = write_idx_set(env.debian / "fashion-mnist", n_train=9)
+    ds = data.load("fashion_mnist", download=False)
+    assert_same(ds, arrays)
+    assert ds.source == str(env.debian / "fashion-mnist")
+
+
+def test_unnamed_folder_with_the_published_files_is_accepted(env, monkeypatch):
+    """A folder not named after the dataset: accepted when all four arrays are the published
+    dataset's, whatever the compression (here uncompressed)."""
+    arrays = write_idx_set(env.tmp / "somewhere", gz=False)
+    register_known(monkeypatch, "mnist", arrays)
+    ds = data.load("mnist", data_dir=str(env.tmp / "somewhere"), download=False)
+    assert_same(ds, arrays)
+    assert ds.identified_as == "mnist"
+    assert set(ds.files) == {str(env.tmp / "somewhere" / stem) for stem in STEMS.values()}
+
+
+def test_unnamed_folder_with_other_files_is_refused(env, monkeypatch):
+    """Three published files and one of the user's: not the dataset, so not taken from a folder
+    that is not named after it."""
+    arrays = write_idx_set(env.tmp / "somewhere")
+    register_known(monkeypatch, "mnist", arrays)
+    write_bytes(env.tmp / "somewhere" / STEMS["x_test"],
+                idx_bytes(make_arrays(seed=9)["x_test"]), gz=True)
+    with pytest.raises(data.DataError) as info:
+        data.load("mnist", data_dir=str(env.tmp / "somewhere"), download=False)
+    message = str(info.value)
+    assert "not the published MNIST" in message and "folder named mnist/" in message
+    assert "\n" not in message
+    # The same files in a folder named after the dataset: the user's own copy, accepted.
+    os.rename(env.tmp / "somewhere", env.tmp / "mnist")
+    ds = data.load("mnist", data_dir=str(env.tmp / "mnist"), download=False)
+    assert ds.identified_as is None
+
+
+@pytest.mark.parametrize("folder", ["mnist", "fashion_mnist", "fashion-mnist", "elsewhere"])
+def test_fashion_mnist_is_never_mnist(env, monkeypatch, folder):
+    """The issue's bug: --data_dir (or $TFP_VAE_DATA_DIR) at MNIST files gave MNIST for
+    fashion_mnist. Files identified as another dataset are refused in any folder, named after
+    the asked dataset or not, with a sentence saying which dataset they are."""
+    arrays = write_idx_set(env.tmp / "root" / folder)
+    register_known(monkeypatch, "mnist", arrays)
+    directory = str(env.tmp / "root" / folder)
+    with pytest.raises(data.DataError) as info:
+        data.load("fashion_mnist", data_dir=directory, download=False)
+    message = str(info.value)
+    assert "holds MNIST, not Fashion-MNIST" in message and directory in message
+    assert "\n" not in message
+    if folder.startswith("fashion"):  # Through the root: its subfolder named after the dataset.
+        with pytest.raises(data.DataError, match="holds MNIST, not Fashion-MNIST"):
+            data.load("fashion_mnist", data_dir=str(env.tmp / "root"), download=False)
+    if folder in ("mnist", "elsewhere"):  # And they are MNIST, when MNIST is asked for.
+        assert data.load("mnist", data_dir=directory, download=False).identified_as == "mnist"
+
+
+def test_one_swapped_file_is_refused_even_in_a_named_folder(env, monkeypatch):
+    arrays = write_idx_set(env.tmp / "mnist")
+    register_known(monkeypatch, "fashion_mnist", {"y_test": arrays["y_test"]})
+    with pytest.raises(data.DataError) as info:
+        data.load("mnist", data_dir=str(env.tmp / "mnist"), download=False)
+    assert "holds Fashion-MNIST, not MNIST" in str(info.value)
+    assert STEMS["y_test"] in str(info.value) and STEMS["x_train"] not in str(info.value)
+
+
+def test_refused_places_are_passed_over_and_named(env, monkeypatch):
+    """$TFP_VAE_DATA_DIR at MNIST, fashion_mnist asked: the search goes on to the next places;
+    when none has it, the error names every place and why the MNIST files were refused."""
+    mnist = write_idx_set(env.tmp / "shared" / "mnist")
+    register_known(monkeypatch, "mnist", mnist)
+    monkeypatch.setenv(data.ENV_VAR, str(env.tmp / "shared" / "mnist"))
+    with pytest.raises(data.DataError) as info:
+        data.load("fashion_mnist", download=False)
+    message = str(info.value)
+    for place in (data.ENV_VAR, str(env.tmp / "shared" / "mnist"), "holds MNIST, not Fashion-MNIST",
+                  str(env.debian / "fashion-mnist"), str(env.keras_cache), "download disabled"):
+        assert place in message, (place, message)
+    fashion = write_idx_set(env.debian / "fashion-mnist", n_train=8, seed=5)
+    ds = data.load("fashion_mnist", download=False)
+    assert_same(ds, fashion)
+    assert ds.source == str(env.debian / "fashion-mnist")
+    assert_same(data.load("mnist", download=False), mnist)
+
+
+def test_keras_npz_of_another_dataset_is_refused(env, monkeypatch):
+    arrays = write_npz(env.tmp / "d" / "fashion_mnist.npz")
+    register_known(monkeypatch, "mnist", arrays)
+    with pytest.raises(data.DataError, match="holds MNIST, not Fashion-MNIST"):
+        data.load("fashion_mnist", data_dir=str(env.tmp / "d"), download=False)
+
+
+def test_downloaded_files_of_another_dataset_are_refused(env, monkeypatch):
+    arrays = make_arrays(n_train=5)
+    register_known(monkeypatch, "mnist", arrays)
+    stem_key = {stem: key for key, stem in STEMS.items()}
+
+    def fake_get_file(fname, origin, cache_subdir="datasets", **kwargs):
+        directory = env.tmp / "dl" / cache_subdir
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / fname).write_bytes(gzip.compress(idx_bytes(arrays[stem_key[fname[:-3]]])))
+        return str(directory / fname)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    with pytest.raises(data.DataError, match="refused: .* holds MNIST, not Fashion-MNIST"):
+        data.load("fashion_mnist", download=True)
+
+
+def test_checksums_identify_content_not_files(env, monkeypatch):
+    """The same arrays as IDX .gz, plain IDX and a Keras npz are identified alike; `files` holds
+    each file's own SHA-256."""
+    arrays = write_idx_set(env.tmp / "a" / "gz")
+    write_idx_set(env.tmp / "a" / "plain", gz=False)
+    np.savez(env.tmp / "a" / "mnist.npz", **arrays)
+    register_known(monkeypatch, "mnist", arrays)
+    for source in ("gz", "plain"):
+        ds = data.load("mnist", data_dir=str(env.tmp / "a" / source), download=False)
+        assert ds.identified_as == "mnist"
+        for path, digest in ds.files.items():
+            assert os.path.isabs(path) and digest == sha256_of(path)
+    ds = data.load("mnist", data_dir=str(env.tmp / "a"), download=False)
+    assert ds.files == {str(env.tmp / "a" / "mnist.npz"): sha256_of(env.tmp / "a" / "mnist.npz")}
+    assert ds.identified_as == "mnist"
+
+
+def test_known_checksums_table():
+    for name in data.DATASETS:
+        assert set(data.KNOWN_DATASETS[name]) == set(STEMS)
+    digests = [d for table in data.KNOWN_DATASETS.values() for d in table.values()]
+    assert len(set(digests)) == 8 and all(len(d) == 64 for d in digests)
+
+
+# --------------------------------------------------------------------------------------------
+# A user's own npz: npz:PATH
+
+
+def save(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_load_npz_uint8_with_labels(tmp_path):
+    arrays = make_arrays(n_train=10, n_test=4)
+    path = save(tmp_path / "mine.npz", **arrays, extra=np.zeros(3))
+    for ds in (data.load_npz(path), data.load("npz:" + path, download=False)):
+        assert_same(ds, arrays)
+        assert ds.source == path and ds.has_labels and ds.identified_as is None
+        assert ds.files == {path: sha256_of(path)}
+
+
+def test_load_npz_relative_path(tmp_path, monkeypatch):
+    arrays = make_arrays()
+    save(tmp_path / "mine.npz", **arrays)
+    monkeypatch.chdir(tmp_path)
+    ds = data.load("npz:mine.npz")
+    assert_same(ds, arrays)
+    assert ds.files == {str(tmp_path / "mine.npz"): sha256_of(tmp_path / "mine.npz")}
+
+
+def test_load_npz_without_labels(tmp_path):
+    arrays = make_arrays(n_train=10, n_test=4)
+    ds = data.load_npz(save(tmp_path / "x.npz", x_train=arrays["x_train"],
+                            x_test=arrays["x_test"]))
+    np.testing.assert_array_equal(ds.x_train, arrays["x_train"])
+    assert ds.y_train is None and ds.y_test is None and not ds.has_labels
+    small = data.take_first(ds, 3, 2)
+    assert small.x_train.shape == (3, 28, 28) and small.y_train is None
+    assert next(iter(data.train_dataset(ds.x_train, 4, seed=0))).shape == (4, 784)
+
+
+@pytest.mark.parametrize("form", ["flat", "channel", "float", "float16", "int64", "bool"])
+def test_load_npz_converts_to_uint8_images(tmp_path, form):
+    images = make_arrays(n_train=6, n_test=3)
+    x = {k: images[k] for k in ("x_train", "x_test")}
+    if form == "bool":
+        x = {k: v > 127 for k, v in x.items()}
+        expected = {k: (v.astype(np.uint8) * 255) for k, v in x.items()}
+    else:
+        expected = dict(x)
+        convert = {"flat": lambda v: v.reshape(len(v), 784),
+                   "channel": lambda v: v[..., None],
+                   "float": lambda v: v / 255.0,
+                   "float16": lambda v: (v / 255.0).astype(np.float16),
+                   "int64": lambda v: v.astype(np.int64)}[form]
+        x = {k: convert(v) for k, v in x.items()}
+    ds = data.load_npz(save(tmp_path / "x.npz", **x))
+    for key in ("x_train", "x_test"):
+        got = getattr(ds, key)
+        assert got.dtype == np.uint8 and got.shape[1:] == (28, 28)
+        # float16 has 11 bits of mantissa: a pixel may round to a neighbouring level.
+        np.testing.assert_allclose(got, expected[key], atol=1 if form == "float16" else 0)
+
+
+def _bad_npz_cases():
+    a = make_arrays(n_train=6, n_test=3)
+    x = {"x_train": a["x_train"], "x_test": a["x_test"]}
+    y = {"y_train": a["y_train"], "y_test": a["y_test"]}
+    return {
+        "no-x_test": ({"x_train": a["x_train"]}, "missing array"),
+        "x-train-as-X": ({"X_train": a["x_train"], "x_test": a["x_test"]}, "X_train"),
+        "image-size": ({**x, "x_train": a["x_train"][:, :27]}, "expected \\[N, 28, 28\\]"),
+        "one-image": ({**x, "x_test": a["x_test"][0]}, "x_test has shape"),
+        "float-range": ({**x, "x_train": a["x_train"] * 1.0}, "floats from 0 to 255"),
+        "negative-float": ({**x, "x_test": a["x_test"] / 255.0 - 0.5}, "in \\[0, 1\\]"),
+        "nan": ({**x, "x_train": np.full((6, 28, 28), np.nan)}, "NaN"),
+        "int-range": ({**x, "x_train": a["x_train"].astype(np.int32) + 1}, "0..255"),
+        "complex": ({**x, "x_test": a["x_test"].astype(np.complex64)}, "dtype complex64"),
+        "strings": ({**x, "x_test": np.full((3, 28, 28), "a")}, "dtype <U1"),
+        "empty-test": ({**x, "x_test": a["x_test"][:0]}, "test split is empty"),
+        "one-label-array": ({**x, "y_train": a["y_train"]}, "y_train but no y_test"),
+        "float-labels": ({**x, **y, "y_test": a["y_test"] * 1.0}, "labels must be integers"),
+        "one-hot-labels": ({**x, **y, "y_train": np.eye(10)[a["y_train"]].astype(np.int64)},
+                           "not one-hot"),
+        "label-range": ({**x, **y, "y_test": np.full(3, 10)}, "labels outside 0..9"),
+        "label-count": ({**x, **y, "y_train": a["y_train"][:5]}, "6 train images but 5 labels"),
+        "object-array": ({**x, "x_test": np.array([None] * 3, dtype=object)}, "not numeric"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_npz_cases()))
+def test_load_npz_bad_arrays_are_one_line_errors(tmp_path, case):
+    arrays, match = _bad_npz_cases()[case]
+    path = save(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(data.DataError, match=match) as info:
+        data.load("npz:" + path)
+    message = str(info.value)
+    assert "\n" not in message and path in message, message
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "garbage", "npy", "truncated"])
+def test_load_npz_bad_files_are_one_line_errors(tmp_path, case):
+    path = tmp_path / "f.npz"
+    if case == "directory":
+        path.mkdir()
+    elif case == "garbage":
+        path.write_bytes(b"\x80\x04 not an npz, and never unpickled")
+    elif case == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((3, 28, 28), np.uint8))
+    elif case == "truncated":
+        save(path, **make_arrays())
+        path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(data.DataError) as info:
+        data.load_npz(str(path))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+
+
+def test_load_npz_never_unpickles(tmp_path):
+    """A pickled object array would run code on loading if pickles were allowed."""
+    path = tmp_path / "evil.npz"
+    np.savez(path, x_train=np.zeros((2, 28, 28), np.uint8),
+             x_test=np.array([types.SimpleNamespace()], dtype=object))
+    with pytest.raises(data.DataError, match="not numeric"):
+        data.load_npz(str(path))
+
+
+def test_npz_name_mistakes(tmp_path):
+    with pytest.raises(data.DataError, match="npz:PATH"):
+        data.load("npz:")
+    path = save(tmp_path / "x.npz", **make_arrays())
+    with pytest.raises(data.DataError, match="does not apply"):
+        data.load("npz:" + path, data_dir=str(tmp_path))
+    with pytest.raises(data.DataError, match="npz:PATH"):
+        data.load("emnist")
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,3 +898,62 @@ def test_real_mnist(mnist):
     assert abs(mnist.x_train.mean() / 255.0 - 0.1307) < 5e-4
     # Every class has thousands of training examples.
     assert np.bincount(mnist.y_train).min() > 5000
+
+
+# The real Fashion-MNIST: Debian's dataset-fashion-mnist (.ci/run installs it).
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+needs_fashion = pytest.mark.skipif(not os.path.isdir(FASHION_DIR),
+                                   reason=f"{FASHION_DIR} is missing (apt install "
+                                          "dataset-fashion-mnist)")
+
+
+@needs_fashion
+def test_real_fashion_mnist(monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    ds = data.load("fashion_mnist", download=False)
+    assert ds.source == FASHION_DIR and ds.identified_as == "fashion_mnist"
+    assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape == (10000, 28, 28)
+    np.testing.assert_array_equal(np.bincount(ds.y_train), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(ds.y_test), np.full(10, 1000))
+    assert abs(ds.x_train.mean() / 255.0 - 0.2860) < 5e-4  # Fashion-MNIST's (MNIST: 0.1307).
+    assert ds.files == {os.path.join(FASHION_DIR, stem + ".gz"):
+                        sha256_of(os.path.join(FASHION_DIR, stem + ".gz"))
+                        for stem in STEMS.values()}
+
+
+@needs_fashion
+def test_real_fashion_mnist_is_refused_as_mnist(tmp_path):
+    with pytest.raises(data.DataError) as info:
+        data.load("mnist", data_dir=FASHION_DIR, download=False)
+    assert "holds Fashion-MNIST, not MNIST" in str(info.value)
+    # A copy in a folder named after neither is recognised by its content.
+    os.mkdir(tmp_path / "copy")
+    for stem in STEMS.values():
+        os.symlink(os.path.join(FASHION_DIR, stem + ".gz"), tmp_path / "copy" / (stem + ".gz"))
+    ds = data.load("fashion_mnist", data_dir=str(tmp_path / "copy"), download=False)
+    assert ds.identified_as == "fashion_mnist"
+
+
+def test_real_mnist_is_refused_as_fashion_mnist(mnist, tmp_path, monkeypatch):
+    """The issue's reproduction: $TFP_VAE_DATA_DIR (or --data_dir) at the MNIST folder."""
+    assert mnist.identified_as == "mnist"
+    mnist_dir = os.environ[data.ENV_VAR]
+    with pytest.raises(data.DataError, match="holds MNIST, not Fashion-MNIST"):
+        data.load("fashion_mnist", data_dir=mnist_dir, download=False)
+    # Even in a folder named fashion_mnist.
+    os.mkdir(tmp_path / "fashion_mnist")
+    for path in mnist.files:
+        os.symlink(path, tmp_path / "fashion_mnist" / os.path.basename(path))
+    with pytest.raises(data.DataError, match="holds MNIST, not Fashion-MNIST"):
+        data.load("fashion_mnist", data_dir=str(tmp_path), download=False)
+    # Through the environment variable: MNIST passed over, the real Fashion-MNIST (if
+    # installed) found, never MNIST.
+    monkeypatch.setenv(data.ENV_VAR, mnist_dir)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    if os.path.isdir(FASHION_DIR):
+        fashion = data.load("fashion_mnist", download=False)
+        assert fashion.identified_as == "fashion_mnist"
+        assert not np.array_equal(fashion.x_test, mnist.x_test)
+    else:
+        with pytest.raises(data.DataError, match="holds MNIST, not Fashion-MNIST"):
+            data.load("fashion_mnist", download=False)

@@ -1,6 +1,8 @@
 """MNIST-family data: finding the files, parsing them safely, binarising, tf.data pipelines.
 
-Where the files are looked for, in order (the first that holds a complete set wins):
+`load(name)` takes "mnist", "fashion_mnist" or "npz:PATH" (a user's own arrays, see
+`load_npz`). For the two known datasets, the places looked in, in order (the first that holds
+the dataset wins):
 
 1. an explicit ``data_dir`` (the ``--data_dir`` flag of the binaries);
 2. the environment variable ``TFP_VAE_DATA_DIR``;
@@ -8,8 +10,19 @@ Where the files are looked for, in order (the first that holds a complete set wi
 4. the Keras cache ``~/.keras/datasets/`` (``mnist.npz`` or ``<name>/`` with IDX files);
 5. a download through ``keras.utils.get_file`` into the Keras cache (only if ``download``).
 
-A directory "holds" a dataset when it, or its subfolder named after the dataset, has the four
-IDX files (``train-images-idx3-ubyte[.gz]`` ...) or a Keras-style ``<name>.npz``.
+In each place the files are looked for in its subfolder named after the dataset
+(``mnist/``, ``fashion_mnist/`` or ``fashion-mnist/``), then in the place itself: the four IDX
+files (``train-images-idx3-ubyte[.gz]`` ...) or a Keras-style ``<name>.npz``.
+
+A dataset never stands in for another (MNIST and Fashion-MNIST use the same file names). Every
+array's SHA-256 is compared with those of the published datasets (`KNOWN_DATASETS`):
+- files whose content is another known dataset's are refused, wherever they are;
+- files in a folder named after the dataset, or a ``<name>.npz``, are otherwise accepted (a
+  user's own copy or subset);
+- files anywhere else (a folder not named after the dataset) are accepted only if all four are
+  the published dataset's.
+The arrays' digests identify the content whatever the file format or compression; the
+`ImageDataset` also records the SHA-256 of every file read (`files`).
 
 Images are kept as ``uint8`` arrays of shape ``[N, 28, 28]``; models see ``float32`` arrays of
 shape ``[N, 784]`` in {0, 1} after binarisation.
@@ -17,16 +30,20 @@ shape ``[N, 784]`` in {0, 1} after binarisation.
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import struct
+import zipfile
 import zlib
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 ENV_VAR = "TFP_VAE_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist")
+NPZ_PREFIX = "npz:"
+DEBIAN_DATASETS = "/usr/share/datasets"  # Where Debian's dataset-* packages install.
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
@@ -45,10 +62,42 @@ _KERAS_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/
 _KERAS_FASHION_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 # Debian's dataset-fashion-mnist and the Keras cache spell the name with a dash.
 _DIR_ALIASES = {"mnist": ("mnist",), "fashion_mnist": ("fashion_mnist", "fashion-mnist")}
+TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+
+# SHA-256 of each published array's data: the uint8 bytes after the IDX header (images row by
+# row, labels one byte each), which are also the arrays of Keras' mnist.npz. They identify the
+# content whatever the file's compression or format: Debian's fashion-mnist .gz files, for one,
+# are recompressed (their gzip digests differ from the publisher's) but hold the same bytes.
+# For reference, the uncompressed IDX files' SHA-256 (header included) are
+#   MNIST          train-images ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db
+#                  train-labels 65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5
+#                  t10k-images  0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7
+#                  t10k-labels  ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2
+#   Fashion-MNIST  train-images c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888
+#                  train-labels bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9
+#                  t10k-images  5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b
+#                  t10k-labels  0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34
+KNOWN_DATASETS = {
+    "mnist": {
+        "x_train": "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+        "y_train": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+        "x_test": "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+        "y_test": "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5",
+    },
+    "fashion_mnist": {
+        "x_train": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+        "y_train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+        "x_test": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+        "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+    },
+}
+_KNOWN_DIGESTS = {digest: (name, key) for name, arrays in KNOWN_DATASETS.items()
+                  for key, digest in arrays.items()}
 
 
 class DataError(ValueError):
-    """A data file is missing, unreadable or corrupted; the message says which and why."""
+    """A data file is missing, unreadable or corrupted, or holds another dataset than the one
+    asked for; the message says which and why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,46 +105,55 @@ class ImageDataset:
     """Train/test split of a 10-class 28x28 grayscale image dataset.
 
     Attributes:
-      x_train: uint8, shape [60000, 28, 28].
-      y_train: int64, shape [60000].
-      x_test: uint8, shape [10000, 28, 28].
-      y_test: int64, shape [10000].
-      source: where the arrays were read from.
+      x_train: uint8, shape [N, 28, 28] (60000 for MNIST and Fashion-MNIST).
+      y_train: int64, shape [N]; None for a user's npz without labels.
+      x_test: uint8, shape [M, 28, 28] (10000).
+      y_test: int64, shape [M]; None for a user's npz without labels.
+      source: where the arrays were read from (a directory or an .npz file).
+      files: {absolute path: SHA-256 of the file} of every file read.
+      identified_as: "mnist" or "fashion_mnist" when all four arrays are that dataset's
+        published ones (`KNOWN_DATASETS`), else None (a user's own data, or a subset).
     """
 
     x_train: np.ndarray
-    y_train: np.ndarray
+    y_train: Optional[np.ndarray]
     x_test: np.ndarray
-    y_test: np.ndarray
+    y_test: Optional[np.ndarray]
     source: str
+    files: Dict[str, str] = dataclasses.field(default_factory=dict)
+    identified_as: Optional[str] = None
+
+    @property
+    def has_labels(self) -> bool:
+        return self.y_train is not None and self.y_test is not None
 
 
 # --------------------------------------------------------------------------------------------
 # Parsing
 
 
-def _read_bytes(path: str) -> bytes:
+def _one_line(error) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _read_file(path: str) -> Tuple[bytes, str]:
+    """(the file's content, gunzipped if it ends in .gz; the SHA-256 of the file itself)."""
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
         with open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
-        raise DataError(f"Cannot read {path}: {e}. The file is truncated or not gzip; "
-                        "replace it with a fresh copy.") from e
+            blob = f.read()
+    except OSError as e:
+        raise DataError(f"Cannot read {path}: {_one_line(e)}.") from e
+    digest = hashlib.sha256(blob).hexdigest()
+    if path.endswith(".gz"):
+        try:
+            blob = gzip.decompress(blob)
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+            raise DataError(f"Cannot read {path}: {_one_line(e)}. The file is truncated or not "
+                            "gzip; replace it with a fresh copy.") from e
+    return blob, digest
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (images: magic 2051, labels: magic 2049), optionally gzipped.
-
-    Returns:
-      uint8 array of shape [N, rows, cols] for images or [N] for labels.
-
-    Raises:
-      DataError: unreadable file, bad magic number, or fewer bytes than the header promises.
-    """
-    raw = _read_bytes(path)
+def _parse_idx(raw: bytes, path: str) -> np.ndarray:
     if len(raw) < 8:
         raise DataError(f"{path}: only {len(raw)} bytes; an IDX file has at least an 8-byte header.")
     magic, n = struct.unpack(">II", raw[:8])
@@ -116,6 +174,18 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
+def read_idx(path: str) -> np.ndarray:
+    """Reads an IDX file (images: magic 2051, labels: magic 2049), optionally gzipped.
+
+    Returns:
+      uint8 array of shape [N, rows, cols] for images or [N] for labels.
+
+    Raises:
+      DataError: unreadable file, bad magic number, or fewer bytes than the header promises.
+    """
+    return _parse_idx(_read_file(path)[0], path)
+
+
 def _find_file(directory: str, stem: str) -> Optional[str]:
     for candidate in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz",
                       stem.replace("-idx", ".idx")):
@@ -126,60 +196,221 @@ def _find_file(directory: str, stem: str) -> Optional[str]:
 
 
 def _load_idx_dir(directory: str) -> Optional[ImageDataset]:
+    """The four IDX files of `directory`, validated (not yet identified); None if it has none."""
     paths = {key: _find_file(directory, stem) for key, stem in _IDX_FILES.items()}
     if not any(paths.values()):
         return None
     missing = [_IDX_FILES[k] for k, p in paths.items() if p is None]
     if missing:
         raise DataError(f"{directory} holds only part of the dataset; missing: {missing}.")
-    arrays = {key: read_idx(path) for key, path in paths.items()}
-    return _validated(arrays, directory)
+    arrays, files = {}, {}
+    for key, path in paths.items():
+        raw, files[os.path.abspath(path)] = _read_file(path)
+        arrays[key] = _parse_idx(raw, path)
+    return _validated(arrays, directory, files)
+
+
+def _read_npz(path: str, required: Sequence[str]) -> Tuple[Dict[str, np.ndarray], str]:
+    """({key: array} of the _IDX_FILES keys present, the file's SHA-256); never unpickles."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file" +
+                        (" (it is a directory)." if os.path.isdir(path) else "."))
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except ValueError as e:  # Neither zip nor .npy: np.load would have to unpickle it.
+            raise DataError(f"{path} is not an .npz archive (nor any NumPy file); pickled data "
+                            "is never loaded. Save the arrays with np.savez.") from e
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} holds a single array, not an .npz archive; save the arrays "
+                            "with np.savez(path, x_train=..., x_test=...).")
+        with loaded as f:
+            keys = sorted(f.files)
+            missing = [k for k in required if k not in keys]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing}; the file holds {keys}, "
+                                f"expected {list(required)} (and optionally y_train, y_test).")
+            arrays = {}
+            for key in _IDX_FILES:
+                if key in keys:
+                    try:
+                        arrays[key] = f[key]
+                    except ValueError as e:  # An object array: loading it would unpickle.
+                        raise DataError(f"{path}: array {key} is not numeric ({_one_line(e)}); "
+                                        "save plain numeric arrays.") from e
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # Not a zip (np.load refuses to unpickle it), a damaged archive or member.
+        reason = _one_line(e).rstrip(".")
+        raise DataError(f"Cannot read {path} as an .npz archive: {reason}. Supply a fresh copy "
+                        "written by np.savez.") from e
+    return arrays, digest
 
 
 def _load_npz(path: str) -> ImageDataset:
-    try:
-        with np.load(path) as f:
-            arrays = {key: f[key] for key in _IDX_FILES}
-    except KeyError as e:
-        raise DataError(f"{path}: missing array {e}; expected keys {list(_IDX_FILES)}.") from e
-    except Exception as e:  # zipfile/pickle errors from a damaged file.
-        raise DataError(f"Cannot read {path}: {e}. Delete it and supply a fresh copy.") from e
-    return _validated(arrays, path)
+    """A Keras-style `<name>.npz` found in a data folder: all four arrays, as Keras writes."""
+    arrays, digest = _read_npz(path, required=list(_IDX_FILES))
+    return _validated(arrays, path, {os.path.abspath(path): digest})
 
 
-def _validated(arrays, source: str) -> ImageDataset:
+def _npz_images(x: np.ndarray, path: str, key: str) -> np.ndarray:
+    if x.ndim == 2 and x.shape[1] == NUM_PIXELS:
+        x = x.reshape(len(x), *IMAGE_SHAPE)
+    elif x.ndim == 4 and x.shape[1:] == IMAGE_SHAPE + (1,):
+        x = x.reshape(len(x), *IMAGE_SHAPE)
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{path}: {key} has shape {list(x.shape)}; expected [N, 28, 28] or "
+                        "[N, 784] (28x28 grayscale images).")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == np.bool_:
+        return x.astype(np.uint8) * np.uint8(255)
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"{path}: {key} holds integers from {x.min()} to {x.max()}; integer "
+                            "images are intensities 0..255 (give floats in [0, 1] otherwise).")
+        return x.astype(np.uint8)
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{path}: {key} holds NaN or infinite values.")
+        if x.size and (x.min() < 0 or x.max() > 1):
+            raise DataError(f"{path}: {key} holds floats from {x.min():g} to {x.max():g}; float "
+                            "images must lie in [0, 1] (or give uint8 intensities 0..255).")
+        return np.rint(x.astype(np.float64) * 255).astype(np.uint8)
+    raise DataError(f"{path}: {key} has dtype {x.dtype}; expected uint8 intensities 0..255 or "
+                    "floats in [0, 1].")
+
+
+def _npz_labels(y: np.ndarray, path: str, key: str) -> np.ndarray:
+    if y.ndim != 1:
+        raise DataError(f"{path}: {key} has shape {list(y.shape)}; expected [N] class indices "
+                        "0..9 (not one-hot).")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {key} has dtype {y.dtype}; labels must be integers 0..9.")
+    return y
+
+
+def load_npz(path: str) -> ImageDataset:
+    """A user's own dataset from an .npz file, read without unpickling anything.
+
+    The archive holds `x_train` and `x_test`: images of shape [N, 28, 28] (or [N, 784], or
+    [N, 28, 28, 1]) as uint8 (or other integer) intensities 0..255, bool, or floats in [0, 1]
+    (rounded to the nearest 1/255); and optionally `y_train` and `y_test`, both or neither:
+    integer class labels 0..9 of shape [N] (needed by the semi-supervised models only).
+    Other arrays are ignored.
+
+    Returns:
+      An ImageDataset with uint8 [N, 28, 28] images, int64 labels (or None), `files` holding the
+      file's SHA-256, and `identified_as` set when the arrays are a known dataset's.
+
+    Raises:
+      DataError (one line): a missing or unreadable file, a missing array, or arrays of the
+        wrong shape, type or range.
+    """
+    arrays, digest = _read_npz(path, required=("x_train", "x_test"))
+    has = [k for k in ("y_train", "y_test") if k in arrays]
+    if len(has) == 1:
+        other = "y_test" if has == ["y_train"] else "y_train"
+        raise DataError(f"{path} holds {has[0]} but no {other}: give both label arrays or "
+                        "neither.")
+    for key in ("x_train", "x_test"):
+        arrays[key] = _npz_images(arrays[key], path, key)
+    for key in has:
+        arrays[key] = _npz_labels(arrays[key], path, key)
+    ds = _validated(arrays, path, {os.path.abspath(path): digest})
+    return dataclasses.replace(ds, identified_as=_identify(ds)[1])
+
+
+def _validated(arrays, source: str, files: Dict[str, str]) -> ImageDataset:
     for split in ("train", "test"):
-        x, y = arrays["x_" + split], arrays["y_" + split]
+        x, y = arrays["x_" + split], arrays.get("y_" + split)
         if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{source}: {split} images have shape {x.shape}; expected [N, 28, 28].")
-        if x.shape[0] != y.shape[0]:
+        if y is not None and x.shape[0] != y.shape[0]:
             raise DataError(f"{source}: {x.shape[0]} {split} images but {y.shape[0]} labels; "
                             "the files do not belong together.")
         if x.shape[0] == 0:
             raise DataError(f"{source}: the {split} split is empty.")
-        if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        if y is not None and y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
             raise DataError(f"{source}: {split} labels outside 0..9.")
+    labels = {k: None if arrays.get(k) is None else np.asarray(arrays[k], np.int64)
+              for k in ("y_train", "y_test")}
     return ImageDataset(
-        x_train=np.asarray(arrays["x_train"], np.uint8),
-        y_train=np.asarray(arrays["y_train"], np.int64),
-        x_test=np.asarray(arrays["x_test"], np.uint8),
-        y_test=np.asarray(arrays["y_test"], np.int64),
-        source=source)
+        x_train=np.asarray(arrays["x_train"], np.uint8), y_train=labels["y_train"],
+        x_test=np.asarray(arrays["x_test"], np.uint8), y_test=labels["y_test"],
+        source=source, files=files)
+
+
+# --------------------------------------------------------------------------------------------
+# Identification
+
+
+def _array_digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.uint8).data).hexdigest()
+
+
+def _identify(ds: ImageDataset) -> Tuple[Dict[str, str], Optional[str]]:
+    """({array key: the known dataset it is}, the dataset all four are, or None)."""
+    matches = {}
+    for key in _IDX_FILES:
+        array = getattr(ds, key)
+        if array is not None:
+            known = _KNOWN_DIGESTS.get(_array_digest(array))
+            if known is not None:
+                matches[key] = known
+    first = matches.get("x_train", (None,))[0]
+    whole = first if all(matches.get(key) == (first, key) for key in _IDX_FILES) else None
+    return {key: known for key, (known, _) in matches.items()}, whole
+
+
+class _Refused(Exception):
+    """Files found but not accepted as the dataset asked for; the message says why."""
+
+
+def _accepted(ds: ImageDataset, name: str, named: bool) -> ImageDataset:
+    """`ds` as `name`, if its content allows (see the module docstring); else raises _Refused."""
+    matches, whole = _identify(ds)
+    others = sorted({known for known in matches.values() if known != name})
+    if others:
+        files = [_IDX_FILES[key] for key, known in matches.items() if known != name]
+        which = "all four arrays" if len(files) == 4 else ", ".join(files)
+        titles = " and ".join(TITLES[o] for o in others)
+        raise _Refused(f"{ds.source} holds {titles}, not {TITLES[name]}: the checksums of "
+                       f"{which} are those of the published {titles}")
+    if not named and whole != name:
+        raise _Refused(f"{ds.source} is not a folder named after {name} and its files are not "
+                       f"the published {TITLES[name]} (their checksums differ); put your own "
+                       f"copy in a folder named {name}/ or pass npz:PATH")
+    return dataclasses.replace(ds, identified_as=whole)
+
+
+def _named_after(path: str, name: str) -> bool:
+    return os.path.basename(os.path.normpath(path)).lower() in _DIR_ALIASES[name]
 
 
 # --------------------------------------------------------------------------------------------
 # Resolution
 
 
-def _try_directory(root: str, name: str) -> Optional[ImageDataset]:
-    """Looks in root/<name>/ (any alias) first, then root itself."""
-    for sub in _DIR_ALIASES[name]:
-        directory = os.path.join(root, sub)
-        if os.path.isdir(directory):
+def _try_directory(root: str, name: str) -> Tuple[Optional[ImageDataset], List[str]]:
+    """Looks in root/<name>/ (any alias) first, then root itself.
+
+    Returns:
+      (the dataset or None, why files found on the way were refused).
+    """
+    refused = []
+    for directory in [os.path.join(root, sub) for sub in _DIR_ALIASES[name]] + [root]:
+        try:
             found = _try_directory_flat(directory, name)
-            if found is not None:
-                return found
-    return _try_directory_flat(root, name)
+        except _Refused as e:
+            refused.append(str(e))
+            continue
+        if found is not None:
+            return found, refused
+    return None, refused
 
 
 def _try_directory_flat(directory: str, name: str) -> Optional[ImageDataset]:
@@ -187,11 +418,11 @@ def _try_directory_flat(directory: str, name: str) -> Optional[ImageDataset]:
         return None
     found = _load_idx_dir(directory)
     if found is not None:
-        return found
+        return _accepted(found, name, named=_named_after(directory, name))
     for alias in _DIR_ALIASES[name]:
         npz = os.path.join(directory, alias + ".npz")
         if os.path.isfile(npz):
-            return _load_npz(npz)
+            return _accepted(_load_npz(npz), name, named=True)
     return None
 
 
@@ -204,7 +435,7 @@ def _download(name: str) -> ImageDataset:
 
     if name == "mnist":
         path = keras.utils.get_file("mnist.npz", _KERAS_MNIST_URL)
-        return _load_npz(path)
+        return _accepted(_load_npz(path), name, named=True)
     paths = [keras.utils.get_file(stem + ".gz",
                                   _KERAS_FASHION_URL + "fashion-mnist/" + stem + ".gz",
                                   cache_subdir="datasets/fashion-mnist")
@@ -216,7 +447,7 @@ def _download(name: str) -> ImageDataset:
     found = _load_idx_dir(directory)
     if found is None:
         raise DataError(f"Downloaded files not found in {directory}.")
-    return found
+    return _accepted(found, name, named=True)
 
 
 def candidate_dirs(name: str, data_dir: Optional[str] = None) -> List[Tuple[str, str]]:
@@ -227,48 +458,65 @@ def candidate_dirs(name: str, data_dir: Optional[str] = None) -> List[Tuple[str,
     if os.environ.get(ENV_VAR):
         out.append((f"${ENV_VAR}", os.environ[ENV_VAR]))
     for alias in _DIR_ALIASES[name]:
-        out.append(("Debian dataset package", f"/usr/share/datasets/{alias}"))
+        out.append(("Debian dataset package", os.path.join(DEBIAN_DATASETS, alias)))
     out.append(("Keras cache", _keras_cache_dir()))
     return out
 
 
 def load(name: str = "mnist", data_dir: Optional[str] = None,
          download: bool = True) -> ImageDataset:
-    """Loads MNIST or Fashion-MNIST from the first place that has it (see module docstring).
+    """Loads MNIST, Fashion-MNIST or a user's .npz (see the module docstring).
 
     Args:
-      name: "mnist" or "fashion_mnist".
+      name: "mnist", "fashion_mnist", or "npz:PATH" (`load_npz(PATH)`).
       data_dir: a directory to look in before anything else. If given and it does not hold the
-        dataset, that is an error rather than a silent fall-through to other places.
+        dataset, that is an error rather than a silent fall-through to other places. Not used
+        with npz:PATH (giving both is an error).
       download: whether to fetch the files as a last resort.
 
     Raises:
-      ValueError: unknown name.
-      DataError: nothing found (the message names every place looked), or a corrupted file.
+      DataError (a ValueError): unknown name; nothing found (the message names every place
+        looked, and why files found there were refused); a corrupted file.
     """
+    if isinstance(name, str) and name.startswith(NPZ_PREFIX):
+        path = name[len(NPZ_PREFIX):]
+        if not path:
+            raise DataError("npz: needs a file name: npz:PATH.")
+        if data_dir:
+            raise DataError(f"data_dir={data_dir} does not apply to {name}; give the file's "
+                            "own path.")
+        return load_npz(path)
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {DATASETS}.")
+        raise DataError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or "
+                        f"{NPZ_PREFIX}PATH.")
     looked = []
     for what, directory in candidate_dirs(name, data_dir):
-        found = _try_directory(directory, name)
+        found, refused = _try_directory(directory, name)
         if found is not None:
             return found
-        looked.append(f"  {what}: {directory}" + ("" if os.path.isdir(directory) else " (no such directory)"))
         if what == "--data_dir":
+            if refused:
+                raise DataError(f"--data_dir={data_dir} does not hold {name}: "
+                                + "; ".join(refused) + ".")
             raise DataError(f"--data_dir={data_dir} does not hold {name}: expected the four IDX "
                             f"files ({', '.join(s + '.gz' for s in _IDX_FILES.values())}) or "
                             f"{name}.npz there or in {data_dir}/{name}/.")
+        looked.append(f"  {what}: {directory}" +
+                      ("" if os.path.isdir(directory) else " (no such directory)") +
+                      "".join(f" (refused: {r})" for r in refused))
     download_error = "download disabled"
     if download:
         try:
             return _download(name)
+        except _Refused as e:
+            download_error = f"refused: {e}"
         except Exception as e:  # Network errors come in many types; all mean the same here.
             download_error = f"download failed: {e}"
     raise DataError(
         f"Could not find the {name} dataset. Looked in:\n" + "\n".join(looked) +
         f"\n  download: {download_error}\n"
         f"Supply the four IDX files ({', '.join(s + '.gz' for s in _IDX_FILES.values())}) or "
-        f"{name}.npz in a directory and pass --data_dir=DIR or set {ENV_VAR}=DIR.")
+        f"{name}.npz in a directory named {name} and pass --data_dir=DIR or set {ENV_VAR}=DIR.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,10 +653,12 @@ def take_first(ds: ImageDataset, n_train: Optional[int] = None,
                n_test: Optional[int] = None) -> ImageDataset:
     """A smaller copy (for quick runs and tests)."""
     return dataclasses.replace(
-        ds, x_train=ds.x_train[:n_train], y_train=ds.y_train[:n_train],
-        x_test=ds.x_test[:n_test], y_test=ds.y_test[:n_test])
+        ds, x_train=ds.x_train[:n_train], x_test=ds.x_test[:n_test],
+        y_train=None if ds.y_train is None else ds.y_train[:n_train],
+        y_test=None if ds.y_test is None else ds.y_test[:n_test])
 
 
 __all__: Sequence[str] = (
-    "DataError", "ImageDataset", "load", "read_idx", "binarize_static", "dynamic_binarize",
-    "train_dataset", "eval_dataset", "labelled_subset", "flatten", "take_first", "ENV_VAR")
+    "DataError", "ImageDataset", "load", "load_npz", "read_idx", "KNOWN_DATASETS",
+    "binarize_static", "dynamic_binarize", "train_dataset", "eval_dataset", "labelled_subset",
+    "flatten", "take_first", "ENV_VAR")

@@ -104,6 +104,20 @@ def _fail(error, hint=""):
     return 1
 
 
+def check_dataset_flag(value):
+    """The --dataset validator: mnist, fashion_mnist or npz:PATH of an existing file (its
+    content is checked when it is loaded, `data.load_npz`)."""
+    from absl import flags
+
+    if value in ("mnist", "fashion_mnist"):
+        return True
+    if not (value or "").startswith("npz:") or not value[4:]:
+        raise flags.ValidationError("choose mnist, fashion_mnist or npz:PATH (your own .npz).")
+    if not os.path.isfile(value[4:]):
+        raise flags.ValidationError(f"{value[4:]}: no such file.")
+    return True
+
+
 def load_model(path, compile=True):
     """Loads a model from a .keras file or a training run's out_dir."""
     if os.path.isdir(path):

@@ -17,7 +17,14 @@ from tfp_vae.cli import common
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `train` run.",
                     required=True)
-flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Evaluation data.")
+flags.DEFINE_string("dataset", "mnist", "Evaluation data: mnist, fashion_mnist (their files' "
+                    "checksums are checked), or npz:PATH, your own .npz with arrays x_train and "
+                    "x_test (and y_train, y_test for an ssvae or m1m2 model); see `train "
+                    "--help`. The results record the files read and their SHA-256.")
+
+flags.register_validator("dataset", common.check_dataset_flag)
+
+
 flags.DEFINE_string("data_dir", None, "Directory holding the dataset files; default: "
                     "$TFP_VAE_DATA_DIR, /usr/share/datasets, the Keras cache, download.")
 flags.DEFINE_list("iw", [], "Numbers of importance samples for the IWAE bound, e.g. 1,10,100.")
@@ -54,7 +61,12 @@ def main(argv):
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.examples:
         dataset = data.take_first(dataset, n_test=FLAGS.examples)
-    results = {"test_examples": len(dataset.x_test), "model_path": FLAGS.model_path}
+    if common.is_semi_supervised(model) and not dataset.has_labels:
+        raise app.UsageError(f"{FLAGS.model_path} is a semi-supervised model: its metrics need "
+                             f"labels, and {dataset.source} has no y_train and y_test arrays.")
+    results = {"test_examples": len(dataset.x_test), "model_path": FLAGS.model_path,
+               "dataset": FLAGS.dataset, "data_source": dataset.source,
+               "data_files": dataset.files, "data_identified_as": dataset.identified_as}
     results.update(common.test_metrics(model, dataset))
     if iw and common.is_semi_supervised(model):
         raise app.UsageError("--iw: the IWAE bound is defined for vae and gmvae models, not for "

@@ -87,7 +87,16 @@ flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving aver
                    "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
                    "with the averaged weights. 0 (the recipe) turns it off.",
                    lower_bound=0.0, upper_bound=0.999999)
-flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Training data.")
+flags.DEFINE_string("dataset", "mnist", "Training data: mnist or fashion_mnist (found as "
+                    "--data_dir says, and never one for the other: their files' checksums are "
+                    "checked), or npz:PATH, your own .npz with arrays x_train and x_test (uint8 "
+                    "[N, 28, 28] or [N, 784], or floats in [0, 1]) and optional y_train and "
+                    "y_test (labels 0..9, needed by ssvae and m1m2). metrics.json records the "
+                    "files read and their SHA-256.")
+
+flags.register_validator("dataset", common.check_dataset_flag)
+
+
 flags.DEFINE_string("data_dir", None, "Directory holding the dataset files (IDX .gz or .npz); "
                     "default: $TFP_VAE_DATA_DIR, then /usr/share/datasets, the Keras cache, "
                     "download.")
@@ -244,6 +253,8 @@ def run_settings(model):
     for name in ("m1_path", "labelled_indices"):
         if settings[name] is not None:
             settings[name] = os.path.abspath(settings[name])
+    if settings["dataset"].startswith("npz:"):
+        settings["dataset"] = "npz:" + os.path.abspath(settings["dataset"][4:])
     return settings
 
 
@@ -289,6 +300,9 @@ def _train(run, out_dir, strategy, distributed):
                              "it or choose another --out_dir.")
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     print(f"Data: {dataset.source}")
+    if FLAGS.model in SEMI_SUPERVISED and not dataset.has_labels:
+        raise app.UsageError(f"--model={FLAGS.model} needs labels, and {dataset.source} has no "
+                             "y_train and y_test arrays.")
     # The model and its optimizer are created in the strategy's scope (mirrored variables).
     with strategy.scope() if distributed else contextlib.nullcontext():
         model = build_model(dataset)
@@ -336,6 +350,8 @@ def _train(run, out_dir, strategy, distributed):
     metrics.update(train_seconds=round(train_seconds, 1),
                    steps=int(model.optimizer.iterations.numpy()), model=FLAGS.model,
                    dataset=FLAGS.dataset, test_examples=len(dataset.x_test),
+                   data_source=dataset.source, data_files=dataset.files,
+                   data_identified_as=dataset.identified_as,
                    strategy=FLAGS.strategy, replicas=int(strategy.num_replicas_in_sync),
                    dtype_policy=model.dtype_policy.name,
                    # The optimizer's own value: a resumed run keeps its checkpoint's.
