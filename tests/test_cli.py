@@ -98,6 +98,11 @@ def test_help_explains_every_flag(binary):
     (["--labelled_batch_size=100", "--out_dir=x"], "--labelled_batch_size goes with"),
     (["--model=ssvae", "--labelled_batch_size=0", "--out_dir=x"], "labelled_batch_size"),
     (["--lr_scaling=linear", "--out_dir=x"], "lr_scaling"),
+    (["--seed=-1", "--out_dir=x"], "--seed"),
+    (["--seed=3000000000", "--out_dir=x"], "--seed"),
+    (["--model=ssvae", "--label_seed=-1", "--out_dir=x"], "--label_seed"),
+    (["--hidden=32", "--hidden=", "--out_dir=x"], "--hidden is empty"),
+    (["--learning_rate=nan", "--out_dir=x"], "--learning_rate must be a finite number"),
     ([], "out_dir"),
 ])
 def test_bad_flags_give_a_one_line_error(args, expected):

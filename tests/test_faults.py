@@ -144,6 +144,8 @@ def test_resume_refuses_changed_run_flags_and_applies_a_new_learning_rate(whole_
     assert "--z_dim=4 (the run has 3)" in line and "--batch_size=16 (the run has 32)" in line
     line = _one_line_error(_train(*_FLAGS, "--steps_per_epoch=15", *base))
     assert "--steps_per_epoch must divide" in line
+    line = _one_line_error(_train(*_FLAGS, *base[1:], "--steps=20"))
+    assert "already at step 40, past --steps=20" in line
     result = _train(*_FLAGS, "--learning_rate=2e-4", *base)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(out, "metrics.json")))
@@ -173,6 +175,13 @@ def test_a_damaged_checkpoint_is_a_clear_error_and_the_previous_one_still_works(
     m = model()
     assert training.restore(m, ckpt)["step"] == 30
     assert int(m.optimizer.iterations) == 30
+    # Bytes overwritten inside the file (it still reads as HDF5): the recorded SHA-256 says so.
+    weights = os.path.join(ckpt, "step-000000030", "weights.weights.h5")
+    with open(weights, "r+b") as f:
+        f.seek(os.path.getsize(weights) // 2)
+        f.write(b"\xff" * 64)
+    with pytest.raises(training.CheckpointError, match="is damaged: its SHA-256"):
+        training.restore(model(), ckpt)
 
 
 def test_one_run_per_directory(tmp_path, data_dir):
@@ -260,3 +269,18 @@ def test_nan_before_the_first_checkpoint_says_there_is_none(tmp_path):
         training.fit(model, train, steps=20, out_dir=str(tmp_path), steps_per_epoch=10,
                      verbose=0)
     assert not training.has_checkpoint(str(tmp_path / "checkpoints"))
+
+
+def test_a_read_only_run_directory_is_one_sentence(tmp_path, monkeypatch):
+    """(Simulated: the suite may run as root, whom permissions do not stop.)"""
+    import errno
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(rundir.RunDirectoryError,
+                       match=r"Cannot write the run directory .*: Read-only file system; choose "
+                             r"another --out_dir\."):
+        rundir.RunDirectory(tmp_path / "run").__enter__()
+    assert not (tmp_path / "run").exists()

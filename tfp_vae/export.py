@@ -27,7 +27,6 @@ import shutil
 import tempfile
 
 import keras
-import tensorflow as tf
 
 
 def export(model, path, overwrite=False, trainable=False, verbose=False):
@@ -72,7 +71,11 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
             # `loaded.learning_rate.assign(1e-4)` changes the rate of the next steps.
             root.learning_rate = learning_rate.value
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FileExistsError(f"Cannot export to {path}: a part of its path is a file, not a "
+                              "folder.") from None
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     old = None
     try:

@@ -45,6 +45,8 @@ class RunDirectory:
             os.makedirs(path, exist_ok=True)
             fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if self._created and os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
             where = e.filename or path
             if e.errno in (errno.ENOTDIR, errno.EEXIST):
                 reason = f"a part of the path ({where}) is a file"

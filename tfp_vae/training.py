@@ -8,6 +8,7 @@ replicated step is the single-device step on the whole batch; see
 `tfp_vae.models.base.LatentVariableModel.train_step`.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -125,8 +126,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be resumed from (unreadable, or it does not fit the run)."""
 
 
-def _weights_finite(model):
-    return all(np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in model.weights)
+def _weights_finite(model, with_optimizer=False):
+    variables = list(model.weights)
+    if with_optimizer and model.optimizer is not None:
+        variables += [v for v in model.optimizer.variables if "float" in str(v.dtype)]
+    return all(np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in variables)
 
 
 def global_step(model):
@@ -150,7 +154,7 @@ class NaNGuard(keras.callbacks.Callback):
 
 # A checkpoint is one directory, `checkpoints/step-<global step>/`, holding the weights file
 # (the model's and the optimizer's variables: Keras 3 `save_weights` includes the optimizer) and
-# `state.json` (the step, and the run's settings when given). It is written under a temporary
+# `state.json` (the step, the weights file's SHA-256, and the run's settings when given). It is written under a temporary
 # name and renamed into place, so a checkpoint either exists whole or not at all, whenever the
 # process dies. The global step is the whole of the training state beyond the variables: the
 # input pipelines and the models' training noise are keyed by it (stateless RNGs).
@@ -167,6 +171,14 @@ def _fsync(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoints(directory):
@@ -221,7 +233,8 @@ def save_checkpoint(model, directory, settings=None):
             weights, state = _files_of(staging)
             model.save_weights(weights)
             with open(state, "w") as f:
-                json.dump({"step": step, "settings": settings}, f, indent=1, sort_keys=True)
+                json.dump({"step": step, "weights_sha256": _sha256(weights),
+                           "settings": settings}, f, indent=1, sort_keys=True)
             for path in (weights, state, staging):
                 _fsync(path)
             os.rename(staging, final)
@@ -263,9 +276,15 @@ def restore(model, directory):
         model.optimizer.build(model.trainable_variables)
     try:
         state = read_state(path)
-        model.load_weights(_files_of(path)[0])
+        weights = _files_of(path)[0]
+        if "weights_sha256" in state and _sha256(weights) != state["weights_sha256"]:
+            raise ValueError(f"{weights} is damaged: its SHA-256 is not the one recorded when "
+                             "it was written")
+        model.load_weights(weights)
+        if not _weights_finite(model, with_optimizer=True):
+            raise ValueError("it holds NaN or Inf values")
     except Exception as e:  # noqa: BLE001  h5py, Keras and JSON raise many kinds.
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if older:
             advice = (f"the previous checkpoint, {older[0][1]} (step {older[0][0]}), is intact: "
                       f"move {path} out of {directory} and resume again to continue from it.")

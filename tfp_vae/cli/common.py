@@ -133,7 +133,7 @@ def load_model(path, compile=True):
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # noqa: BLE001  zipfile, h5py, JSON and Keras raise many kinds.
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path} is not a model this package can load ({reason}); pass a "
                         ".keras file written by `train` or model.save, or a run's --out_dir.")
 
@@ -145,6 +145,8 @@ def check_output_file(path, flag):
     if os.path.isdir(path):
         raise app.UsageError(f"--{flag}={path} is a directory; give a file name.")
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise app.UsageError(f"--{flag}={path}: {folder} is a file, not a folder.")
     if not os.path.isdir(folder):
         raise app.UsageError(f"--{flag}={path}: the folder {folder} does not exist.")
 
@@ -220,9 +222,14 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def _number(v):
+    """Two decimals, or three significant digits for a small value (a learning rate)."""
+    return f"{v:.3g}" if v != 0 and abs(v) < 0.1 else f"{v:.2f}"
+
+
 def format_table(rows, headers):
     """Plain-text table: rows of values under headers."""
-    cells = [[str(h) for h in headers]] + [[f"{v:.2f}" if isinstance(v, float) else str(v)
+    cells = [[str(h) for h in headers]] + [[_number(v) if isinstance(v, float) else str(v)
                                              for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]

@@ -32,7 +32,8 @@ flags.DEFINE_integer("examples", 0, "Evaluate on the first N test images only (0
                      lower_bound=0)
 flags.DEFINE_integer("max_rows", 20000, "Decoder rows (images x samples) per chunk: bounds "
                      "the memory of the IWAE evaluation whatever m is.", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seed of the posterior samples.")
+flags.DEFINE_integer("seed", 0, "Seed of the posterior samples.", lower_bound=0,
+                     upper_bound=2**31 - 1)
 flags.DEFINE_bool("xla", False, "Compile each IWAE chunk whole with XLA. Off by default: on "
                   "CPU, XLA's large matmuls are slower than TensorFlow's (see benchmarks/).")
 flags.DEFINE_string("output_json", None, "Where to write the results (default: print only).")
@@ -59,6 +60,9 @@ def main(argv):
 
     model = common.load_model(FLAGS.model_path)
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
+    if FLAGS.examples > len(dataset.x_test):
+        raise app.UsageError(f"--examples={FLAGS.examples}: the test set has only "
+                             f"{len(dataset.x_test)} images.")
     if FLAGS.examples:
         dataset = data.take_first(dataset, n_test=FLAGS.examples)
     if common.is_semi_supervised(model) and not dataset.has_labels:

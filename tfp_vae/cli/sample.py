@@ -19,13 +19,17 @@ flags.DEFINE_string("output", None, "PNG file to write.", required=True)
 flags.DEFINE_integer("rows", 10, "Grid rows (each of 10 images).", lower_bound=1, upper_bound=100)
 flags.DEFINE_integer("y", None, "ssvae only: draw every image from this class (0-9) instead of "
                      "the style/content grid.", lower_bound=0)
-flags.DEFINE_integer("seed", 0, "Seed of the latent draws.")
+flags.DEFINE_integer("seed", 0, "Seed of the latent draws.", lower_bound=0,
+                     upper_bound=2**31 - 1)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.check_output_file(FLAGS.output, "output")
+    if not FLAGS.output.lower().endswith(".png"):
+        raise app.UsageError(f"--output={FLAGS.output}: the grid is written as PNG; give a "
+                             "name ending in .png.")
     common.import_tensorflow_quietly()
     import numpy as np
 

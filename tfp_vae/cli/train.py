@@ -11,6 +11,7 @@ On several GPUs or hosts (--batch_size is the global batch, split across the rep
 """
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -37,7 +38,8 @@ flags.DEFINE_float("active_threshold", 0.1, "m1m2: M2 models only the units of M
                    lower_bound=0.0)
 flags.DEFINE_integer("labels_per_class", 10, "ssvae/m1m2: labelled training examples per "
                      "class; the rest of the training set is used unlabelled.", lower_bound=1)
-flags.DEFINE_integer("label_seed", 0, "ssvae/m1m2: seed that picks the labelled examples.")
+flags.DEFINE_integer("label_seed", 0, "ssvae/m1m2: seed that picks the labelled examples.",
+                     lower_bound=0, upper_bound=2**31 - 1)
 flags.DEFINE_string("labelled_indices", None, "ssvae/m1m2: text file of training-set indices "
                     "to use as the labelled set (whitespace or comma separated, '#' comments) "
                     "instead of drawing --labels_per_class by --label_seed.")
@@ -104,7 +106,8 @@ flags.DEFINE_enum("binarization", "dynamic", ["dynamic", "static"],
                   "Training binarisation: a fresh Bernoulli draw per batch (recipe) or fixed.")
 flags.DEFINE_string("out_dir", None, "Where to write checkpoints, logs, the model and images.",
                     required=True)
-flags.DEFINE_integer("seed", 0, "Random seed for initialisation, shuffling and sampling.")
+flags.DEFINE_integer("seed", 0, "Random seed for initialisation, shuffling and sampling.",
+                     lower_bound=0, upper_bound=2**31 - 1)
 flags.DEFINE_bool("resume", False, "Continue from the checkpoint in --out_dir (weights, optimizer "
                   "state and step) instead of refusing to touch an existing run.")
 flags.DEFINE_integer("validation_examples", 1000,
@@ -202,6 +205,12 @@ def main(argv):
     if (FLAGS.model == "m1m2") != (FLAGS.m1_path is not None):
         raise app.UsageError("--m1_path (the trained VAE whose features M2 models) goes with "
                              "--model=m1m2, and --model=m1m2 needs it.")
+    if FLAGS["hidden"].present and not FLAGS.hidden:
+        raise app.UsageError("--hidden is empty; give layer sizes (e.g. --hidden=300,300) or "
+                             "leave it out for the recipe's.")
+    if not math.isfinite(FLAGS.learning_rate):
+        raise app.UsageError(f"--learning_rate must be a finite number; got "
+                             f"{FLAGS.learning_rate}.")
     if FLAGS.hidden and not all(h.isdigit() and int(h) > 0 for h in FLAGS.hidden):
         raise app.UsageError(f"--hidden must be positive integers, comma separated; got "
                              f"{','.join(FLAGS.hidden)}.")
@@ -258,7 +267,7 @@ def run_settings(model):
     return settings
 
 
-def check_resume(ckpt_dir, settings, steps_per_epoch):
+def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
     """Refuses (one line) to resume a run with other RUN_FLAGS than it was started with, or at a
     --steps_per_epoch that does not divide its checkpoint's step."""
     from tfp_vae import training
@@ -282,6 +291,9 @@ def check_resume(ckpt_dir, settings, steps_per_epoch):
     if step % steps_per_epoch:
         raise app.UsageError(f"The run's checkpoint is at step {step}: --steps_per_epoch must "
                              f"divide it (it is {steps_per_epoch}).")
+    if step > total_steps:
+        raise app.UsageError(f"The run is already at step {step}, past --steps={total_steps}; "
+                             f"pass --steps={step} (or more) to finish or extend it.")
 
 
 def _flag_text(value):
@@ -309,7 +321,8 @@ def _train(run, out_dir, strategy, distributed):
     steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     settings = run_settings(model)
     if resuming:
-        check_resume(ckpt_dir, settings, min(FLAGS.steps_per_epoch, steps))
+        spe = min(FLAGS.steps_per_epoch, steps)
+        check_resume(ckpt_dir, settings, spe, -(-steps // spe) * spe)
     if FLAGS.model in SEMI_SUPERVISED:
         from tfp_vae.models import ssvae
 

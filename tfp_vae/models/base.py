@@ -665,7 +665,7 @@ class LatentVariableModel(keras.Model):
 
     def sample(self, n, seed=None):
         """n images from the model: pixel probabilities [n, x_dim] of p(x|z), z ~ p(z)."""
-        z = self.prior().sample(n, seed=seed)
+        z = self.prior().sample(check_count(n), seed=seed)
         return self.decode(z).mean()
 
     def reconstruct(self, x):
@@ -715,8 +715,11 @@ class LatentVariableModel(keras.Model):
 
         def log_likelihood(x, m, seed):
             m = check_count(m, "m", minimum=1, what="importance samples")
+            x = check_images(x, self.x_dim)
+            # An empty batch goes through as one row (see padded_batch): one sample will do.
+            m = tf.where(tf.shape(x)[0] > 0, m, 1)
             return padded_batch(lambda x, seed: {"log_likelihood": self.iwae(x, m, seed=seed)},
-                                check_images(x, self.x_dim), check_seed(seed))
+                                x, check_seed(seed))
 
         return {"encode": (encode, [x]), "decode": (decode, [z]), "sample": (sample, [n]),
                 "elbo": (elbo, [x, seed]), "log_likelihood": (log_likelihood, [x, m, seed])}
