@@ -64,9 +64,11 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
         archive.add_endpoint(name, fn, input_signature=signature)
     if trainable:
         archive.add_variable_collection("optimizer_variables", list(optimizer.variables))
-        learning_rate = getattr(optimizer, "_learning_rate", None)  # a schedule has none
-        root = getattr(archive, "_tf_trackable", None)  # what write_out saves
-        if isinstance(learning_rate, keras.Variable) and root is not None:
+        learning_rate = optimizer.learning_rate  # The variable itself, unless a schedule.
+        if isinstance(learning_rate, keras.Variable):
+            # `_tf_trackable` (private: what write_out saves) is checked by
+            # tests/test_framework_api.py, which fails when Keras changes it.
+            root = archive._tf_trackable
             # The tf.Variable itself (train_step captures it), so that after loading
             # `loaded.learning_rate.assign(1e-4)` changes the rate of the next steps.
             root.learning_rate = learning_rate.value

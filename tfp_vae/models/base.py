@@ -5,7 +5,6 @@ distributions) and says whether KL(q || p) has a closed form; everything else (E
 objectives, `train_step`/`test_step`, sampling, serving functions) lives here.
 """
 
-import contextlib
 import inspect
 
 import numpy as np
@@ -292,8 +291,9 @@ def global_results(ctx, trackers):
     results = {t.name: tf.math.divide_no_nan(sums[2 * i], sums[2 * i + 1])
                for i, t in enumerate(trackers)}
     strategy = ctx.strategy
-    if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None
+            and resolver.cluster_spec().as_dict()):
         # Keras 3 reduces a multi-worker step's outputs with strategy.reduce(MEAN, v, axis=0),
         # which fails on scalars (tensorflow/tensorflow#72388); as shape [1] they reduce to the
         # scalar value itself (it is the same on every replica).
@@ -311,11 +311,10 @@ def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
     variables are missing: they are created here, in the strategy's scope (not lazily inside the
     replicated step, where tf.distribute cannot create them).
     """
-    strategy = getattr(model, "_distribute_strategy", None)
     if model.optimizer is not None and not model.optimizer.built:
         # Also without a strategy: inside the traced step the optimizer would be built in the
         # fused update's tf.cond branch (or its XLA function, where it cannot be).
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        with model.distribute_strategy.scope():
             model.optimizer.build(model.trainable_variables)
 
 
@@ -331,6 +330,16 @@ def build_at_construction(model, input_shape=None):
         for layer in model.layers:
             layer.trainable = False
     model.built = True
+
+
+def saved_compile_config(model):
+    """`Model.get_compile_config` for our models: Keras' own, with the `jit_compile` the model
+    was compiled with (Keras' compile itself gets False, see `compile`), so that a reloaded model
+    compiles the same way."""
+    config = keras.Model.get_compile_config(model)
+    if config:
+        config["jit_compile"] = model.jit_compile_setting
+    return config
 
 
 def compile_from_saved_config(model, config):
@@ -585,8 +594,9 @@ class LatentVariableModel(keras.Model):
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
         self.xla_update = resolve_jit_compile(self, jit_compile)
         self._xla_update_fn = None
-        self._compile_config.config["jit_compile"] = jit_compile  # Reloads compile the same way.
+        self.jit_compile_setting = jit_compile
 
+    get_compile_config = saved_compile_config
     compile_from_config = compile_from_saved_config
 
     def _fused_update(self, x):

@@ -45,7 +45,8 @@ from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, assert_that,
                                  compile_from_saved_config, compiled_update, enforce,
                                  first_problem, global_counts, global_results, gradient_step,
                                  guarded_update, image_problem, padded_batch, raise_on_problem,
-                                 replica_context, resolve_jit_compile, step_seed,
+                                 replica_context, resolve_jit_compile, saved_compile_config,
+                                 step_seed,
                                  symbolic_build_under_strategy, training_outputs, training_seed)
 
 tfd = tfp.distributions
@@ -704,8 +705,9 @@ class SSVAE(keras.Model):
         super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
         self.xla_update = resolve_jit_compile(self, jit_compile)
         self._xla_update_fn = None
-        self._compile_config.config["jit_compile"] = jit_compile  # Reloads compile the same way.
+        self.jit_compile_setting = jit_compile
 
+    get_compile_config = saved_compile_config
     compile_from_config = compile_from_saved_config
 
     def _record(self, values, names, ctx=None):
