@@ -95,6 +95,11 @@ def main():
     results["vae"] = compare(lambda: VAE(**small), x, mirrored, x[:-1])
     results["vae_iwae"] = compare(lambda: VAE(objective="iwae", iw=3, **small), x, mirrored)
     results["gmvae"] = compare(lambda: GMVAE(k=3, **small), x, mirrored)
+    # Clipping bounds the norm of the whole batch's gradient, not of each replica's share.
+    results["vae_clipped"] = compare(lambda: VAE(clip_norm=0.5, **small), x, mirrored)
+    results["ssvae_clipped"] = compare(
+        lambda: SSVAE(z_dim=4, hidden=(32,), classifier_hidden=(32,), class_weight=10.0,
+                      clip_norm=0.5), (x, (x_l, y_l)), mirrored)
     results["ssvae"] = compare(
         lambda: SSVAE(z_dim=4, hidden=(32,), classifier_hidden=(32,), class_weight=10.0),
         (x, (x_l, y_l)), mirrored, (x[:-1], (x_l, y_l)))

@@ -70,7 +70,7 @@ def test_evaluate_and_export(trained_run, tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
 
 
-@pytest.mark.parametrize("binary", ["train", "evaluate", "export", "sample"])
+@pytest.mark.parametrize("binary", ["train", "evaluate", "export", "sample", "plot"])
 def test_help_explains_every_flag(binary):
     result = _run(binary, "--help")
     assert "Traceback" not in result.stderr  # absl's --help exits with status 1 by design.
@@ -78,9 +78,10 @@ def test_help_explains_every_flag(binary):
     module = {"sample": ["--model_path", "--output", "--rows", "--y", "--seed"],
               "train": ["--model", "--z_dim", "--beta", "--steps", "--batch_size",
                         "--learning_rate", "--dataset", "--data_dir", "--out_dir", "--seed",
-                        "--resume", "--objective", "--iw", "--k"],
+                        "--resume", "--objective", "--iw", "--k", "--clip_norm"],
               "evaluate": ["--model_path", "--iw", "--output_json", "--data_dir"],
-              "export": ["--model_path", "--export_dir", "--overwrite"]}[binary]
+              "export": ["--model_path", "--export_dir", "--overwrite"],
+              "plot": ["--model_path", "--kind", "--output", "--dataset", "--examples"]}[binary]
     for flag in module:
         assert re.search(r"--(\[no\])?" + flag[2:] + ":", text), flag
 
@@ -103,6 +104,7 @@ def test_help_explains_every_flag(binary):
     (["--model=ssvae", "--label_seed=-1", "--out_dir=x"], "--label_seed"),
     (["--hidden=32", "--hidden=", "--out_dir=x"], "--hidden is empty"),
     (["--learning_rate=nan", "--out_dir=x"], "--learning_rate must be a finite number"),
+    (["--clip_norm=0", "--out_dir=x"], "--clip_norm must be > 0"),
     ([], "out_dir"),
 ])
 def test_bad_flags_give_a_one_line_error(args, expected):

@@ -38,7 +38,8 @@ def equivalence():
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.parametrize("model", ["vae", "vae_iwae", "gmvae", "ssvae"])
+@pytest.mark.parametrize("model", ["vae", "vae_iwae", "gmvae", "ssvae", "vae_clipped",
+                                   "ssvae_clipped"])
 def test_mirrored_step_equals_single_device_step(equivalence, model):
     """MirroredStrategy over two logical CPUs, global batch 97 (split 49 + 48; the SSVAE's
     labelled set of 25 splits 13 + 12): the weights after one SGD step equal the single-device

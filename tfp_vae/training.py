@@ -311,18 +311,88 @@ class Checkpoint(keras.callbacks.Callback):
 
 
 class SampleImages(keras.callbacks.Callback):
-    """Writes a grid of model samples to TensorBoard at each epoch end."""
+    """Writes samples and reconstructions to TensorBoard (images "samples" and
+    "reconstructions" under log_dir/samples) at each epoch end.
 
-    def __init__(self, log_dir, n=64, seed=0):
+    Samples: n images x ~ p(x|z), z ~ p(z) (pixel probabilities) in a square grid; for a
+    class-conditional model (it has `num_classes`: SSVAE, M1M2) a class grid instead, a row per
+    z ~ p(z) (n // num_classes of them) and a column per class. The same z every epoch, so the
+    grids show the model changing, not the draw.
+
+    Reconstructions: rows of up to `columns` of the fixed `images` (binary [N, pixels]; see
+    `first_images`), each followed by a row of their reconstructions; none without images.
+    """
+
+    def __init__(self, log_dir, n=64, seed=0, images=None, columns=8):
         super().__init__()
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "samples"))
-        self.n, self.seed = n, seed
+        self.n, self.seed, self.columns = n, seed, columns
+        self.images = None if images is None else np.asarray(images, np.float32)
+
+    @staticmethod
+    def first_images(*sources, n=32):
+        """Up to n images [n, pixels] from the first source that holds some: an array, a
+        tf.data.Dataset (its first element, a batch) or a structure of them, where the images
+        are the first leaf ((x, y), ((x_binary, x_gray), y) or (unlabelled_x, (x, y)) all give
+        x); None when no source does."""
+        for source in sources:
+            if source is None:
+                continue
+            if isinstance(source, tf.data.Dataset):
+                first_spec = tf.nest.flatten(source.element_spec)[0]
+                if getattr(first_spec, "shape", None) is not None and first_spec.shape.rank == 1:
+                    source = source.batch(n)  # Unbatched images.
+                source = next(iter(source.take(1)), None)
+            while isinstance(source, (tuple, list)) and source:
+                source = source[0]
+            if source is None or isinstance(source, (tuple, list, dict)):
+                continue
+            x = np.asarray(keras.ops.convert_to_numpy(source[:n]), np.float32)
+            if x.ndim >= 2 and len(x):
+                return x.reshape(len(x), -1)
+        return None
+
+    def on_train_begin(self, logs=None):
+        pixels = getattr(self.model, "input_dim", getattr(self.model, "x_dim", None))
+        if self.images is not None and (self.images.ndim != 2 or self.images.shape[1] != pixels):
+            self.images = None  # Not the model's images (e.g. unbatched): samples only.
 
     def on_epoch_end(self, epoch, logs=None):
-        side = int(math.sqrt(self.n))
-        x = keras.ops.convert_to_numpy(self.model.sample(self.n, seed=tf.constant([self.seed, 0])))
-        with self.writer.as_default():
-            tf.summary.image("samples", images.grid(x, side, side)[None], step=epoch + 1)
+        # Keras' TensorBoard with a batch-level update_freq leaves its `record_if` for the last
+        # batch in force; these summaries are written every epoch whatever it says.
+        with self.writer.as_default(), tf.summary.record_if(True):
+            tf.summary.image("samples", self._samples()[None], step=epoch + 1)
+            if self.images is not None and len(self.images):
+                tf.summary.image("reconstructions", self._reconstructions()[None],
+                                 step=epoch + 1)
+
+    def _samples(self):
+        seed = tf.constant([self.seed, 0])
+        k = getattr(self.model, "num_classes", None)
+        if k is None:
+            side = int(math.sqrt(self.n))
+            x = keras.ops.convert_to_numpy(self.model.sample(side * side, seed=seed))
+            return self._grid(x, side, side)
+        rows = max(1, self.n // k)
+        z = self.model.prior().sample(rows, seed=seed)
+        x = self.model.generate(tf.repeat(z, k, axis=0), tf.tile(tf.range(k), [rows]))
+        return self._grid(keras.ops.convert_to_numpy(x), rows, k)
+
+    def _reconstructions(self):
+        x = self.images
+        recon = np.asarray(keras.ops.convert_to_numpy(self.model.reconstruct(x)), np.float32)
+        cols = min(self.columns, len(x))
+        blank = np.ones((cols, x.shape[1]), np.float32)
+        rows = []
+        for start in range(0, len(x), cols):
+            for part in (x[start:start + cols], recon[start:start + cols]):
+                rows.append(np.concatenate([part, blank[len(part):]]))
+        return self._grid(np.concatenate(rows), len(rows), cols)
+
+    @staticmethod
+    def _grid(x, rows, cols):
+        x = np.asarray(x, np.float32)
+        return images.grid(x, rows, cols, side=math.isqrt(x.shape[-1]))
 
 
 def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data=None,
@@ -386,8 +456,14 @@ def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data
     guard = NaNGuard()
     log_dir = os.path.join(out_dir, "logs")
     callbacks = [guard, Checkpoint(ckpt_dir, guard, settings),
-                 keras.callbacks.TensorBoard(log_dir, write_graph=False),
-                 SampleImages(log_dir), *extra_callbacks]
+                 # Batch-level scalars (batch_loss, ...) every ~100 steps (about 10 points per
+                 # epoch in short epochs). Keras counts calls, one per steps_per_execution steps:
+                 # update_freq and the scalars' step are in those units.
+                 keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq=max(
+                     1, min(100, steps_per_epoch // 10) // model.steps_per_execution)),
+                 SampleImages(log_dir, images=SampleImages.first_images(validation_data,
+                                                                        train_data)),
+                 *extra_callbacks]
     history = model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         initial_epoch=start // steps_per_epoch, validation_data=validation_data,
                         callbacks=callbacks, verbose=verbose, shuffle=False)

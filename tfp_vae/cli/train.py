@@ -85,6 +85,11 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (at the recipe's b
 flags.DEFINE_enum("lr_scaling", "none", ["none", "sqrt"], "How the learning rate follows "
                   "--batch_size: none (--learning_rate as given) or sqrt (--learning_rate * "
                   "sqrt(batch_size / 97), the square-root rule for Adam, for large batches).")
+flags.DEFINE_float("clip_norm", None, "Clip each step's gradient to this global norm (the whole "
+                   "batch's gradient, also under --strategy); default: no clipping. Takes effect "
+                   "on --resume.")
+flags.register_validator("clip_norm", lambda v: v is None or v > 0,
+                         message="--clip_norm must be > 0 (leave it out for no clipping).")
 flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving average of the "
                    "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
                    "with the averaged weights. 0 (the recipe) turns it off.",
@@ -147,7 +152,8 @@ def build_model(dataset):
     from tfp_vae import models
 
     keras.utils.set_random_seed(FLAGS.seed)
-    kwargs = {"seed": FLAGS.seed}  # Keys the training noise (see models.base.step_seed).
+    # The seed keys the training noise (see models.base.step_seed).
+    kwargs = {"seed": FLAGS.seed, "clip_norm": FLAGS.clip_norm}
     if FLAGS.z_dim is not None:
         kwargs["z_dim"] = FLAGS.z_dim
     if FLAGS.model in SEMI_SUPERVISED:

@@ -382,16 +382,56 @@ def apply_gradients(optimizer, grads, variables):
 
 
 def gradient_step(model, losses):
-    """One optimizer step on `losses()` -> (loss scalar, values): returns the values.
+    """One optimizer step on `losses()` -> (loss scalar, values): returns the values. The one
+    place where every model, on every path (single device, the XLA update, tf.distribute, the
+    trainable SavedModel), computes and applies its gradients.
 
     The loss is scaled by the optimizer (a LossScaleOptimizer under mixed_float16 scales here and
-    unscales in `apply`; any other optimizer returns the loss itself)."""
+    unscales in `apply`; any other optimizer returns the loss itself). With `model.clip_norm`
+    the gradient is clipped to that global norm first (`clip_gradients`)."""
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
         loss, values = losses()
         loss = model.optimizer.scale_loss(loss)
-    apply_gradients(model.optimizer, tape.gradient(loss, variables), variables)
+    grads = tape.gradient(loss, variables)
+    if getattr(model, "clip_norm", None):
+        grads = clip_gradients(grads, model.clip_norm, model.optimizer)
+    apply_gradients(model.optimizer, grads, variables)
     return values
+
+
+def clip_gradients(grads, clip_norm, optimizer):
+    """`grads` (a list; None entries kept) scaled so that the global norm of the *whole batch's*
+    gradient is at most `clip_norm`.
+
+    Replicated, each replica holds its share and the optimizer sums them; the global norm is that
+    of the sum, so the shares are all-reduced here, clipped, and divided by the number of
+    replicas for the optimizer's sum to give the clipped gradient exactly. Under loss scaling the
+    gradients are scaled: the bound is scaled with them (non-finite ones stay non-finite, and the
+    LossScaleOptimizer skips the step)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        clip_norm = clip_norm * tf.cast(optimizer.dynamic_scale, tf.float32)
+    ctx = replica_context()
+    present = [i for i, g in enumerate(grads) if g is not None]
+    values = [grads[i] for i in present]
+    if ctx is not None:
+        values = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+    values, _ = tf.clip_by_global_norm(values, clip_norm)
+    if ctx is not None:
+        values = [v / ctx.num_replicas_in_sync for v in values]
+    out = list(grads)
+    for i, v in zip(present, values):
+        out[i] = v
+    return out
+
+
+def check_clip_norm(clip_norm):
+    """A model's `clip_norm` argument: None (no clipping) or a positive float."""
+    if clip_norm is None:
+        return None
+    if not float(clip_norm) > 0:
+        raise ValueError(f"clip_norm must be > 0 (or None: no clipping); got {clip_norm}.")
+    return float(clip_norm)
 
 
 def guarded_update(model, problem, losses, record):
@@ -448,6 +488,8 @@ class LatentVariableModel(keras.Model):
 
       seed: keys the training steps' random draws with the step count (see `step_seed`);
         None draws one (from NumPy's global RNG). Kept in the config.
+      clip_norm: clip each step's gradient to this global norm (None: no clipping); see
+        `clip_gradients`.
 
     Metrics (train and test): `loss` (what is minimised), `nelbo`, `kl`, `rec`, and `niwae`
     under the IWAE objective; all are per-example means in nats.
@@ -456,9 +498,10 @@ class LatentVariableModel(keras.Model):
     analytic_kl = False
 
     def __init__(self, z_dim=10, x_dim=784, beta=1.0, objective="elbo", iw=1, seed=None,
-                 **kwargs):
+                 clip_norm=None, **kwargs):
         super().__init__(**kwargs)
         self.seed = training_seed(seed)
+        self.clip_norm = check_clip_norm(clip_norm)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
         if int(iw) < 1:
@@ -669,7 +712,8 @@ class LatentVariableModel(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "z_dim": self.z_dim, "x_dim": self.x_dim,
-                "beta": self.beta, "objective": self.objective, "iw": self.iw, "seed": self.seed}
+                "beta": self.beta, "objective": self.objective, "iw": self.iw, "seed": self.seed,
+                "clip_norm": self.clip_norm}
 
     # ---- uses -----------------------------------------------------------------------------------
 

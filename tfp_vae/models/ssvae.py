@@ -40,7 +40,8 @@ import tensorflow_probability as tfp
 
 from tfp_vae import data, layers, networks, objectives
 from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, assert_that,
-                                 build_at_construction, call_arguments, check_array, check_count,
+                                 build_at_construction, call_arguments, check_array,
+                                 check_clip_norm, check_count,
                                  check_features, check_images, check_seed,
                                  compile_from_saved_config, compiled_update, enforce,
                                  first_problem, global_counts, global_results, gradient_step,
@@ -398,6 +399,9 @@ class SSVAE(keras.Model):
       likelihood: "bernoulli" (binary pixels, the recipe) or "gaussian" (real-valued features
         with a diagonal Gaussian p(x|y,z) whose mean and softplus variance come from the
         decoder; M2 on the latent features of M1, see `tfp_vae.models.stacked`).
+      seed: keys the training steps' random draws with the step count (`base.step_seed`);
+        None draws one. Kept in the config.
+      clip_norm: clip each step's gradient to this global norm (None: no clipping).
 
     Training data (see `make_train_dataset`): each element is
     (unlabelled_x [B, x_dim], (labelled_x [L, x_dim], labelled_y [L] ints or [L, K] one-hot)),
@@ -422,9 +426,11 @@ class SSVAE(keras.Model):
     def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
                  activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
                  gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=784,
-                 labelled_bound=True, likelihood="bernoulli", seed=None, **kwargs):
+                 labelled_bound=True, likelihood="bernoulli", seed=None, clip_norm=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.seed = training_seed(seed)
+        self.clip_norm = check_clip_norm(clip_norm)
         if int(z_dim) < 1:
             raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
         if int(num_classes) < 2:
@@ -837,7 +843,7 @@ class SSVAE(keras.Model):
                 "class_weight": self.class_weight, "min_variance": self.min_variance,
                 "labelled_bound": self.labelled_bound,
                 "init": self.init, "x_dim": self.x_dim, "likelihood": self.likelihood_name,
-                "seed": self.seed}
+                "seed": self.seed, "clip_norm": self.clip_norm}
 
     # ---- uses -------------------------------------------------------------------------------
 

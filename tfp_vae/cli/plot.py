@@ -1,0 +1,130 @@
+"""Draws figures of a trained model with matplotlib (an optional dependency:
+pip install "tfp_vae[plots]"), from the statically binarised test images.
+
+  interpolations   decoded points on the straight line between the posterior means of pairs
+                   of test images
+  traversals       one latent unit varied at a time around a test image's posterior mean (the
+                   ten most active units when z_dim > 10)
+  latent_map       the posterior means of --examples test images in 2-D (PCA when z_dim > 2),
+                   coloured by label
+  class_grid       ssvae and m1m2 only: a row per class, a column per z ~ p(z)
+  reconstructions  test images beside their reconstructions
+  all              every kind that applies to the model, as OUTPUT/<kind>.png
+
+Example:
+  plot --model_path=runs/vae --kind=latent_map --output=map.png
+  plot --model_path=runs/ssvae_s0 --kind=all --output=figures
+"""
+
+import os
+
+from absl import app, flags
+
+from tfp_vae import plots  # NumPy only; matplotlib and TensorFlow come later.
+from tfp_vae.cli import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `train` run.",
+                    required=True)
+flags.DEFINE_enum("kind", "all", plots.KINDS + ("all",), "The figure to draw (see above).")
+flags.DEFINE_string("output", None, "The PNG file to write; with --kind=all a directory "
+                    "(created if its parent exists) that receives <kind>.png for each kind.",
+                    required=True)
+flags.DEFINE_string("dataset", "mnist", "Test images: mnist, fashion_mnist (its class names "
+                    "label the figures), or npz:PATH, your own .npz with arrays x_train and "
+                    "x_test (and y_train, y_test to colour the latent map); see `train --help`.")
+
+flags.register_validator("dataset", common.check_dataset_flag)
+
+
+flags.DEFINE_string("data_dir", None, "Directory holding the dataset files; default: "
+                    "$TFP_VAE_DATA_DIR, /usr/share/datasets, the Keras cache, download.")
+flags.DEFINE_integer("examples", 2000, "Test images used (the first N): the latent map shows "
+                     "them all, the other figures draw theirs from them.", lower_bound=2)
+flags.DEFINE_integer("seed", 0, "Seed of the choice of test images and of the latent draws.",
+                     lower_bound=0, upper_bound=2**31 - 1)
+
+PAIRS = 8            # Interpolation rows.
+RECONSTRUCTED = 32   # Images in the reconstruction figure.
+
+
+def _check_output():
+    """The output path(s) are usable before anything slow runs (UsageError otherwise)."""
+    path = FLAGS.output
+    if FLAGS.kind != "all":
+        common.check_output_file(path, "output")
+        if not path.lower().endswith(".png"):
+            raise app.UsageError(f"--output={path}: the figure is written as PNG; give a name "
+                                 "ending in .png (or --kind=all and a directory).")
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise app.UsageError(f"--output={path} is a file; --kind=all writes one PNG per kind "
+                             "into a directory.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise app.UsageError(f"--output={path}: the folder {parent} does not exist.")
+
+
+def _figure(kind, model, x, y, names, rng):
+    n = len(x)
+    if kind == "interpolations":
+        chosen = rng.choice(n, size=2 * min(PAIRS, n // 2), replace=False)
+        half = len(chosen) // 2
+        return plots.interpolations(model, x[chosen[:half]], x[chosen[half:]])
+    if kind == "traversals":
+        first = int(rng.integers(n))  # Traversed; all the images rank the units.
+        order = [first] + [i for i in range(n) if i != first]
+        return plots.traversals(model, x[order])
+    if kind == "latent_map":
+        return plots.latent_map(model, x, y, class_names=names)
+    if kind == "class_grid":
+        return plots.class_grid(model, 10, FLAGS.seed, class_names=names)
+    chosen = sorted(rng.choice(n, size=min(RECONSTRUCTED, n), replace=False))
+    return plots.reconstructions(model, x[chosen])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _check_output()
+    try:
+        plots.require_matplotlib()
+    except ImportError as e:
+        raise common.UserError(str(e))
+    common.import_tensorflow_quietly()
+    import numpy as np
+
+    from tfp_vae import data
+
+    model = common.load_model(FLAGS.model_path, compile=False)
+    applicable = plots.kinds_for(model)
+    if FLAGS.kind != "all" and FLAGS.kind not in applicable:
+        raise common.UserError(
+            f"--kind={FLAGS.kind} does not apply to {FLAGS.model_path}: a "
+            f"{type(model).__name__} has no classes (class_grid is for the ssvae and m1m2 "
+            f"models); choose one of {', '.join(applicable)}, or all.")
+    kinds = applicable if FLAGS.kind == "all" else (FLAGS.kind,)
+    x = y = None
+    if any(kind != "class_grid" for kind in kinds):
+        dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
+        if FLAGS.examples > len(dataset.x_test):
+            raise app.UsageError(f"--examples={FLAGS.examples}: the test set has only "
+                                 f"{len(dataset.x_test)} images.")
+        x = data.binarize_static(dataset.x_test[:FLAGS.examples])
+        y = dataset.y_test[:FLAGS.examples] if dataset.has_labels else None
+    names = plots.class_names(FLAGS.dataset, getattr(model, "num_classes", data.NUM_CLASSES))
+    if FLAGS.kind == "all":
+        os.makedirs(FLAGS.output, exist_ok=True)
+    for kind in kinds:
+        figure = _figure(kind, model, x, y, names, np.random.default_rng(FLAGS.seed))
+        path = os.path.join(FLAGS.output, f"{kind}.png") if FLAGS.kind == "all" else FLAGS.output
+        plots.save(figure, path)
+        print(f"Wrote {path}")
+
+
+def run():
+    common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()
