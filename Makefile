@@ -34,7 +34,7 @@ demo: setup
 	@echo "Demo done: $(DEMO_DIR)/samples.png, reconstructions.png, metrics.json, iwae.json, savedmodel/"
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf runs/demo .pytest_cache
