@@ -125,3 +125,61 @@ def apply_enumerated(network, x, num_classes, shared, factorise=True):
     xw = xw[None] if shared else tf.reshape(xw, [k, -1, units])    # [1 or K, B, H]
     pre = tf.reshape(xw + rows[:, None, :], [-1, units])           # [K * B, H]
     return _finish(first, rest, pre)
+
+
+# ----------------------------------------------------------------------------------------------
+# The user's own networks (a model's `encoder=`, `decoder=`, `classifier=` arguments).
+
+
+def _width_text(dim, formula=None):
+    """"[batch, 784]", or with a formula "[batch, 2 * z_dim] = [batch, 20]"."""
+    if formula is None or formula == str(dim):
+        return f"[batch, {dim}]"
+    return f"[batch, {formula}] = [batch, {dim}]"
+
+
+def user_network(network, role, input_dim, output_dim, input_formula=None, output_formula=None):
+    """A network the user passed for `role` ("encoder", ...): checked and built, returned as is.
+
+    It must be a Keras layer or model (`keras.Sequential`, a functional or subclassed
+    `keras.Model`, any `keras.layers.Layer`), built or not, mapping [batch, input_dim] to
+    [batch, output_dim]. It is called once on a symbolic [None, input_dim] input, which builds
+    an unbuilt one on that width (without fixing the batch size) and gives its output shape;
+    ValueError naming the expected shapes (with their formulas, e.g. "2 * z_dim") when it is not
+    a layer, fails on that input or gives another shape. The models flatten any leading sample
+    axes before calling it (`apply`), so it only ever sees [batch, input_dim].
+    """
+    expected = (f"{role} must map {_width_text(input_dim, input_formula)} to "
+                f"{_width_text(output_dim, output_formula)}")
+    if not isinstance(network, keras.layers.Layer):
+        raise ValueError(f"{expected}: pass a Keras layer or model (keras.Sequential, "
+                         f"keras.Model, keras.layers.Layer); got {type(network).__name__}.")
+    try:
+        out = network(keras.KerasTensor((None, int(input_dim)), dtype="float32"))
+    except Exception as e:  # Keras' own message (an input spec, a failing call) follows.
+        raise ValueError(f"{expected}; calling it on [batch, {input_dim}] failed: {e}") from e
+    if not isinstance(out, keras.KerasTensor):
+        raise ValueError(f"{expected}, one tensor; it gives {type(out).__name__}.")
+    shape = tuple(out.shape)
+    if len(shape) != 2 or shape[-1] != output_dim:
+        given = ", ".join(["batch"] + [str(d) for d in shape[1:]])
+        raise ValueError(f"{expected}; it gives [{given}].")
+    return network
+
+
+def serialize_networks(config, model, names):
+    """`config` with the networks `names` (the user's) of `model` added, serialised with
+    `keras.saving.serialize_keras_object` (their weights are saved with the model's)."""
+    return {**config, **{name: keras.saving.serialize_keras_object(getattr(model, name))
+                         for name in names}}
+
+
+def deserialize_networks(config, names, custom_objects=None):
+    """`config` with the serialised networks among `names` deserialised (a model's
+    `from_config`); entries that are absent, None or already layers are left as they are."""
+    config = dict(config)
+    for name in names:
+        if isinstance(config.get(name), dict):
+            config[name] = keras.saving.deserialize_keras_object(
+                config[name], custom_objects=custom_objects)
+    return config

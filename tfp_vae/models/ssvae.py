@@ -402,6 +402,16 @@ class SSVAE(keras.Model):
       seed: keys the training steps' random draws with the step count (`base.step_seed`);
         None draws one. Kept in the config.
       clip_norm: clip each step's gradient to this global norm (None: no clipping).
+      encoder: None (the recipe's MLP, from hidden, activation and init) or any Keras layer or
+        model (built or not) mapping [x, onehot(y)], [B, x_dim + num_classes], to the
+        posterior's parameters [B, 2 * z_dim].
+      decoder: None (the recipe's MLP) or any Keras layer or model mapping [z, onehot(y)],
+        [B, z_dim + num_classes], to the likelihood's parameters: Bernoulli logits [B, x_dim],
+        or for the Gaussian likelihood means and pre-softplus variances [B, 2 * x_dim].
+      classifier: None (the recipe's MLP, from classifier_hidden and classifier_activation) or
+        any Keras layer or model mapping x [B, x_dim] to the logits of q(y|x) [B, num_classes].
+        A `keras.Sequential` encoder or decoder whose first layer is a plain Dense has that
+        layer split for the label enumeration (`factorise_labels`); any other is tiled.
 
     Training data (see `make_train_dataset`): each element is
     (unlabelled_x [B, x_dim], (labelled_x [L, x_dim], labelled_y [L] ints or [L, K] one-hot)),
@@ -427,7 +437,7 @@ class SSVAE(keras.Model):
                  activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
                  gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=784,
                  labelled_bound=True, likelihood="bernoulli", seed=None, clip_norm=None,
-                 **kwargs):
+                 encoder=None, decoder=None, classifier=None, **kwargs):
         super().__init__(**kwargs)
         self.seed = training_seed(seed)
         self.clip_norm = check_clip_norm(clip_norm)
@@ -449,14 +459,33 @@ class SSVAE(keras.Model):
         self.likelihood_name = likelihood
         self.min_variance, self.init = float(min_variance), init
         k = self.num_classes
-        self.classifier = networks.mlp(self.x_dim, self.classifier_hidden, k,
-                                       classifier_activation, init, name="classifier")
-        self.encoder = networks.mlp(self.x_dim + k, self.hidden, 2 * self.z_dim, activation, init,
-                                    name="encoder")
+        # The user's networks are kept in the config (`get_config`); the default MLPs are not.
+        self._user_networks = tuple(name for name, network in (
+            ("classifier", classifier), ("encoder", encoder), ("decoder", decoder))
+            if network is not None)
+        if classifier is None:
+            self.classifier = networks.mlp(self.x_dim, self.classifier_hidden, k,
+                                           classifier_activation, init, name="classifier")
+        else:
+            self.classifier = networks.user_network(classifier, "classifier", self.x_dim, k,
+                                                    "x_dim", "num_classes")
+        if encoder is None:
+            self.encoder = networks.mlp(self.x_dim + k, self.hidden, 2 * self.z_dim, activation,
+                                        init, name="encoder")
+        else:
+            self.encoder = networks.user_network(encoder, "encoder", self.x_dim + k,
+                                                 2 * self.z_dim, "x_dim + num_classes",
+                                                 "2 * z_dim")
         # A Gaussian likelihood needs a mean and a pre-softplus variance per feature.
-        out_dim = self.x_dim * (2 if likelihood == "gaussian" else 1)
-        self.decoder = networks.mlp(self.z_dim + k, self.hidden, out_dim, activation, init,
-                                    name="decoder")
+        gaussian = likelihood == "gaussian"
+        out_dim = self.x_dim * (2 if gaussian else 1)
+        if decoder is None:
+            self.decoder = networks.mlp(self.z_dim + k, self.hidden, out_dim, activation, init,
+                                        name="decoder")
+        else:
+            self.decoder = networks.user_network(decoder, "decoder", self.z_dim + k, out_dim,
+                                                 "z_dim + num_classes",
+                                                 "2 * x_dim" if gaussian else "x_dim")
         self.label_posterior = CategoricalFromLogits()
         self.posterior = layers.GaussianPosterior(min_variance)
         # GaussianPosterior maps [mean, pre-variance] to a diagonal Gaussian, likelihood or not.
@@ -836,14 +865,22 @@ class SSVAE(keras.Model):
         return self.classify(x)
 
     def get_config(self):
-        return {**super().get_config(), "z_dim": self.z_dim, "hidden": list(self.hidden),
-                "classifier_hidden": list(self.classifier_hidden), "activation": self.activation,
-                "classifier_activation": self.classifier_activation,
-                "num_classes": self.num_classes, "gen_weight": self.gen_weight,
-                "class_weight": self.class_weight, "min_variance": self.min_variance,
-                "labelled_bound": self.labelled_bound,
-                "init": self.init, "x_dim": self.x_dim, "likelihood": self.likelihood_name,
-                "seed": self.seed, "clip_norm": self.clip_norm}
+        config = {**super().get_config(), "z_dim": self.z_dim, "hidden": list(self.hidden),
+                  "classifier_hidden": list(self.classifier_hidden),
+                  "activation": self.activation,
+                  "classifier_activation": self.classifier_activation,
+                  "num_classes": self.num_classes, "gen_weight": self.gen_weight,
+                  "class_weight": self.class_weight, "min_variance": self.min_variance,
+                  "labelled_bound": self.labelled_bound,
+                  "init": self.init, "x_dim": self.x_dim, "likelihood": self.likelihood_name,
+                  "seed": self.seed, "clip_norm": self.clip_norm}
+        return networks.serialize_networks(config, self, self._user_networks)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = networks.deserialize_networks(config, ("classifier", "encoder", "decoder"),
+                                               custom_objects)
+        return super().from_config(config, custom_objects)
 
     # ---- uses -------------------------------------------------------------------------------
 

@@ -57,6 +57,8 @@ class M1M2(SSVAE):
         keep the prior N(0, 1) (see `active_units`).
       **kwargs: the SSVAE's (z_dim, hidden, classifier_hidden, gen_weight, class_weight, ...),
         for M2 on the features; its x_dim and likelihood are set by m1 and feature_indices.
+        The user's own `encoder=`, `decoder=`, `classifier=` work on the features too: x_dim
+        is len(feature_indices), and the decoder gives Gaussian parameters [B, 2 * x_dim].
 
     Inputs everywhere are images, as for the SSVAE: binary for the bounds and training, grayscale
     allowed for `classify`, `encode` and `reconstruct`.

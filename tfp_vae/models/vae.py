@@ -1,4 +1,5 @@
-"""The VAE: p(z) = N(0, I), Gaussian q(z|x) from an MLP, Bernoulli p(x|z) from an MLP."""
+"""The VAE: p(z) = N(0, I), Gaussian q(z|x) from an MLP, Bernoulli p(x|z) from an MLP (or from
+networks of the user's own: `encoder=`, `decoder=`)."""
 
 import keras
 
@@ -16,20 +17,38 @@ class VAE(LatentVariableModel):
       activation: hidden activation (ELU in the recipe).
       min_variance: floor added to the softplus posterior variance.
       init: "torch" (PyTorch's Linear default, the recipe's) or "glorot" (Keras' default).
+      encoder: None (the recipe's MLP, from hidden, activation and init) or any Keras layer or
+        model (built or not) mapping images [B, x_dim] to the posterior's parameters
+        [B, 2 * z_dim] (means, then pre-softplus variances).
+      decoder: None (the recipe's MLP) or any Keras layer or model mapping latents [B, z_dim] to
+        the Bernoulli logits [B, x_dim]. The model flattens extra sample axes ([m, B, z_dim]
+        under IWAE) into the batch before calling it.
       **kwargs: beta, objective, iw, x_dim and keras.Model arguments (see the base class).
     """
 
     analytic_kl = True
 
     def __init__(self, z_dim=10, hidden=(300, 300), activation="elu", min_variance=1e-8,
-                 init="torch", **kwargs):
+                 init="torch", encoder=None, decoder=None, **kwargs):
         super().__init__(z_dim=z_dim, **kwargs)
         self.hidden, self.activation = tuple(int(h) for h in hidden), activation
         self.min_variance, self.init = float(min_variance), init
-        self.encoder = networks.mlp(self.x_dim, self.hidden, 2 * self.z_dim, activation, init,
-                                    name="encoder")
-        self.decoder = networks.mlp(self.z_dim, self.hidden, self.x_dim, activation, init,
-                                    name="decoder")
+        # The user's networks are kept in the config (`get_config`); the default MLPs are not.
+        self._user_networks = tuple(name for name, network in
+                                   (("encoder", encoder), ("decoder", decoder))
+                                   if network is not None)
+        if encoder is None:
+            self.encoder = networks.mlp(self.x_dim, self.hidden, 2 * self.z_dim, activation,
+                                        init, name="encoder")
+        else:
+            self.encoder = networks.user_network(encoder, "encoder", self.x_dim, 2 * self.z_dim,
+                                                 output_formula="2 * z_dim")
+        if decoder is None:
+            self.decoder = networks.mlp(self.z_dim, self.hidden, self.x_dim, activation, init,
+                                        name="decoder")
+        else:
+            self.decoder = networks.user_network(decoder, "decoder", self.z_dim, self.x_dim,
+                                                 "z_dim", "x_dim")
         self.posterior = layers.GaussianPosterior(min_variance)
         self.likelihood = layers.BernoulliLikelihood()
         self.prior_layer = self.make_prior()
@@ -48,5 +67,12 @@ class VAE(LatentVariableModel):
         return self.prior_layer()
 
     def get_config(self):
-        return {**super().get_config(), "hidden": list(self.hidden), "activation": self.activation,
-                "min_variance": self.min_variance, "init": self.init}
+        config = {**super().get_config(), "hidden": list(self.hidden),
+                  "activation": self.activation, "min_variance": self.min_variance,
+                  "init": self.init}
+        return networks.serialize_networks(config, self, self._user_networks)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = networks.deserialize_networks(config, ("encoder", "decoder"), custom_objects)
+        return super().from_config(config, custom_objects)

@@ -1,0 +1,219 @@
+"""The user's own networks: `VAE(encoder=..., decoder=...)`, `SSVAE(..., classifier=...)`: shape
+checks, IWAE sample axes, save/load, SavedModel export, the SSVAE's label enumeration."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae import export, networks
+from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE
+
+X_DIM, Z_DIM, K = 784, 3, 10
+
+
+def binary(n, seed=0, dim=X_DIM):
+    return (np.random.default_rng(seed).random((n, dim)) < 0.3).astype(np.float32)
+
+
+def seq(*units):
+    """An unbuilt keras.Sequential of Dense layers (tanh between them, linear output)."""
+    return keras.Sequential([keras.layers.Dense(u, activation="tanh") for u in units[:-1]]
+                            + [keras.layers.Dense(units[-1])])
+
+
+@keras.saving.register_keras_serializable("test_user_networks")
+class RankTwoOnly(keras.layers.Layer):
+    """A Dense layer that records the shapes it is called on and refuses anything but [B, d]."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.seen = units, []
+        self.dense = keras.layers.Dense(units)
+
+    def call(self, x):
+        self.seen.append(tuple(x.shape))
+        if len(x.shape) != 2:
+            raise ValueError(f"RankTwoOnly got shape {tuple(x.shape)}")
+        return self.dense(x)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def vae(model_cls=VAE, **kwargs):
+    keras.utils.set_random_seed(0)
+    extra = {"k": 5} if model_cls is GMVAE else {}
+    return model_cls(z_dim=Z_DIM, encoder=seq(16, 2 * Z_DIM), decoder=seq(16, X_DIM),
+                     **extra, **kwargs)
+
+
+@pytest.mark.parametrize("model_cls", [VAE, GMVAE])
+def test_keras_file_round_trip(tmp_path, model_cls):
+    model = vae(model_cls)
+    model.compile(keras.optimizers.Adam(1e-2), jit_compile=False)
+    x = binary(6)
+    model.fit(x, batch_size=6, epochs=1, verbose=0)
+    config = model.get_config()
+    assert config["encoder"]["class_name"] == "Sequential" and "decoder" in config
+    # The networks are the user's: 784 -> 16 -> 6 and 3 -> 16 -> 784.
+    assert [tuple(w.shape) for w in model.encoder.weights] == [(784, 16), (16,), (16, 6), (6,)]
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is model_cls
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    seed = tf.constant([1, 2])
+    np.testing.assert_array_equal(loaded.elbo(x, seed=seed), model.elbo(x, seed=seed))
+    np.testing.assert_array_equal(loaded.reconstruct(x), model.reconstruct(x))
+    assert int(loaded.optimizer.iterations.numpy()) == 1
+
+
+def test_default_networks_stay_out_of_the_config():
+    keras.utils.set_random_seed(0)
+    model = VAE(z_dim=Z_DIM, hidden=(8,))
+    decoder = seq(X_DIM)  # Keras draws its initialisers' seeds here, before the reseeding.
+    keras.utils.set_random_seed(0)
+    mixed = VAE(z_dim=Z_DIM, hidden=(8,), decoder=decoder)
+    config = model.get_config()
+    assert "encoder" not in config and "decoder" not in config
+    assert "encoder" not in mixed.get_config() and "decoder" in mixed.get_config()
+    # Leaving a network out builds the recipe's MLP, drawn first as before.
+    for a, b in zip(model.encoder.get_weights(), mixed.encoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_shapes_are_checked_once_with_a_clear_message():
+    with pytest.raises(ValueError, match=r"encoder must map \[batch, 784\] to "
+                       r"\[batch, 2 \* z_dim\] = \[batch, 6\]; it gives \[batch, 5\]"):
+        VAE(z_dim=Z_DIM, encoder=seq(5))
+    with pytest.raises(ValueError, match=r"decoder must map \[batch, z_dim\] = \[batch, 3\] to "
+                       r"\[batch, x_dim\] = \[batch, 784\]; it gives \[batch, 10\]"):
+        VAE(z_dim=Z_DIM, decoder=seq(10))
+    fixed = keras.Sequential([keras.Input((10,)), keras.layers.Dense(6)])
+    with pytest.raises(ValueError, match=r"encoder must map \[batch, 784\].*calling it on "
+                       r"\[batch, 784\] failed"):
+        VAE(z_dim=Z_DIM, encoder=fixed)
+    with pytest.raises(ValueError, match="pass a Keras layer or model.*got function"):
+        VAE(z_dim=Z_DIM, encoder=lambda x: x)
+    with pytest.raises(ValueError, match=r"encoder must map \[batch, x_dim \+ num_classes\] = "
+                       r"\[batch, 794\] to \[batch, 2 \* z_dim\] = \[batch, 6\]; it gives "
+                       r"\[batch, 7\]"):
+        SSVAE(z_dim=Z_DIM, encoder=seq(7))
+    with pytest.raises(ValueError, match=r"decoder must map .* to \[batch, 2 \* x_dim\] = "
+                       r"\[batch, 12\]; it gives \[batch, 6\]"):
+        SSVAE(z_dim=Z_DIM, x_dim=6, likelihood="gaussian", decoder=seq(6))
+    with pytest.raises(ValueError, match=r"classifier must map \[batch, x_dim\] = \[batch, 784\] "
+                       r"to \[batch, num_classes\] = \[batch, 10\]; it gives \[batch, 9\]"):
+        SSVAE(z_dim=Z_DIM, classifier=seq(9))
+    # Any layer is a network; a built one is checked as it is.
+    built = keras.Sequential([keras.Input((X_DIM,)), keras.layers.Dense(2 * Z_DIM)])
+    model = VAE(z_dim=Z_DIM, encoder=built, decoder=keras.layers.Dense(X_DIM))
+    assert model.encoder is built and model.encode(binary(2)).batch_shape == [2]
+
+
+def test_iwae_flattens_the_sample_axis_for_the_decoder():
+    keras.utils.set_random_seed(0)
+    decoder = RankTwoOnly(X_DIM)
+    model = VAE(z_dim=Z_DIM, hidden=(8,), decoder=decoder, objective="iwae", iw=3)
+    model.compile(keras.optimizers.Adam(1e-3), jit_compile=False)
+    x = binary(4)
+    history = model.fit(x, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["niwae"][0])
+    decoder.seen.clear()
+    bound = model.iwae(x, m=5, seed=[3, 4])
+    assert bound.shape == [4] and np.all(np.isfinite(bound))
+    assert decoder.seen == [(20, Z_DIM)]  # [m * B, z_dim]
+    # The flattened pass gives sample i's likelihood for every i: decode each [B, z] alone.
+    _, z, log_lik, _, _ = model._importance_samples(x, 5, seed=tfp.random.sanitize_seed([5, 6]))
+    for i in range(5):
+        np.testing.assert_allclose(log_lik[i], model.decode(z[i]).log_prob(x), rtol=1e-6)
+    assert all(len(shape) == 2 for shape in decoder.seen)
+
+
+def test_savedmodel_export_serves_elbo(tmp_path):
+    model = vae()
+    path = export.export(model, tmp_path / "saved")
+    loaded = tf.saved_model.load(path)
+    x, seed = binary(5), tf.constant([3, 4])
+    out = loaded.signatures["elbo"](x=tf.constant(x), seed=seed)
+    np.testing.assert_allclose(out["elbo"], model.elbo(x, seed=seed), rtol=1e-5, atol=1e-3)
+
+
+@keras.saving.register_keras_serializable("test_user_networks")
+class Classifier(keras.Model):
+    """A subclassed classifier."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(K)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def functional(input_dim, output_dim):
+    inputs = keras.Input((input_dim,))
+    return keras.Model(inputs, keras.layers.Dense(output_dim)(
+        keras.layers.Dense(8, activation="elu")(inputs)))
+
+
+def ssvae(**kwargs):
+    keras.utils.set_random_seed(0)
+    return SSVAE(z_dim=Z_DIM, classifier=Classifier(), encoder=seq(8, 2 * Z_DIM),
+                 decoder=functional(Z_DIM + K, X_DIM), **kwargs)
+
+
+def test_ssvae_user_networks_enumerate_labels_exactly():
+    model = ssvae()
+    # A Sequential whose first layer is Dense on [x, onehot(y)] is split; any other is tiled.
+    assert networks.split_first_dense(model.encoder, K) is not None
+    assert networks.split_first_dense(model.decoder, K) is None
+    assert networks.split_first_dense(
+        keras.Sequential([keras.Input((X_DIM + K,)), keras.layers.Dropout(0.1),
+                          keras.layers.Dense(6)]), K) is None
+    x = tf.constant(binary(4))
+    terms = {}
+    for factorise in (True, False):
+        model.factorise_labels = factorise
+        terms[factorise] = model.unlabelled_terms(x, seed=[1, 2])
+    for name in ("nelbo", "rec", "kl_z", "kl_y"):
+        np.testing.assert_allclose(terms[True][name], terms[False][name], rtol=1e-5, atol=1e-4)
+    # The enumerated KL of each label is the class-by-class one.
+    _, kl_z = model.enumerated_terms(x, seed=[1, 2])
+    for k in range(K):
+        labels = tf.fill([4], k)
+        q = model._encode(x, labels)
+        np.testing.assert_allclose(kl_z[:, k], tfp.distributions.kl_divergence(q, model.prior()),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_ssvae_keras_file_round_trip(tmp_path):
+    model = ssvae()
+    config = model.get_config()
+    assert {"classifier", "encoder", "decoder"} <= set(config)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.classifier, Classifier)
+    x, seed = binary(5), tf.constant([1, 2])
+    np.testing.assert_array_equal(loaded.classify(x), model.classify(x))
+    np.testing.assert_array_equal(loaded.elbo(x, seed=seed), model.elbo(x, seed=seed))
+    np.testing.assert_array_equal(loaded.labelled_elbo(x, np.arange(5), seed=seed),
+                                  model.labelled_elbo(x, np.arange(5), seed=seed))
+
+
+def test_m1m2_passes_the_networks_through():
+    keras.utils.set_random_seed(0)
+    m1 = VAE(z_dim=4, hidden=(8,))
+    model = M1M2(m1, z_dim=2, hidden=(8,), classifier=seq(K), encoder=seq(4),
+                 decoder=functional(2 + K, 2 * 4))
+    config = model.get_config()
+    assert {"classifier", "encoder", "decoder"} <= set(config)
+    again = M1M2.from_config(config)
+    again.set_weights(model.get_weights())
+    x = binary(3)
+    np.testing.assert_array_equal(again.classify(x), model.classify(x))
