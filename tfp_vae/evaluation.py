@@ -23,7 +23,9 @@ def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
       x: binary images [N, x_dim] (NumPy or tensor).
       m: importance samples per example.
     """
-    x = check_images(x, model.x_dim).numpy()
+    # The model checks its inputs as its likelihood needs them (binary for Bernoulli pixels).
+    x = (model.check_inputs(x) if hasattr(model, "check_inputs")
+         else check_images(x, model.x_dim)).numpy()
     if int(m) < 1:
         raise ValueError(f"The IWAE bound needs m >= 1 samples; got m={m}.")
     chunk = min(m, max_rows)

@@ -5,7 +5,7 @@ from the current variable values (Keras 3 variables are not `tf.Variable`s: a di
 built once in `__init__` would freeze them), so gradients reach every parameter.
 
 Shapes follow TFP: batch shape is everything but the last axis of the input; the event is the
-last axis (z for Gaussians, pixels for the Bernoulli).
+last axis (z for Gaussians, pixels (or features) for the likelihoods).
 
 Every layer here computes in float32 whatever the global dtype policy: under mixed precision
 (`keras.mixed_precision.set_global_policy("mixed_bfloat16")`) the networks may compute in bfloat16
@@ -13,6 +13,7 @@ or float16, but their outputs are cast to float32 on the way in, so every distri
 parameter, log-probability, log-sum-exp and loss is float32.
 """
 
+import numpy as np
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -89,6 +90,76 @@ class BernoulliLikelihood(Float32Layer):
         logits = tf.cast(logits, tf.float32)
         return tfd.Independent(LogitBernoulli(logits=logits, dtype=tf.float32),
                                reinterpreted_batch_ndims=1)
+
+
+@keras.saving.register_keras_serializable(_PACKAGE)
+class ContinuousBernoulliLikelihood(Float32Layer):
+    """Logits [..., D] -> Independent(ContinuousBernoulli(logits), 1): batch [...], event [D].
+
+    For grayscale pixels in [0, 1] (Loaiza-Ganem & Cunningham, 2019): the Bernoulli term
+    x * logits - softplus(logits) plus log C(lambda), the normaliser that makes it a density on
+    [0, 1]. Its `mean()` is not the parameter lambda = sigmoid(logits) (it is nearer 1/2); the
+    models return the mean as the reconstruction.
+    """
+
+    def call(self, logits):
+        logits = tf.cast(logits, tf.float32)
+        return tfd.Independent(tfd.ContinuousBernoulli(logits=logits, dtype=tf.float32),
+                               reinterpreted_batch_ndims=1)
+
+
+@keras.saving.register_keras_serializable(_PACKAGE)
+class GaussianLikelihood(Float32Layer):
+    """Means [..., D] -> Independent(Normal(means, scale), 1): batch [...], event [D].
+
+    For real-valued data. The scale is learned per dimension and shared by all examples (the
+    decoder outputs only the means): scale = softplus(pre_scale) + min_scale, a trainable
+    variable pre_scale of shape [D] that starts at scale = 1 (the floor keeps log p finite when
+    a dimension is constant in the data).
+    """
+
+    def __init__(self, x_dim, min_scale=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.x_dim, self.min_scale = int(x_dim), float(min_scale)
+        start = float(np.log(np.expm1(1.0 - self.min_scale)))  # softplus(start) + floor = 1
+        self.pre_scale = self.add_weight(shape=(self.x_dim,),
+                                         initializer=keras.initializers.Constant(start),
+                                         name="pre_scale")
+
+    def scale(self):
+        """The current per-dimension scale, float32 [D]."""
+        return tf.nn.softplus(tf.convert_to_tensor(self.pre_scale)) + self.min_scale
+
+    def call(self, means):
+        means = tf.cast(means, tf.float32)
+        return tfd.Independent(tfd.Normal(loc=means, scale=self.scale()),
+                               reinterpreted_batch_ndims=1)
+
+    def get_config(self):
+        return {**super().get_config(), "x_dim": self.x_dim, "min_scale": self.min_scale}
+
+
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+
+
+def check_likelihood(name):
+    """`name` if it is one of `LIKELIHOODS`, else a ValueError listing them."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {name!r}.")
+    return name
+
+
+def likelihood_layer(name, x_dim):
+    """The distribution layer of likelihood `name` over x_dim dimensions; the decoder's output
+    [..., x_dim] is its input: logits for "bernoulli" (binary pixels) and
+    "continuous_bernoulli" (grayscale pixels in [0, 1]), means for "gaussian" (real values;
+    the per-dimension scale is the layer's own variable)."""
+    check_likelihood(name)
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "continuous_bernoulli":
+        return ContinuousBernoulliLikelihood()
+    return GaussianLikelihood(x_dim)
 
 
 class DiagonalGaussianMixture(tfd.MixtureSameFamily):

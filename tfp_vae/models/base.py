@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import objectives
+from tfp_vae import layers, objectives
 
 tfd = tfp.distributions
 
@@ -480,7 +480,13 @@ class LatentVariableModel(keras.Model):
 
     Args:
       z_dim: latent size.
-      x_dim: number of (binary) pixels.
+      x_dim: number of pixels (or of features, with a Gaussian likelihood).
+      likelihood: p(x|z), by name (`tfp_vae.layers.LIKELIHOODS`): "bernoulli" (binary pixels,
+        the recipe), "continuous_bernoulli" (grayscale pixels in [0, 1]) or "gaussian"
+        (real-valued features, a learned per-dimension scale). The inputs are checked for it
+        (`check_inputs`): 0/1 pixels for the Bernoulli's bounds (grayscale in [0, 1] may still
+        be encoded), pixels in [0, 1] for the continuous Bernoulli, finite values of any range
+        for the Gaussian.
       beta: weight on KL in the ELBO objective (beta-VAE); 1 gives the true bound.
       objective: "elbo" (the default) or "iwae" (the importance-weighted bound with `iw`
         samples, the IWAE paper's estimator).
@@ -498,8 +504,9 @@ class LatentVariableModel(keras.Model):
     analytic_kl = False
 
     def __init__(self, z_dim=10, x_dim=784, beta=1.0, objective="elbo", iw=1, seed=None,
-                 clip_norm=None, **kwargs):
+                 clip_norm=None, likelihood="bernoulli", **kwargs):
         super().__init__(**kwargs)
+        self.likelihood_name = layers.check_likelihood(likelihood)
         self.seed = training_seed(seed)
         self.clip_norm = check_clip_norm(clip_norm)
         if objective not in OBJECTIVES:
@@ -527,6 +534,37 @@ class LatentVariableModel(keras.Model):
         """p(z): batch [], event [z_dim]."""
         raise NotImplementedError
 
+    # ---- inputs -------------------------------------------------------------------------------
+
+    @property
+    def input_problems(self):
+        """The messages of `input_problem`'s codes (1-based): those of `IMAGE_PROBLEMS`, then
+        the Gaussian likelihood's NaN/Inf features."""
+        return IMAGE_PROBLEMS + (FEATURE_PROBLEM,)
+
+    def check_inputs(self, x, check_values=True, bound=True):
+        """Checks inputs x as the likelihood needs them and returns them as float32 [B, x_dim].
+
+        Bernoulli: images (`check_images`, also [B, 28, 28]), binary when `bound` (the pixels
+        go into the likelihood; `bound=False`, for what is only encoded, allows grayscale in
+        [0, 1]); continuous Bernoulli: images with pixels in [0, 1]; Gaussian: finite features
+        of any range (`check_features`). A ValueError eagerly, a graph assertion in a graph.
+        `check_values=False` checks only the shape and dtype (the fused update checks the
+        values with `input_problem` inside XLA instead).
+        """
+        if self.likelihood_name == "gaussian":
+            return check_features(x, self.x_dim, check_values)
+        return check_images(x, self.x_dim, binary=bound and self.likelihood_name == "bernoulli",
+                            check_pixels=check_values)
+
+    def input_problem(self, x, bound=True):
+        """int32 code (0: fine) of the values of checked-shape inputs x, float32 [B, x_dim], as
+        `check_inputs` checks them; the message is `input_problems[code - 1]`. Plain ops
+        (XLA-safe)."""
+        if self.likelihood_name == "gaussian":
+            return tf.where(tf.reduce_all(tf.math.is_finite(x)), 0, len(IMAGE_PROBLEMS) + 1)
+        return image_problem(x, binary=bound and self.likelihood_name == "bernoulli")
+
     # ---- bounds -------------------------------------------------------------------------------
 
     def kl(self, q, z):
@@ -537,7 +575,7 @@ class LatentVariableModel(keras.Model):
         return objectives.monte_carlo_kl(q.log_prob(z), self.prior().log_prob(z))
 
     def elbo_terms(self, x, seed=None):
-        """One-sample ELBO terms for binary x [B, x_dim]: dict of [B] tensors nelbo, kl, rec."""
+        """One-sample ELBO terms for x [B, x_dim] (checked): dict of [B] tensors nelbo, kl, rec."""
         q = self.encode(x)
         z = q.sample(seed=seed)
         rec = -self.decode(z).log_prob(x)
@@ -546,7 +584,7 @@ class LatentVariableModel(keras.Model):
 
     def elbo(self, x, seed=None):
         """Per-example ELBO (a lower bound on log p(x), nats) [B]; x is checked first."""
-        x = check_images(x, self.x_dim)
+        x = self.check_inputs(x)
         return -self.elbo_terms(x, seed=seed)["nelbo"]
 
     def iwae_log_weights(self, x, m, seed=None):
@@ -565,7 +603,7 @@ class LatentVariableModel(keras.Model):
         Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory is
         O(chunk * B) whatever m is. m may be a tensor (for serving).
         """
-        x = check_images(x, self.x_dim)
+        x = self.check_inputs(x)
         chunk = int(chunk or 1000)
         if isinstance(m, int) and m < 1:
             raise ValueError(f"The IWAE bound needs m >= 1 samples; got m={m}.")
@@ -643,13 +681,13 @@ class LatentVariableModel(keras.Model):
     compile_from_config = compile_from_saved_config
 
     def _fused_update(self, x):
-        """One gradient step and the metric updates, unless the pixels of x fail a check.
+        """One gradient step and the metric updates, unless the inputs x fail a check.
 
-        Returns (problem, metric results), `problem` from `image_problem`: nothing changes
+        Returns (problem, metric results), `problem` from `input_problem`: nothing changes
         (weights, optimizer state, metrics) when it is not 0. Compiled with XLA when
         `xla_update` (see `compile`).
         """
-        problem = image_problem(x)
+        problem = self.input_problem(x)
 
         def losses():
             terms = self.compute_terms(x, training=True, seed=step_seed(self))
@@ -671,13 +709,13 @@ class LatentVariableModel(keras.Model):
         """
         ctx = replica_context()
         if ctx is None:
-            x = check_images(self._images_of(data), self.x_dim, check_pixels=False)
+            x = self.check_inputs(self._images_of(data), check_values=False)
             if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
                 with tf.init_scope():
                     self.optimizer.build(self.trainable_variables)
             problem, results = compiled_update(self, self._fused_update)(x)
-            return raise_on_problem(results, problem)
-        x = check_images(self._images_of(data), self.x_dim)
+            return raise_on_problem(results, problem, self.input_problems)
+        x = self.check_inputs(self._images_of(data))
         (global_batch,) = global_counts(ctx, tf.shape(x)[0])
 
         def losses():
@@ -687,13 +725,14 @@ class LatentVariableModel(keras.Model):
         return self._record(gradient_step(self, losses), ctx)
 
     def test_step(self, data):
-        x = check_images(self._images_of(data), self.x_dim)
+        x = self.check_inputs(self._images_of(data))
         return self._record(self.compute_terms(x, training=False), replica_context())
 
     def fit(self, *args, **kwargs):
         """Keras' `fit`. Images given as arrays (x, validation_data's x; NumPy or eager tensors)
-        are checked up front, as `check_images` checks them, so that uint8 or grayscale pixels
-        fail with its ValueError before the first step; datasets are checked in the step."""
+        are checked up front, as `check_inputs` checks them, so that uint8 or grayscale pixels
+        (for the Bernoulli) fail with its ValueError before the first step; datasets are checked
+        in the step."""
         arguments = call_arguments(keras.Model.fit, self, args, kwargs)
         self._check_image_arrays(arguments.get("x"))
         self._check_image_arrays(validation_inputs(arguments.get("validation_data")))
@@ -708,39 +747,49 @@ class LatentVariableModel(keras.Model):
         return super().evaluate(*args, **kwargs)
 
     def _check_image_arrays(self, x):
-        check_array(self._images_of(x), lambda rows: check_images(rows, self.x_dim))
+        check_array(self._images_of(x), lambda rows: self.check_inputs(rows))
 
     def get_config(self):
         return {**super().get_config(), "z_dim": self.z_dim, "x_dim": self.x_dim,
                 "beta": self.beta, "objective": self.objective, "iw": self.iw, "seed": self.seed,
-                "clip_norm": self.clip_norm}
+                "clip_norm": self.clip_norm, "likelihood": self.likelihood_name}
 
     # ---- uses -----------------------------------------------------------------------------------
 
     def sample(self, n, seed=None):
-        """n images from the model: pixel probabilities [n, x_dim] of p(x|z), z ~ p(z)."""
+        """n images from the model: the means [n, x_dim] of p(x|z), z ~ p(z) (pixel
+        probabilities for the Bernoulli; for the continuous Bernoulli the mean, not its
+        parameter lambda)."""
         z = self.prior().sample(check_count(n), seed=seed)
         return self.decode(z).mean()
 
     def reconstruct(self, x):
-        """Pixel probabilities [B, x_dim] of p(x|z) at the posterior mean of q(z|x)."""
-        x = check_images(x, self.x_dim, binary=False)
+        """The mean [B, x_dim] of p(x|z) at the posterior mean of q(z|x) (pixel probabilities
+        for the Bernoulli); x is checked (`check_inputs(x, bound=False)`: grayscale allowed)."""
+        x = self.check_inputs(x, bound=False)
         return self.decode(self.encode(x).mean()).mean()
 
     def call(self, x, training=False):
-        """Reconstruction probabilities [B, x_dim] (see `reconstruct`; `predict` calls it)."""
+        """Reconstructions [B, x_dim] (see `reconstruct`; `predict` calls it)."""
         return self.reconstruct(x)
 
     def serving_functions(self):
         """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
 
         Every input is checked in the graph (a bad one raises tf.errors.InvalidArgumentError
-        whose message is the sentence `check_images` & co. raise in Python): `x` float32 images
-        [B, x_dim] (or [B, 28, 28]; binary for `elbo` and `log_likelihood`, grayscale in [0, 1]
-        allowed for `encode`), `z` finite float32 latents [B, z_dim], `n` an int32 scalar >= 0,
-        `m` one >= 1, `seed` int32 [2]. The specs leave the shapes open so that a wrong shape
-        reaches the check (and its message) rather than TensorFlow's signature matching. An
-        empty batch (B = 0, n = 0) gives empty outputs of the usual trailing shapes.
+        whose message is the sentence `check_images` & co. raise in Python): `x` float32 inputs
+        [B, x_dim] as the likelihood wants them (`check_inputs`): images (or [B, 28, 28]), binary
+        for a Bernoulli's `elbo` and `log_likelihood` (grayscale in [0, 1] allowed for `encode`),
+        in [0, 1] for the continuous Bernoulli; finite features for the Gaussian. `z` finite
+        float32 latents [B, z_dim], `n` an int32 scalar >= 0, `m` one >= 1, `seed` int32 [2].
+        The specs leave the shapes open so that a wrong shape reaches the check (and its
+        message) rather than TensorFlow's signature matching. An empty batch (B = 0, n = 0)
+        gives empty outputs of the usual trailing shapes.
+
+        `decode(z)` returns the parameters of p(x|z): for the Bernoulli `probs` (its mean) and
+        `logits`; for the continuous Bernoulli `mean` (not sigmoid(logits)) and `logits`; for
+        the Gaussian `mean` and `scale` (the learned per-dimension standard deviation, broadcast
+        to [B, x_dim]). `sample(n)`'s `images` are means of p(x|z) for every likelihood.
         """
         x = tf.TensorSpec(None, tf.float32, name="x")
         z = tf.TensorSpec(None, tf.float32, name="z")
@@ -749,12 +798,16 @@ class LatentVariableModel(keras.Model):
         seed = tf.TensorSpec(None, tf.int32, name="seed")
 
         def encode(x):
-            q = self.encode(check_images(x, self.x_dim, binary=False))
+            q = self.encode(self.check_inputs(x, bound=False))
             return {"mean": q.mean(), "variance": q.variance()}
 
         def decode(z):
             p = self.decode(check_features(z, self.z_dim, name="latents"))
-            return {"probs": p.mean(), "logits": p.distribution.logits}
+            if self.likelihood_name == "bernoulli":
+                return {"probs": p.mean(), "logits": p.distribution.logits}
+            if self.likelihood_name == "continuous_bernoulli":
+                return {"mean": p.mean(), "logits": p.distribution.logits}
+            return {"mean": p.mean(), "scale": p.stddev()}
 
         def sample(n):
             z = self.prior().sample(check_count(n))
@@ -765,11 +818,11 @@ class LatentVariableModel(keras.Model):
                 terms = self.elbo_terms(x, seed=seed)
                 return {"elbo": -terms["nelbo"], "kl": terms["kl"], "rec": terms["rec"]}
 
-            return padded_batch(bound, check_images(x, self.x_dim), check_seed(seed))
+            return padded_batch(bound, self.check_inputs(x), check_seed(seed))
 
         def log_likelihood(x, m, seed):
             m = check_count(m, "m", minimum=1, what="importance samples")
-            x = check_images(x, self.x_dim)
+            x = self.check_inputs(x)
             # An empty batch goes through as one row (see padded_batch): one sample will do.
             m = tf.where(tf.shape(x)[0] > 0, m, 1)
             return padded_batch(lambda x, seed: {"log_likelihood": self.iwae(x, m, seed=seed)},
@@ -781,12 +834,12 @@ class LatentVariableModel(keras.Model):
     def training_functions(self):
         """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
 
-        `train_step(x)`: one optimizer step on binary images x, float32 [B, x_dim] (checked as
-        in `train_step`): the gradient of the mean `loss` of `compute_terms` is applied with
-        `self.optimizer`, which updates the model's variables and the optimizer's state (Adam's
-        moments, its iteration count). Returns the batch means of `loss`, `nelbo`, `kl`, `rec`
-        (and `niwae` under the IWAE objective), computed before the update (float32 scalars),
-        `optimizer_iterations` (int64, counted after the update) and `learning_rate` (float32).
+        `train_step(x)`: one optimizer step on inputs x, float32 [B, x_dim] (checked as in
+        `train_step`: binary images for the Bernoulli, see `check_inputs`): the gradient of the
+        mean `loss` of `compute_terms` is applied with `self.optimizer`, which updates the
+        model's variables and the optimizer's state (Adam's moments, its iteration count).
+        Returns the batch means of `loss`, `nelbo`, `kl`, `rec` (and `niwae` under the IWAE
+        objective), computed before the update (float32 scalars), `optimizer_iterations` (int64, counted after the update) and `learning_rate` (float32).
 
         Unlike `train_step` under model.fit, nothing goes into Keras' running metrics: each call
         reports its own batch. Needs a compiled model whose optimizer is built
@@ -795,7 +848,7 @@ class LatentVariableModel(keras.Model):
         x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
 
         def train_step(x):
-            x = check_images(x, self.x_dim)
+            x = self.check_inputs(x)
 
             def losses():
                 terms = self.compute_terms(x, training=True, seed=step_seed(self))

@@ -20,7 +20,8 @@ class GMVAE(VAE):
     Args:
       k: number of mixture components.
       learn_mixture_weights: train the mixture weights too (default: uniform and fixed).
-      **kwargs: as for VAE (the user's own `encoder=` and `decoder=` included).
+      **kwargs: as for VAE (the user's own `encoder=` and `decoder=`, and `likelihood=`,
+        included).
     """
 
     analytic_kl = False

@@ -1,5 +1,6 @@
 """The VAE: p(z) = N(0, I), Gaussian q(z|x) from an MLP, Bernoulli p(x|z) from an MLP (or from
-networks of the user's own: `encoder=`, `decoder=`)."""
+networks of the user's own: `encoder=`, `decoder=`; or another likelihood by name:
+`likelihood="continuous_bernoulli"` or `"gaussian"`)."""
 
 import keras
 
@@ -21,9 +22,12 @@ class VAE(LatentVariableModel):
         model (built or not) mapping images [B, x_dim] to the posterior's parameters
         [B, 2 * z_dim] (means, then pre-softplus variances).
       decoder: None (the recipe's MLP) or any Keras layer or model mapping latents [B, z_dim] to
-        the Bernoulli logits [B, x_dim]. The model flattens extra sample axes ([m, B, z_dim]
-        under IWAE) into the batch before calling it.
-      **kwargs: beta, objective, iw, x_dim and keras.Model arguments (see the base class).
+        the likelihood's parameters [B, x_dim]: logits for "bernoulli" and
+        "continuous_bernoulli", means for "gaussian" (whose scale is a learned variable of the
+        likelihood layer). The model flattens extra sample axes ([m, B, z_dim] under IWAE) into
+        the batch before calling it.
+      **kwargs: likelihood, beta, objective, iw, x_dim and keras.Model arguments (see the base
+        class).
     """
 
     analytic_kl = True
@@ -50,7 +54,7 @@ class VAE(LatentVariableModel):
             self.decoder = networks.user_network(decoder, "decoder", self.z_dim, self.x_dim,
                                                  "z_dim", "x_dim")
         self.posterior = layers.GaussianPosterior(min_variance)
-        self.likelihood = layers.BernoulliLikelihood()
+        self.likelihood = layers.likelihood_layer(self.likelihood_name, self.x_dim)
         self.prior_layer = self.make_prior()
         self.build((None, self.x_dim))
 
