@@ -353,8 +353,9 @@ def class_grid(model, samples=10, seed=0, class_names=None):
     if int(samples) < 1:
         raise ValueError(f"samples must be >= 1; got {samples}.")
     k, samples, side = model.num_classes, int(samples), _side(model)
-    z = np.asarray(model.prior().sample(samples, seed=np.array([seed, 2], np.int32)))
-    decoded = decode_means(model, np.tile(z, (k, 1)), np.repeat(np.arange(k), samples))
+    # The style grid has a row per z; here a row per class.
+    grid = np.asarray(model.style_grid(samples, seed=np.array([seed, 2], np.int32)), np.float32)
+    decoded = grid.reshape(samples, k, -1).transpose(1, 0, 2).reshape(k * samples, -1)
     names = class_names if class_names is not None else [str(c) for c in range(k)]
     figure = _figure(CELL_INCHES * samples + 1.8, CELL_INCHES * k + 1.0)
     ax = figure.subplots()

@@ -374,8 +374,7 @@ class SampleImages(keras.callbacks.Callback):
             x = keras.ops.convert_to_numpy(self.model.sample(side * side, seed=seed))
             return self._grid(x, side, side)
         rows = max(1, self.n // k)
-        z = self.model.prior().sample(rows, seed=seed)
-        x = self.model.generate(tf.repeat(z, k, axis=0), tf.tile(tf.range(k), [rows]))
+        x = self.model.style_grid(rows, seed=seed)
         return self._grid(keras.ops.convert_to_numpy(x), rows, k)
 
     def _reconstructions(self):

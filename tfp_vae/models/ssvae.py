@@ -897,6 +897,13 @@ class SSVAE(keras.Model):
         z = self.prior().sample(n, seed=seed)
         return self._observed(self._decode(z, labels))
 
+    def style_grid(self, rows, seed=None):
+        """[rows * K, x_dim] data-space means: row r decodes one z ~ p(z) with y = 0..K-1 (the
+        style held, the class varied). `seed`: a stateless seed of the z draws."""
+        k = self.num_classes
+        z = self.prior().sample(rows, seed=seed)
+        return self.generate(tf.repeat(z, k, axis=0), tf.tile(tf.range(k), [rows]))
+
     def generate(self, z, y):
         """The data-space mean of p(x|y,z) at given latents: pixel probabilities [B, x_dim] (or
         feature means). z: [B, z_dim]; y as in `encode`."""
