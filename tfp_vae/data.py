@@ -31,6 +31,7 @@ shape ``[N, 784]`` in {0, 1} after binarisation.
 import dataclasses
 import gzip
 import hashlib
+import io
 import os
 import struct
 import zipfile
@@ -217,9 +218,10 @@ def _read_npz(path: str, required: Sequence[str]) -> Tuple[Dict[str, np.ndarray]
                         (" (it is a directory)." if os.path.isdir(path) else "."))
     try:
         with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+            blob = f.read()
+        digest = hashlib.sha256(blob).hexdigest()
         try:
-            loaded = np.load(path, allow_pickle=False)
+            loaded = np.load(io.BytesIO(blob), allow_pickle=False)  # Read once, hashed and parsed.
         except ValueError as e:  # Neither zip nor .npy: np.load would have to unpickle it.
             raise DataError(f"{path} is not an .npz archive (nor any NumPy file); pickled data "
                             "is never loaded. Save the arrays with np.savez.") from e
@@ -279,7 +281,9 @@ def _npz_images(x: np.ndarray, path: str, key: str) -> np.ndarray:
         if x.size and (x.min() < 0 or x.max() > 1):
             raise DataError(f"{path}: {key} holds floats from {x.min():g} to {x.max():g}; float "
                             "images must lie in [0, 1] (or give uint8 intensities 0..255).")
-        return np.rint(x.astype(np.float64) * 255).astype(np.uint8)
+        scaled = x.astype(np.float64)  # One float64 copy, scaled and rounded in place.
+        scaled *= 255
+        return np.rint(scaled, out=scaled).astype(np.uint8)
     raise DataError(f"{path}: {key} has dtype {x.dtype}; expected uint8 intensities 0..255 or "
                     "floats in [0, 1].")
 

@@ -4,7 +4,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_vae import objectives
-from tfp_vae.models.base import check_images
 
 
 def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
@@ -24,8 +23,7 @@ def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
       m: importance samples per example.
     """
     # The model checks its inputs as its likelihood needs them (binary for Bernoulli pixels).
-    x = (model.check_inputs(x) if hasattr(model, "check_inputs")
-         else check_images(x, model.x_dim)).numpy()
+    x = model.check_inputs(x).numpy()
     if int(m) < 1:
         raise ValueError(f"The IWAE bound needs m >= 1 samples; got m={m}.")
     chunk = min(m, max_rows)

@@ -121,6 +121,8 @@ class GaussianLikelihood(Float32Layer):
     def __init__(self, x_dim, min_scale=1e-3, **kwargs):
         super().__init__(**kwargs)
         self.x_dim, self.min_scale = int(x_dim), float(min_scale)
+        if not 0 <= self.min_scale < 1:  # The scale starts at 1 (above the floor).
+            raise ValueError(f"min_scale must lie in [0, 1); got {min_scale}.")
         start = float(np.log(np.expm1(1.0 - self.min_scale)))  # softplus(start) + floor = 1
         self.pre_scale = self.add_weight(shape=(self.x_dim,),
                                          initializer=keras.initializers.Constant(start),

@@ -148,6 +148,9 @@ def user_network(network, role, input_dim, output_dim, input_formula=None, outpu
     ValueError naming the expected shapes (with their formulas, e.g. "2 * z_dim") when it is not
     a layer, fails on that input or gives another shape. The models flatten any leading sample
     axes before calling it (`apply`), so it only ever sees [batch, input_dim].
+
+    The models call their networks without `training=True` (as the recipe's MLPs need none):
+    Dropout and BatchNormalization layers in a user network run in inference mode in `fit`.
     """
     expected = (f"{role} must map {_width_text(input_dim, input_formula)} to "
                 f"{_width_text(output_dim, output_formula)}")

@@ -145,28 +145,18 @@ def _figure(width, height):
     return figure
 
 
-def _tile(cells, pad=1):
-    """cells [R, C, s, s] in [0, 1] (NaN: an empty cell) -> one [R(s+pad)+pad, C(s+pad)+pad]
-    canvas, cells separated by white lines."""
-    rows, cols, side = cells.shape[0], cells.shape[1], cells.shape[2]
-    cell = side + pad
-    canvas = np.ones((rows * cell + pad, cols * cell + pad), np.float32)
-    for r in range(rows):
-        for c in range(cols):
-            canvas[pad + r * cell: pad + r * cell + side,
-                   pad + c * cell: pad + c * cell + side] = cells[r, c]
-    return canvas
-
-
 def _centres(n, side, pad=1):
     return pad + np.arange(n) * (side + pad) + (side - 1) / 2
 
 
-def _show(ax, cells, row_labels=None, col_labels=None):
-    """Draws cells [R, C, s, s] as one image on `ax`, rows and columns labelled by ticks."""
-    ax.imshow(np.clip(_tile(cells), 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0,
+def _show(ax, pixels, rows, cols, side, row_labels=None, col_labels=None):
+    """Draws images [N <= rows * cols, side * side] in [0, 1] as one rows x cols grid on `ax`
+    (`images.grid`: white lines between cells, empty cells white), rows and columns labelled by
+    ticks."""
+    from tfp_vae import images
+
+    ax.imshow(images.grid(pixels, rows, cols, side)[..., 0], cmap="gray", vmin=0, vmax=255,
               interpolation="nearest")
-    rows, cols, side = cells.shape[:3]
     ax.set_xticks(_centres(cols, side) if col_labels is not None else [],
                   labels=list(col_labels) if col_labels is not None else None)
     ax.set_yticks(_centres(rows, side) if row_labels is not None else [],
@@ -174,13 +164,6 @@ def _show(ax, cells, row_labels=None, col_labels=None):
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-
-
-def _cells(pixels, rows, cols, side):
-    """[rows * cols, side * side] (padded with empty cells) -> [rows, cols, side, side]."""
-    pixels = np.asarray(pixels, np.float32).reshape(-1, side, side)
-    blank = np.full((rows * cols - len(pixels), side, side), np.nan, np.float32)
-    return np.concatenate([pixels, blank]).reshape(rows, cols, side, side)
 
 
 # ---- the figures --------------------------------------------------------------------------------
@@ -214,9 +197,9 @@ def interpolations(model, x_a, x_b, steps=10):
                      CELL_INCHES * pairs + 1.7)
     left, middle, right = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, steps, 1]})
     rows = None if y_a is None else [f"y: {a} \u2192 {b}" for a, b in zip(y_a, y_b)]
-    _show(left, _cells(x_a, pairs, 1, side), row_labels=rows)
-    _show(middle, _cells(decoded, pairs, steps, side), col_labels=[f"{v:.2g}" for v in t])
-    _show(right, _cells(x_b, pairs, 1, side))
+    _show(left, x_a, pairs, 1, side, row_labels=rows)
+    _show(middle, decoded, pairs, steps, side, col_labels=[f"{v:.2g}" for v in t])
+    _show(right, x_b, pairs, 1, side)
     left.set_title("A")
     right.set_title("B")
     middle.set_title("decoded at z = (1 \u2212 t)\u00b7\u03bc(A) + t\u00b7\u03bc(B)")
@@ -271,10 +254,10 @@ def traversals(model, x, dims=None, values=None, max_dims=10):
     decoded = decode_means(model, z.reshape(-1, z_dim), y)
     figure = _figure(CELL_INCHES * (len(values) + 1) + 2.4, CELL_INCHES * len(dims) + 1.7)
     image, grid = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, len(values)]})
-    _show(image, _cells(x[:1], 1, 1, side))
+    _show(image, x[:1], 1, 1, side)
     image.set_title("input" if labels is None else f"input\n\u0177 = {labels[0]}")
     rows = [f"z{d}" + ("" if activity is None else f" (var {activity[d]:.2g})") for d in dims]
-    _show(grid, _cells(decoded, len(dims), len(values), side), row_labels=rows,
+    _show(grid, decoded, len(dims), len(values), side, row_labels=rows,
           col_labels=[f"{v:+.2g}" for v in values])
     grid.set_xlabel("offset from the posterior mean \u03bc")
     figure.suptitle(f"Traversals of {which}, {_model_name(model)}")
@@ -359,7 +342,7 @@ def class_grid(model, samples=10, seed=0, class_names=None):
     names = class_names if class_names is not None else [str(c) for c in range(k)]
     figure = _figure(CELL_INCHES * samples + 1.8, CELL_INCHES * k + 1.0)
     ax = figure.subplots()
-    _show(ax, _cells(decoded, k, samples, side), row_labels=list(names)[:k],
+    _show(ax, decoded, k, samples, side, row_labels=list(names)[:k],
           col_labels=[str(i + 1) for i in range(samples)])
     ax.set_ylabel("class y")
     ax.set_xlabel("z ~ p(z): one per column, the same down each column")
@@ -384,8 +367,8 @@ def reconstructions(model, x, columns=8):
     rows = -(-len(x) // columns)
     figure = _figure(2 * CELL_INCHES * columns + 1.0, CELL_INCHES * rows + 1.2)
     inputs, outputs = figure.subplots(1, 2)
-    _show(inputs, _cells(x, rows, columns, side))
-    _show(outputs, _cells(recon, rows, columns, side))
+    _show(inputs, x, rows, columns, side)
+    _show(outputs, recon, rows, columns, side)
     inputs.set_title("input")
     outputs.set_title("reconstruction")
     how = ("at the mean of q(z|x, \u0177), \u0177 the predicted class"

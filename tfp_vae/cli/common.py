@@ -138,6 +138,16 @@ def load_model(path, compile=True):
                         ".keras file written by `train` or model.save, or a run's --out_dir.")
 
 
+def check_png_output(path, flag, what, hint=""):
+    """`check_output_file`, and the name must end in .png (`what` is written as PNG)."""
+    from absl import app
+
+    check_output_file(path, flag)
+    if not path.lower().endswith(".png"):
+        raise app.UsageError(f"--{flag}={path}: {what} is written as PNG; give a name ending in "
+                             f".png{hint}.")
+
+
 def check_output_file(path, flag):
     """Refuses (UsageError) an output path that is a directory, or whose folder is missing."""
     from absl import app
@@ -152,9 +162,10 @@ def check_output_file(path, flag):
 
 
 def is_semi_supervised(model):
-    from tfp_vae.models import ssvae
+    """Whether the model is class-conditional (SSVAE, M1M2): the one test, `plots`' too."""
+    from tfp_vae import plots
 
-    return isinstance(model, ssvae.SSVAE)
+    return plots.is_class_conditional(model)
 
 
 def eval_dataset(model, dataset, batch_size=1000):

@@ -52,10 +52,7 @@ def _check_output():
     """The output path(s) are usable before anything slow runs (UsageError otherwise)."""
     path = FLAGS.output
     if FLAGS.kind != "all":
-        common.check_output_file(path, "output")
-        if not path.lower().endswith(".png"):
-            raise app.UsageError(f"--output={path}: the figure is written as PNG; give a name "
-                                 "ending in .png (or --kind=all and a directory).")
+        common.check_png_output(path, "output", "the figure", " (or --kind=all and a directory)")
         return
     if os.path.exists(path) and not os.path.isdir(path):
         raise app.UsageError(f"--output={path} is a file; --kind=all writes one PNG per kind "
@@ -107,11 +104,14 @@ def main(argv):
     x = y = None
     if any(kind != "class_grid" for kind in kinds):
         dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
-        if FLAGS.examples > len(dataset.x_test):
+        # The default 2000 takes what a smaller test set (a user's npz) has; a number given
+        # that the test set cannot meet is refused.
+        n = min(FLAGS.examples, len(dataset.x_test))
+        if FLAGS["examples"].present and FLAGS.examples > n:
             raise app.UsageError(f"--examples={FLAGS.examples}: the test set has only "
                                  f"{len(dataset.x_test)} images.")
-        x = data.binarize_static(dataset.x_test[:FLAGS.examples])
-        y = dataset.y_test[:FLAGS.examples] if dataset.has_labels else None
+        x = data.binarize_static(dataset.x_test[:n])
+        y = dataset.y_test[:n] if dataset.has_labels else None
     names = plots.class_names(FLAGS.dataset, getattr(model, "num_classes", data.NUM_CLASSES))
     if FLAGS.kind == "all":
         os.makedirs(FLAGS.output, exist_ok=True)

@@ -26,10 +26,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent draws.", lower_bound=0,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    common.check_output_file(FLAGS.output, "output")
-    if not FLAGS.output.lower().endswith(".png"):
-        raise app.UsageError(f"--output={FLAGS.output}: the grid is written as PNG; give a "
-                             "name ending in .png.")
+    common.check_png_output(FLAGS.output, "output", "the grid")
     common.import_tensorflow_quietly()
     import numpy as np
 

@@ -88,8 +88,9 @@ flags.DEFINE_enum("lr_scaling", "none", ["none", "sqrt"], "How the learning rate
 flags.DEFINE_float("clip_norm", None, "Clip each step's gradient to this global norm (the whole "
                    "batch's gradient, also under --strategy); default: no clipping. Takes effect "
                    "on --resume.")
-flags.register_validator("clip_norm", lambda v: v is None or v > 0,
-                         message="--clip_norm must be > 0 (leave it out for no clipping).")
+flags.register_validator("clip_norm", lambda v: v is None or 0 < v < float("inf"),
+                         message="--clip_norm must be > 0 and finite (leave it out for no "
+                                 "clipping).")
 flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving average of the "
                    "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
                    "with the averaged weights. 0 (the recipe) turns it off.",
@@ -275,14 +276,14 @@ def run_settings(model):
 
 def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
     """Refuses (one line) to resume a run with other RUN_FLAGS than it was started with, or at a
-    --steps_per_epoch that does not divide its checkpoint's step."""
+    --steps_per_epoch that does not divide its checkpoint's step. Returns that step."""
     from tfp_vae import training
 
     (step, path), = training.checkpoints(ckpt_dir)[:1]
     try:
         saved = training.read_state(path).get("settings")
     except (OSError, ValueError):
-        return  # Unreadable: restoring it says so, and names the previous checkpoint.
+        return step  # Unreadable: restoring it says so, and names the previous checkpoint.
     if saved is None:
         print(f"Note: {path} predates recorded settings; resuming without checking the flags.")
     else:
@@ -300,6 +301,7 @@ def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
     if step > total_steps:
         raise app.UsageError(f"The run is already at step {step}, past --steps={total_steps}; "
                              f"pass --steps={step} (or more) to finish or extend it.")
+    return step
 
 
 def _flag_text(value):
@@ -326,32 +328,35 @@ def _train(run, out_dir, strategy, distributed):
         model = build_model(dataset)
     steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     settings = run_settings(model)
+    start_step = 0
     if resuming:
         spe = min(FLAGS.steps_per_epoch, steps)
-        check_resume(ckpt_dir, settings, spe, -(-steps // spe) * spe)
+        start_step = check_resume(ckpt_dir, settings, spe, -(-steps // spe) * spe)
     if FLAGS.model in SEMI_SUPERVISED:
         from tfp_vae.models import ssvae
+
+        def build(start):
+            return ssvae.make_train_dataset(
+                dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
+                FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
+                labelled_indices, FLAGS.labelled_batch_size, start_step=start)
 
         try:
             labelled_indices = (None if FLAGS.labelled_indices is None
                                 else ssvae.read_indices(FLAGS.labelled_indices))
-            # Checked here, once; fit builds it again at the step it starts from.
-            ssvae.make_train_dataset(
-                dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
-                FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
-                labelled_indices, FLAGS.labelled_batch_size)
+            first = build(start_step)
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
             raise app.UsageError(str(e))
-
-        def train_ds(start_step):
-            return ssvae.make_train_dataset(
-                dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
-                FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
-                labelled_indices, FLAGS.labelled_batch_size, start_step=start_step)
     else:
-        def train_ds(start_step):
+        def build(start):
             return data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
-                                      seed=FLAGS.seed, start_step=start_step)
+                                      seed=FLAGS.seed, start_step=start)
+
+        first = build(start_step)
+
+    def train_ds(start):
+        # Built (and checked) once above at the step the checkpoint says; fit asks for that one.
+        return first if start == start_step else build(start)
     n_val = FLAGS.validation_examples
     val_ds = (common.eval_dataset(model, data.take_first(dataset, n_test=n_val))
               if n_val else None)

@@ -355,9 +355,12 @@ def training_seed(seed=None):
     RNG (so `keras.utils.set_random_seed` fixes it too)."""
     if seed is None:
         return int(np.random.randint(0, 2**31 - 1))
-    if int(seed) != seed:
-        raise ValueError(f"seed must be an integer; got {seed!r}.")
-    return int(seed)
+    try:
+        if int(seed) == seed:
+            return int(seed)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"seed must be an integer; got {seed!r}.")
 
 
 def step_seed(model):
@@ -429,8 +432,10 @@ def check_clip_norm(clip_norm):
     """A model's `clip_norm` argument: None (no clipping) or a positive float."""
     if clip_norm is None:
         return None
-    if not float(clip_norm) > 0:
-        raise ValueError(f"clip_norm must be > 0 (or None: no clipping); got {clip_norm}.")
+    # Infinity too is refused: tf.clip_by_global_norm(g, inf) gives NaN, not g.
+    if not 0 < float(clip_norm) < float("inf"):
+        raise ValueError(f"clip_norm must be > 0 and finite (or None: no clipping); got "
+                         f"{clip_norm}.")
     return float(clip_norm)
 
 

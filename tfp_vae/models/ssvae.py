@@ -850,7 +850,10 @@ class SSVAE(keras.Model):
     def evaluate(self, *args, **kwargs):
         """Keras' `evaluate`. Arrays (NumPy or eager tensors) of inputs and labels, (x, y) or
         ((x_binary, x_for_classifier), y), are checked up front as `test_step` checks them, so
-        that bad pixels or labels fail with their ValueError before the first step."""
+        that bad pixels or labels fail with their ValueError before the first step (not again
+        when `fit` evaluates its validation data each epoch: it was checked then)."""
+        if kwargs.get("_use_cached_eval_dataset"):
+            return super().evaluate(*args, **kwargs)
         arguments = call_arguments(keras.Model.evaluate, self, args, kwargs)
         x = arguments.get("x")
         x_bound, x_class = x if isinstance(x, (tuple, list)) and len(x) == 2 else (x, x)
