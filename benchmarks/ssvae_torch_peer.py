@@ -8,7 +8,7 @@ Same recipe as `bin/train --model=ssvae --nolabelled_bound --labelled_binarizati
 classifier 784-300-300-10 (ReLU), encoder [x, y]-300-300-2z and decoder [z, y]-300-300-784 (ELU),
 z_dim 64, PyTorch's default init, Adam 1e-3, each step 97 dynamically binarised unlabelled images
 plus the whole grayscale labelled set, loss = mean -U(x) + 100 * cross-entropy, 10 labels per
-class chosen by `tfp_vae.models.ssvae.split_labelled` (the same images as our runs for the same
+class chosen by `tfp_vae.semisupervised.split_labelled` (the same images as our runs for the same
 --label_seed). Test accuracy on the full grayscale test set. PyTorch only: pip install -e .[bench].
 """
 
@@ -39,15 +39,15 @@ def main(argv):
     from torch import nn
 
     from tfp_vae import data
-    from tfp_vae.models import ssvae
+    from tfp_vae import semisupervised
 
     torch.manual_seed(FLAGS.seed)
     mnist = data.load(download=False)
     if FLAGS.labelled_indices:
-        labelled, unlabelled = ssvae.split_by_indices(
-            mnist.y_train, ssvae.read_indices(FLAGS.labelled_indices))
+        labelled, unlabelled = semisupervised.split_by_indices(
+            mnist.y_train, semisupervised.read_indices(FLAGS.labelled_indices))
     else:
-        labelled, unlabelled = ssvae.split_labelled(mnist.y_train, 10, FLAGS.label_seed)
+        labelled, unlabelled = semisupervised.split_labelled(mnist.y_train, 10, FLAGS.label_seed)
     images = torch.from_numpy(data.flatten(mnist.x_train))
     x_l, y_l = images[labelled], torch.from_numpy(mnist.y_train[labelled].astype(np.int64))
     x_u = images[unlabelled]

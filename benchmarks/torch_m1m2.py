@@ -12,7 +12,7 @@ over 1000 statically binarised training images) with a Gaussian p(z1|y,z2), z2 o
 networks (classifier ReLU, the others ELU), PyTorch's default init, the loss
 mean -U + mean -L + 100 * cross-entropy with -L including log K, a fresh z1 ~ q(z1|x) of dynamically
 binarised images at every step, the classifier on the posterior mean at test time. The labelled
-sets are `tfp_vae.models.ssvae.split_labelled`'s (the same NumPy draw, rewritten here). The
+sets are `tfp_vae.semisupervised.split_labelled`'s (the same NumPy draw, rewritten here). The
 schedule is the script's: large batches of unlabelled images, labelled ones drawn with
 replacement, Adam at 1e-3 * sqrt(batch / 97). Test accuracy on the full test set, grayscale and
 statically binarised (seed 0, as `tfp_vae.data.binarize_static`).

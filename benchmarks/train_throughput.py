@@ -49,7 +49,7 @@ def recipe(name):
     import numpy as np
 
     from tfp_vae import data, models
-    from tfp_vae.models import ssvae
+    from tfp_vae import semisupervised
 
     try:
         mnist = data.load(download=False)
@@ -62,7 +62,7 @@ def recipe(name):
     if name in ("ssvae", "ssvae_tiled"):
         model = models.SSVAE()
         model.factorise_labels = name == "ssvae"
-        ds = ssvae.make_train_dataset(x_train, y_train, batch_size=BATCH)
+        ds = semisupervised.make_train_dataset(x_train, y_train, batch_size=BATCH)
         labelled = 100
         rows_gen = 10 * BATCH + labelled  # Every label enumerated for the unlabelled batch.
         # FLOPs of the tiled pass for both, so GFLOP/s compares the same work (the factorised

@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib", reason='the figures need matplotlib: pip insta
 
 from tfp_vae import data, plots, training  # noqa: E402
 from tfp_vae.models import M1M2, SSVAE, VAE  # noqa: E402
-from tfp_vae.models import ssvae as ssvae_lib  # noqa: E402
+from tfp_vae import semisupervised  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -211,10 +211,10 @@ def test_tensorboard_images_and_per_step_scalars(semi_supervised, tmp_path):
     if semi_supervised:
         model = SSVAE(z_dim=3, hidden=(16,), classifier_hidden=(16,))
         def train(start):
-            return ssvae_lib.make_train_dataset(images, labels, labels_per_class=2,
+            return semisupervised.make_train_dataset(images, labels, labels_per_class=2,
                                                 batch_size=20, seed=0, start_step=start)
 
-        val = ssvae_lib.make_eval_dataset(images[:50], labels[:50], batch_size=25)
+        val = semisupervised.make_eval_dataset(images[:50], labels[:50], batch_size=25)
     else:
         model = VAE(z_dim=3, hidden=(16,))
         def train(start):

@@ -17,7 +17,7 @@ import tensorflow as tf
 from isolation import BLOCK_PACKAGE_IMPORTS
 from tfp_vae import export
 from tfp_vae.models import GMVAE, VAE
-from tfp_vae.models.base import check_count, check_features, check_images, check_seed
+from tfp_vae.checks import check_count, check_features, check_images, check_seed
 from tfp_vae.models.ssvae import SSVAE
 from tfp_vae.models.stacked import M1M2
 

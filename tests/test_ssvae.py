@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import data
+from tfp_vae import data, objectives, semisupervised
 from tfp_vae.models import ssvae
 
 tfd = tfp.distributions
@@ -39,7 +39,7 @@ def test_unlabelled_bound_terms_match_numpy():
     logits = rng.normal(size=(6, K)).astype(np.float32) * 3
     rec = rng.uniform(50, 150, (6, K)).astype(np.float32)
     kl_z = rng.uniform(0, 20, (6, K)).astype(np.float32)
-    terms = {k: v.numpy() for k, v in ssvae.unlabelled_bound_terms(logits, rec, kl_z).items()}
+    terms = {k: v.numpy() for k, v in objectives.unlabelled_bound_terms(logits, rec, kl_z).items()}
     q = np.exp(logits - logits.max(1, keepdims=True))
     q /= q.sum(1, keepdims=True)
     kl_y = np.sum(q * np.log(q / (1.0 / K)), axis=1)
@@ -48,18 +48,18 @@ def test_unlabelled_bound_terms_match_numpy():
     np.testing.assert_allclose(terms["nelbo"], terms["rec"] + terms["kl_z"] + terms["kl_y"],
                                rtol=1e-6)
     # A certain classifier pays log K; a uniform one pays nothing.
-    confident = ssvae.categorical_kl_to_uniform(tf.constant([[200.0] + [0.0] * (K - 1)]))
+    confident = objectives.categorical_kl_to_uniform(tf.constant([[200.0] + [0.0] * (K - 1)]))
     np.testing.assert_allclose(confident.numpy(), [math.log(K)], rtol=1e-5)
-    np.testing.assert_allclose(ssvae.categorical_kl_to_uniform(tf.zeros([1, K])).numpy(), [0.0],
+    np.testing.assert_allclose(objectives.categorical_kl_to_uniform(tf.zeros([1, K])).numpy(), [0.0],
                                atol=1e-6)
-    np.testing.assert_allclose(ssvae.labelled_negative_elbo(tf.constant([3.0]), tf.constant([2.0]))
+    np.testing.assert_allclose(objectives.labelled_negative_elbo(tf.constant([3.0]), tf.constant([2.0]))
                                .numpy(), [5.0 + math.log(K)], rtol=1e-6)
 
 
 def test_categorical_kl_gradient_is_finite_for_extreme_logits():
     logits = tf.Variable([[1000.0, -1000.0] + [0.0] * (K - 2)])
     with tf.GradientTape() as tape:
-        kl = ssvae.categorical_kl_to_uniform(logits)
+        kl = objectives.categorical_kl_to_uniform(logits)
     grad = tape.gradient(kl, logits)
     assert np.all(np.isfinite(kl.numpy())) and np.all(np.isfinite(grad.numpy()))
 
@@ -125,7 +125,7 @@ def test_gen_weight_zero_is_a_classifier_trained_on_the_labels():
     y_l = np.arange(20) % K
     with tf.GradientTape() as tape:
         values = model.compute_losses(x_u, x_l, y_l)
-    cross_entropy = tf.reduce_mean(ssvae.classification_loss(model.classifier(x_l), y_l))
+    cross_entropy = tf.reduce_mean(objectives.classification_loss(model.classifier(x_l), y_l))
     assert float(values["loss"]) == float(100.0 * cross_entropy)
     assert "nelbo" not in values  # The bounds are skipped: they would not change anything.
     grads = tape.gradient(values["loss"], model.trainable_variables)
@@ -160,7 +160,7 @@ def test_fit_with_gen_weight_zero_moves_only_the_classifier():
 
 def test_make_train_dataset_structure():
     images, labels = synthetic_uint8(400)
-    ds = ssvae.make_train_dataset(images, labels, labels_per_class=3, batch_size=16, seed=0)
+    ds = semisupervised.make_train_dataset(images, labels, labels_per_class=3, batch_size=16, seed=0)
     (x_u, (x_l, y_l)), (x_u2, (x_l2, y_l2)) = list(ds.take(2))
     assert x_u.shape == (16, 784) and x_l.shape == (30, 784) and y_l.shape == (30,)
     assert x_u.dtype == tf.float32 and y_l.dtype == tf.int32
@@ -168,7 +168,7 @@ def test_make_train_dataset_structure():
     np.testing.assert_array_equal(np.bincount(y_l.numpy(), minlength=K), [3] * K)
     np.testing.assert_array_equal(y_l.numpy(), y_l2.numpy())   # The same labelled set ...
     assert not np.array_equal(x_l.numpy(), x_l2.numpy())        # ... binarised afresh.
-    labelled, unlabelled = ssvae.split_labelled(labels, 3, 0)
+    labelled, unlabelled = semisupervised.split_labelled(labels, 3, 0)
     assert len(np.intersect1d(labelled, unlabelled)) == 0 and len(unlabelled) == 370
 
 
@@ -176,11 +176,11 @@ def test_labelled_batches_drawn_with_replacement():
     """For large batches: `labelled_batch_size` examples of the labelled set at every step,
     drawn with replacement from a stateless RNG (the same stream for the same seed)."""
     images, labels = synthetic_uint8(400)
-    labelled, _ = ssvae.split_labelled(labels, 2, 0)
+    labelled, _ = semisupervised.split_labelled(labels, 2, 0)
     gray = images[labelled].reshape(-1, 784) / 255.0
 
     def steps(seed):
-        ds = ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=64,
+        ds = semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=64,
                                       seed=seed, binarization="none", labelled_batch_size=50)
         return [(x_l.numpy(), y_l.numpy()) for _, (x_l, y_l) in ds.take(3)]
 
@@ -198,7 +198,7 @@ def test_labelled_batches_drawn_with_replacement():
         np.testing.assert_array_equal(ya, yb)
     assert not np.array_equal(first[0][1], other[0][1])
     with pytest.raises(ValueError, match="labelled_batch_size must be >= 1"):
-        ssvae.make_train_dataset(images, labels, labelled_batch_size=0)
+        semisupervised.make_train_dataset(images, labels, labelled_batch_size=0)
 
 
 def test_chosen_labelled_indices(tmp_path):
@@ -206,27 +206,27 @@ def test_chosen_labelled_indices(tmp_path):
     chosen = np.array([5, 0, 11, 2, 3, 4, 17, 6, 7, 8, 9])   # Every class; 0 and 1 twice.
     path = tmp_path / "idx.txt"
     path.write_text("# hand-picked\n5, 0 11\n2 3 4 17 6 7 8 9  # the rest\n")
-    np.testing.assert_array_equal(ssvae.read_indices(path), chosen)
-    ds = ssvae.make_train_dataset(images, labels, batch_size=8, labelled_indices=chosen,
+    np.testing.assert_array_equal(semisupervised.read_indices(path), chosen)
+    ds = semisupervised.make_train_dataset(images, labels, batch_size=8, labelled_indices=chosen,
                                   binarization="none")
     _, (x_l, y_l) = next(iter(ds))
     order = np.sort(chosen)
     np.testing.assert_array_equal(y_l.numpy(), labels[order])
     np.testing.assert_allclose(x_l.numpy(), images[order].reshape(-1, 784) / 255.0, atol=1e-6)
-    labelled, unlabelled = ssvae.split_by_indices(labels, chosen)
+    labelled, unlabelled = semisupervised.split_by_indices(labels, chosen)
     assert len(unlabelled) == 400 - 11 and not np.intersect1d(labelled, unlabelled).size
     for bad, match in [([1, 2, 2], "repeat"), ([0, 400], r"0\.\.399"), ([0.5], "integers"),
                        (list(range(9)), r"class\(es\) \[9\]"), ([], "non-empty")]:
         with pytest.raises(ValueError, match=match):
-            ssvae.split_by_indices(labels, np.array(bad))
+            semisupervised.split_by_indices(labels, np.array(bad))
     path.write_text("1 2 x\n")
     with pytest.raises(ValueError, match="integer training-set indices"):
-        ssvae.read_indices(path)
+        semisupervised.read_indices(path)
 
 
 def test_make_eval_dataset_pairs_binary_and_grayscale():
     images, labels = synthetic_uint8(25)
-    ((x_bin, x_gray), y), = list(ssvae.make_eval_dataset(images, labels, batch_size=100))
+    ((x_bin, x_gray), y), = list(semisupervised.make_eval_dataset(images, labels, batch_size=100))
     assert set(np.unique(x_bin.numpy())) <= {0.0, 1.0}
     np.testing.assert_allclose(x_gray.numpy(), data.flatten(images))
     np.testing.assert_array_equal(y.numpy(), labels)
@@ -248,7 +248,7 @@ def test_labels_out_of_range_raise():
     images, labels = synthetic_uint8(200)
     labels[5] = 11
     with pytest.raises(ValueError, match=r"class indices in 0\.\.9"):
-        ssvae.make_train_dataset(images, labels)
+        semisupervised.make_train_dataset(images, labels)
 
 
 def test_labels_out_of_range_fail_inside_a_graph_too():
@@ -277,12 +277,12 @@ def test_labelled_set_missing_a_class_raises():
     images, labels = synthetic_uint8(300)
     labels[labels == 3] = 4
     with pytest.raises(ValueError, match=r"no examples of class\(es\) \[3\]"):
-        ssvae.make_train_dataset(images, labels)
+        semisupervised.make_train_dataset(images, labels)
     labels = np.arange(300) % K
     few = np.where(labels == 7)[0][3:]
     labels[few] = 8  # Only 3 sevens left.
     with pytest.raises(ValueError, match=r"fewer than labels_per_class=10"):
-        ssvae.make_train_dataset(images, labels)
+        semisupervised.make_train_dataset(images, labels)
 
 
 def test_bad_shapes_and_pixels_raise():
@@ -297,9 +297,9 @@ def test_bad_shapes_and_pixels_raise():
         model.decode(np.zeros((3, 5), np.float32), 1)
     images, labels = synthetic_uint8(100)
     with pytest.raises(ValueError, match="uint8"):
-        ssvae.make_train_dataset(images.astype(np.float32), labels)
+        semisupervised.make_train_dataset(images.astype(np.float32), labels)
     with pytest.raises(ValueError, match="labels"):
-        ssvae.make_train_dataset(images, labels[:50])
+        semisupervised.make_train_dataset(images, labels[:50])
     with pytest.raises(ValueError, match="make_eval_dataset"):
         model.test_step(tf.constant(binary_images(2)))
 
@@ -366,13 +366,13 @@ def test_short_fit_on_mnist_beats_chance(mnist):
     keras.utils.set_random_seed(0)
     model = ssvae.SSVAE(z_dim=8, hidden=(64,), classifier_hidden=(128,))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
-    train = ssvae.make_train_dataset(mnist.x_train, mnist.y_train, batch_size=97, seed=0)
+    train = semisupervised.make_train_dataset(mnist.x_train, mnist.y_train, batch_size=97, seed=0)
     history = model.fit(train, steps_per_epoch=300, epochs=1, verbose=0, shuffle=False)
     logs = {k: v[-1] for k, v in history.history.items()}
     assert set(ssvae.SSVAE.TRAIN_METRICS) <= set(logs)
     assert all(np.isfinite(v) for v in logs.values())
     assert logs["accuracy"] > 0.9  # The 100 labelled examples are fitted.
-    test = ssvae.make_eval_dataset(mnist.x_test[:1000], mnist.y_test[:1000])
+    test = semisupervised.make_eval_dataset(mnist.x_test[:1000], mnist.y_test[:1000])
     results = model.evaluate(test, verbose=0, return_dict=True)
     assert set(results) == set(ssvae.SSVAE.TEST_METRICS)
     # Chance is 10%; a classifier from 100 labels reaches ~70%.
@@ -398,7 +398,7 @@ def test_course_reference_loss_without_labelled_bound():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="binary"):
         tiny_model().compute_losses(x_u, x_l, y_l)  # The labelled bound needs binary pixels.
-    ds = ssvae.make_train_dataset(*synthetic_uint8(300), labels_per_class=2, batch_size=8,
+    ds = semisupervised.make_train_dataset(*synthetic_uint8(300), labels_per_class=2, batch_size=8,
                                   labelled_binarization="none")
     _, (xl, _) = next(iter(ds))
     assert not np.all(np.isin(xl.numpy(), [0.0, 1.0]))
@@ -485,7 +485,7 @@ def test_compile_survives_a_reload(tmp_path, jit_compile):
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     assert model.jit_compile is False  # Keras' own XLA would drop the checks.
     images, labels = synthetic_uint8(200)
-    model.fit(ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
+    model.fit(semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
               steps_per_epoch=2, epochs=1, verbose=0)
     path = str(tmp_path / "ssvae.keras")
     model.save(path)

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import export
-from tfp_vae.models import VAE, M1M2, SSVAE, ssvae
+from tfp_vae import export, semisupervised
+from tfp_vae.models import VAE, M1M2, SSVAE
 from test_ssvae import _point_mass_posterior, binary_images, synthetic_uint8
 
 tfd = tfp.distributions
@@ -126,7 +126,7 @@ def test_m1_stays_fixed_while_m2_trains():
     m2_before = [v.numpy().copy() for v in model.trainable_variables]
     assert {id(v) for v in model.m1.weights}.isdisjoint(id(v) for v in model.trainable_variables)
     images, labels = synthetic_uint8(300)
-    ds = ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=16)
+    ds = semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=16)
     history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     for before, v in zip(m1_before, model.m1.weights):
@@ -162,7 +162,7 @@ def test_m1m2_keras_round_trip(tmp_path):
     model = tiny_m1m2(class_weight=7.0)
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=False)
     images, labels = synthetic_uint8(200)
-    model.fit(ssvae.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
+    model.fit(semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
               steps_per_epoch=2, epochs=1, verbose=0)
     x = binary_images(5)
     path = str(tmp_path / "m1m2.keras")

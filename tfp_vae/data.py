@@ -41,13 +41,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfp_vae import checks
+
 ENV_VAR = "TFP_VAE_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist")
 NPZ_PREFIX = "npz:"
 DEBIAN_DATASETS = "/usr/share/datasets"  # Where Debian's dataset-* packages install.
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
-NUM_CLASSES = 10
+NUM_CLASSES = checks.NUM_CLASSES
 # Every evaluation binarises with this seed so numbers are comparable across runs.
 STATIC_BINARIZATION_SEED = 0
 

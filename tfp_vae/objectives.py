@@ -4,7 +4,11 @@ Tests check each against a brute-force NumPy computation; the models only gather
 log-densities and call these.
 """
 
+import math
+
 import tensorflow as tf
+
+from tfp_vae.checks import NUM_CLASSES
 
 
 def negative_elbo(log_likelihood, kl, beta=1.0):
@@ -50,3 +54,53 @@ def log_mean_exp(values, axis=0):
     n = tf.cast(tf.shape(values)[axis], values.dtype)
     return tf.reduce_logsumexp(values, axis=axis) - tf.math.log(n)
 
+
+# ----------------------------------------------------------------------------------------------
+# The semi-supervised bounds (M2), as pure functions of per-class terms.
+
+
+def categorical_kl_to_uniform(logits):
+    """KL(Categorical(logits) || Uniform(K)) = sum_k q_k log q_k + log K, per row of [..., K].
+
+    Computed from log-softmax, so it stays finite (with finite gradients) when some q_k
+    underflow to 0.
+    """
+    log_q = tf.nn.log_softmax(logits, axis=-1)
+    num_classes = tf.cast(tf.shape(logits)[-1], logits.dtype)
+    return tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1) + tf.math.log(num_classes)
+
+
+def unlabelled_bound_terms(class_logits, rec, kl_z):
+    """The unlabelled bound -U(x) from the per-class terms of every label.
+
+    Args:
+      class_logits: logits of q(y|x), [B, K].
+      rec: -log p(x|y=k, z_k) for one z_k ~ q(z|x, k), [B, K].
+      kl_z: KL(q(z|x, k) || p(z)) (or its one-sample estimate), [B, K].
+
+    Returns:
+      dict of [B] tensors: `nelbo` = sum_k q(k|x) (rec_k + kl_z_k) + KL(q(y|x) || p(y)), and its
+      parts `rec` = sum_k q(k|x) rec_k, `kl_z` = sum_k q(k|x) kl_z_k and `kl_y` =
+      KL(q(y|x) || p(y)) with p(y) uniform; nelbo = rec + kl_z + kl_y.
+    """
+    probs = tf.nn.softmax(class_logits, axis=-1)
+    expected_rec = tf.reduce_sum(probs * rec, axis=-1)
+    expected_kl_z = tf.reduce_sum(probs * kl_z, axis=-1)
+    kl_y = categorical_kl_to_uniform(class_logits)
+    return {"nelbo": expected_rec + expected_kl_z + kl_y, "rec": expected_rec,
+            "kl_z": expected_kl_z, "kl_y": kl_y}
+
+
+def labelled_negative_elbo(rec, kl_z, num_classes=NUM_CLASSES):
+    """The labelled bound -L(x, y) = rec_y + kl_z_y - log p(y), with p(y) = 1/K: [B].
+
+    Args:
+      rec: -log p(x|y, z) at one z ~ q(z|x, y) for the observed y, [B].
+      kl_z: KL(q(z|x, y) || p(z)) for the observed y, [B].
+    """
+    return negative_elbo(-rec, kl_z) + math.log(num_classes)
+
+
+def classification_loss(class_logits, labels):
+    """Cross-entropy -log q(y|x) of integer labels [B] under logits [B, K]: [B]."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=class_logits)

@@ -174,9 +174,9 @@ def eval_dataset(model, dataset, batch_size=1000):
     from tfp_vae import data
 
     if is_semi_supervised(model):
-        from tfp_vae.models import ssvae
+        from tfp_vae import semisupervised
 
-        return ssvae.make_eval_dataset(dataset.x_test, dataset.y_test, batch_size)
+        return semisupervised.make_eval_dataset(dataset.x_test, dataset.y_test, batch_size)
     return data.eval_dataset(dataset.x_test, batch_size)
 
 

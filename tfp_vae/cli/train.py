@@ -333,17 +333,17 @@ def _train(run, out_dir, strategy, distributed):
         spe = min(FLAGS.steps_per_epoch, steps)
         start_step = check_resume(ckpt_dir, settings, spe, -(-steps // spe) * spe)
     if FLAGS.model in SEMI_SUPERVISED:
-        from tfp_vae.models import ssvae
+        from tfp_vae import semisupervised
 
         def build(start):
-            return ssvae.make_train_dataset(
+            return semisupervised.make_train_dataset(
                 dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
                 FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
                 labelled_indices, FLAGS.labelled_batch_size, start_step=start)
 
         try:
             labelled_indices = (None if FLAGS.labelled_indices is None
-                                else ssvae.read_indices(FLAGS.labelled_indices))
+                                else semisupervised.read_indices(FLAGS.labelled_indices))
             first = build(start_step)
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
             raise app.UsageError(str(e))

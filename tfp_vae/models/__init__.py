@@ -1,6 +1,7 @@
 """The models. `MODELS` maps the binaries' --model names to classes."""
 
-from tfp_vae.models.base import LatentVariableModel, check_images
+from tfp_vae.checks import check_images
+from tfp_vae.models.base import LatentVariableModel
 from tfp_vae.models.gmvae import GMVAE
 from tfp_vae.models.ssvae import SSVAE
 from tfp_vae.models.stacked import M1M2

@@ -31,332 +31,27 @@ have to be overridden or would silently do the wrong thing. It reuses `check_ima
 distribution layers, `networks.mlp` and `objectives` instead.
 """
 
-import math
-
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import data, layers, networks, objectives
-from tfp_vae.models.base import (FEATURE_PROBLEM, IMAGE_PROBLEMS, assert_that,
-                                 build_at_construction, call_arguments, check_array,
-                                 check_clip_norm, check_count,
-                                 check_features, check_images, check_seed,
-                                 compile_from_saved_config, compiled_update, enforce,
-                                 first_problem, global_counts, global_results, gradient_step,
-                                 guarded_update, image_problem, padded_batch, raise_on_problem,
-                                 replica_context, resolve_jit_compile, saved_compile_config,
-                                 step_seed,
+from tfp_vae import layers, networks
+from tfp_vae.checks import (FEATURE_PROBLEM, IMAGE_PROBLEMS, NUM_CLASSES, assert_that,
+                            call_arguments, check_array, check_count, check_features,
+                            check_images, check_labels, check_seed, first_problem, image_problem,
+                            label_problem, label_problems, labels_for, padded_batch,
+                            raise_on_problem)
+from tfp_vae.models.base import (build_at_construction, check_clip_norm,
+                                 compile_from_saved_config, compiled_update, global_counts,
+                                 global_results, gradient_step, guarded_update, replica_context,
+                                 resolve_jit_compile, saved_compile_config, step_seed,
                                  symbolic_build_under_strategy, training_outputs, training_seed)
+from tfp_vae.objectives import (classification_loss, labelled_negative_elbo,
+                                unlabelled_bound_terms)
 
 tfd = tfp.distributions
 
-NUM_CLASSES = data.NUM_CLASSES
 LIKELIHOODS = ("bernoulli", "gaussian")
-
-
-# ----------------------------------------------------------------------------------------------
-# The bounds, as pure functions of per-class terms.
-
-
-def categorical_kl_to_uniform(logits):
-    """KL(Categorical(logits) || Uniform(K)) = sum_k q_k log q_k + log K, per row of [..., K].
-
-    Computed from log-softmax, so it stays finite (with finite gradients) when some q_k
-    underflow to 0.
-    """
-    log_q = tf.nn.log_softmax(logits, axis=-1)
-    num_classes = tf.cast(tf.shape(logits)[-1], logits.dtype)
-    return tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1) + tf.math.log(num_classes)
-
-
-def unlabelled_bound_terms(class_logits, rec, kl_z):
-    """The unlabelled bound -U(x) from the per-class terms of every label.
-
-    Args:
-      class_logits: logits of q(y|x), [B, K].
-      rec: -log p(x|y=k, z_k) for one z_k ~ q(z|x, k), [B, K].
-      kl_z: KL(q(z|x, k) || p(z)) (or its one-sample estimate), [B, K].
-
-    Returns:
-      dict of [B] tensors: `nelbo` = sum_k q(k|x) (rec_k + kl_z_k) + KL(q(y|x) || p(y)), and its
-      parts `rec` = sum_k q(k|x) rec_k, `kl_z` = sum_k q(k|x) kl_z_k and `kl_y` =
-      KL(q(y|x) || p(y)) with p(y) uniform; nelbo = rec + kl_z + kl_y.
-    """
-    probs = tf.nn.softmax(class_logits, axis=-1)
-    expected_rec = tf.reduce_sum(probs * rec, axis=-1)
-    expected_kl_z = tf.reduce_sum(probs * kl_z, axis=-1)
-    kl_y = categorical_kl_to_uniform(class_logits)
-    return {"nelbo": expected_rec + expected_kl_z + kl_y, "rec": expected_rec,
-            "kl_z": expected_kl_z, "kl_y": kl_y}
-
-
-def labelled_negative_elbo(rec, kl_z, num_classes=NUM_CLASSES):
-    """The labelled bound -L(x, y) = rec_y + kl_z_y - log p(y), with p(y) = 1/K: [B].
-
-    Args:
-      rec: -log p(x|y, z) at one z ~ q(z|x, y) for the observed y, [B].
-      kl_z: KL(q(z|x, y) || p(z)) for the observed y, [B].
-    """
-    return objectives.negative_elbo(-rec, kl_z) + math.log(num_classes)
-
-
-def classification_loss(class_logits, labels):
-    """Cross-entropy -log q(y|x) of integer labels [B] under logits [B, K]: [B]."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=class_logits)
-
-
-# ----------------------------------------------------------------------------------------------
-# Input checks.
-
-
-def label_problems(num_classes=NUM_CLASSES):
-    """The messages of the label values' checks: (class index out of range, bad one-hot row)."""
-    return (f"Labels must be class indices in 0..{num_classes - 1}; some are outside that range.",
-            "One-hot labels must have exactly one 1 (and otherwise 0) per row.")
-
-
-def _labels_and_validity(y, num_classes):
-    """Static checks of labels (ValueError), then (int32 class indices, bool scalar: whether
-    their values are valid, index of the message in `label_problems`)."""
-    y = tf.convert_to_tensor(y)
-    rank = y.shape.rank
-    if rank == 2:
-        if y.shape[-1] != num_classes:
-            raise ValueError(f"One-hot labels must have {num_classes} columns (one per class); "
-                             f"got shape {tuple(y.shape)}.")
-        if not (y.dtype.is_floating or y.dtype.is_integer or y.dtype == tf.bool):
-            raise ValueError(f"Labels must be numeric; got dtype {y.dtype.name}.")
-        y = tf.cast(y, tf.float32)
-        ok = tf.reduce_all(((y == 0.0) | (y == 1.0)) & (tf.reduce_sum(y, -1, keepdims=True) == 1.0))
-        return tf.argmax(y, axis=-1, output_type=tf.int32), ok, 1
-    if rank not in (0, 1):
-        raise ValueError(f"Labels must be class indices of shape [batch] or one-hot rows of "
-                         f"shape [batch, {num_classes}]; got shape {tuple(y.shape)}.")
-    if not y.dtype.is_integer:
-        raise ValueError(f"Class-index labels must have an integer dtype; got {y.dtype.name} "
-                         f"(pass one-hot rows as [batch, {num_classes}]).")
-    y = tf.cast(y, tf.int32)
-    return y, tf.reduce_all((y >= 0) & (y < num_classes)), 0
-
-
-def check_labels(y, num_classes=NUM_CLASSES, check_values=True):
-    """Validates labels and returns them as int32 class indices (shape [] or [B]).
-
-    Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
-    numeric dtype). Raises ValueError for a one-hot of the wrong width, float labels that are
-    not one-hot, other ranks, and (unless `check_values` is False: see `label_problem`) indices
-    outside 0..num_classes-1 or rows that are not one-hot (eagerly, or as a failing graph
-    assertion with the same message).
-    """
-    labels, ok, which = _labels_and_validity(y, num_classes)
-    if not check_values:
-        return labels
-    return enforce(labels, [(lambda _: ok, label_problems(num_classes)[which])])
-
-
-def label_problem(y, num_classes=NUM_CLASSES, offset=0):
-    """int32 scalar: 0 when the values of labels `y` are valid, else `offset` + 1 + the index in
-    `label_problems` of the check they fail. Plain tensor ops (it compiles under XLA)."""
-    _, ok, which = _labels_and_validity(y, num_classes)
-    return tf.where(ok, 0, offset + 1 + which)
-
-
-def _labels_for(y, batch_size, num_classes, check_values=True):
-    """check_labels, then a scalar broadcast to [batch_size]; a [B] must match batch_size."""
-    y = check_labels(y, num_classes, check_values)
-    if y.shape.rank == 0:
-        return tf.fill(tf.reshape(batch_size, [1]), y)
-    static = tf.get_static_value(batch_size)
-    if static is not None and y.shape[0] is not None and y.shape[0] != int(static):
-        raise ValueError(f"Got {y.shape[0]} labels for a batch of {int(static)}; pass one label "
-                         "per example (or a single label for all of them).")
-    if static is None or y.shape[0] is None:
-        with tf.control_dependencies([tf.debugging.assert_equal(
-                tf.shape(y)[0], batch_size, message="One label per example is needed.")]):
-            y = tf.identity(y)
-    return y
-
-
-def _check_label_array(labels, num_classes=NUM_CLASSES):
-    """A NumPy array of class indices [N], checked (ValueError naming the problem)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(f"Labels must be a 1-D array of class indices; got shape {labels.shape}.")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Labels must be integers; got dtype {labels.dtype}.")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"Labels must be class indices in 0..{num_classes - 1}; got values "
-                         f"from {labels.min()} to {labels.max()}.")
-    return labels
-
-
-def split_labelled(labels, labels_per_class=10, label_seed=0, num_classes=NUM_CLASSES):
-    """(labelled, unlabelled) index arrays: `labels_per_class` of each class, chosen by seed.
-
-    A checked front end to `data.labelled_subset`: raises ValueError naming the problem when
-    labels are not a 1-D integer array in 0..num_classes-1, when a class is missing altogether or
-    has fewer than `labels_per_class` examples.
-    """
-    labels = _check_label_array(labels, num_classes)
-    if int(labels_per_class) < 1:
-        raise ValueError(f"labels_per_class must be >= 1; got {labels_per_class}.")
-    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
-    missing = [c for c in range(num_classes) if counts[c] == 0]
-    if missing:
-        raise ValueError(f"The labels contain no examples of class(es) {missing}; the "
-                         f"semi-supervised split needs {labels_per_class} labelled examples of "
-                         f"each of the {num_classes} classes.")
-    short = [c for c in range(num_classes) if counts[c] < labels_per_class]
-    if short:
-        raise ValueError(f"Class(es) {short} have fewer than labels_per_class="
-                         f"{labels_per_class} examples ({[int(counts[c]) for c in short]}).")
-    return data.labelled_subset(labels, int(labels_per_class), label_seed, num_classes)
-
-
-def split_by_indices(labels, indices, num_classes=NUM_CLASSES):
-    """(labelled, unlabelled) index arrays from a chosen labelled set (training-set indices).
-
-    For a labelled set picked by hand (or by another codebase) rather than drawn by seed.
-    Raises ValueError naming the problem when an index is not an integer, out of range or
-    repeated, or when the chosen examples miss a class.
-    """
-    labels = _check_label_array(labels, num_classes)
-    indices = np.asarray(indices)
-    if indices.ndim != 1 or indices.size == 0:
-        raise ValueError(f"Labelled indices must be a non-empty 1-D list; got shape "
-                         f"{indices.shape}.")
-    if not np.issubdtype(indices.dtype, np.integer):
-        raise ValueError(f"Labelled indices must be integers; got dtype {indices.dtype}.")
-    bad = indices[(indices < 0) | (indices >= len(labels))]
-    if bad.size:
-        raise ValueError(f"Labelled indices must lie in 0..{len(labels) - 1} (the training "
-                         f"set); got {bad[:5].tolist()}.")
-    values, counts = np.unique(indices, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"Labelled indices repeat: {values[counts > 1][:5].tolist()}; list each "
-                         "example once.")
-    missing = np.setdiff1d(np.arange(num_classes), labels[values])
-    if missing.size:
-        raise ValueError(f"The labelled indices contain no examples of class(es) "
-                         f"{missing.tolist()}; every class needs at least one.")
-    return values, np.setdiff1d(np.arange(len(labels)), values)
-
-
-def read_indices(path):
-    """Integers from a text file (whitespace or comma separated; '#' starts a comment)."""
-    with open(path) as f:
-        text = " ".join(line.split("#", 1)[0] for line in f).replace(",", " ")
-    try:
-        return np.array([int(t) for t in text.split()], dtype=np.int64)
-    except ValueError as e:
-        raise ValueError(f"{path}: expected integer training-set indices ({e}).") from None
-
-
-def _check_uint8_images(images, labels):
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise ValueError(f"Images must be uint8 (as tfp_vae.data.load returns them); got "
-                         f"{images.dtype}.")
-    if not (images.ndim == 3 and images.shape[1:] == data.IMAGE_SHAPE) and not (
-            images.ndim == 2 and images.shape[1] == data.NUM_PIXELS):
-        raise ValueError(f"Expected images of shape [N, 28, 28] or [N, 784]; got {images.shape}.")
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-    return images.reshape(len(images), data.NUM_PIXELS)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data pipelines.
-
-
-def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_size=97, seed=0,
-                       binarization="dynamic", labelled_binarization=None,
-                       labelled_indices=None, labelled_batch_size=None, start_step=0):
-    """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
-
-    `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
-    form the labelled set, which comes whole at every step (the recipe) or as a batch of
-    `labelled_batch_size` examples drawn from it with replacement (as the paper's labelled
-    minibatches; for large batches); the remaining images come as shuffled unlabelled batches
-    of `batch_size` (`data.train_dataset`; their labels are never used). With "dynamic"
-    binarisation both get a fresh Bernoulli draw at every step. Every draw comes from a
-    stateless RNG keyed by `seed` and the step, so `start_step` gives the stream from that step
-    on (a resumed run's), the same as the whole stream's.
-
-    Args:
-      images: uint8 [N, 28, 28] (or [N, 784]).
-      labels: int [N].
-      binarization: "dynamic" (the recipe), "static" or "none" (grayscale).
-      labelled_binarization: the same for the labelled set (default: `binarization`); "none"
-        (grayscale) goes with SSVAE(labelled_bound=False), as in the course reference.
-      labelled_indices: training-set indices of a chosen labelled set (`split_by_indices`);
-        when given, `labels_per_class` and `label_seed` are not used.
-      labelled_batch_size: None (the whole labelled set every step) or the size of a batch
-        drawn from it with replacement at every step (stateless RNG keyed by seed and step).
-
-    Returns:
-      tf.data.Dataset of (float32 [batch_size, 784], (float32 [L, 784], int32 [L])), where
-      L = labelled_batch_size, or the labelled set's size: 10 * labels_per_class (or
-      len(labelled_indices)).
-    """
-    if labelled_batch_size is not None and (
-            int(labelled_batch_size) != labelled_batch_size or labelled_batch_size < 1):
-        raise ValueError(f"labelled_batch_size must be >= 1, a whole number (or None for the "
-                         f"whole labelled set); got {labelled_batch_size}.")
-    labels = np.asarray(labels)
-    if labelled_indices is None:
-        labelled, unlabelled = split_labelled(labels, labels_per_class, label_seed)
-    else:
-        labelled, unlabelled = split_by_indices(labels, labelled_indices)
-    images = _check_uint8_images(images, labels)
-    if binarization not in ("dynamic", "static", "none"):
-        raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0])
-    unlabelled_ds = data.train_dataset(images[unlabelled], batch_size, binarization, seed=seed,
-                                       start_step=start_step)
-    x_l, y_l = images[labelled], labels[labelled].astype(np.int32)
-    binarization = labelled_binarization or binarization
-    if binarization not in ("dynamic", "static", "none"):
-        raise ValueError(f"labelled_binarization must be dynamic, static or none; got "
-                         f"{binarization!r}.")
-    if binarization != "dynamic":
-        x_l = data.binarize_static(x_l) if binarization == "static" else data.flatten(x_l)
-    table_x, table_y = tf.constant(x_l), tf.constant(y_l)
-    seed = np.int64(seed)
-
-    def labelled(step):
-        if labelled_batch_size is None:
-            x, y = table_x, table_y
-        else:
-            idx = tf.random.stateless_uniform([int(labelled_batch_size)],
-                                              tf.stack([seed + 2, step]), 0, len(y_l),
-                                              dtype=tf.int64)
-            x, y = tf.gather(table_x, idx), tf.gather(table_y, idx)
-        if binarization == "dynamic":
-            # Keys apart from the unlabelled stream's (step, seed + 1) and the draw's.
-            x = data.dynamic_binarize(x, tf.stack([seed + 3, step]))
-        return x, y
-
-    labelled_ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max).map(labelled)
-    return tf.data.Dataset.zip((unlabelled_ds, labelled_ds)).prefetch(tf.data.AUTOTUNE)
-
-
-def make_eval_dataset(images, labels, batch_size=1000):
-    """A finite labelled dataset for `evaluate` / `validation_data`: ((x_binary, x_gray), y).
-
-    The bound is computed on the statically binarised images (`data.binarize_static`), the
-    accuracy on the grayscale ones, as the reference evaluates it.
-    """
-    labels = _check_label_array(labels).astype(np.int32)
-    images = _check_uint8_images(images, labels)
-    if len(images) == 0:
-        raise ValueError("The evaluation set is empty.")
-    return tf.data.Dataset.from_tensor_slices(
-        ((data.binarize_static(images), data.flatten(images)), labels)).batch(
-            batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,7 +263,7 @@ class SSVAE(keras.Model):
     def encode(self, x, y):
         """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K]."""
         x = self._inputs(x, binary=False)
-        return self._encode(x, _labels_for(y, tf.shape(x)[0], self.num_classes))
+        return self._encode(x, labels_for(y, tf.shape(x)[0], self.num_classes))
 
     def decode(self, z, y):
         """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`."""
@@ -576,7 +271,7 @@ class SSVAE(keras.Model):
         if z.shape.rank != 2 or z.shape[-1] != self.z_dim:
             raise ValueError(f"Expected latents of shape [batch, {self.z_dim}]; got "
                              f"{tuple(z.shape)}.")
-        return self._decode(z, _labels_for(y, tf.shape(z)[0], self.num_classes))
+        return self._decode(z, labels_for(y, tf.shape(z)[0], self.num_classes))
 
     # ---- bounds -----------------------------------------------------------------------------
 
@@ -639,7 +334,7 @@ class SSVAE(keras.Model):
 
     def labelled_elbo(self, x, y, seed=None):
         """Per-example labelled ELBO L(x, y) <= log p(x, y) (nats) [B]; x must be binary."""
-        labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
+        labels = labels_for(y, tf.shape(x)[0], self.num_classes)
         return -self.bound_terms(x, labels, seed)["nelbo"]
 
     # Which set each per-example training term is averaged over.
@@ -663,7 +358,7 @@ class SSVAE(keras.Model):
         # allowed then.
         x_l = self._inputs(labelled_x, binary=self.labelled_bound, sample=True, seed=seeds[1],
                            check_values=check_values)
-        y_l = _labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes, check_values)
+        y_l = labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes, check_values)
         logits_l = self._classifier_logits(x_l)
         out = {"class_loss": classification_loss(logits_l, y_l),
                "accuracy": tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l),
@@ -793,7 +488,7 @@ class SSVAE(keras.Model):
             unlabelled_x, (labelled_x, labelled_y) = data
         except (TypeError, ValueError):
             raise ValueError("SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
-                             "build the dataset with tfp_vae.models.ssvae.make_train_dataset.")
+                             "build the dataset with tfp_vae.semisupervised.make_train_dataset.")
         ctx = replica_context()
         if ctx is None:
             x_u = self._raw_inputs(unlabelled_x)
@@ -801,7 +496,7 @@ class SSVAE(keras.Model):
             # One label per labelled input: a ValueError when the step is traced with static
             # shapes (the label values are checked in the update).
             n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
-            labels = _labels_for(labelled_y, n_l, self.num_classes, check_values=False)
+            labels = labels_for(labelled_y, n_l, self.num_classes, check_values=False)
             label_code = label_problem(labelled_y, self.num_classes,
                                        offset=len(IMAGE_PROBLEMS) + 1)
             if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
@@ -833,14 +528,14 @@ class SSVAE(keras.Model):
     def test_step(self, data):
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ValueError("SSVAE evaluates on (x, y) or ((x_binary, x_for_classifier), y); "
-                             "build the dataset with tfp_vae.models.ssvae.make_eval_dataset.")
+                             "build the dataset with tfp_vae.semisupervised.make_eval_dataset.")
         inputs, y = data
         if isinstance(inputs, (tuple, list)):
             x_bound, x_class = inputs
         else:
             x_bound = x_class = inputs
         logits = self.class_logits(x_class)
-        labels = _labels_for(y, tf.shape(logits)[0], self.num_classes)
+        labels = labels_for(y, tf.shape(logits)[0], self.num_classes)
         terms = self.bound_terms(x_bound)
         values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
         values["accuracy"] = tf.cast(
@@ -896,7 +591,7 @@ class SSVAE(keras.Model):
         n = tf.convert_to_tensor(n, tf.int32)
         if y is None:
             y = tf.range(n) % self.num_classes
-        labels = _labels_for(y, n, self.num_classes)
+        labels = labels_for(y, n, self.num_classes)
         z = self.prior().sample(n, seed=seed)
         return self._observed(self._decode(z, labels))
 
@@ -923,7 +618,7 @@ class SSVAE(keras.Model):
         x = self._inputs(x, binary=False)
         if y is None:
             y = tf.argmax(self._classifier_logits(x), axis=-1, output_type=tf.int32)
-        labels = _labels_for(y, tf.shape(x)[0], self.num_classes)
+        labels = labels_for(y, tf.shape(x)[0], self.num_classes)
         return self._observed(self._decode(self._encode(x, labels).mean(), labels))
 
     def training_functions(self):

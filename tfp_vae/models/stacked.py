@@ -25,7 +25,7 @@ estimated with one z1; `bound_terms` returns it as `nelbo` = `rec` + `kl_z1`, wh
 gap); `kl_z` and `kl_y` are M2's (on z1).
 
 `M1M2` is an `SSVAE` whose inputs are mapped to features (`_inputs`) and whose outputs are
-mapped back to pixels (`_observed`), so training (`model.fit` on `ssvae.make_train_dataset`),
+mapped back to pixels (`_observed`), so training (`model.fit` on `semisupervised.make_train_dataset`),
 evaluation, the binaries and the SavedModel signatures are the SSVAE's, on pixels.
 """
 
@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae.models.base import LatentVariableModel, check_images, image_problem
+from tfp_vae.checks import check_images, image_problem
+from tfp_vae.models.base import LatentVariableModel
 from tfp_vae.models.ssvae import SSVAE
 
 tfd = tfp.distributions

@@ -1,0 +1,315 @@
+"""Input checks, one home for all models and signatures: images, features, latents, counts,
+seeds and labels.
+
+Each check raises a ValueError with one sentence that names the problem and its fix when it runs
+eagerly, and the same sentence as a graph assertion inside a `tf.function` or a SavedModel
+signature. Value checks also come as int32 "problem codes" (`image_problem`, `label_problem`):
+plain tensor ops that compile under XLA, which drops assertion ops; the training step computes
+the code inside XLA and asserts on it outside (`raise_on_problem`).
+"""
+
+import inspect
+
+import numpy as np
+import tensorflow as tf
+
+NUM_CLASSES = 10  # The default number of classes of the semi-supervised models (MNIST's digits).
+
+
+def check_images(x, x_dim, binary=True, check_pixels=True):
+    """Validates a batch of images and returns it as float32 [B, x_dim].
+
+    Accepts [B, x_dim], [B, 28, 28] or [B, 28, 28, 1] (reshaped). Raises ValueError naming the
+    expected shape for anything else; for pixels that are NaN/Inf, outside [0, 1] or (when
+    `binary`) not exactly 0 or 1, raises ValueError eagerly or fails a graph assertion with the
+    same message. In a graph where the rank is not known when tracing (a SavedModel signature
+    takes any shape), the shape is asserted on too, with the same message.
+    """
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating and not x.dtype.is_integer and x.dtype != tf.bool:
+        raise ValueError(f"Images must be numeric; got dtype {x.dtype.name}.")
+    x = tf.cast(x, tf.float32)
+    side = int(round(x_dim ** 0.5))
+    shapes, expected = [(None, x_dim)], f"Expected images of shape [batch, {x_dim}]"
+    if side * side == x_dim:
+        shapes += [(None, side, side), (None, side, side, 1)]
+        expected += f" (or [batch, {side}, {side}])"
+    x = check_shape(x, shapes, expected)
+    return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
+
+
+def shape_text(x):
+    """The shape of tensor `x` written as Python writes a tuple, "(5, 783)": a str when it is
+    known statically, else a string tensor (for a graph assertion's message)."""
+    if x.shape.is_fully_defined():
+        return str(tuple(x.shape))
+    dims = tf.strings.as_string(tf.shape(x))
+    text = tf.strings.reduce_join(dims, separator=", ")
+    text = tf.where(tf.equal(tf.size(dims), 1), tf.strings.join([text, ","]), text)
+    return tf.strings.join(["(", text, ")"])
+
+
+def assert_that(value, ok, parts):
+    """Returns `value` (a tensor or a structure of them) when the bool scalar `ok` holds, else
+    raises ValueError eagerly or fails a graph assertion (behind which `value` then is), with
+    the message `parts` joined: strs, and tensors written by value (strings as they are)."""
+    if tf.executing_eagerly():
+        if not bool(ok):
+            raise ValueError("".join(p if isinstance(p, str) else _eager_text(p) for p in parts))
+        return value
+    message = tf.strings.join([
+        p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
+        for p in parts])
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+        return tf.nest.map_structure(tf.identity, value)
+
+
+def _eager_text(tensor):
+    value = tensor.numpy()
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_shape(x, shapes, expected):
+    """`x` if its shape is one of `shapes` (tuples; None matches any size, as a batch axis),
+    reshaped to the first of them (at most one None); else the error "{expected}; got shape
+    (...).": a ValueError eagerly or when tracing with a known rank (a size that is unknown
+    then fails where `shapes` need a given one, as Keras' steps always checked), else (a graph
+    input of unknown rank, as a SavedModel signature's) a failing graph assertion, which runs
+    before the reshape could fail."""
+    shape = x.shape
+    target = [-1 if d is None else d for d in shapes[0]]
+    if shape.rank is not None:
+        if not _fits(tuple(shape), shapes):
+            raise ValueError(f"{expected}; got shape {tuple(shape)}.")
+        return x if _fits(tuple(shape), shapes[:1]) else tf.reshape(x, target)
+    dims = tf.shape(x)
+    longest = max(len(s) for s in shapes)
+    padded = tf.concat([dims, tf.fill([longest], -1)], axis=0)  # Indexable whatever the rank.
+    ok = tf.constant(False)
+    for s in shapes:
+        match = tf.equal(tf.rank(x), len(s))
+        for i, e in enumerate(s):
+            if e is not None:
+                match = match & tf.equal(padded[i], e)
+        ok = ok | match
+    x = assert_that(x, ok, [f"{expected}; got shape ", shape_text(x), "."])
+    return tf.reshape(x, target)
+
+
+def _fits(dims, shapes):
+    """Whether static dims are one of `shapes` (None there matching any size)."""
+    return any(len(dims) == len(s) and all(e is None or d == e for d, e in zip(dims, s))
+               for s in shapes)
+
+
+def check_count(n, name="n", minimum=0, what="samples"):
+    """A count, such as the number of samples to draw: an integer scalar >= `minimum`, returned
+    as int32 []. Raises ValueError (or asserts in a graph) with a sentence naming `name`."""
+    n = tf.convert_to_tensor(n)
+    if not n.dtype.is_integer:
+        raise ValueError(f"{name} must be an integer (the number of {what}); got dtype "
+                         f"{n.dtype.name}.")
+    n = check_shape(tf.cast(n, tf.int32), [()],
+                    f"{name} must be a single integer (the number of {what}), shape []")
+    return assert_that(n, n >= minimum,
+                       [f"{name} must be >= {minimum} (the number of {what}); got ", n, "."])
+
+
+def check_seed(seed):
+    """A stateless seed: two integers, returned as int32 [2]. Raises ValueError (or asserts in a
+    graph) naming the expected shape for anything else."""
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise ValueError(f"seed must be two integers, e.g. [0, 0]; got dtype {seed.dtype.name}.")
+    return check_shape(tf.cast(seed, tf.int32), [(2,)],
+                       "seed must be two integers, shape [2], e.g. [0, 0]")
+
+
+def padded_batch(fn, x, *args):
+    """`fn(x, *args)`, a dict of tensors with x's batch axis first, also for an empty batch x
+    (checked, [B, d]): TFP's stateless samplers divide by the batch size, so an empty batch goes
+    through as one all-zero row (a valid image) whose results are dropped. Any other batch goes
+    through as it is."""
+    size = tf.shape(x)[0]
+    padded = tf.pad(x, [[0, tf.maximum(1 - size, 0)], [0, 0]])
+    return {name: value[:size] for name, value in fn(padded, *args).items()}
+
+
+def check_array(x, check, rows=8192):
+    """Runs `check` (eager, raising ValueError) on `x` when it is data in memory, a NumPy array
+    or an eager tensor, `rows` rows at a time (no copy of a large array); anything else (a
+    tf.data.Dataset, a generator) is left to the step's own checks. For `fit`/`evaluate`, so
+    that bad arrays fail with the check's sentence before the first step."""
+    if not (isinstance(x, np.ndarray) or (tf.is_tensor(x) and tf.executing_eagerly())):
+        return
+    if len(x.shape) == 0:
+        check(x)
+        return
+    for start in range(0, max(int(x.shape[0]), 1), rows):
+        check(x[start:start + rows])
+
+
+def call_arguments(method, model, args, kwargs):
+    """The arguments of `method(model, *args, **kwargs)` by name (those passed), or {} when they
+    do not bind (the method itself then says why)."""
+    try:
+        return inspect.signature(method).bind(model, *args, **kwargs).arguments
+    except TypeError:
+        return {}
+
+
+def validation_inputs(validation_data):
+    """The inputs (x) of `fit`'s validation_data: the array itself, or the first of a tuple."""
+    if isinstance(validation_data, (tuple, list)):
+        return validation_data[0] if validation_data else None
+    return validation_data
+
+
+def non_finite_problem(name="features"):
+    """The message for NaN or Inf values among `name` (plural: "features", "latents")."""
+    return f"{name.capitalize()} contain NaN or Inf values; clean the input."
+
+
+FEATURE_PROBLEM = non_finite_problem("features")
+
+
+def check_features(x, dim, check_values=True, name="features"):
+    """Validates a batch of real-valued features (or latents: `name`) and returns it as float32
+    [B, dim].
+
+    Raises ValueError for another shape (or asserts on it in a graph, as `check_images`), and
+    (unless `check_values` is False; eagerly, or as a failing graph assertion with the same
+    message) for NaN or Inf values.
+    """
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating and not x.dtype.is_integer:
+        raise ValueError(f"{name.capitalize()} must be numeric; got dtype {x.dtype.name}.")
+    x = check_shape(tf.cast(x, tf.float32), [(None, dim)],
+                    f"Expected {name} of shape [batch, {dim}]")
+    if not check_values:
+        return x
+    return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)), non_finite_problem(name))])
+
+
+IMAGE_PROBLEMS = (
+    "Images contain NaN or Inf values; clean the input.",
+    "Pixel values must lie in [0, 1]; divide uint8 images by 255.",
+    "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
+    "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training).",
+)
+
+
+def image_problem(x, binary=True):
+    """int32 scalar: 0 when the float32 pixels `x` are valid, else 1 + the index in
+    `IMAGE_PROBLEMS` of the first check they fail (finite, in [0, 1], binary when `binary`).
+
+    Plain tensor ops, so it compiles under XLA, which drops assertion ops: the fused training
+    step computes it inside XLA and asserts on it outside (see `raise_on_problem`).
+    """
+    problem = tf.where(tf.reduce_all((x >= 0.0) & (x <= 1.0)), 0, 2)  # NaN fails both too.
+    if binary:
+        problem = tf.where((problem == 0) & ~tf.reduce_all((x == 0.0) | (x == 1.0)), 3, problem)
+    return tf.where(tf.reduce_all(tf.math.is_finite(x)), problem, 1)
+
+
+def first_problem(codes):
+    """The first non-zero of a list of int32 problem codes (scalars), or 0 when all are 0."""
+    result = codes[-1]
+    for code in reversed(codes[:-1]):
+        result = tf.where(tf.not_equal(code, 0), code, result)
+    return result
+
+
+def raise_on_problem(value, problem, messages=IMAGE_PROBLEMS):
+    """Raises ValueError eagerly, or asserts in a graph, with `messages[problem - 1]` (`problem`
+    from `image_problem` by default); returns `value`, a tensor or a structure of them (behind
+    the assertion in a graph)."""
+    if tf.executing_eagerly():
+        if int(problem):
+            raise ValueError(messages[int(problem) - 1])
+        return value
+    message = tf.gather(tf.constant(("",) + tuple(messages)), problem)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(problem, 0), [message])]):
+        return tf.nest.map_structure(tf.identity, value)
+
+
+def enforce(value, checks):
+    """Raises ValueError eagerly, or adds graph assertions, for each (predicate, message):
+    the same message either way. Returns `value` (behind the assertions in a graph)."""
+    if tf.executing_eagerly():
+        for ok, message in checks:
+            if not bool(ok(value)):
+                raise ValueError(message)
+        return value
+    asserts = [tf.debugging.Assert(ok(value), [message]) for ok, message in checks]
+    with tf.control_dependencies(asserts):
+        return tf.identity(value)
+
+
+
+def label_problems(num_classes=NUM_CLASSES):
+    """The messages of the label values' checks: (class index out of range, bad one-hot row)."""
+    return (f"Labels must be class indices in 0..{num_classes - 1}; some are outside that range.",
+            "One-hot labels must have exactly one 1 (and otherwise 0) per row.")
+
+
+def _labels_and_validity(y, num_classes):
+    """Static checks of labels (ValueError), then (int32 class indices, bool scalar: whether
+    their values are valid, index of the message in `label_problems`)."""
+    y = tf.convert_to_tensor(y)
+    rank = y.shape.rank
+    if rank == 2:
+        if y.shape[-1] != num_classes:
+            raise ValueError(f"One-hot labels must have {num_classes} columns (one per class); "
+                             f"got shape {tuple(y.shape)}.")
+        if not (y.dtype.is_floating or y.dtype.is_integer or y.dtype == tf.bool):
+            raise ValueError(f"Labels must be numeric; got dtype {y.dtype.name}.")
+        y = tf.cast(y, tf.float32)
+        ok = tf.reduce_all(((y == 0.0) | (y == 1.0)) & (tf.reduce_sum(y, -1, keepdims=True) == 1.0))
+        return tf.argmax(y, axis=-1, output_type=tf.int32), ok, 1
+    if rank not in (0, 1):
+        raise ValueError(f"Labels must be class indices of shape [batch] or one-hot rows of "
+                         f"shape [batch, {num_classes}]; got shape {tuple(y.shape)}.")
+    if not y.dtype.is_integer:
+        raise ValueError(f"Class-index labels must have an integer dtype; got {y.dtype.name} "
+                         f"(pass one-hot rows as [batch, {num_classes}]).")
+    y = tf.cast(y, tf.int32)
+    return y, tf.reduce_all((y >= 0) & (y < num_classes)), 0
+
+
+def check_labels(y, num_classes=NUM_CLASSES, check_values=True):
+    """Validates labels and returns them as int32 class indices (shape [] or [B]).
+
+    Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
+    numeric dtype). Raises ValueError for a one-hot of the wrong width, float labels that are
+    not one-hot, other ranks, and (unless `check_values` is False: see `label_problem`) indices
+    outside 0..num_classes-1 or rows that are not one-hot (eagerly, or as a failing graph
+    assertion with the same message).
+    """
+    labels, ok, which = _labels_and_validity(y, num_classes)
+    if not check_values:
+        return labels
+    return enforce(labels, [(lambda _: ok, label_problems(num_classes)[which])])
+
+
+def label_problem(y, num_classes=NUM_CLASSES, offset=0):
+    """int32 scalar: 0 when the values of labels `y` are valid, else `offset` + 1 + the index in
+    `label_problems` of the check they fail. Plain tensor ops (it compiles under XLA)."""
+    _, ok, which = _labels_and_validity(y, num_classes)
+    return tf.where(ok, 0, offset + 1 + which)
+
+
+def labels_for(y, batch_size, num_classes, check_values=True):
+    """check_labels, then a scalar broadcast to [batch_size]; a [B] must match batch_size."""
+    y = check_labels(y, num_classes, check_values)
+    if y.shape.rank == 0:
+        return tf.fill(tf.reshape(batch_size, [1]), y)
+    static = tf.get_static_value(batch_size)
+    if static is not None and y.shape[0] is not None and y.shape[0] != int(static):
+        raise ValueError(f"Got {y.shape[0]} labels for a batch of {int(static)}; pass one label "
+                         "per example (or a single label for all of them).")
+    if static is None or y.shape[0] is None:
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(y)[0], batch_size, message="One label per example is needed.")]):
+            y = tf.identity(y)
+    return y
