@@ -1,6 +1,8 @@
-"""Multilayer perceptrons used by every model."""
+"""Multilayer perceptrons used by every model, and small convolutional networks for images
+(`conv_encoder`, `conv_decoder`) to pass as a model's `encoder=` and `decoder=`."""
 
 import math
+import numbers
 from typing import Sequence
 
 import keras
@@ -32,6 +34,85 @@ def mlp(input_dim: int, hidden: Sequence[int], output_dim: int, activation: str 
         fan_in = units
     layers.append(_dense(output_dim, fan_in, None, init, f"{name}_out"))
     return keras.Sequential(layers, name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small convolutional networks for images (H, W divisible by 4: two stride-2 stages).
+
+_CONV_FILTERS = (32, 64)   # Channels after the first and second stride-2 stage.
+_CONV_KERNEL = 4           # A multiple of the stride, so the transposed convolutions overlap
+                           # evenly (no checkerboard pattern in the decoder's output).
+
+
+def _is_count(value):
+    """A positive integer (Python or NumPy; not a bool, not a float)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def _image_shape(input_shape):
+    """input_shape as (H, W, C) ints, H and W divisible by 4 (two stride-2 stages); else
+    ValueError."""
+    sequence = hasattr(input_shape, "__len__") and not isinstance(input_shape, (str, bytes))
+    shape = tuple(input_shape) if sequence else None  # A tuple, list, array, TensorShape.
+    if (shape is None or len(shape) != 3 or not all(_is_count(d) for d in shape)
+            or shape[0] % 4 or shape[1] % 4):
+        raise ValueError(f"input_shape must be (H, W, C), positive integers with H and W "
+                         f"divisible by 4 (e.g. (28, 28, 1) or (32, 32, 3)); got "
+                         f"{input_shape!r}.")
+    return tuple(int(d) for d in shape)
+
+
+def _count(value, what):
+    if not _is_count(value):
+        raise ValueError(f"{what} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def conv_encoder(input_shape, out_dim, name="encoder") -> keras.Sequential:
+    """Images [B, H, W, C] -> [B, out_dim] (e.g. a posterior's [B, 2 * z_dim]).
+
+    Conv2D 32 and 64 filters (4x4, stride 2, "same", ELU): [B, H/2, W/2, 32] -> [B, H/4, W/4, 64],
+    then Flatten and a linear Dense(out_dim). Keras' default (Glorot) initialisation. For
+    (28, 28, 1) and out_dim 20: 96,116 weights.
+
+    Raises:
+      ValueError: input_shape is not (H, W, C) with H and W divisible by 4.
+    """
+    h, w, c = _image_shape(input_shape)
+    out_dim = _count(out_dim, "out_dim")
+    conv = [keras.layers.Conv2D(filters, _CONV_KERNEL, strides=2, padding="same",
+                                activation="elu", name=f"{name}_conv{i}")
+            for i, filters in enumerate(_CONV_FILTERS)]
+    return keras.Sequential([keras.Input(shape=(h, w, c)), *conv,
+                             keras.layers.Flatten(name=f"{name}_flatten"),
+                             keras.layers.Dense(out_dim, name=f"{name}_out")], name=name)
+
+
+def conv_decoder(in_dim, input_shape, out_channels=None, name="decoder") -> keras.Sequential:
+    """Latents [B, in_dim] -> [B, H, W, out_channels], the likelihood's parameters per pixel
+    (Bernoulli logits, say), for images of input_shape (H, W, C).
+
+    Dense(H/4 * W/4 * 64, ELU), reshaped to [B, H/4, W/4, 64], then Conv2DTranspose 32 filters
+    (4x4, stride 2, "same", ELU) -> [B, H/2, W/2, 32] and out_channels filters (linear) ->
+    [B, H, W, out_channels]. out_channels defaults to C. For in_dim 10 and (28, 28, 1): 67,809
+    weights.
+
+    Raises:
+      ValueError: input_shape is not (H, W, C) with H and W divisible by 4.
+    """
+    h, w, c = _image_shape(input_shape)
+    in_dim = _count(in_dim, "in_dim")
+    out_channels = c if out_channels is None else _count(out_channels, "out_channels")
+    top = (h // 4, w // 4, _CONV_FILTERS[1])
+    return keras.Sequential([
+        keras.Input(shape=(in_dim,)),
+        keras.layers.Dense(top[0] * top[1] * top[2], activation="elu", name=f"{name}_dense"),
+        keras.layers.Reshape(top, name=f"{name}_reshape"),
+        keras.layers.Conv2DTranspose(_CONV_FILTERS[0], _CONV_KERNEL, strides=2, padding="same",
+                                     activation="elu", name=f"{name}_deconv0"),
+        keras.layers.Conv2DTranspose(out_channels, _CONV_KERNEL, strides=2, padding="same",
+                                     name=f"{name}_deconv1"),
+    ], name=name)
 
 
 def apply(network, inputs):
