@@ -38,7 +38,7 @@ MODELS = list(SIGNATURES)
 PIXELS = "Pixel values must lie in [0, 1]; divide uint8 images by 255."
 NAN_PIXELS = "Images contain NaN or Inf values; clean the input."
 BINARY = "Pixels must be binary (0 or 1)"
-IMAGE_SHAPE = "Expected images of shape [batch, 784] (or [batch, 28, 28]); got shape "
+IMAGE_SHAPE = "Expected images of shape [batch, 784] (or [batch, 28, 28, 1] or [batch, 28, 28]); got shape "
 NAN_LATENTS = "Latents contain NaN or Inf values; clean the input."
 
 

@@ -1,6 +1,8 @@
 """The user's own networks: `VAE(encoder=..., decoder=...)`, `SSVAE(..., classifier=...)`: shape
 checks, IWAE sample axes, save/load, SavedModel export, the SSVAE's label enumeration."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -105,7 +107,7 @@ def test_shapes_are_checked_once_with_a_clear_message():
     with pytest.raises(ValueError, match=r"decoder must map .* to \[batch, 2 \* x_dim\] = "
                        r"\[batch, 12\]; it gives \[batch, 6\]"):
         SSVAE(z_dim=Z_DIM, x_dim=6, likelihood="gaussian", decoder=seq(6))
-    with pytest.raises(ValueError, match=r"classifier must map \[batch, x_dim\] = \[batch, 784\] "
+    with pytest.raises(ValueError, match=r"classifier must map \[batch, 784\] "
                        r"to \[batch, num_classes\] = \[batch, 10\]; it gives \[batch, 9\]"):
         SSVAE(z_dim=Z_DIM, classifier=seq(9))
     # Any layer is a network; a built one is checked as it is.
@@ -217,3 +219,70 @@ def test_m1m2_passes_the_networks_through():
     again.set_weights(model.get_weights())
     x = binary(3)
     np.testing.assert_array_equal(again.classify(x), model.classify(x))
+
+
+# ---- input_shape: networks on images, shape errors that name the real shape -----------------
+
+
+def conv_pair(shape, z_dim=Z_DIM):
+    """A tiny conv encoder [B, *shape] -> [B, 2 z] and a decoder [B, z] -> [B, *shape]."""
+    h, w, c = shape
+    encoder = keras.Sequential([keras.layers.Conv2D(4, 3, strides=2, padding="same"),
+                                keras.layers.Flatten(), keras.layers.Dense(2 * z_dim)])
+    decoder = keras.Sequential([keras.layers.Dense(h * w * c), keras.layers.Reshape(shape)])
+    return encoder, decoder
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 3)])
+def test_input_shape_gives_a_users_networks_shaped_inputs(shape, tmp_path):
+    encoder, decoder = conv_pair(shape)
+    model = VAE(z_dim=Z_DIM, input_shape=shape, encoder=encoder, decoder=decoder,
+                objective="iwae", iw=3)
+    assert model.input_shape == shape and model.x_dim == int(np.prod(shape))
+    x = binary(5, dim=model.x_dim)
+    # Shaped and flat inputs are the same inputs; outputs are flat.
+    np.testing.assert_allclose(model.reconstruct(x.reshape((5,) + shape)), model.reconstruct(x),
+                               rtol=1e-6)
+    assert model.sample(4).shape == (4, model.x_dim)
+    iw = model.iwae(x.reshape((5,) + shape), 7, seed=[1, 2])  # [m, B, z] samples decoded.
+    assert iw.shape == (5,) and np.all(np.isfinite(iw))
+    model.compile(keras.optimizers.Adam(1e-2), jit_compile=False)
+    model.fit(x.reshape((5,) + shape), batch_size=5, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.input_shape == shape
+    np.testing.assert_allclose(loaded.reconstruct(x), model.reconstruct(x), rtol=1e-6)
+
+
+def test_input_shape_errors_name_the_real_shape():
+    encoder, decoder = conv_pair((32, 32, 3))
+    model = VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=encoder, decoder=decoder)
+    with pytest.raises(ValueError, match=re.escape(
+            "Expected images of shape [batch, 32, 32, 3] (or [batch, 3072]); got shape (2, 28, 28).")):
+        model.elbo(np.zeros((2, 28, 28), np.float32))
+    with pytest.raises(ValueError, match=r"encoder must map \[batch, 32, 32, 3\]"):
+        VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=keras.layers.Dense(2 * Z_DIM))
+    with pytest.raises(ValueError, match=r"decoder must map \[batch, z_dim\] = \[batch, 3\] to "
+                       r"\[batch, 32, 32, 3\] or \[batch, x_dim\] = \[batch, 3072\]"):
+        VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=encoder, decoder=seq(10))
+    with pytest.raises(ValueError, match=r"x_dim=784 does not match input_shape=\(32, 32, 3\)"):
+        VAE(input_shape=(32, 32, 3), x_dim=784)
+    with pytest.raises(ValueError, match="input_shape must be the shape of one input"):
+        VAE(input_shape=(28, 0))
+    # Real-valued vectors: a Gaussian likelihood on (64,).
+    vectors = VAE(z_dim=2, hidden=(8,), input_shape=(64,), likelihood="gaussian")
+    with pytest.raises(ValueError, match=re.escape("Expected features of shape [batch, 64]")):
+        vectors.elbo(np.zeros((2, 63), np.float32))
+    assert vectors.elbo(np.random.default_rng(0).normal(size=(2, 64))).shape == (2,)
+
+
+def test_ssvae_input_shape_gives_a_users_classifier_shaped_inputs():
+    classifier = keras.Sequential([keras.layers.Conv2D(4, 3, strides=2), keras.layers.Flatten(),
+                                   keras.layers.Dense(K)])
+    model = SSVAE(z_dim=Z_DIM, hidden=(8,), classifier_hidden=(8,), input_shape=(28, 28, 1),
+                  classifier=classifier)
+    x = binary(3)
+    probs = model.classify(x.reshape(3, 28, 28, 1))
+    np.testing.assert_allclose(probs, model.classify(x), rtol=1e-6)
+    assert model.get_config()["input_shape"] == [28, 28, 1]

@@ -9,6 +9,7 @@ the code inside XLA and asserts on it outside (`raise_on_problem`).
 """
 
 import inspect
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -16,25 +17,71 @@ import tensorflow as tf
 NUM_CLASSES = 10  # The default number of classes of the semi-supervised models (MNIST's digits).
 
 
-def check_images(x, x_dim, binary=True, check_pixels=True):
-    """Validates a batch of images and returns it as float32 [B, x_dim].
+def resolve_input_shape(input_shape=None, x_dim=None):
+    """A model's `input_shape` argument as a tuple of positive ints (one input, no batch axis):
+    `input_shape` ((28, 28, 1), (32, 32, 3), (64,) or an int), else (x_dim,) from the older
+    `x_dim` argument, else MNIST's (784,). ValueError when both are given and disagree."""
+    if input_shape is None:
+        input_shape = (784 if x_dim is None else x_dim,)
+    elif isinstance(input_shape, (int, np.integer)):
+        input_shape = (input_shape,)
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(d < 1 for d in shape) or any(int(d) != d for d in input_shape):
+        raise ValueError(f"input_shape must be the shape of one input, positive integers such as "
+                         f"(28, 28, 1) or (64,); got {input_shape!r}.")
+    if x_dim is not None and int(x_dim) != math.prod(shape):
+        raise ValueError(f"x_dim={x_dim} does not match input_shape={shape} "
+                         f"({math.prod(shape)} values); pass input_shape alone.")
+    return shape
 
-    Accepts [B, x_dim], [B, 28, 28] or [B, 28, 28, 1] (reshaped). Raises ValueError naming the
-    expected shape for anything else; for pixels that are NaN/Inf, outside [0, 1] or (when
-    `binary`) not exactly 0 or 1, raises ValueError eagerly or fails a graph assertion with the
-    same message. In a graph where the rank is not known when tracing (a SavedModel signature
-    takes any shape), the shape is asserted on too, with the same message.
+
+def accepted_shapes(input_shape):
+    """The batch shapes inputs of `input_shape` may come in, the flattened [B, prod] first:
+    [B, *input_shape]; without a trailing 1 channel ([B, 28, 28] for (28, 28, 1)); and, for
+    MNIST's flat (784,), as 28x28 images ([B, 28, 28], [B, 28, 28, 1])."""
+    shape = tuple(input_shape)
+    shapes = [(None, math.prod(shape)), (None,) + shape]
+    if shape == (784,):
+        shape = (28, 28, 1)
+        shapes.append((None,) + shape)
+    if len(shape) > 1 and shape[-1] == 1:
+        shapes.append((None,) + shape[:-1])
+    return list(dict.fromkeys(shapes))
+
+
+def _expected_text(what, input_shape):
+    """'Expected images of shape [batch, 32, 32, 3] (or [batch, 3072])'."""
+    shapes = accepted_shapes(input_shape)
+    main = shapes[1] if len(input_shape) > 1 else shapes[0]
+    others = [s for s in shapes if s != main]
+
+    def text(s):
+        return "[" + ", ".join(["batch"] + [str(d) for d in s[1:]]) + "]"
+
+    more = f" (or {' or '.join(text(s) for s in others)})" if others else ""
+    return f"Expected {what} of shape {text(main)}{more}"
+
+
+def check_images(x, input_shape, binary=True, check_pixels=True):
+    """Validates a batch of images and returns it as float32 [B, prod(input_shape)] (flat).
+
+    `input_shape`: one image's shape, (28, 28, 1) say, or its number of pixels (784). Accepts
+    the shapes of `accepted_shapes` (for 784: [B, 784], [B, 28, 28], [B, 28, 28, 1]). Raises
+    ValueError naming the expected shape for anything else; for pixels that are NaN/Inf,
+    outside [0, 1] or (when `binary`) not exactly 0 or 1, raises ValueError eagerly or fails a
+    graph assertion with the same message. In a graph where the rank is not known when tracing
+    (a SavedModel signature takes any shape), the shape is asserted on too, with the same
+    message.
     """
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating and not x.dtype.is_integer and x.dtype != tf.bool:
         raise ValueError(f"Images must be numeric; got dtype {x.dtype.name}.")
-    x = tf.cast(x, tf.float32)
-    side = int(round(x_dim ** 0.5))
-    shapes, expected = [(None, x_dim)], f"Expected images of shape [batch, {x_dim}]"
-    if side * side == x_dim:
-        shapes += [(None, side, side), (None, side, side, 1)]
-        expected += f" (or [batch, {side}, {side}])"
-    x = check_shape(x, shapes, expected)
+    shape = resolve_input_shape(input_shape)
+    x = check_shape(tf.cast(x, tf.float32), accepted_shapes(shape),
+                    _expected_text("images", shape))
     return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
 
 
@@ -173,19 +220,22 @@ def non_finite_problem(name="features"):
 FEATURE_PROBLEM = non_finite_problem("features")
 
 
-def check_features(x, dim, check_values=True, name="features"):
+def check_features(x, input_shape, check_values=True, name="features"):
     """Validates a batch of real-valued features (or latents: `name`) and returns it as float32
-    [B, dim].
+    [B, prod(input_shape)] (flat).
 
-    Raises ValueError for another shape (or asserts on it in a graph, as `check_images`), and
-    (unless `check_values` is False; eagerly, or as a failing graph assertion with the same
-    message) for NaN or Inf values.
+    `input_shape`: one input's shape, or its width. Raises ValueError for another shape (or
+    asserts on it in a graph, as `check_images`), and (unless `check_values` is False; eagerly,
+    or as a failing graph assertion with the same message) for NaN or Inf values.
     """
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating and not x.dtype.is_integer:
         raise ValueError(f"{name.capitalize()} must be numeric; got dtype {x.dtype.name}.")
-    x = check_shape(tf.cast(x, tf.float32), [(None, dim)],
-                    f"Expected {name} of shape [batch, {dim}]")
+    shape = resolve_input_shape(input_shape)
+    shapes = list(dict.fromkeys([(None, math.prod(shape)), (None,) + shape]))
+    x = check_shape(tf.cast(x, tf.float32), shapes,
+                    _expected_text(name, shape) if len(shape) > 1
+                    else f"Expected {name} of shape [batch, {shape[0]}]")
     if not check_values:
         return x
     return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)), non_finite_problem(name))])

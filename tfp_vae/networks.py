@@ -115,14 +115,20 @@ def conv_decoder(in_dim, input_shape, out_channels=None, name="decoder") -> kera
     ], name=name)
 
 
-def apply(network, inputs):
-    """Applies a [B, d_in] -> [B, d_out] network to inputs of any rank >= 2: [..., d_in] ->
-    [..., d_out] (for instance [m, B, z] importance samples), by folding the leading axes."""
+def apply(network, inputs, input_shape=None):
+    """Applies a network on one batch axis to inputs with any leading axes: [..., d_in] ->
+    [..., d_out] (for instance [m, B, z] importance samples), by folding the leading axes into
+    the batch. With `input_shape` (a network on images, (28, 28, 1) say) the flat inputs
+    [..., prod(input_shape)] are given to it as [N, *input_shape]. An output of several axes
+    per example ([N, 28, 28, 1] logits) comes back flat ([..., 784])."""
     inputs = tf.convert_to_tensor(inputs)
-    if inputs.shape.rank == 2:
-        return network(inputs)
-    flat = network(tf.reshape(inputs, [-1, inputs.shape[-1]]))
-    return tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], tf.shape(flat)[-1:]], axis=0))
+    shape = (inputs.shape[-1],) if input_shape is None else tuple(input_shape)
+    if inputs.shape.rank == 2 and len(shape) == 1:
+        out = network(inputs)
+        return out if len(out.shape) == 2 else tf.reshape(out, [-1, math.prod(out.shape[1:])])
+    out = network(tf.reshape(inputs, (-1,) + shape))
+    width = math.prod(out.shape[1:])
+    return tf.reshape(out, tf.concat([tf.shape(inputs)[:-1], [width]], axis=0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,42 +218,49 @@ def apply_enumerated(network, x, num_classes, shared, factorise=True):
 # The user's own networks (a model's `encoder=`, `decoder=`, `classifier=` arguments).
 
 
-def _width_text(dim, formula=None):
-    """"[batch, 784]", or with a formula "[batch, 2 * z_dim] = [batch, 20]"."""
-    if formula is None or formula == str(dim):
-        return f"[batch, {dim}]"
-    return f"[batch, {formula}] = [batch, {dim}]"
+def _shape_text(shape, formula=None):
+    """"[batch, 784]", "[batch, 28, 28, 1]", or with a formula "[batch, 2 * z_dim] = [batch, 20]"."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    text = "[" + ", ".join(["batch"] + [str(d) for d in shape]) + "]"
+    if formula is None or (len(shape) == 1 and formula == str(shape[0])):
+        return text
+    return f"[batch, {formula}] = {text}"
 
 
-def user_network(network, role, input_dim, output_dim, input_formula=None, output_formula=None):
+def user_network(network, role, input_shape, output_shapes, input_formula=None,
+                 output_formula=None):
     """A network the user passed for `role` ("encoder", ...): checked and built, returned as is.
 
     It must be a Keras layer or model (`keras.Sequential`, a functional or subclassed
-    `keras.Model`, any `keras.layers.Layer`), built or not, mapping [batch, input_dim] to
-    [batch, output_dim]. It is called once on a symbolic [None, input_dim] input, which builds
-    an unbuilt one on that width (without fixing the batch size) and gives its output shape;
-    ValueError naming the expected shapes (with their formulas, e.g. "2 * z_dim") when it is not
-    a layer, fails on that input or gives another shape. The models flatten any leading sample
-    axes before calling it (`apply`), so it only ever sees [batch, input_dim].
+    `keras.Model`, any `keras.layers.Layer`), built or not, mapping [batch, *input_shape] to
+    [batch, *s] for one of `output_shapes` (each a shape without the batch axis, or an int
+    width; a decoder may give one image's shape, (28, 28, 1), or its flat width, 784). It is
+    called once on a symbolic [None, *input_shape] input, which builds an unbuilt one (without
+    fixing the batch size) and gives its output shape; ValueError naming the expected shapes
+    (with their formulas, e.g. "2 * z_dim") when it is not a layer, fails on that input or gives
+    another shape. The models flatten any leading sample axes into the batch before calling it
+    (`apply`), so it only ever sees one batch axis.
 
     The models call their networks without `training=True` (as the recipe's MLPs need none):
     Dropout and BatchNormalization layers in a user network run in inference mode in `fit`.
     """
-    expected = (f"{role} must map {_width_text(input_dim, input_formula)} to "
-                f"{_width_text(output_dim, output_formula)}")
+    input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    outputs = list(dict.fromkeys((o,) if isinstance(o, int) else tuple(o) for o in output_shapes))
+    expected = (f"{role} must map {_shape_text(input_shape, input_formula)} to "
+                + " or ".join(_shape_text(o, output_formula if len(o) == 1 else None)
+                              for o in outputs))
     if not isinstance(network, keras.layers.Layer):
         raise ValueError(f"{expected}: pass a Keras layer or model (keras.Sequential, "
                          f"keras.Model, keras.layers.Layer); got {type(network).__name__}.")
     try:
-        out = network(keras.KerasTensor((None, int(input_dim)), dtype="float32"))
+        out = network(keras.KerasTensor((None,) + input_shape, dtype="float32"))
     except Exception as e:  # Keras' own message (an input spec, a failing call) follows.
-        raise ValueError(f"{expected}; calling it on [batch, {input_dim}] failed: {e}") from e
+        raise ValueError(f"{expected}; calling it on {_shape_text(input_shape)} failed: "
+                         f"{e}") from e
     if not isinstance(out, keras.KerasTensor):
         raise ValueError(f"{expected}, one tensor; it gives {type(out).__name__}.")
-    shape = tuple(out.shape)
-    if len(shape) != 2 or shape[-1] != output_dim:
-        given = ", ".join(["batch"] + [str(d) for d in shape[1:]])
-        raise ValueError(f"{expected}; it gives [{given}].")
+    if tuple(out.shape[1:]) not in outputs:
+        raise ValueError(f"{expected}; it gives {_shape_text(tuple(out.shape[1:]))}.")
     return network
 
 

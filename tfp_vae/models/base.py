@@ -5,6 +5,8 @@ distributions) and says whether KL(q || p) has a closed form; everything else (E
 objectives, `train_step`/`test_step`, sampling, serving functions) lives here.
 """
 
+import math
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -13,6 +15,7 @@ import tensorflow_probability as tfp
 from tfp_vae import layers, objectives
 from tfp_vae.checks import (FEATURE_PROBLEM, IMAGE_PROBLEMS, call_arguments, check_array,
                             check_count, check_features, check_images, check_seed, image_problem,
+                            resolve_input_shape,
                             padded_batch, raise_on_problem, validation_inputs)
 
 tfd = tfp.distributions
@@ -256,7 +259,12 @@ class LatentVariableModel(keras.Model):
 
     Args:
       z_dim: latent size.
-      x_dim: number of pixels (or of features, with a Gaussian likelihood).
+      input_shape: the shape of one input, without the batch axis: (28, 28, 1) for MNIST as
+        images, (32, 32, 3), (64,) for feature vectors; the default (784,) is MNIST's images as
+        flat vectors. Inputs may come as [B, *input_shape] or flat, [B, prod(input_shape)]
+        (`tfp_vae.checks.accepted_shapes`); the model works on them flat (`x_dim` values) and
+        gives a user's encoder [B, *input_shape]. Every method returns flat [B, x_dim] images.
+      x_dim: the older way to say input_shape=(x_dim,); give one or the other.
       likelihood: p(x|z), by name (`tfp_vae.layers.LIKELIHOODS`): "bernoulli" (binary pixels,
         the recipe), "continuous_bernoulli" (grayscale pixels in [0, 1]) or "gaussian"
         (real-valued features, a learned per-dimension scale). The inputs are checked for it
@@ -279,8 +287,8 @@ class LatentVariableModel(keras.Model):
 
     analytic_kl = False
 
-    def __init__(self, z_dim=10, x_dim=784, beta=1.0, objective="elbo", iw=1, seed=None,
-                 clip_norm=None, likelihood="bernoulli", **kwargs):
+    def __init__(self, z_dim=10, input_shape=None, beta=1.0, objective="elbo", iw=1, seed=None,
+                 clip_norm=None, likelihood="bernoulli", x_dim=None, **kwargs):
         super().__init__(**kwargs)
         self.likelihood_name = layers.check_likelihood(likelihood)
         self.seed = training_seed(seed)
@@ -291,7 +299,8 @@ class LatentVariableModel(keras.Model):
             raise ValueError(f"iw must be a positive number of samples; got {iw}.")
         if float(beta) < 0:
             raise ValueError(f"beta weights KL and must be >= 0; got {beta}.")
-        self.z_dim, self.x_dim = int(z_dim), int(x_dim)
+        self.input_shape = resolve_input_shape(input_shape, x_dim)
+        self.z_dim, self.x_dim = int(z_dim), math.prod(self.input_shape)
         self.beta, self.objective, self.iw = float(beta), objective, int(iw)
         names = ["loss", "nelbo", "kl", "rec"] + (["niwae"] if objective == "iwae" else [])
         self._trackers = [keras.metrics.Mean(name=n) for n in names]
@@ -329,8 +338,8 @@ class LatentVariableModel(keras.Model):
         values with `input_problem` inside XLA instead).
         """
         if self.likelihood_name == "gaussian":
-            return check_features(x, self.x_dim, check_values)
-        return check_images(x, self.x_dim, binary=bound and self.likelihood_name == "bernoulli",
+            return check_features(x, self.input_shape, check_values)
+        return check_images(x, self.input_shape, binary=bound and self.likelihood_name == "bernoulli",
                             check_pixels=check_values)
 
     def input_problem(self, x, bound=True):
@@ -526,7 +535,8 @@ class LatentVariableModel(keras.Model):
         check_array(self._images_of(x), lambda rows: self.check_inputs(rows))
 
     def get_config(self):
-        return {**super().get_config(), "z_dim": self.z_dim, "x_dim": self.x_dim,
+        return {**super().get_config(), "z_dim": self.z_dim,
+                "input_shape": list(self.input_shape),
                 "beta": self.beta, "objective": self.objective, "iw": self.iw, "seed": self.seed,
                 "clip_norm": self.clip_norm, "likelihood": self.likelihood_name}
 

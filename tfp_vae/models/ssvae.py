@@ -31,6 +31,8 @@ have to be overridden or would silently do the wrong thing. It reuses `check_ima
 distribution layers, `networks.mlp` and `objectives` instead.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -39,6 +41,7 @@ from tfp_vae import layers, networks
 from tfp_vae.checks import (FEATURE_PROBLEM, IMAGE_PROBLEMS, NUM_CLASSES, assert_that,
                             call_arguments, check_array, check_count, check_features,
                             check_images, check_labels, check_seed, first_problem, image_problem,
+                            resolve_input_shape,
                             label_problem, label_problems, labels_for, padded_batch,
                             raise_on_problem)
 from tfp_vae.models.base import (build_at_construction, check_clip_norm,
@@ -90,7 +93,11 @@ class SSVAE(keras.Model):
         labelled images only feed the classifier (and may be grayscale).
       min_variance: floor added to the softplus posterior variance.
       init: "torch" (the recipe's) or "glorot"; see networks.mlp.
-      x_dim: number of pixels (or of features, with a Gaussian likelihood).
+      input_shape: one input's shape without the batch axis ((28, 28, 1), (64,), ...; the
+        default (784,) is MNIST's images as flat vectors); inputs may come shaped or flat
+        (`tfp_vae.checks.accepted_shapes`). The classifier gets them as [B, *input_shape]; the
+        encoder and decoder work on flat x (x_dim values) beside a one-hot label.
+      x_dim: the older way to say input_shape=(x_dim,).
       likelihood: "bernoulli" (binary pixels, the recipe) or "gaussian" (real-valued features
         with a diagonal Gaussian p(x|y,z) whose mean and softplus variance come from the
         decoder; M2 on the latent features of M1, see `tfp_vae.models.stacked`).
@@ -130,9 +137,9 @@ class SSVAE(keras.Model):
 
     def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
                  activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
-                 gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=784,
+                 gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=None,
                  labelled_bound=True, likelihood="bernoulli", seed=None, clip_norm=None,
-                 encoder=None, decoder=None, classifier=None, **kwargs):
+                 encoder=None, decoder=None, classifier=None, input_shape=None, **kwargs):
         super().__init__(**kwargs)
         self.seed = training_seed(seed)
         self.clip_norm = check_clip_norm(clip_norm)
@@ -145,7 +152,9 @@ class SSVAE(keras.Model):
         if float(gen_weight) < 0 or float(class_weight) < 0:
             raise ValueError(f"gen_weight and class_weight must be >= 0; got {gen_weight} and "
                              f"{class_weight}.")
-        self.z_dim, self.x_dim, self.num_classes = int(z_dim), int(x_dim), int(num_classes)
+        self.input_shape = resolve_input_shape(input_shape, x_dim)
+        self.x_dim = math.prod(self.input_shape)
+        self.z_dim, self.num_classes = int(z_dim), int(num_classes)
         self.hidden = tuple(int(h) for h in hidden)
         self.classifier_hidden = tuple(int(h) for h in classifier_hidden)
         self.activation, self.classifier_activation = activation, classifier_activation
@@ -158,18 +167,20 @@ class SSVAE(keras.Model):
         self._user_networks = tuple(name for name, network in (
             ("classifier", classifier), ("encoder", encoder), ("decoder", decoder))
             if network is not None)
+        # The recipe's MLP takes flat inputs; a user's classifier takes them shaped.
+        self.classifier_input_shape = None if classifier is None else self.input_shape
         if classifier is None:
             self.classifier = networks.mlp(self.x_dim, self.classifier_hidden, k,
                                            classifier_activation, init, name="classifier")
         else:
-            self.classifier = networks.user_network(classifier, "classifier", self.x_dim, k,
-                                                    "x_dim", "num_classes")
+            self.classifier = networks.user_network(classifier, "classifier", self.input_shape,
+                                                    [k], output_formula="num_classes")
         if encoder is None:
             self.encoder = networks.mlp(self.x_dim + k, self.hidden, 2 * self.z_dim, activation,
                                         init, name="encoder")
         else:
             self.encoder = networks.user_network(encoder, "encoder", self.x_dim + k,
-                                                 2 * self.z_dim, "x_dim + num_classes",
+                                                 [2 * self.z_dim], "x_dim + num_classes",
                                                  "2 * z_dim")
         # A Gaussian likelihood needs a mean and a pre-softplus variance per feature.
         gaussian = likelihood == "gaussian"
@@ -178,7 +189,7 @@ class SSVAE(keras.Model):
             self.decoder = networks.mlp(self.z_dim + k, self.hidden, out_dim, activation, init,
                                         name="decoder")
         else:
-            self.decoder = networks.user_network(decoder, "decoder", self.z_dim + k, out_dim,
+            self.decoder = networks.user_network(decoder, "decoder", self.z_dim + k, [out_dim],
                                                  "z_dim + num_classes",
                                                  "2 * x_dim" if gaussian else "x_dim")
         self.label_posterior = CategoricalFromLogits()
@@ -218,8 +229,8 @@ class SSVAE(keras.Model):
         """
         del sample, seed
         if self.likelihood_name == "gaussian":
-            return check_features(x, self.x_dim, check_values)
-        return check_images(x, self.x_dim, binary=binary, check_pixels=check_values)
+            return check_features(x, self.input_shape, check_values)
+        return check_images(x, self.input_shape, binary=binary, check_pixels=check_values)
 
     def _value_problem(self, x, binary=True):
         """int32 code (0: fine) of the values of raw inputs x, float32 [B, input_dim], as
@@ -246,7 +257,7 @@ class SSVAE(keras.Model):
     def _classifier_logits(self, x):
         """The classifier's logits [B, K] as float32 (the network may compute in bfloat16 or
         float16 under a mixed-precision policy; every softmax, KL and loss is float32)."""
-        return tf.cast(self.classifier(x), tf.float32)
+        return tf.cast(networks.apply(self.classifier, x, self.classifier_input_shape), tf.float32)
 
     def class_logits(self, x):
         """Logits [B, K] of q(y|x); x may be grayscale in [0, 1] (checked)."""
@@ -570,7 +581,7 @@ class SSVAE(keras.Model):
                   "num_classes": self.num_classes, "gen_weight": self.gen_weight,
                   "class_weight": self.class_weight, "min_variance": self.min_variance,
                   "labelled_bound": self.labelled_bound,
-                  "init": self.init, "x_dim": self.x_dim, "likelihood": self.likelihood_name,
+                  "init": self.init, "input_shape": list(self.input_shape), "likelihood": self.likelihood_name,
                   "seed": self.seed, "clip_norm": self.clip_norm}
         return networks.serialize_networks(config, self, self._user_networks)
 

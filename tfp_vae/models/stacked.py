@@ -71,7 +71,7 @@ class M1M2(SSVAE):
         if isinstance(m1, dict):
             m1 = keras.saving.deserialize_keras_object(m1)
         _check_m1(m1)
-        for fixed in ("x_dim", "likelihood"):
+        for fixed in ("x_dim", "input_shape", "likelihood"):
             if fixed in kwargs:
                 raise ValueError(f"M1M2 sets {fixed} from m1; do not pass it.")
         if feature_indices is None:
@@ -91,7 +91,7 @@ class M1M2(SSVAE):
         return self.m1.x_dim
 
     def _raw_inputs(self, x):
-        return check_images(x, self.input_dim, check_pixels=False)
+        return check_images(x, self.m1.input_shape, check_pixels=False)
 
     def _value_problem(self, x, binary=True):
         return image_problem(x, binary)
@@ -106,7 +106,7 @@ class M1M2(SSVAE):
         """The units of M1's z whose posterior mean varies across `images` (binary [N, pixels]):
         std over the images > threshold, as in the paper's code. A sorted list of ints."""
         _check_m1(m1)
-        means = m1.encode(check_images(images, m1.x_dim)).mean()
+        means = m1.encode(check_images(images, m1.input_shape)).mean()
         return [int(i) for i in np.flatnonzero(np.std(np.asarray(means), axis=0) > threshold)]
 
     def _modelled(self, z1):
@@ -116,7 +116,7 @@ class M1M2(SSVAE):
     def _inputs(self, x, binary=True, sample=False, seed=None, check_values=True):
         """Images (checked as the SSVAE checks them; only their shape unless `check_values`)
         -> z1 ~ q(z1|x), or its mean (the units M2 models)."""
-        q = self.m1.encode(check_images(x, self.input_dim, binary=binary,
+        q = self.m1.encode(check_images(x, self.m1.input_shape, binary=binary,
                                         check_pixels=check_values))
         # M1 is fixed; no gradient flows into it (its variables are not trainable anyway).
         return tf.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
@@ -142,7 +142,7 @@ class M1M2(SSVAE):
         """The stacked bound (module docstring) and its parts for binary images x, without
         labels (with M2's -U(z1)) or with int labels [B] (with M2's -L(z1, y)): dict of [B]
         tensors `nelbo`, `rec`, `kl_z1`, `kl_z` (and `kl_y` without labels)."""
-        x = check_images(x, self.input_dim)
+        x = check_images(x, self.m1.input_shape)
         seed_z1, seed_m2 = (None, None) if seed is None else tfp.random.split_seed(seed, 2)
         q = self.m1.encode(x)
         z1 = q.sample(seed=seed_z1)
@@ -158,7 +158,7 @@ class M1M2(SSVAE):
 
     def get_config(self):
         config = super().get_config()
-        for fixed in ("x_dim", "likelihood"):
+        for fixed in ("input_shape", "likelihood"):
             config.pop(fixed)
         return {**config, "m1": keras.saving.serialize_keras_object(self.m1),
                 "feature_indices": list(self.feature_indices)}

@@ -18,16 +18,18 @@ class VAE(LatentVariableModel):
       activation: hidden activation (ELU in the recipe).
       min_variance: floor added to the softplus posterior variance.
       init: "torch" (PyTorch's Linear default, the recipe's) or "glorot" (Keras' default).
-      encoder: None (the recipe's MLP, from hidden, activation and init) or any Keras layer or
-        model (built or not) mapping images [B, x_dim] to the posterior's parameters
-        [B, 2 * z_dim] (means, then pre-softplus variances).
+      encoder: None (the recipe's MLP on flat inputs, from hidden, activation and init) or any
+        Keras layer or model (built or not) mapping inputs [B, *input_shape] to the posterior's
+        parameters [B, 2 * z_dim] (means, then pre-softplus variances); for instance
+        `networks.conv_encoder(input_shape, 2 * z_dim)`.
       decoder: None (the recipe's MLP) or any Keras layer or model mapping latents [B, z_dim] to
-        the likelihood's parameters [B, x_dim]: logits for "bernoulli" and
-        "continuous_bernoulli", means for "gaussian" (whose scale is a learned variable of the
-        likelihood layer). The model flattens extra sample axes ([m, B, z_dim] under IWAE) into
-        the batch before calling it.
-      **kwargs: likelihood, beta, objective, iw, x_dim and keras.Model arguments (see the base
-        class).
+        the likelihood's parameters, shaped like one input [B, *input_shape] or flat
+        [B, x_dim]: logits for "bernoulli" and "continuous_bernoulli", means for "gaussian"
+        (whose scale is a learned variable of the likelihood layer). The model flattens extra
+        sample axes ([m, B, z_dim] under IWAE) into the batch before calling it, and flattens
+        its output.
+      **kwargs: input_shape, likelihood, beta, objective, iw and keras.Model arguments (see the
+        base class).
     """
 
     analytic_kl = True
@@ -41,18 +43,21 @@ class VAE(LatentVariableModel):
         self._user_networks = tuple(name for name, network in
                                    (("encoder", encoder), ("decoder", decoder))
                                    if network is not None)
+        # The recipe's MLP takes flat inputs; a user's encoder takes them shaped (input_shape).
+        self.encoder_input_shape = None if encoder is None else self.input_shape
         if encoder is None:
             self.encoder = networks.mlp(self.x_dim, self.hidden, 2 * self.z_dim, activation,
                                         init, name="encoder")
         else:
-            self.encoder = networks.user_network(encoder, "encoder", self.x_dim, 2 * self.z_dim,
-                                                 output_formula="2 * z_dim")
+            self.encoder = networks.user_network(encoder, "encoder", self.input_shape,
+                                                 [2 * self.z_dim], output_formula="2 * z_dim")
         if decoder is None:
             self.decoder = networks.mlp(self.z_dim, self.hidden, self.x_dim, activation, init,
                                         name="decoder")
         else:
-            self.decoder = networks.user_network(decoder, "decoder", self.z_dim, self.x_dim,
-                                                 "z_dim", "x_dim")
+            self.decoder = networks.user_network(decoder, "decoder", self.z_dim,
+                                                 [self.input_shape, self.x_dim], "z_dim",
+                                                 "x_dim")
         self.posterior = layers.GaussianPosterior(min_variance)
         self.likelihood = layers.likelihood_layer(self.likelihood_name, self.x_dim)
         self.prior_layer = self.make_prior()
@@ -62,7 +67,7 @@ class VAE(LatentVariableModel):
         return layers.StandardNormalPrior(self.z_dim)
 
     def encode(self, x):
-        return self.posterior(self.encoder(x))
+        return self.posterior(networks.apply(self.encoder, x, self.encoder_input_shape))
 
     def decode(self, z):
         return self.likelihood(networks.apply(self.decoder, z))
