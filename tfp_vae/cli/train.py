@@ -61,6 +61,12 @@ flags.DEFINE_integer("z_dim", None, "Latent dimension (default: the recipe's, 10
 flags.DEFINE_list("hidden", None, "vae/gmvae: hidden layer sizes of the encoder and decoder "
                   "MLPs, comma separated (default: the recipe's 300,300). An M1 feature extractor "
                   "for --model=m1m2 uses 600,600 with --z_dim=50.")
+flags.DEFINE_enum("arch", "mlp", ["mlp", "conv"], "vae/gmvae: the encoder and decoder networks: "
+                  "mlp (the recipe's MLPs, sized by --hidden) or conv (networks.conv_encoder/"
+                  "conv_decoder on the dataset's image shape, (28, 28, 1) for MNIST and "
+                  "Fashion-MNIST: two stride-2 convolutions each way). conv trains without XLA "
+                  "unless --xla is given: XLA's CPU convolutions are ~20x slower than "
+                  "TensorFlow's (benchmarks/conv_throughput.py).")
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
                    lower_bound=0.0)
 flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
@@ -148,9 +154,35 @@ def steps_per_execution():
     return max(d for d in range(1, 26) if FLAGS.steps_per_epoch % d == 0)
 
 
+def use_xla():
+    """--xla, whose default for --arch=conv is off (XLA's CPU convolutions are ~20x slower than
+    TensorFlow's graph mode here; an explicit --xla still turns it on)."""
+    if FLAGS.arch == "conv" and not FLAGS["xla"].present:
+        return False
+    return FLAGS.xla
+
+
+def image_shape(dataset):
+    """(H, W, C) of one training image for --arch=conv: grayscale [N, H, W] images are
+    (H, W, 1), flat [N, 784] ones (28, 28, 1); UsageError for anything the conv networks cannot
+    take (they need H and W divisible by 4)."""
+    shape = tuple(int(d) for d in dataset.x_train.shape[1:])
+    if len(shape) == 2:
+        shape += (1,)
+    elif shape == (784,):
+        shape = (28, 28, 1)
+    if len(shape) != 3 or shape[0] % 4 or shape[1] % 4:
+        raise app.UsageError(f"--arch=conv needs images of shape (H, W) or (H, W, C) with H "
+                             f"and W divisible by 4; {dataset.source} has training images of "
+                             f"shape {list(shape)}.")
+    return shape
+
+
 def build_model(dataset):
+    import inspect
+
     import keras
-    from tfp_vae import models
+    from tfp_vae import models, networks
 
     keras.utils.set_random_seed(FLAGS.seed)
     # The seed keys the training noise (see models.base.step_seed).
@@ -164,6 +196,11 @@ def build_model(dataset):
         kwargs.update(beta=FLAGS.beta, objective=FLAGS.objective, iw=FLAGS.iw)
         if FLAGS.hidden:
             kwargs.update(hidden=[int(h) for h in FLAGS.hidden])
+        if FLAGS.arch == "conv":
+            shape = image_shape(dataset)
+            z_dim = kwargs.get("z_dim", inspect.signature(models.VAE).parameters["z_dim"].default)
+            kwargs.update(input_shape=shape, encoder=networks.conv_encoder(shape, 2 * z_dim),
+                          decoder=networks.conv_decoder(z_dim, shape))
     if FLAGS.model == "gmvae":
         kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
     if FLAGS.model == "m1m2":
@@ -189,7 +226,7 @@ def build_model(dataset):
     model.compile(optimizer=keras.optimizers.Adam(learning_rate(), **ema),
                   # XLA for the fused update only; replicated steps never use it (see the
                   # models' compile).
-                  jit_compile=FLAGS.xla, steps_per_execution=steps_per_execution())
+                  jit_compile=use_xla(), steps_per_execution=steps_per_execution())
     return model
 
 
@@ -224,6 +261,12 @@ def main(argv):
     if FLAGS.hidden and FLAGS.model not in ("vae", "gmvae"):
         raise app.UsageError("--hidden sets the VAE and GMVAE networks; the ssvae and m1m2 keep "
                              "the recipe's.")
+    if FLAGS.arch == "conv" and FLAGS.model not in ("vae", "gmvae"):
+        raise app.UsageError("--arch=conv sets the VAE and GMVAE networks; the ssvae and m1m2 "
+                             "keep the recipe's MLPs.")
+    if FLAGS.arch == "conv" and FLAGS.hidden:
+        raise app.UsageError("--hidden sizes the MLPs of --arch=mlp; the --arch=conv networks "
+                             "have fixed sizes.")
     if FLAGS.labelled_batch_size and FLAGS.model not in SEMI_SUPERVISED:
         raise app.UsageError("--labelled_batch_size goes with --model=ssvae or m1m2.")
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
@@ -256,8 +299,11 @@ def main(argv):
 RUN_FLAGS = ("model", "m1_path", "k", "learn_mixture_weights", "active_threshold",
              "labels_per_class", "label_seed", "labelled_indices", "labelled_batch_size",
              "gen_weight", "class_weight", "labelled_bound", "labelled_binarization", "z_dim",
-             "hidden", "beta", "objective", "iw", "batch_size", "binarization", "dataset", "seed",
-             "mixed_precision", "ema_momentum")
+             "hidden", "arch", "beta", "objective", "iw", "batch_size", "binarization", "dataset",
+             "seed", "mixed_precision", "ema_momentum")
+# The values of RUN_FLAGS added since checkpoints first recorded their settings, as the runs
+# before them had them: an older run resumes with these, and is refused other values.
+SETTINGS_BEFORE_FLAG = {"arch": "mlp"}
 
 
 def run_settings(model):
@@ -287,6 +333,7 @@ def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
     if saved is None:
         print(f"Note: {path} predates recorded settings; resuming without checking the flags.")
     else:
+        saved = {**SETTINGS_BEFORE_FLAG, **saved}
         differ = [f"--{name}={_flag_text(settings.get(name))} (the run has "
                   f"{_flag_text(saved.get(name))})"
                   for name in RUN_FLAGS if settings.get(name) != saved.get(name)]
