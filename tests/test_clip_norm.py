@@ -1,4 +1,4 @@
-"""`clip_norm` (and `bin/train --clip_norm`): one implementation (`models.base.gradient_step`)
+"""`clip_norm` (and `bin/train --clip_norm`): one implementation (`models.core.gradient_step`)
 for every model and every path. One SGD step at learning rate 1 moves the weights by exactly
 the clipped gradient, whose global norm is then `clip_norm`. (The replicated step against the
 single-device one, clipped: tests/test_distribute.py.)"""

@@ -4,11 +4,12 @@ stops being called.
 
 Private names kept (no public way to do the same):
 - `keras.Model._maybe_symbolic_build` (TF backend trainer): overridden by our models to build the
-  optimizer in the strategy's scope (`models.base.symbolic_build_under_strategy`).
+  optimizer in the strategy's scope (`models.core.symbolic_build_under_strategy`).
 - `keras.export.ExportArchive._tf_trackable`: the object `write_out` saves; the trainable export
   attaches the learning-rate variable to it (`tfp_vae.export.export`).
 """
 
+import os
 import keras
 import numpy as np
 import pytest
@@ -59,3 +60,31 @@ def test_the_public_apis_we_use_behave_as_we_rely_on():
         model.compile(keras.optimizers.Adam(1e-3), jit_compile=setting)
         assert model.get_compile_config()["jit_compile"] == setting
     assert model.distribute_strategy is not None
+
+
+def test_import_tfp_vae_alone_registers_every_class(tmp_path):
+    """A fresh interpreter that imports only `tfp_vae` reloads a saved model (with a user's
+    network), and `import tfp_vae` keeps TF's start-up INFO lines off stderr when
+    TF_CPP_MIN_LOG_LEVEL=2 asks for that, while other stderr output still comes through."""
+    import subprocess
+    import sys
+
+    import keras
+
+    from tfp_vae import models
+
+    path = str(tmp_path / "m.keras")
+    models.VAE(z_dim=2, hidden=(4,), decoder=keras.layers.Dense(784)).save(path)
+    code = ("import tfp_vae, keras, sys; m = keras.models.load_model(sys.argv[1]); "
+            "print(type(m).__name__, tfp_vae.VAE is type(m)); "
+            "sys.stderr.write('a line of our own\\n')")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                         env=dict(env, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["VAE", "True"]
+    lines = out.stderr.splitlines()
+    assert "a line of our own" in lines
+    # TF's INFO lines are gone (its later warnings and errors, such as a failing cuInit on a
+    # machine without a GPU, may remain: level 2 shows those).
+    assert not [line for line in lines if line.startswith(("I0000", "WARNING: All log"))], lines

@@ -321,8 +321,8 @@ def test_ssvae_training_stays_finite():
         model = SSVAE(z_dim=8, hidden=(64,), classifier_hidden=(64,))
         model.compile(keras.optimizers.Adam(1e-3))
     x_l, y_l = x[:20], np.arange(20, dtype=np.int32) % 10
-    values = model.compute_losses(x[:50], x_l, y_l)
-    assert all(v.dtype == tf.float32 for v in values.values())
+    loss, values = model.compute_losses((x[:50], (x_l, y_l)))
+    assert loss.dtype == tf.float32 and all(v.dtype == tf.float32 for v in values.values())
     assert model.classifier(x_l).dtype == tf.bfloat16
     assert model.label_distribution(x_l).logits.dtype == tf.float32
     train = tf.data.Dataset.from_tensors((x[:50], (x_l, y_l))).repeat()

@@ -1,3 +1,53 @@
-"""tfp_vae: latent-variable generative models (VAE, GMVAE, IWAE, SSVAE) in Keras 3 + TFP."""
+"""tfp_vae: latent-variable generative models (VAE, GMVAE, IWAE, SSVAE) in Keras 3 + TFP.
 
-__version__ = "0.1.0"
+`import tfp_vae` registers every model and layer class with Keras, so that
+`keras.models.load_model("model.keras")` needs no other import. The models are also here:
+`tfp_vae.VAE`, `tfp_vae.GMVAE`, `tfp_vae.SSVAE`, `tfp_vae.M1M2`, and the base class
+`tfp_vae.LatentVariableModel` for a model of one's own.
+"""
+
+import os as _os
+import re as _re
+import sys as _sys
+import tempfile as _tempfile
+
+__version__ = "0.2.0"
+
+# The lines TensorFlow's C++ start-up writes at INFO level before its logging honours
+# TF_CPP_MIN_LOG_LEVEL: "I0000 00:00:... port.cc:153] oneDNN custom operations are on...", the
+# CPU-feature notice and its continuation, and absl's note that precedes them.
+_START_UP_INFO = _re.compile(r"I\d{4} |WARNING: All log messages before absl::InitializeLog|"
+                             r"To enable the following instructions")
+
+
+def _import_tensorflow():
+    """Imports TensorFlow. When TF_CPP_MIN_LOG_LEVEL asks for warnings and errors only (>= 2,
+    as the binaries in bin/ set it), the INFO lines of its start-up are dropped; everything else
+    it writes to stderr then (warnings, errors) still reaches stderr."""
+    try:
+        level = int(_os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0)
+    except ValueError:
+        level = 0
+    if "tensorflow" in _sys.modules or level < 2:
+        import tensorflow  # noqa: F401
+        return
+    _sys.stderr.flush()
+    saved = _os.dup(2)
+    with _tempfile.TemporaryFile() as captured:
+        _os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            _os.dup2(saved, 2)
+            _os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+                    if not _START_UP_INFO.match(line)]
+            _sys.stderr.write("".join(kept))
+
+
+_import_tensorflow()
+
+from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel  # noqa: E402  Registers.
+
+__all__ = ["GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel"]

@@ -53,8 +53,8 @@ def save(figure, path, dpi=100):
 
 
 def is_class_conditional(model):
-    """Whether the model generates from a class (SSVAE, M1M2): it has `num_classes`."""
-    return hasattr(model, "num_classes")
+    """Whether the model generates from a class (SSVAE, M1M2): the model says so."""
+    return bool(getattr(model, "class_conditional", False))
 
 
 def kinds_for(model):

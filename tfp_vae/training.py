@@ -5,7 +5,7 @@ Distributed training (see `make_strategy`): build *and compile* the model inside
 `strategy.scope()`, then `fit` as usual. The models' train/test steps divide each replica's sum
 of per-example losses by the global batch size (the optimizer sums the replicas' gradients), so a
 replicated step is the single-device step on the whole batch; see
-`tfp_vae.models.base.LatentVariableModel.train_step`.
+`tfp_vae.models.core.Model.train_step`.
 """
 
 import hashlib

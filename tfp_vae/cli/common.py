@@ -1,14 +1,11 @@
-"""Pieces the binaries share: quiet TF logging, loading a saved model, the test metrics.
+"""Pieces the binaries share: one-line errors, loading a saved model, the test metrics.
 
-TensorFlow and the package's TF modules are imported inside the functions, after the flags are
-checked (`import_tensorflow_quietly` first), so that a flag mistake is reported at once, not
-after TensorFlow's seconds of start-up.
+The launchers in bin/ set TF_CPP_MIN_LOG_LEVEL=2 before `import tfp_vae` starts TensorFlow, so
+that its C++ start-up lines stay off the console (see tfp_vae/__init__.py).
 """
 
 import json
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep C++ start-up chatter off the console.
 
 MODEL_FILE = "model.keras"
 
@@ -63,25 +60,6 @@ def run_main(main):
     app.run(wrapped, flags_parser=parse_flags)
 
 
-def import_tensorflow_quietly():
-    """Imports TensorFlow with the C++ start-up lines (oneDNN, CUDA drivers, CPU features) kept
-    off the console, which TF_CPP_MIN_LOG_LEVEL does not silence: they are written before TF's
-    logging is set up. TF_CPP_MIN_LOG_LEVEL=0 or 1 shows them."""
-    import sys
-
-    if "tensorflow" in sys.modules or int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) < 2:
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _user_errors():
     """The exception types that report a user's mistake (those of the modules loaded so far:
     an error of a module not imported cannot have happened)."""
@@ -125,10 +103,7 @@ def load_model(path, compile=True):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No saved model at {path}: pass a .keras file or the --out_dir "
                                 "of a finished `train` run.")
-    import_tensorflow_quietly()
     import keras
-
-    from tfp_vae import models  # noqa: F401  (registers the model classes for load_model)
 
     try:
         return keras.models.load_model(path, compile=compile)

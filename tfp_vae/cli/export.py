@@ -33,7 +33,6 @@ def main(argv):
 
     if os.path.lexists(FLAGS.export_dir) and not FLAGS.overwrite:
         raise app.UsageError(f"{FLAGS.export_dir} already exists; pass --overwrite to replace it.")
-    common.import_tensorflow_quietly()
     from tfp_vae import export
 
     export.check_target(FLAGS.export_dir, FLAGS.overwrite)  # Before the slow load.

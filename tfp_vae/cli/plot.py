@@ -88,7 +88,6 @@ def main(argv):
         plots.require_matplotlib()
     except ImportError as e:
         raise common.UserError(str(e))
-    common.import_tensorflow_quietly()
     import numpy as np
 
     from tfp_vae import data

@@ -185,7 +185,7 @@ def build_model(dataset):
     from tfp_vae import models, networks
 
     keras.utils.set_random_seed(FLAGS.seed)
-    # The seed keys the training noise (see models.base.step_seed).
+    # The seed keys the training noise (see models.core.step_seed).
     kwargs = {"seed": FLAGS.seed, "clip_norm": FLAGS.clip_norm}
     if FLAGS.z_dim is not None:
         kwargs["z_dim"] = FLAGS.z_dim
@@ -272,7 +272,6 @@ def main(argv):
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
         raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                              f"--steps_per_epoch={FLAGS.steps_per_epoch}.")
-    common.import_tensorflow_quietly()
     from tfp_vae import training
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).

@@ -1,8 +1,9 @@
-"""The shared machinery of the latent-variable models: bounds, train/test steps, input checks.
+"""The latent-variable models p(z) p(x|z) with an amortised q(z|x): bounds, losses, uses.
 
 A subclass supplies `encode(x) -> q(z|x)`, `decode(z) -> p(x|z)` and `prior() -> p(z)` (all TFP
 distributions) and says whether KL(q || p) has a closed form; everything else (ELBO and IWAE
-objectives, `train_step`/`test_step`, sampling, serving functions) lives here.
+objectives, the losses the training step minimises, sampling, serving functions) lives here,
+and the training step itself in `tfp_vae.models.core.Model`.
 """
 
 import math
@@ -16,245 +17,15 @@ from tfp_vae import layers, objectives
 from tfp_vae.checks import (FEATURE_PROBLEM, IMAGE_PROBLEMS, call_arguments, check_array,
                             check_count, check_features, check_images, check_seed, image_problem,
                             resolve_input_shape,
-                            padded_batch, raise_on_problem, validation_inputs)
+                            padded_batch, validation_inputs)
+from tfp_vae.models.core import Model, batch_means
 
 tfd = tfp.distributions
 
 OBJECTIVES = ("elbo", "iwae")
 
 
-def replica_context():
-    """The replica context when a step runs replicated (under a tf.distribute strategy with more
-    than one replica in sync), else None.
-
-    Decided when the step is traced, so the single-device graph has no distribution ops at all.
-    """
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return None
-    return ctx
-
-
-def global_counts(ctx, *sizes):
-    """The sizes (scalars) summed over all replicas: float32 scalars, one per argument.
-
-    Used to divide each replica's *sum* of per-example losses by the *global* number of examples.
-    Keras' optimizer sums the replicas' gradients (`optimizer.apply` all-reduces with
-    ReduceOp.SUM), so the summed gradient is exactly that of the mean over the global batch, also
-    when the batch does not split evenly (97 over 2 replicas is 49 + 48). (Keras' own losses
-    divide a replica's mean by the number of replicas instead, which is exact only for even
-    splits.)
-    """
-    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                          tf.cast(tf.stack(list(sizes)), tf.float32))
-    return tf.unstack(sums, num=len(sizes))
-
-
-def global_results(ctx, trackers):
-    """name -> pooled mean over all replicas of each `keras.metrics.Mean` in `trackers`.
-
-    A replica's tracker holds its own total and count (metric variables are sync-on-read), so
-    `result()` inside a replicated step is that replica's mean, and Keras would average those
-    means across replicas, which is not the mean over all examples when the replicas saw
-    different numbers. One all-reduce of the totals and counts gives the exact pooled mean, the
-    same on every replica.
-    """
-    local = tf.stack([tf.cast(tf.convert_to_tensor(v), tf.float32)
-                      for t in trackers for v in (t.total.value, t.count.value)])
-    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
-    results = {t.name: tf.math.divide_no_nan(sums[2 * i], sums[2 * i + 1])
-               for i, t in enumerate(trackers)}
-    strategy = ctx.strategy
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None
-            and resolver.cluster_spec().as_dict()):
-        # Keras 3 reduces a multi-worker step's outputs with strategy.reduce(MEAN, v, axis=0),
-        # which fails on scalars (tensorflow/tensorflow#72388); as shape [1] they reduce to the
-        # scalar value itself (it is the same on every replica).
-        results = {name: tf.reshape(value, [1]) for name, value in results.items()}
-    return results
-
-
-def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
-    """Replaces Keras' `Trainer._maybe_symbolic_build` (TF backend) for our models.
-
-    Under a tf.distribute strategy Keras builds the model from the first batch after reducing it
-    with an elementwise MEAN across replicas, which fails when the global batch does not split
-    evenly (97 examples over 2 replicas are slices of 49 and 48). Our models create every
-    variable at construction and compile no Keras loss or metrics, so only the optimizer's
-    variables are missing: they are created here, in the strategy's scope (not lazily inside the
-    replicated step, where tf.distribute cannot create them).
-    """
-    if model.optimizer is not None and not model.optimizer.built:
-        # Also without a strategy: inside the traced step the optimizer would be built in the
-        # fused update's tf.cond branch (or its XLA function, where it cannot be).
-        with model.distribute_strategy.scope():
-            model.optimizer.build(model.trainable_variables)
-
-
-def build_at_construction(model, input_shape=None):
-    """`Layer.build` for our models, whose sub-networks are all built in `__init__` (their input
-    sizes are known), which then calls this.
-
-    A model constructed with trainable=False (as `from_config` rebuilds one saved frozen) also
-    freezes its sub-layers here. Keras' `trainable` setter would not: in the TF backend, setting
-    an attribute to the value it already holds returns before the setter runs.
-    """
-    if not model.trainable:
-        for layer in model.layers:
-            layer.trainable = False
-    model.built = True
-
-
-def saved_compile_config(model):
-    """`Model.get_compile_config` for our models: Keras' own, with the `jit_compile` the model
-    was compiled with (Keras' compile itself gets False, see `compile`), so that a reloaded model
-    compiles the same way."""
-    config = keras.Model.get_compile_config(model)
-    if config:
-        config["jit_compile"] = model.jit_compile_setting
-    return config
-
-
-def compile_from_saved_config(model, config):
-    """`Model.compile_from_config` for our models, which override `compile`: Keras' own skips
-    any model that does, so a reloaded model would come back uncompiled."""
-    model.compile(**keras.saving.deserialize_keras_object(config))
-    if model.built:
-        model.optimizer.build(model.trainable_variables)
-
-
-def training_seed(seed=None):
-    """A model's `seed` argument as the int it keeps: `seed`, or one drawn from NumPy's global
-    RNG (so `keras.utils.set_random_seed` fixes it too)."""
-    if seed is None:
-        return int(np.random.randint(0, 2**31 - 1))
-    try:
-        if int(seed) == seed:
-            return int(seed)
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"seed must be an integer; got {seed!r}.")
-
-
-def step_seed(model):
-    """int32 [2]: the stateless seed of the current training step's random draws (the
-    posterior samples), keyed by the model's `seed` and the optimizer's step count, so that a
-    run resumed from a checkpoint draws exactly what the uninterrupted run would have. Under
-    tf.distribute each replica folds in its id (its examples differ from the others')."""
-    step = tf.cast(tf.convert_to_tensor(model.optimizer.iterations) % (2**31 - 1), tf.int32)
-    seed = tf.stack([tf.constant(model.seed % (2**31 - 1), tf.int32), step])
-    ctx = replica_context()
-    if ctx is not None:
-        seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
-    return seed
-
-
-def apply_gradients(optimizer, grads, variables):
-    """`optimizer.apply` on the variables that have a gradient. A variable the loss does not
-    reach (the decoder of an SSVAE with gen_weight 0, say) gets None and is left alone; Keras'
-    optimizer would fail on it."""
-    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-    optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-
-
-def gradient_step(model, losses):
-    """One optimizer step on `losses()` -> (loss scalar, values): returns the values. The one
-    place where every model, on every path (single device, the XLA update, tf.distribute, the
-    trainable SavedModel), computes and applies its gradients.
-
-    The loss is scaled by the optimizer (a LossScaleOptimizer under mixed_float16 scales here and
-    unscales in `apply`; any other optimizer returns the loss itself). With `model.clip_norm`
-    the gradient is clipped to that global norm first (`clip_gradients`)."""
-    variables = model.trainable_variables
-    with tf.GradientTape() as tape:
-        loss, values = losses()
-        loss = model.optimizer.scale_loss(loss)
-    grads = tape.gradient(loss, variables)
-    if getattr(model, "clip_norm", None):
-        grads = clip_gradients(grads, model.clip_norm, model.optimizer)
-    apply_gradients(model.optimizer, grads, variables)
-    return values
-
-
-def clip_gradients(grads, clip_norm, optimizer):
-    """`grads` (a list; None entries kept) scaled so that the global norm of the *whole batch's*
-    gradient is at most `clip_norm`.
-
-    Replicated, each replica holds its share and the optimizer sums them; the global norm is that
-    of the sum, so the shares are all-reduced here, clipped, and divided by the number of
-    replicas for the optimizer's sum to give the clipped gradient exactly. Under loss scaling the
-    gradients are scaled: the bound is scaled with them (non-finite ones stay non-finite, and the
-    LossScaleOptimizer skips the step)."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        clip_norm = clip_norm * tf.cast(optimizer.dynamic_scale, tf.float32)
-    ctx = replica_context()
-    present = [i for i, g in enumerate(grads) if g is not None]
-    values = [grads[i] for i in present]
-    if ctx is not None:
-        values = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
-    values, _ = tf.clip_by_global_norm(values, clip_norm)
-    if ctx is not None:
-        values = [v / ctx.num_replicas_in_sync for v in values]
-    out = list(grads)
-    for i, v in zip(present, values):
-        out[i] = v
-    return out
-
-
-def check_clip_norm(clip_norm):
-    """A model's `clip_norm` argument: None (no clipping) or a positive float."""
-    if clip_norm is None:
-        return None
-    # Infinity too is refused: tf.clip_by_global_norm(g, inf) gives NaN, not g.
-    if not 0 < float(clip_norm) < float("inf"):
-        raise ValueError(f"clip_norm must be > 0 and finite (or None: no clipping); got "
-                         f"{clip_norm}.")
-    return float(clip_norm)
-
-
-def guarded_update(model, problem, losses, record):
-    """`gradient_step(model, losses)` and `record(values)` (the metric updates), unless
-    `problem` (an int32 code from the input checks) is not 0: then nothing changes at all.
-
-    Plain tensor ops and a `tf.cond`, so it compiles under XLA, which drops assertion ops: the
-    caller asserts on `problem` outside (`raise_on_problem`)."""
-    def update():
-        record(gradient_step(model, losses))
-        return tf.constant(True)
-
-    tf.cond(tf.equal(problem, 0), update, lambda: tf.constant(False))
-
-
-def training_outputs(model, values):
-    """A trainable SavedModel's `train_step` outputs: the batch means of `values` (float32
-    scalars), `optimizer_iterations` (int64) and `learning_rate` (float32), both read after the
-    update (automatic control dependencies order the variable ops)."""
-    out = {name: tf.cast(tf.reduce_mean(value), tf.float32) for name, value in values.items()}
-    out["optimizer_iterations"] = tf.identity(tf.convert_to_tensor(model.optimizer.iterations))
-    out["learning_rate"] = tf.cast(model.optimizer.learning_rate, tf.float32)
-    return out
-
-
-def compiled_update(model, update):
-    """`update` itself, or (when the model was compiled with an XLA update and the step is
-    being traced, not run eagerly) its XLA compilation, made once per model."""
-    if not getattr(model, "xla_update", False) or tf.executing_eagerly():
-        return update
-    if getattr(model, "_xla_update_fn", None) is None:
-        model._xla_update_fn = tf.function(update, jit_compile=True)
-    return model._xla_update_fn
-
-
-def resolve_jit_compile(model, jit_compile):
-    """Validates `compile`'s jit_compile and returns whether the fused update uses XLA:
-    True/"auto" -> XLA unless run_eagerly (replicated steps never use it, see train_step)."""
-    if jit_compile not in (True, False, "auto"):
-        raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
-    return bool(jit_compile) and not model.run_eagerly
-
-
-class LatentVariableModel(keras.Model):
+class LatentVariableModel(Model):
     """Base class: p(z) p(x|z) with an amortised posterior q(z|x), trained by model.fit.
 
     Args:
@@ -289,10 +60,8 @@ class LatentVariableModel(keras.Model):
 
     def __init__(self, z_dim=10, input_shape=None, beta=1.0, objective="elbo", iw=1, seed=None,
                  clip_norm=None, likelihood="bernoulli", x_dim=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
         self.likelihood_name = layers.check_likelihood(likelihood)
-        self.seed = training_seed(seed)
-        self.clip_norm = check_clip_norm(clip_norm)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
         if int(iw) < 1:
@@ -302,8 +71,8 @@ class LatentVariableModel(keras.Model):
         self.input_shape = resolve_input_shape(input_shape, x_dim)
         self.z_dim, self.x_dim = int(z_dim), math.prod(self.input_shape)
         self.beta, self.objective, self.iw = float(beta), objective, int(iw)
-        names = ["loss", "nelbo", "kl", "rec"] + (["niwae"] if objective == "iwae" else [])
-        self._trackers = [keras.metrics.Mean(name=n) for n in names]
+        self._make_metrics(["loss", "nelbo", "kl", "rec"]
+                           + (["niwae"] if objective == "iwae" else []))
 
     # ---- what a subclass provides -------------------------------------------------------------
 
@@ -425,93 +194,28 @@ class LatentVariableModel(keras.Model):
         rec = -log_lik[0]
         return {"loss": niwae, "niwae": niwae, "nelbo": rec + kl, "kl": kl, "rec": rec}
 
-    # ---- Keras plumbing -----------------------------------------------------------------------
-
-    build = build_at_construction
-
-    @property
-    def metrics(self):
-        return list(self._trackers)
-
-    _maybe_symbolic_build = symbolic_build_under_strategy
-
-    def _record(self, terms, ctx=None):
-        """Adds the per-example terms to the metrics; returns their means so far (pooled over
-        all replicas when `ctx`, a replica context, is given)."""
-        for tracker in self._trackers:
-            tracker.update_state(terms[tracker.name])
-        if ctx is not None:
-            return global_results(ctx, self._trackers)
-        return {t.name: t.result() for t in self._trackers}
+    # ---- the training step's parts (see tfp_vae.models.core.Model) -----------------------------
 
     @staticmethod
     def _images_of(data):
         return data[0] if isinstance(data, (tuple, list)) else data
 
-    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
-        """Keras' `compile`, except that `jit_compile` applies to the fused update only.
+    def parse_batch(self, data, check_values=True):
+        """{"x": float32 [B, x_dim]}: the inputs of `data` (x, or a tuple whose first item is x),
+        checked as the likelihood needs them (`check_inputs`)."""
+        return {"x": self.check_inputs(self._images_of(data), check_values=check_values)}
 
-        XLA drops assertion ops, so under Keras' own `jit_compile` a batch of non-binary pixels
-        would train silently. Here Keras compiles no XLA; `train_step` asserts on the pixels in
-        the graph and XLA compiles the rest (`_fused_update`), which applies nothing when the
-        pixels fail. "auto" is XLA for a single device (fastest on CPU and GPU, see
-        benchmarks/); replicated steps (tf.distribute) and `run_eagerly` never use it.
-        """
-        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
-        self.xla_update = resolve_jit_compile(self, jit_compile)
-        self._xla_update_fn = None
-        self.jit_compile_setting = jit_compile
+    def batch_problem(self, batch):
+        return self.input_problem(batch["x"]), batch
 
-    get_compile_config = saved_compile_config
-    compile_from_config = compile_from_saved_config
+    def batch_losses(self, batch, seed=None):
+        """The mean per-example `loss` of `compute_terms` over the (global) batch, and the
+        per-example terms (the train metrics)."""
+        terms = self.compute_terms(batch["x"], training=True, seed=seed)
+        return batch_means({"loss": terms["loss"]})["loss"], terms
 
-    def _fused_update(self, x):
-        """One gradient step and the metric updates, unless the inputs x fail a check.
-
-        Returns (problem, metric results), `problem` from `input_problem`: nothing changes
-        (weights, optimizer state, metrics) when it is not 0. Compiled with XLA when
-        `xla_update` (see `compile`).
-        """
-        problem = self.input_problem(x)
-
-        def losses():
-            terms = self.compute_terms(x, training=True, seed=step_seed(self))
-            return tf.reduce_mean(terms["loss"]), terms
-
-        guarded_update(self, problem, losses, self._record)
-        return problem, {t.name: t.result() for t in self._trackers}
-
-    def train_step(self, data):
-        """One gradient step on the mean per-example loss of the batch.
-
-        On one device, the pixels are checked inside the (XLA-compiled) fused update and
-        asserted on outside it (`_fused_update`).
-
-        Replicated (tf.distribute, N > 1 replicas): each replica gets a slice of the global
-        batch, and its loss is the *sum* of its per-example losses divided by the *global* batch
-        size (all-reduced); the optimizer sums the replicas' gradients, so the update is exactly
-        the single-device one on the whole batch. Metrics are pooled over all examples.
-        """
-        ctx = replica_context()
-        if ctx is None:
-            x = self.check_inputs(self._images_of(data), check_values=False)
-            if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
-                with tf.init_scope():
-                    self.optimizer.build(self.trainable_variables)
-            problem, results = compiled_update(self, self._fused_update)(x)
-            return raise_on_problem(results, problem, self.input_problems)
-        x = self.check_inputs(self._images_of(data))
-        (global_batch,) = global_counts(ctx, tf.shape(x)[0])
-
-        def losses():
-            terms = self.compute_terms(x, training=True, seed=step_seed(self))
-            return tf.reduce_sum(terms["loss"]) / global_batch, terms
-
-        return self._record(gradient_step(self, losses), ctx)
-
-    def test_step(self, data):
-        x = self.check_inputs(self._images_of(data))
-        return self._record(self.compute_terms(x, training=False), replica_context())
+    def test_terms(self, data):
+        return self.compute_terms(self.check_inputs(self._images_of(data)), training=False)
 
     def fit(self, *args, **kwargs):
         """Keras' `fit`. Images given as arrays (x, validation_data's x; NumPy or eager tensors)
@@ -537,8 +241,8 @@ class LatentVariableModel(keras.Model):
     def get_config(self):
         return {**super().get_config(), "z_dim": self.z_dim,
                 "input_shape": list(self.input_shape),
-                "beta": self.beta, "objective": self.objective, "iw": self.iw, "seed": self.seed,
-                "clip_norm": self.clip_norm, "likelihood": self.likelihood_name}
+                "beta": self.beta, "objective": self.objective, "iw": self.iw,
+                "likelihood": self.likelihood_name}
 
     # ---- uses -----------------------------------------------------------------------------------
 
@@ -548,6 +252,10 @@ class LatentVariableModel(keras.Model):
         parameter lambda)."""
         z = self.prior().sample(check_count(n), seed=seed)
         return self.decode(z).mean()
+
+    def sample_grid(self, rows, seed=None, columns=10):
+        """`rows * columns` samples (see `sample`), for a grid of `rows` rows."""
+        return self.sample(int(rows) * int(columns), seed=seed)
 
     def reconstruct(self, x):
         """The mean [B, x_dim] of p(x|z) at the posterior mean of q(z|x) (pixel probabilities
@@ -625,21 +333,14 @@ class LatentVariableModel(keras.Model):
         mean `loss` of `compute_terms` is applied with `self.optimizer`, which updates the
         model's variables and the optimizer's state (Adam's moments, its iteration count).
         Returns the batch means of `loss`, `nelbo`, `kl`, `rec` (and `niwae` under the IWAE
-        objective), computed before the update (float32 scalars), `optimizer_iterations` (int64, counted after the update) and `learning_rate` (float32).
-
-        Unlike `train_step` under model.fit, nothing goes into Keras' running metrics: each call
-        reports its own batch. Needs a compiled model whose optimizer is built
-        (`tfp_vae.export.export(..., trainable=True)` builds it).
+        objective), computed before the update (float32 scalars), `optimizer_iterations` (int64,
+        counted after the update) and `learning_rate` (float32); see `signature_train_step`.
+        Needs a compiled model whose optimizer is built (`tfp_vae.export.export(...,
+        trainable=True)` builds it).
         """
         x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
 
         def train_step(x):
-            x = self.check_inputs(x)
-
-            def losses():
-                terms = self.compute_terms(x, training=True, seed=step_seed(self))
-                return tf.reduce_mean(terms["loss"]), terms
-
-            return training_outputs(self, gradient_step(self, losses))
+            return self.signature_train_step(x)
 
         return {"train_step": (train_step, [x])}

@@ -44,11 +44,7 @@ from tfp_vae.checks import (FEATURE_PROBLEM, IMAGE_PROBLEMS, NUM_CLASSES, assert
                             resolve_input_shape,
                             label_problem, label_problems, labels_for, padded_batch,
                             raise_on_problem)
-from tfp_vae.models.base import (build_at_construction, check_clip_norm,
-                                 compile_from_saved_config, compiled_update, global_counts,
-                                 global_results, gradient_step, guarded_update, replica_context,
-                                 resolve_jit_compile, saved_compile_config, step_seed,
-                                 symbolic_build_under_strategy, training_outputs, training_seed)
+from tfp_vae.models.core import Model, batch_means
 from tfp_vae.objectives import (classification_loss, labelled_negative_elbo,
                                 unlabelled_bound_terms)
 
@@ -76,7 +72,7 @@ class CategoricalFromLogits(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable("tfp_vae")
-class SSVAE(keras.Model):
+class SSVAE(Model):
     """Semi-supervised VAE (M2), trained by one `model.fit` on labelled + unlabelled data.
 
     Args:
@@ -101,7 +97,7 @@ class SSVAE(keras.Model):
       likelihood: "bernoulli" (binary pixels, the recipe) or "gaussian" (real-valued features
         with a diagonal Gaussian p(x|y,z) whose mean and softplus variance come from the
         decoder; M2 on the latent features of M1, see `tfp_vae.models.stacked`).
-      seed: keys the training steps' random draws with the step count (`base.step_seed`);
+      seed: keys the training steps' random draws with the step count (`tfp_vae.models.core.step_seed`);
         None draws one. Kept in the config.
       clip_norm: clip each step's gradient to this global norm (None: no clipping).
       encoder: None (the recipe's MLP, from hidden, activation and init) or any Keras layer or
@@ -125,6 +121,7 @@ class SSVAE(keras.Model):
     `make_eval_dataset`). Test metrics: `accuracy`, `nelbo`, `kl_z`, `kl_y`, `rec`.
     """
 
+    class_conditional = True
     TRAIN_METRICS = ("loss", "nelbo", "labelled_nelbo", "kl_z", "kl_y", "rec", "class_loss",
                      "accuracy")
     TEST_METRICS = ("accuracy", "nelbo", "kl_z", "kl_y", "rec")
@@ -140,9 +137,7 @@ class SSVAE(keras.Model):
                  gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=None,
                  labelled_bound=True, likelihood="bernoulli", seed=None, clip_norm=None,
                  encoder=None, decoder=None, classifier=None, input_shape=None, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = training_seed(seed)
-        self.clip_norm = check_clip_norm(clip_norm)
+        super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
         if int(z_dim) < 1:
             raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
         if int(num_classes) < 2:
@@ -198,8 +193,7 @@ class SSVAE(keras.Model):
         self.likelihood = (layers.GaussianPosterior(min_variance) if likelihood == "gaussian"
                            else layers.BernoulliLikelihood())
         self.prior_layer = layers.StandardNormalPrior(self.z_dim)
-        self._trackers = {name: keras.metrics.Mean(name=name)
-                          for name in dict.fromkeys(self.TRAIN_METRICS + self.TEST_METRICS)}
+        self._make_metrics(self.TRAIN_METRICS + self.TEST_METRICS)
         if type(self).build_at_init:
             self.build((None, self.x_dim))
 
@@ -390,143 +384,56 @@ class SSVAE(keras.Model):
         bounds = means["nelbo"] + (means["labelled_nelbo"] if self.labelled_bound else 0.0)
         return loss + self.gen_weight * bounds
 
-    def compute_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True,
-                       seed=None):
-        """The training loss and every train metric, as scalars (means over each set).
+    # ---- the training step's parts (see tfp_vae.models.core.Model) ---------------------------
 
-        Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]); see
-        `per_example_losses` for `check_values` and `seed`.
-        """
-        out = {name: tf.reduce_mean(t) for name, t in self.per_example_losses(
-            unlabelled_x, labelled_x, labelled_y, check_values, seed).items()}
-        out["loss"] = self._loss_of(out)
-        return out
+    def parse_batch(self, data, check_values=True):
+        """An element (unlabelled_x, (labelled_x, labelled_y)) as {"unlabelled_x",
+        "labelled_x"}: float32 [B, input_dim] and [L, input_dim], and "labels": int32 [L].
 
-    def _replicated_losses(self, ctx, unlabelled_x, labelled_x, labelled_y):
-        """This replica's share of the loss, and its per-example terms, under tf.distribute.
-
-        tf.distribute splits every component of a batch along its first axis, so each replica
-        gets a slice of the unlabelled batch *and a slice of the labelled set* (the labelled set
-        comes whole at every step, so the slices are a fixed partition of it). Each set mean
-        becomes this replica's sum over its slice divided by the global size of the set
-        (all-reduced); the optimizer sums the replicas' gradients, so the update equals the
-        single-device one on the whole unlabelled batch and labelled set, even and uneven splits
-        alike. For the `loss` metric each replica records its share times the number of
-        replicas, so the pooled mean over replicas is the global loss.
-        """
-        terms = self.per_example_losses(unlabelled_x, labelled_x, labelled_y,
-                                        seed=step_seed(self))
-        n_u, n_l = global_counts(ctx, tf.shape(tf.convert_to_tensor(unlabelled_x))[0],
-                                 tf.shape(tf.convert_to_tensor(labelled_x))[0])
-        means = {name: tf.reduce_sum(t) / (n_u if name in self.UNLABELLED_TERMS else n_l)
-                 for name, t in terms.items()}
-        loss = self._loss_of(means)
-        terms["loss"] = loss * tf.cast(ctx.num_replicas_in_sync, tf.float32)
-        return loss, terms
-
-    # ---- Keras plumbing ---------------------------------------------------------------------
-
-    build = build_at_construction
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    _maybe_symbolic_build = symbolic_build_under_strategy
-
-    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
-        """Keras' `compile`, except that `jit_compile` applies to the fused update only.
-
-        XLA drops assertion ops, so under Keras' own `jit_compile` a bad batch (non-binary pixels,
-        labels out of range) would train silently. Here Keras compiles no XLA: the update
-        (`_fused_update`), compiled with XLA when `jit_compile` is True or "auto", computes a
-        problem code from the inputs and applies nothing unless it is 0, and the step asserts on
-        the code outside XLA. Replicated steps (tf.distribute) and `run_eagerly` never use XLA.
-        """
-        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
-        self.xla_update = resolve_jit_compile(self, jit_compile)
-        self._xla_update_fn = None
-        self.jit_compile_setting = jit_compile
-
-    get_compile_config = saved_compile_config
-    compile_from_config = compile_from_saved_config
-
-    def _record(self, values, names, ctx=None):
-        """Adds values (scalars or per-example vectors) to the named metrics; returns their
-        means so far, pooled over all replicas when `ctx` (a replica context) is given."""
-        for name in names:
-            self._trackers[name].update_state(values[name])
-        if ctx is not None:
-            return global_results(ctx, [self._trackers[name] for name in names])
-        return {name: self._trackers[name].result() for name in names}
-
-    def _fused_update(self, x_u, x_l, labels, label_code):
-        """One gradient step and the metric updates, unless the batch fails a check.
-
-        Args: the unlabelled and labelled inputs with their shapes checked, the int32 labels
-        [L] and `label_code`, the labels' problem code (`label_problem`).
-
-        Returns (problem, metric results), `problem` an index into `input_problems` (1-based):
-        nothing changes (weights, optimizer state, metrics) when it is not 0. Compiled with XLA
-        when `xla_update` (see `compile`).
-        """
-        problem = first_problem([self._value_problem(x_u),
-                                 self._value_problem(x_l, binary=self.labelled_bound),
-                                 label_code])
-        # Kept in range even when the batch is refused: TF may run the cross-entropy op (whose
-        # CPU kernel raises on a label out of range) although the update's branch is not taken,
-        # and its error would hide ours.
-        labels = tf.clip_by_value(labels, 0, self.num_classes - 1)
-
-        def losses():
-            values = self.compute_losses(x_u, x_l, labels, check_values=False,
-                                         seed=step_seed(self))
-            return values["loss"], values
-
-        names = self._train_metric_names()
-        guarded_update(self, problem, losses, lambda values: self._record(values, names))
-        return problem, {name: self._trackers[name].result() for name in names}
-
-    def train_step(self, data):
-        """One gradient step on the training loss (`compute_losses`) of an element
-        (unlabelled_x, (labelled_x, labelled_y)).
-
-        On one device the shapes are checked here, the values inside the (XLA-compiled) fused
-        update, which applies nothing unless they pass, and asserted on outside it. Replicated
-        (tf.distribute), see `_replicated_losses`.
+        Shapes are checked (one label per labelled input); values too when `check_values`
+        (binary images, grayscale allowed for the labelled set without the labelled bound; labels
+        in range), else "label_problem" holds the labels' problem code for `batch_problem`.
         """
         try:
             unlabelled_x, (labelled_x, labelled_y) = data
         except (TypeError, ValueError):
             raise ValueError("SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
                              "build the dataset with tfp_vae.semisupervised.make_train_dataset.")
-        ctx = replica_context()
-        if ctx is None:
-            x_u = self._raw_inputs(unlabelled_x)
-            x_l = self._raw_inputs(labelled_x)
-            # One label per labelled input: a ValueError when the step is traced with static
-            # shapes (the label values are checked in the update).
-            n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
-            labels = labels_for(labelled_y, n_l, self.num_classes, check_values=False)
-            label_code = label_problem(labelled_y, self.num_classes,
-                                       offset=len(IMAGE_PROBLEMS) + 1)
-            if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
-                with tf.init_scope():
-                    self.optimizer.build(self.trainable_variables)
-            problem, results = compiled_update(self, self._fused_update)(
-                x_u, x_l, labels, label_code)
-            return raise_on_problem(results, problem, self.input_problems)
+        x_u, x_l = self._raw_inputs(unlabelled_x), self._raw_inputs(labelled_x)
+        # One label per labelled input: a ValueError when traced with static shapes.
+        n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
+        batch = {"unlabelled_x": x_u, "labelled_x": x_l,
+                 "labels": labels_for(labelled_y, n_l, self.num_classes, check_values)}
+        if check_values:
+            problems = self.input_problems
+            batch["unlabelled_x"] = raise_on_problem(x_u, self._value_problem(x_u), problems)
+            batch["labelled_x"] = raise_on_problem(
+                x_l, self._value_problem(x_l, binary=self.labelled_bound), problems)
+        else:
+            batch["label_problem"] = label_problem(labelled_y, self.num_classes,
+                                                   offset=len(IMAGE_PROBLEMS) + 1)
+        return batch
 
-        def losses():
-            return self._replicated_losses(ctx, unlabelled_x, labelled_x, labelled_y)
+    def batch_problem(self, batch):
+        problem = first_problem([self._value_problem(batch["unlabelled_x"]),
+                                 self._value_problem(batch["labelled_x"],
+                                                     binary=self.labelled_bound),
+                                 batch["label_problem"]])
+        # Kept in range even when the batch is refused: TF may run the cross-entropy op (whose
+        # CPU kernel raises on a label out of range) although the update's branch is not taken,
+        # and its error would hide ours.
+        labels = tf.clip_by_value(batch["labels"], 0, self.num_classes - 1)
+        return problem, {**batch, "labels": labels}
 
-        return self._record(gradient_step(self, losses), self._train_metric_names(), ctx)
+    def batch_losses(self, batch, seed=None):
+        """The training loss (see the module's docstring) from the set means of
+        `per_example_losses` (each over its own set: unlabelled batch or labelled set), and the
+        per-example terms (the train metrics)."""
+        terms = self.per_example_losses(batch["unlabelled_x"], batch["labelled_x"],
+                                        batch["labels"], check_values=False, seed=seed)
+        return self._loss_of(batch_means(terms)), terms
 
-    def _raw_inputs(self, x):
-        """Raw inputs as float32 [B, input_dim], their shape checked (not their values)."""
-        return self._inputs(x, check_values=False)
-
-    def _train_metric_names(self):
+    def train_metric_names(self):
         """The train metrics a step reports: the labelled set's terms, and the bounds' unless
         gen_weight is 0 (see `per_example_losses`)."""
         names = {"loss", "class_loss", "accuracy"}
@@ -536,7 +443,14 @@ class SSVAE(keras.Model):
                 names.add("labelled_nelbo")
         return [n for n in self.TRAIN_METRICS if n in names]
 
-    def test_step(self, data):
+    def test_metric_names(self):
+        return list(self.TEST_METRICS)
+
+    def _raw_inputs(self, x):
+        """Raw inputs as float32 [B, input_dim], their shape checked (not their values)."""
+        return self._inputs(x, check_values=False)
+
+    def test_terms(self, data):
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ValueError("SSVAE evaluates on (x, y) or ((x_binary, x_for_classifier), y); "
                              "build the dataset with tfp_vae.semisupervised.make_eval_dataset.")
@@ -551,7 +465,7 @@ class SSVAE(keras.Model):
         values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
         values["accuracy"] = tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        return self._record(values, self.TEST_METRICS, replica_context())
+        return values
 
     def evaluate(self, *args, **kwargs):
         """Keras' `evaluate`. Arrays (NumPy or eager tensors) of inputs and labels, (x, y) or
@@ -581,8 +495,8 @@ class SSVAE(keras.Model):
                   "num_classes": self.num_classes, "gen_weight": self.gen_weight,
                   "class_weight": self.class_weight, "min_variance": self.min_variance,
                   "labelled_bound": self.labelled_bound,
-                  "init": self.init, "input_shape": list(self.input_shape), "likelihood": self.likelihood_name,
-                  "seed": self.seed, "clip_norm": self.clip_norm}
+                  "init": self.init, "input_shape": list(self.input_shape),
+                  "likelihood": self.likelihood_name}
         return networks.serialize_networks(config, self, self._user_networks)
 
     @classmethod
@@ -605,6 +519,10 @@ class SSVAE(keras.Model):
         labels = labels_for(y, n, self.num_classes)
         z = self.prior().sample(n, seed=seed)
         return self._observed(self._decode(z, labels))
+
+    def sample_grid(self, rows, seed=None):
+        """The style grid (`style_grid`): a row per z ~ p(z), a column per class."""
+        return self.style_grid(rows, seed=seed)
 
     def style_grid(self, rows, seed=None):
         """[rows * K, x_dim] data-space means: row r decodes one z ~ p(z) with y = 0..K-1 (the
@@ -636,7 +554,7 @@ class SSVAE(keras.Model):
         """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
 
         `train_step(unlabelled_x, labelled_x, labelled_y)`: one optimizer step on the loss of
-        `compute_losses`, as `train_step` takes it. Inputs: binary images float32
+        `batch_losses`, as `train_step` takes it (`signature_train_step`). Inputs: binary images float32
         [B, input_dim] and [L, input_dim], int32 class indices [L]. Returns the batch's train
         metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless gen_weight is 0,
         `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations` (int64, after
@@ -647,12 +565,7 @@ class SSVAE(keras.Model):
         y_l = tf.TensorSpec([None], tf.int32, name="labelled_y")
 
         def train_step(unlabelled_x, labelled_x, labelled_y):
-            def losses():
-                values = self.compute_losses(unlabelled_x, labelled_x, labelled_y,
-                                             seed=step_seed(self))
-                return values["loss"], values
-
-            return training_outputs(self, gradient_step(self, losses))
+            return self.signature_train_step((unlabelled_x, (labelled_x, labelled_y)))
 
         return {"train_step": (train_step, [x_u, x_l, y_l])}
 

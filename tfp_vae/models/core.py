@@ -1,0 +1,420 @@
+"""What every tfp_vae model shares: the Keras hooks and the one training step.
+
+`Model` is a `keras.Model` whose `train_step` is written once for every model and every path:
+one device (an XLA-compiled update that checks the inputs inside), tf.distribute (exact
+global-batch scaling) and the trainable SavedModel (`signature_train_step`). A model supplies
+its losses and metrics (`batch_losses`) and how to read and check a batch (`parse_batch`,
+`batch_problem`); `gradient_step` is the one place that computes and applies gradients.
+"""
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from tfp_vae.checks import raise_on_problem
+
+def replica_context():
+    """The replica context when a step runs replicated (under a tf.distribute strategy with more
+    than one replica in sync), else None.
+
+    Decided when the step is traced, so the single-device graph has no distribution ops at all.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    return ctx
+
+
+def global_counts(ctx, *sizes):
+    """The sizes (scalars) summed over all replicas: float32 scalars, one per argument.
+
+    Used to divide each replica's *sum* of per-example losses by the *global* number of examples.
+    Keras' optimizer sums the replicas' gradients (`optimizer.apply` all-reduces with
+    ReduceOp.SUM), so the summed gradient is exactly that of the mean over the global batch, also
+    when the batch does not split evenly (97 over 2 replicas is 49 + 48). (Keras' own losses
+    divide a replica's mean by the number of replicas instead, which is exact only for even
+    splits.)
+    """
+    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                          tf.cast(tf.stack(list(sizes)), tf.float32))
+    return tf.unstack(sums, num=len(sizes))
+
+
+def global_results(ctx, trackers):
+    """name -> pooled mean over all replicas of each `keras.metrics.Mean` in `trackers`.
+
+    A replica's tracker holds its own total and count (metric variables are sync-on-read), so
+    `result()` inside a replicated step is that replica's mean, and Keras would average those
+    means across replicas, which is not the mean over all examples when the replicas saw
+    different numbers. One all-reduce of the totals and counts gives the exact pooled mean, the
+    same on every replica.
+    """
+    local = tf.stack([tf.cast(tf.convert_to_tensor(v), tf.float32)
+                      for t in trackers for v in (t.total.value, t.count.value)])
+    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    results = {t.name: tf.math.divide_no_nan(sums[2 * i], sums[2 * i + 1])
+               for i, t in enumerate(trackers)}
+    strategy = ctx.strategy
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None
+            and resolver.cluster_spec().as_dict()):
+        # Keras 3 reduces a multi-worker step's outputs with strategy.reduce(MEAN, v, axis=0),
+        # which fails on scalars (tensorflow/tensorflow#72388); as shape [1] they reduce to the
+        # scalar value itself (it is the same on every replica).
+        results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+    return results
+
+
+def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
+    """Replaces Keras' `Trainer._maybe_symbolic_build` (TF backend) for our models.
+
+    Under a tf.distribute strategy Keras builds the model from the first batch after reducing it
+    with an elementwise MEAN across replicas, which fails when the global batch does not split
+    evenly (97 examples over 2 replicas are slices of 49 and 48). Our models create every
+    variable at construction and compile no Keras loss or metrics, so only the optimizer's
+    variables are missing: they are created here, in the strategy's scope (not lazily inside the
+    replicated step, where tf.distribute cannot create them).
+    """
+    if model.optimizer is not None and not model.optimizer.built:
+        # Also without a strategy: inside the traced step the optimizer would be built in the
+        # fused update's tf.cond branch (or its XLA function, where it cannot be).
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+
+
+def build_at_construction(model, input_shape=None):
+    """`Layer.build` for our models, whose sub-networks are all built in `__init__` (their input
+    sizes are known), which then calls this.
+
+    A model constructed with trainable=False (as `from_config` rebuilds one saved frozen) also
+    freezes its sub-layers here. Keras' `trainable` setter would not: in the TF backend, setting
+    an attribute to the value it already holds returns before the setter runs.
+    """
+    if not model.trainable:
+        for layer in model.layers:
+            layer.trainable = False
+    model.built = True
+
+
+def saved_compile_config(model):
+    """`Model.get_compile_config` for our models: Keras' own, with the `jit_compile` the model
+    was compiled with (Keras' compile itself gets False, see `compile`), so that a reloaded model
+    compiles the same way."""
+    config = keras.Model.get_compile_config(model)
+    if config:
+        config["jit_compile"] = model.jit_compile_setting
+    return config
+
+
+def compile_from_saved_config(model, config):
+    """`Model.compile_from_config` for our models, which override `compile`: Keras' own skips
+    any model that does, so a reloaded model would come back uncompiled."""
+    model.compile(**keras.saving.deserialize_keras_object(config))
+    if model.built:
+        model.optimizer.build(model.trainable_variables)
+
+
+def training_seed(seed=None):
+    """A model's `seed` argument as the int it keeps: `seed`, or one drawn from NumPy's global
+    RNG (so `keras.utils.set_random_seed` fixes it too)."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    try:
+        if int(seed) == seed:
+            return int(seed)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"seed must be an integer; got {seed!r}.")
+
+
+def step_seed(model):
+    """int32 [2]: the stateless seed of the current training step's random draws (the
+    posterior samples), keyed by the model's `seed` and the optimizer's step count, so that a
+    run resumed from a checkpoint draws exactly what the uninterrupted run would have. Under
+    tf.distribute each replica folds in its id (its examples differ from the others')."""
+    step = tf.cast(tf.convert_to_tensor(model.optimizer.iterations) % (2**31 - 1), tf.int32)
+    seed = tf.stack([tf.constant(model.seed % (2**31 - 1), tf.int32), step])
+    ctx = replica_context()
+    if ctx is not None:
+        seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
+    return seed
+
+
+def apply_gradients(optimizer, grads, variables):
+    """`optimizer.apply` on the variables that have a gradient. A variable the loss does not
+    reach (the decoder of an SSVAE with gen_weight 0, say) gets None and is left alone; Keras'
+    optimizer would fail on it."""
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+
+
+def gradient_step(model, losses):
+    """One optimizer step on `losses()` -> (loss scalar, values): returns the values. The one
+    place where every model, on every path (single device, the XLA update, tf.distribute, the
+    trainable SavedModel), computes and applies its gradients.
+
+    The loss is scaled by the optimizer (a LossScaleOptimizer under mixed_float16 scales here and
+    unscales in `apply`; any other optimizer returns the loss itself). With `model.clip_norm`
+    the gradient is clipped to that global norm first (`clip_gradients`)."""
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss, values = losses()
+        loss = model.optimizer.scale_loss(loss)
+    grads = tape.gradient(loss, variables)
+    if getattr(model, "clip_norm", None):
+        grads = clip_gradients(grads, model.clip_norm, model.optimizer)
+    apply_gradients(model.optimizer, grads, variables)
+    return values
+
+
+def clip_gradients(grads, clip_norm, optimizer):
+    """`grads` (a list; None entries kept) scaled so that the global norm of the *whole batch's*
+    gradient is at most `clip_norm`.
+
+    Replicated, each replica holds its share and the optimizer sums them; the global norm is that
+    of the sum, so the shares are all-reduced here, clipped, and divided by the number of
+    replicas for the optimizer's sum to give the clipped gradient exactly. Under loss scaling the
+    gradients are scaled: the bound is scaled with them (non-finite ones stay non-finite, and the
+    LossScaleOptimizer skips the step)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        clip_norm = clip_norm * tf.cast(optimizer.dynamic_scale, tf.float32)
+    ctx = replica_context()
+    present = [i for i, g in enumerate(grads) if g is not None]
+    values = [grads[i] for i in present]
+    if ctx is not None:
+        values = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+    values, _ = tf.clip_by_global_norm(values, clip_norm)
+    if ctx is not None:
+        values = [v / ctx.num_replicas_in_sync for v in values]
+    out = list(grads)
+    for i, v in zip(present, values):
+        out[i] = v
+    return out
+
+
+def check_clip_norm(clip_norm):
+    """A model's `clip_norm` argument: None (no clipping) or a positive float."""
+    if clip_norm is None:
+        return None
+    # Infinity too is refused: tf.clip_by_global_norm(g, inf) gives NaN, not g.
+    if not 0 < float(clip_norm) < float("inf"):
+        raise ValueError(f"clip_norm must be > 0 and finite (or None: no clipping); got "
+                         f"{clip_norm}.")
+    return float(clip_norm)
+
+
+def guarded_update(model, problem, losses, record):
+    """`gradient_step(model, losses)` and `record(values)` (the metric updates), unless
+    `problem` (an int32 code from the input checks) is not 0: then nothing changes at all.
+
+    Plain tensor ops and a `tf.cond`, so it compiles under XLA, which drops assertion ops: the
+    caller asserts on `problem` outside (`raise_on_problem`)."""
+    def update():
+        record(gradient_step(model, losses))
+        return tf.constant(True)
+
+    tf.cond(tf.equal(problem, 0), update, lambda: tf.constant(False))
+
+
+def training_outputs(model, values):
+    """A trainable SavedModel's `train_step` outputs: the batch means of `values` (float32
+    scalars), `optimizer_iterations` (int64) and `learning_rate` (float32), both read after the
+    update (automatic control dependencies order the variable ops)."""
+    out = {name: tf.cast(tf.reduce_mean(value), tf.float32) for name, value in values.items()}
+    out["optimizer_iterations"] = tf.identity(tf.convert_to_tensor(model.optimizer.iterations))
+    out["learning_rate"] = tf.cast(model.optimizer.learning_rate, tf.float32)
+    return out
+
+
+def compiled_update(model, update):
+    """`update` itself, or (when the model was compiled with an XLA update and the step is
+    being traced, not run eagerly) its XLA compilation, made once per model."""
+    if not getattr(model, "xla_update", False) or tf.executing_eagerly():
+        return update
+    if getattr(model, "_xla_update_fn", None) is None:
+        model._xla_update_fn = tf.function(update, jit_compile=True)
+    return model._xla_update_fn
+
+
+def resolve_jit_compile(model, jit_compile):
+    """Validates `compile`'s jit_compile and returns whether the fused update uses XLA:
+    True/"auto" -> XLA unless run_eagerly (replicated steps never use it, see train_step)."""
+    if jit_compile not in (True, False, "auto"):
+        raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
+    return bool(jit_compile) and not model.run_eagerly
+
+
+def batch_means(values):
+    """name -> the mean over the *global* batch of each per-example tensor [n] in `values`.
+
+    On one device, its mean. Replicated (tf.distribute), this replica's sum divided by the
+    number of examples of that tensor on all replicas (one all-reduce for all of them): the
+    optimizer sums the replicas' gradients, so the update is exactly the single-device one on
+    the whole batch, even when it does not split evenly (97 = 49 + 48).
+    """
+    ctx = replica_context()
+    if ctx is None:
+        return {name: tf.reduce_mean(value) for name, value in values.items()}
+    names = list(values)
+    counts = global_counts(ctx, *[tf.size(values[name]) for name in names])
+    return {name: tf.reduce_sum(values[name]) / count for name, count in zip(names, counts)}
+
+
+class Model(keras.Model):
+    """The base of every tfp_vae model: Keras' hooks and one training step for all of them.
+
+    A subclass supplies, besides its distributions and bounds:
+      - `parse_batch(data, check_values)`: an element of the training data (as `fit` gives it
+        to `train_step`) as a dict of tensors, shapes checked (ValueError or a graph assertion
+        naming the expected shape) and values too when `check_values`;
+      - `batch_problem(batch)`: (int32 problem code, batch) for a batch parsed without value
+        checks, the code 0 or 1 + an index into `input_problems`, in plain ops (it runs inside
+        XLA, which drops assertions; the step asserts on the code outside);
+      - `batch_losses(batch, seed)`: (loss, values): the scalar loss to minimise, made with
+        `batch_means` (so that it is this replica's share under tf.distribute), and the
+        per-example (or scalar) values of the train metrics, by name;
+      - `test_terms(data)`: the test metrics' per-example values for an element of test data;
+      - `train_metric_names()` and `test_metric_names()` (by default every metric made by
+        `_make_metrics`), and `sample_grid(rows, seed)`: images for a grid of `rows` rows.
+
+    Args (for subclasses):
+      seed: keys the training steps' random draws with the step count (`step_seed`); None draws
+        one (from NumPy's global RNG). Kept in the config.
+      clip_norm: clip each step's gradient to this global norm (None: no clipping); see
+        `clip_gradients`.
+    """
+
+    # Whether the model generates from a class (the semi-supervised models): its test data then
+    # needs labels, and its sample grids hold a class per column (`sample_grid`).
+    class_conditional = False
+
+    def __init__(self, seed=None, clip_norm=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = training_seed(seed)
+        self.clip_norm = check_clip_norm(clip_norm)
+
+    def _make_metrics(self, names):
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in dict.fromkeys(names)}
+
+    # ---- what a subclass provides -------------------------------------------------------------
+
+    def parse_batch(self, data, check_values=True):
+        raise NotImplementedError
+
+    def batch_problem(self, batch):
+        raise NotImplementedError
+
+    def batch_losses(self, batch, seed=None):
+        raise NotImplementedError
+
+    def test_terms(self, data):
+        raise NotImplementedError
+
+    def train_metric_names(self):
+        return list(self._trackers)
+
+    def test_metric_names(self):
+        return list(self._trackers)
+
+    def sample_grid(self, rows, seed=None):
+        """Images [rows * columns, x_dim] for a grid of `rows` rows (the binaries' samples.png
+        and `bin/sample`); `seed`: a stateless seed (int32 [2]) or None."""
+        raise NotImplementedError
+
+    # ---- the training step --------------------------------------------------------------------
+
+    def compute_losses(self, data, seed=None):
+        """(loss, values) for an element of training data, as `fit` gives it to `train_step`
+        (checked first): the scalar loss the step minimises and the train metrics' per-example
+        values. `seed`: a stateless seed (int32 [2]) for the random draws, or None."""
+        return self.batch_losses(self.parse_batch(data, check_values=True), seed)
+
+    def _step_losses(self, batch):
+        """`batch_losses` at this step's stateless seed, with a `loss` value for the metric when
+        the model gives none (a replica's share times the number of replicas: pooled over the
+        replicas, the global loss)."""
+        loss, values = self.batch_losses(batch, seed=step_seed(self))
+        if "loss" not in values:
+            ctx = replica_context()
+            replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+            values = {**values, "loss": loss * tf.cast(replicas, loss.dtype)}
+        return loss, values
+
+    def _fused_update(self, batch):
+        """One gradient step and the metric updates, unless the batch fails a check: returns
+        (problem, metric results), and nothing changes (weights, optimizer state, metrics) when
+        `problem` is not 0. Compiled with XLA when `xla_update` (see `compile`)."""
+        problem, batch = self.batch_problem(batch)
+        names = self.train_metric_names()
+        guarded_update(self, problem, lambda: self._step_losses(batch),
+                       lambda values: self._record(values, names))
+        return problem, {name: self._trackers[name].result() for name in names}
+
+    def train_step(self, data):
+        """One gradient step on `batch_losses` of the element `data`.
+
+        On one device the shapes are checked here, the values inside the (XLA-compiled) fused
+        update, which applies nothing unless they pass, and asserted on outside it. Replicated
+        (tf.distribute, N > 1 replicas), each replica checks its slice and minimises its share
+        of the global-batch mean (`batch_means`); metrics are pooled over all examples.
+        """
+        ctx = replica_context()
+        if ctx is None:
+            batch = self.parse_batch(data, check_values=False)
+            if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
+                with tf.init_scope():
+                    self.optimizer.build(self.trainable_variables)
+            problem, results = compiled_update(self, self._fused_update)(batch)
+            return raise_on_problem(results, problem, self.input_problems)
+        batch = self.parse_batch(data, check_values=True)
+        values = gradient_step(self, lambda: self._step_losses(batch))
+        return self._record(values, self.train_metric_names(), ctx)
+
+    def signature_train_step(self, data):
+        """The trainable SavedModel's `train_step` (see `training_functions`): one optimizer
+        step on `data` (checked); returns the batch means of the train metrics, computed before
+        the update, `optimizer_iterations` (after it) and `learning_rate`. Nothing goes into
+        Keras' running metrics: each call reports its own batch."""
+        batch = self.parse_batch(data, check_values=True)
+        return training_outputs(self, gradient_step(self, lambda: self._step_losses(batch)))
+
+    def test_step(self, data):
+        return self._record(self.test_terms(data), self.test_metric_names(), replica_context())
+
+    def _record(self, values, names, ctx=None):
+        """Adds values (per-example vectors or scalars) to the named metrics; returns their
+        means so far, pooled over all replicas when `ctx` (a replica context) is given."""
+        for name in names:
+            self._trackers[name].update_state(values[name])
+        if ctx is not None:
+            return global_results(ctx, [self._trackers[name] for name in names])
+        return {name: self._trackers[name].result() for name in names}
+
+    # ---- Keras plumbing -----------------------------------------------------------------------
+
+    build = build_at_construction
+    _maybe_symbolic_build = symbolic_build_under_strategy
+    get_compile_config = saved_compile_config
+    compile_from_config = compile_from_saved_config
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
+        """Keras' `compile`, except that `jit_compile` applies to the fused update only.
+
+        XLA drops assertion ops, so under Keras' own `jit_compile` a bad batch (non-binary
+        pixels, labels out of range) would train silently. Here Keras compiles no XLA: the
+        update (`_fused_update`), compiled with XLA when `jit_compile` is True or "auto", computes
+        a problem code from the inputs and applies nothing unless it is 0, and the step asserts
+        on the code outside XLA. "auto" is XLA for a single device (fastest on CPU and GPU, see
+        benchmarks/); replicated steps (tf.distribute) and `run_eagerly` never use it.
+        """
+        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+        self.xla_update = resolve_jit_compile(self, jit_compile)
+        self._xla_update_fn = None
+        self.jit_compile_setting = jit_compile
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed, "clip_norm": self.clip_norm}
