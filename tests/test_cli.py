@@ -208,3 +208,18 @@ def test_sample_ssvae_style_grid(tmp_path):
         result = _run("sample", f"--model_path={path}", f"--output={png}", *args)
         assert (result.returncode == 0) == (args == ["--y=7"]), result.stderr[-2000:]
     assert np.any(image < 255)
+
+
+def test_build_model_takes_its_settings_as_arguments():
+    """`cli.train.build_model` reads no global flag: the settings come as a dict."""
+    from tfp_vae.cli import train
+
+    settings = dict(model="gmvae", seed=7, clip_norm=None, z_dim=3, hidden=["8"], arch="mlp",
+                    beta=1.0, objective="elbo", iw=1, k=4, learn_mixture_weights=False,
+                    gen_weight=1.0, class_weight=100.0, labelled_bound=True, m1_path=None,
+                    active_threshold=0.1, ema_momentum=None)
+    assert set(settings) == set(train.MODEL_FLAGS)
+    model = train.build_model(None, settings, 2e-3, jit_compile=False)
+    assert (type(model).__name__, model.z_dim, model.hidden, model.seed) == ("GMVAE", 3, (8,), 7)
+    assert model.prior().components_distribution.batch_shape == [4]
+    assert abs(float(model.optimizer.learning_rate) - 2e-3) < 1e-9

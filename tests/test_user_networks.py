@@ -286,3 +286,17 @@ def test_ssvae_input_shape_gives_a_users_classifier_shaped_inputs():
     probs = model.classify(x.reshape(3, 28, 28, 1))
     np.testing.assert_allclose(probs, model.classify(x), rtol=1e-6)
     assert model.get_config()["input_shape"] == [28, 28, 1]
+
+
+def test_auto_jit_compile_leaves_convolutions_to_tensorflow_without_a_gpu():
+    """jit_compile="auto" (compile's default) is XLA for the MLPs, and for a model with a
+    convolution only when a GPU is visible (XLA's CPU convolutions are far slower)."""
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    encoder, decoder = conv_pair((28, 28, 1))
+    conv = VAE(z_dim=Z_DIM, input_shape=(28, 28, 1), encoder=encoder, decoder=decoder)
+    mlp = VAE(z_dim=Z_DIM, hidden=(8,))
+    for model in (conv, mlp):
+        model.compile(keras.optimizers.Adam(1e-3))
+    assert conv.xla_update is gpu and mlp.xla_update is True
+    conv.compile(keras.optimizers.Adam(1e-3), jit_compile=True)  # Asked for: XLA.
+    assert conv.xla_update is True

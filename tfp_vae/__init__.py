@@ -49,5 +49,7 @@ def _import_tensorflow():
 _import_tensorflow()
 
 from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel  # noqa: E402  Registers.
+from tfp_vae import (checks, data, evaluation, export, layers, networks,  # noqa: E402,F401
+                     objectives, semisupervised)
 
 __all__ = ["GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel"]

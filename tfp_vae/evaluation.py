@@ -19,7 +19,8 @@ def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
 
     Args:
       model: a LatentVariableModel.
-      x: binary images [N, x_dim] (NumPy or tensor).
+      x: inputs [N, x_dim] (NumPy or tensor) as the model's likelihood takes them (binary
+        images for the Bernoulli; see the model's `check_inputs`).
       m: importance samples per example.
     """
     # The model checks its inputs as its likelihood needs them (binary for Bernoulli pixels).

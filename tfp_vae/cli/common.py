@@ -136,19 +136,12 @@ def check_output_file(path, flag):
         raise app.UsageError(f"--{flag}={path}: the folder {folder} does not exist.")
 
 
-def is_semi_supervised(model):
-    """Whether the model is class-conditional (SSVAE, M1M2): the one test, `plots`' too."""
-    from tfp_vae import plots
-
-    return plots.is_class_conditional(model)
-
-
 def eval_dataset(model, dataset, batch_size=1000):
     """The test split as the model's test_step takes it: statically binarised images, plus
     labels and grayscale classifier inputs for the SSVAE."""
     from tfp_vae import data
 
-    if is_semi_supervised(model):
+    if model.class_conditional:
         from tfp_vae import semisupervised
 
         return semisupervised.make_eval_dataset(dataset.x_test, dataset.y_test, batch_size)
@@ -164,7 +157,7 @@ def test_metrics(model, dataset, batch_size=1000):
     results = model.evaluate(eval_dataset(model, dataset, batch_size), verbose=0,
                              return_dict=True)
     results = {k: float(v) for k, v in results.items()}
-    if is_semi_supervised(model):
+    if model.class_conditional:
         binary = data.eval_dataset(dataset.x_test, batch_size, labels=dataset.y_test)
         results["accuracy_binarized"] = float(
             model.evaluate(binary, verbose=0, return_dict=True)["accuracy"])
@@ -178,10 +171,7 @@ def write_images(model, dataset, out_dir, seed):
 
     from tfp_vae import data, images
 
-    if is_semi_supervised(model):
-        samples = style_grid(model, rows=10, seed=seed)
-    else:
-        samples = seeded_images(model, 100, seed)
+    samples = grid_images(model, 10, seed)
     images.write_grid(os.path.join(out_dir, "samples.png"), samples, 10, 10)
     x = data.binarize_static(dataset.x_test[:50])
     recon = np.asarray(model.reconstruct(x))
@@ -189,12 +179,12 @@ def write_images(model, dataset, out_dir, seed):
     images.write_grid(os.path.join(out_dir, "reconstructions.png"), pairs.reshape(-1, 784), 10, 10)
 
 
-def style_grid(model, rows, seed):
-    """[rows * K, x_dim] pixel probabilities: row r decodes one fixed z ~ p(z) with y = 0..K-1
-    (style held, content varied)."""
+def grid_images(model, rows, seed):
+    """The model's images for a grid of `rows` rows (`sample_grid`: samples; for a
+    class-conditional model a row per z ~ p(z), a column per class) as a NumPy array."""
     import numpy as np
 
-    return np.asarray(model.style_grid(rows, seed=np.array([seed, 2], np.int32)))
+    return np.asarray(model.sample_grid(rows, seed=np.array([seed, 1], np.int32)))
 
 
 def write_json(path, obj):

@@ -64,14 +64,14 @@ def main(argv):
                              f"{len(dataset.x_test)} images.")
     if FLAGS.examples:
         dataset = data.take_first(dataset, n_test=FLAGS.examples)
-    if common.is_semi_supervised(model) and not dataset.has_labels:
+    if model.class_conditional and not dataset.has_labels:
         raise app.UsageError(f"{FLAGS.model_path} is a semi-supervised model: its metrics need "
                              f"labels, and {dataset.source} has no y_train and y_test arrays.")
     results = {"test_examples": len(dataset.x_test), "model_path": FLAGS.model_path,
                "dataset": FLAGS.dataset, "data_source": dataset.source,
                "data_files": dataset.files, "data_identified_as": dataset.identified_as}
     results.update(common.test_metrics(model, dataset))
-    if iw and common.is_semi_supervised(model):
+    if iw and not hasattr(model, "iwae"):
         raise app.UsageError("--iw: the IWAE bound is defined for vae and gmvae models, not for "
                              "the ssvae.")
     x = data.binarize_static(dataset.x_test)

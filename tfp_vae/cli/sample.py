@@ -32,18 +32,16 @@ def main(argv):
     from tfp_vae import images
 
     model = common.load_model(FLAGS.model_path)
-    n = FLAGS.rows * 10
-    if common.is_semi_supervised(model):
-        if FLAGS.y is None:
-            pixels = common.style_grid(model, FLAGS.rows, FLAGS.seed)
-        elif FLAGS.y >= model.num_classes:
-            raise app.UsageError(f"--y must be a class in 0..{model.num_classes - 1}; got {FLAGS.y}.")
-        else:
-            pixels = np.asarray(model.sample(n, FLAGS.y, seed=np.array([FLAGS.seed, 3], np.int32)))
+    if FLAGS.y is None:
+        pixels = common.grid_images(model, FLAGS.rows, FLAGS.seed)
+    elif not model.class_conditional:
+        raise app.UsageError("--y: only a class-conditional model (ssvae, m1m2) generates from "
+                             "a class.")
+    elif FLAGS.y >= model.num_classes:
+        raise app.UsageError(f"--y must be a class in 0..{model.num_classes - 1}; got {FLAGS.y}.")
     else:
-        if FLAGS.y is not None:
-            raise app.UsageError("--y: only the ssvae is conditioned on a class.")
-        pixels = common.seeded_images(model, n, FLAGS.seed)
+        pixels = np.asarray(model.sample(FLAGS.rows * 10, FLAGS.y,
+                                         seed=np.array([FLAGS.seed, 3], np.int32)))
     images.write_grid(FLAGS.output, pixels, FLAGS.rows, 10)
     print(f"Wrote {FLAGS.output}")
 

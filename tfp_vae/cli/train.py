@@ -64,8 +64,8 @@ flags.DEFINE_list("hidden", None, "vae/gmvae: hidden layer sizes of the encoder 
 flags.DEFINE_enum("arch", "mlp", ["mlp", "conv"], "vae/gmvae: the encoder and decoder networks: "
                   "mlp (the recipe's MLPs, sized by --hidden) or conv (networks.conv_encoder/"
                   "conv_decoder on the dataset's image shape, (28, 28, 1) for MNIST and "
-                  "Fashion-MNIST: two stride-2 convolutions each way). conv trains without XLA "
-                  "unless --xla is given: XLA's CPU convolutions are ~20x slower than "
+                  "Fashion-MNIST: two stride-2 convolutions each way). Without a GPU conv trains "
+                  "without XLA unless --xla is given: XLA's CPU convolutions are ~20x slower than "
                   "TensorFlow's (benchmarks/conv_throughput.py).")
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
                    lower_bound=0.0)
@@ -79,8 +79,9 @@ flags.DEFINE_integer("steps_per_epoch", 1000,
                      "Steps between checkpoints, validation and TensorBoard points.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 97, "Training batch size.", lower_bound=1)
 flags.DEFINE_bool("xla", True, "Compile each update with XLA (the pixel and label checks stay "
-                  "outside it); the fastest setting on CPU (see benchmarks/). Not used with "
-                  "--strategy other than default.")
+                  "outside it); the fastest setting on CPU (see benchmarks/). Unless given, off "
+                  "for --arch=conv on a machine without a GPU (XLA's CPU convolutions are ~20x "
+                  "slower). Not used with --strategy other than default.")
 flags.DEFINE_integer("steps_per_execution", None, "Training steps per call into the TF graph "
                      "(Keras steps_per_execution); must divide --steps_per_epoch. Progress, "
                      "the NaN check and callbacks see every this many steps. Default: the "
@@ -155,11 +156,9 @@ def steps_per_execution():
 
 
 def use_xla():
-    """--xla, whose default for --arch=conv is off (XLA's CPU convolutions are ~20x slower than
-    TensorFlow's graph mode here; an explicit --xla still turns it on)."""
-    if FLAGS.arch == "conv" and not FLAGS["xla"].present:
-        return False
-    return FLAGS.xla
+    """--xla when given, else the models' "auto" (XLA, except for convolutions on a machine
+    without a GPU: XLA's CPU convolutions are ~20x slower than TensorFlow's graph mode)."""
+    return FLAGS.xla if FLAGS["xla"].present else "auto"
 
 
 def image_shape(dataset):
@@ -178,55 +177,73 @@ def image_shape(dataset):
     return shape
 
 
-def build_model(dataset):
+# The flags `build_model` reads (its `settings`).
+MODEL_FLAGS = ("model", "seed", "clip_norm", "z_dim", "hidden", "arch", "beta", "objective", "iw",
+               "k", "learn_mixture_weights", "gen_weight", "class_weight", "labelled_bound",
+               "m1_path", "active_threshold", "ema_momentum")
+
+
+def model_settings():
+    """name -> value of the MODEL_FLAGS, for `build_model`."""
+    return {name: FLAGS[name].value for name in MODEL_FLAGS}
+
+
+def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_execution=1):
+    """The compiled model that `settings` (flag name -> value, every one of MODEL_FLAGS; see
+    `model_settings`) describe, for `dataset` (whose image shape the conv networks take, and
+    whose training images pick M1M2's active units). UsageError for settings that cannot make
+    a model. The optimizer is Adam at `learning_rate` (with EMA when ema_momentum is set);
+    `jit_compile` and `steps_per_execution` go to `compile`."""
     import inspect
+    import types
 
     import keras
     from tfp_vae import models, networks
 
-    keras.utils.set_random_seed(FLAGS.seed)
+    s = types.SimpleNamespace(**settings)
+    keras.utils.set_random_seed(s.seed)
     # The seed keys the training noise (see models.core.step_seed).
-    kwargs = {"seed": FLAGS.seed, "clip_norm": FLAGS.clip_norm}
-    if FLAGS.z_dim is not None:
-        kwargs["z_dim"] = FLAGS.z_dim
-    if FLAGS.model in SEMI_SUPERVISED:
-        kwargs.update(gen_weight=FLAGS.gen_weight, class_weight=FLAGS.class_weight,
-                      labelled_bound=FLAGS.labelled_bound)
+    kwargs = {"seed": s.seed, "clip_norm": s.clip_norm}
+    if s.z_dim is not None:
+        kwargs["z_dim"] = s.z_dim
+    if s.model in SEMI_SUPERVISED:
+        kwargs.update(gen_weight=s.gen_weight, class_weight=s.class_weight,
+                      labelled_bound=s.labelled_bound)
     else:
-        kwargs.update(beta=FLAGS.beta, objective=FLAGS.objective, iw=FLAGS.iw)
-        if FLAGS.hidden:
-            kwargs.update(hidden=[int(h) for h in FLAGS.hidden])
-        if FLAGS.arch == "conv":
+        kwargs.update(beta=s.beta, objective=s.objective, iw=s.iw)
+        if s.hidden:
+            kwargs.update(hidden=[int(h) for h in s.hidden])
+        if s.arch == "conv":
             shape = image_shape(dataset)
             z_dim = kwargs.get("z_dim", inspect.signature(models.VAE).parameters["z_dim"].default)
             kwargs.update(input_shape=shape, encoder=networks.conv_encoder(shape, 2 * z_dim),
                           decoder=networks.conv_decoder(z_dim, shape))
-    if FLAGS.model == "gmvae":
-        kwargs.update(k=FLAGS.k, learn_mixture_weights=FLAGS.learn_mixture_weights)
-    if FLAGS.model == "m1m2":
+    if s.model == "gmvae":
+        kwargs.update(k=s.k, learn_mixture_weights=s.learn_mixture_weights)
+    if s.model == "m1m2":
         from tfp_vae import data
 
         try:
-            m1 = common.load_model(FLAGS.m1_path, compile=False)
-            if FLAGS.active_threshold > 0:
+            m1 = common.load_model(s.m1_path, compile=False)
+            if s.active_threshold > 0:
                 units = models.M1M2.active_units(m1, data.binarize_static(dataset.x_train[:1000]),
-                                                 FLAGS.active_threshold)
+                                                 s.active_threshold)
                 if not units:
                     raise app.UsageError(f"No unit of M1's z has a posterior-mean std above "
-                                         f"--active_threshold={FLAGS.active_threshold}; lower "
+                                         f"--active_threshold={s.active_threshold}; lower "
                                          "it (0 models every unit).")
                 print(f"M2 models {len(units)} of M1's {m1.z_dim} latent units: {units}")
                 kwargs["feature_indices"] = units
             model = models.M1M2(m1, **kwargs)
         except ValueError as e:  # Not a VAE, or no active unit: say so in one line.
-            raise app.UsageError(f"--m1_path={FLAGS.m1_path}: {e}")
+            raise app.UsageError(f"--m1_path={s.m1_path}: {e}")
     else:
-        model = models.MODELS[FLAGS.model](**kwargs)
-    ema = {"use_ema": True, "ema_momentum": FLAGS.ema_momentum} if FLAGS.ema_momentum else {}
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(), **ema),
+        model = models.MODELS[s.model](**kwargs)
+    ema = {"use_ema": True, "ema_momentum": s.ema_momentum} if s.ema_momentum else {}
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, **ema),
                   # XLA for the fused update only; replicated steps never use it (see the
                   # models' compile).
-                  jit_compile=use_xla(), steps_per_execution=steps_per_execution())
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
 
 
@@ -371,14 +388,15 @@ def _train(run, out_dir, strategy, distributed):
                              "y_train and y_test arrays.")
     # The model and its optimizer are created in the strategy's scope (mirrored variables).
     with strategy.scope() if distributed else contextlib.nullcontext():
-        model = build_model(dataset)
+        model = build_model(dataset, model_settings(), learning_rate(), use_xla(),
+                            steps_per_execution())
     steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     settings = run_settings(model)
     start_step = 0
     if resuming:
         spe = min(FLAGS.steps_per_epoch, steps)
         start_step = check_resume(ckpt_dir, settings, spe, -(-steps // spe) * spe)
-    if FLAGS.model in SEMI_SUPERVISED:
+    if model.class_conditional:
         from tfp_vae import semisupervised
 
         def build(start):

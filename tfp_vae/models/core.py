@@ -236,11 +236,35 @@ def compiled_update(model, update):
     return model._xla_update_fn
 
 
+CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+                keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                keras.layers.Conv3DTranspose, keras.layers.SeparableConv1D,
+                keras.layers.SeparableConv2D, keras.layers.DepthwiseConv1D,
+                keras.layers.DepthwiseConv2D)
+
+
+def _sublayers(layer):
+    """`layer` and the layers inside it (through the `layers` of models and containers)."""
+    yield layer
+    for sub in getattr(layer, "layers", None) or ():
+        yield from _sublayers(sub)
+
+
+def has_convolution(model):
+    """Whether any network of `model` has a convolutional layer."""
+    return any(isinstance(layer, CONVOLUTIONS) for layer in _sublayers(model))
+
+
 def resolve_jit_compile(model, jit_compile):
-    """Validates `compile`'s jit_compile and returns whether the fused update uses XLA:
-    True/"auto" -> XLA unless run_eagerly (replicated steps never use it, see train_step)."""
+    """Validates `compile`'s jit_compile and returns whether the fused update uses XLA: True ->
+    XLA unless run_eagerly (replicated steps never use it, see train_step); "auto" -> the same,
+    except for a model with convolutions on a machine without a GPU, where XLA's CPU
+    convolutions are far slower than TensorFlow's (20x for `networks.conv_encoder`/
+    `conv_decoder` on MNIST: benchmarks/conv_throughput.py)."""
     if jit_compile not in (True, False, "auto"):
         raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
+    if jit_compile == "auto" and has_convolution(model):
+        jit_compile = bool(tf.config.list_physical_devices("GPU"))
     return bool(jit_compile) and not model.run_eagerly
 
 
