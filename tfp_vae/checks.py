@@ -363,3 +363,32 @@ def labels_for(y, batch_size, num_classes, check_values=True):
                 tf.shape(y)[0], batch_size, message="One label per example is needed.")]):
             y = tf.identity(y)
     return y
+
+
+# ---- inputs as a likelihood needs them --------------------------------------------------------
+
+# The messages of `input_problem`'s codes (1-based): the pixels', then NaN/Inf features.
+INPUT_PROBLEMS = IMAGE_PROBLEMS + (FEATURE_PROBLEM,)
+
+
+def check_inputs(x, input_shape, likelihood="bernoulli", binary=True, check_values=True):
+    """Checks a model's inputs as its likelihood needs them; float32 [B, prod(input_shape)].
+
+    "gaussian": finite features of any range (`check_features`); otherwise images
+    (`check_images`) with pixels in [0, 1], binary when `binary` and the likelihood is
+    "bernoulli" (a model asks for binary pixels where they go into a Bernoulli's bound; what is
+    only encoded or classified may be grayscale). `check_values=False` checks only the shape and
+    dtype: `input_problem` checks the values (inside XLA).
+    """
+    if likelihood == "gaussian":
+        return check_features(x, input_shape, check_values)
+    return check_images(x, input_shape, binary=binary and likelihood == "bernoulli",
+                        check_pixels=check_values)
+
+
+def input_problem(x, likelihood="bernoulli", binary=True):
+    """int32 code (0: fine, else 1 + an index into INPUT_PROBLEMS) of the values of flat inputs
+    x, as `check_inputs` checks them. Plain ops (XLA-safe)."""
+    if likelihood == "gaussian":
+        return tf.where(tf.reduce_all(tf.math.is_finite(x)), 0, len(IMAGE_PROBLEMS) + 1)
+    return image_problem(x, binary=binary and likelihood == "bernoulli")

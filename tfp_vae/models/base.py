@@ -13,11 +13,9 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import layers, objectives
-from tfp_vae.checks import (FEATURE_PROBLEM, IMAGE_PROBLEMS, call_arguments, check_array,
-                            check_count, check_features, check_images, check_seed, image_problem,
-                            resolve_input_shape,
-                            padded_batch, validation_inputs)
+from tfp_vae import checks, layers, objectives
+from tfp_vae.checks import (call_arguments, check_array, check_count, check_features,
+                            check_seed, padded_batch, resolve_input_shape, validation_inputs)
 from tfp_vae.models.core import Model, batch_means
 
 tfd = tfp.distributions
@@ -92,9 +90,8 @@ class LatentVariableModel(Model):
 
     @property
     def input_problems(self):
-        """The messages of `input_problem`'s codes (1-based): those of `IMAGE_PROBLEMS`, then
-        the Gaussian likelihood's NaN/Inf features."""
-        return IMAGE_PROBLEMS + (FEATURE_PROBLEM,)
+        """The messages of `input_problem`'s codes (1-based): `checks.INPUT_PROBLEMS`."""
+        return checks.INPUT_PROBLEMS
 
     def check_inputs(self, x, check_values=True, bound=True):
         """Checks inputs x as the likelihood needs them and returns them as float32 [B, x_dim].
@@ -106,18 +103,14 @@ class LatentVariableModel(Model):
         `check_values=False` checks only the shape and dtype (the fused update checks the
         values with `input_problem` inside XLA instead).
         """
-        if self.likelihood_name == "gaussian":
-            return check_features(x, self.input_shape, check_values)
-        return check_images(x, self.input_shape, binary=bound and self.likelihood_name == "bernoulli",
-                            check_pixels=check_values)
+        return checks.check_inputs(x, self.input_shape, self.likelihood_name, binary=bound,
+                                   check_values=check_values)
 
     def input_problem(self, x, bound=True):
         """int32 code (0: fine) of the values of checked-shape inputs x, float32 [B, x_dim], as
         `check_inputs` checks them; the message is `input_problems[code - 1]`. Plain ops
         (XLA-safe)."""
-        if self.likelihood_name == "gaussian":
-            return tf.where(tf.reduce_all(tf.math.is_finite(x)), 0, len(IMAGE_PROBLEMS) + 1)
-        return image_problem(x, binary=bound and self.likelihood_name == "bernoulli")
+        return checks.input_problem(x, self.likelihood_name, binary=bound)
 
     # ---- bounds -------------------------------------------------------------------------------
 

@@ -38,12 +38,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import layers, networks
-from tfp_vae.checks import (FEATURE_PROBLEM, IMAGE_PROBLEMS, NUM_CLASSES, assert_that,
+from tfp_vae.checks import (IMAGE_PROBLEMS, INPUT_PROBLEMS, NUM_CLASSES, assert_that,
                             call_arguments, check_array, check_count, check_features,
-                            check_images, check_labels, check_seed, first_problem, image_problem,
-                            resolve_input_shape,
-                            label_problem, label_problems, labels_for, padded_batch,
-                            raise_on_problem)
+                            check_inputs, check_labels, check_seed, first_problem,
+                            input_problem, label_problem, label_problems, labels_for,
+                            padded_batch, raise_on_problem, resolve_input_shape)
 from tfp_vae.models.core import Model, batch_means
 from tfp_vae.objectives import (classification_loss, labelled_negative_elbo,
                                 unlabelled_bound_terms)
@@ -222,21 +221,17 @@ class SSVAE(Model):
         images to features (`sample` and `seed` say how; unused here).
         """
         del sample, seed
-        if self.likelihood_name == "gaussian":
-            return check_features(x, self.input_shape, check_values)
-        return check_images(x, self.input_shape, binary=binary, check_pixels=check_values)
+        return check_inputs(x, self.input_shape, self.likelihood_name, binary, check_values)
 
     def _value_problem(self, x, binary=True):
         """int32 code (0: fine) of the values of raw inputs x, float32 [B, input_dim], as
         `_inputs` checks them; a message of `input_problems`. Plain ops (XLA-safe)."""
-        if self.likelihood_name == "gaussian":
-            return tf.where(tf.reduce_all(tf.math.is_finite(x)), 0, len(IMAGE_PROBLEMS) + 1)
-        return image_problem(x, binary)
+        return input_problem(x, self.likelihood_name, binary)
 
     @property
     def input_problems(self):
         """The messages of the input checks' codes (1-based): pixels, features, labels."""
-        return IMAGE_PROBLEMS + (FEATURE_PROBLEM,) + label_problems(self.num_classes)
+        return INPUT_PROBLEMS + label_problems(self.num_classes)
 
     def _encode(self, x, labels):
         """q(z|x,y) for x [N, x_dim] and int labels [N] (not checked)."""
