@@ -52,6 +52,14 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
     check_target(path, overwrite)
     archive = keras.export.ExportArchive()
     archive.track(model)
+    # `_tf_trackable` (private: what write_out saves) is checked by tests/test_framework_api.py,
+    # which fails when Keras changes it.
+    root = archive._tf_trackable
+    # The archive lists the Keras variables, and saves the tf.Variables its functions capture
+    # beside them: two copies of every weight on disk. Listing the tf.Variables themselves
+    # (each Keras variable wraps one) makes both lists one object each, saved once.
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        setattr(root, name, [_tf_variable(v) for v in getattr(root, name)])
     endpoints = dict(model.serving_functions())
     if trainable:
         optimizer = _built_optimizer(model)
@@ -63,12 +71,10 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
     for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name, fn, input_signature=signature)
     if trainable:
-        archive.add_variable_collection("optimizer_variables", list(optimizer.variables))
+        archive.add_variable_collection("optimizer_variables",
+                                        [_tf_variable(v) for v in optimizer.variables])
         learning_rate = optimizer.learning_rate  # The variable itself, unless a schedule.
         if isinstance(learning_rate, keras.Variable):
-            # `_tf_trackable` (private: what write_out saves) is checked by
-            # tests/test_framework_api.py, which fails when Keras changes it.
-            root = archive._tf_trackable
             # The tf.Variable itself (train_step captures it), so that after loading
             # `loaded.learning_rate.assign(1e-4)` changes the rate of the next steps.
             root.learning_rate = learning_rate.value
@@ -95,6 +101,12 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
             if leftover is not None and os.path.exists(leftover):
                 shutil.rmtree(leftover)
     return path
+
+
+def _tf_variable(variable):
+    """The tf.Variable behind a Keras variable (the TensorFlow backend wraps one), else the
+    variable itself."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 # What `tf.saved_model.save` (and Keras' ExportArchive) put in a SavedModel directory.
