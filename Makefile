@@ -1,6 +1,7 @@
 # One command sets up and runs each job on a fresh machine:
 #   make demo   # venv + install + train a short VAE, evaluate (IWAE), export, write PNGs
 #   make test   # venv + install + the test suite
+#   make lint   # venv + install + ruff check and ruff format --check (configured in pyproject.toml)
 # An active virtualenv ($VIRTUAL_ENV) is used as it is; otherwise .venv is created.
 
 PYTHON_SYSTEM ?= python3
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.tfp_vae-installed
 DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 3000
 
-.PHONY: setup demo test recipes clean
+.PHONY: setup demo test lint recipes clean
 
 $(PY):
 	$(PYTHON_SYSTEM) -m venv $(VENV)
@@ -35,6 +36,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -29,9 +29,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from peak import dense_macs, matmul_peak_flops  # noqa: E402  (benchmarks/peak.py)
+from peak import dense_macs, matmul_peak_flops  # benchmarks/peak.py
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", None, "A trained VAE or GMVAE (.keras or run dir); default: a "

@@ -13,7 +13,6 @@ class chosen by `tfp_vae.semisupervised.split_labelled` (the same images as our 
 """
 
 import json
-import math
 import os
 import time
 
@@ -35,11 +34,8 @@ def main(argv):
     del argv
     import numpy as np
     import torch
-    import torch.nn.functional as F
-    from torch import nn
 
-    from tfp_vae import data
-    from tfp_vae import semisupervised
+    from tfp_vae import data, semisupervised
 
     torch.manual_seed(FLAGS.seed)
     mnist = data.load(download=False)

@@ -111,7 +111,8 @@ def main(argv):
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                "torch": torch.__version__, "batch": batch, "labelled_batch": labelled_batch,
                "learning_rate": lr, "m1_batch": m1_batch,
-               "m1_learning_rate": FLAGS.m1_learning_rate, "m1_steps": m1_steps, "m2_steps": m2_steps, "runs": {}}
+               "m1_learning_rate": FLAGS.m1_learning_rate, "m1_steps": m1_steps,
+               "m2_steps": m2_steps, "runs": {}}
 
     # ---- M1 ---------------------------------------------------------------------------------
     torch.manual_seed(0)
@@ -119,7 +120,7 @@ def main(argv):
                                                                        nn.ELU).to(device)
     opt = torch.optim.Adam([*enc1.parameters(), *dec1.parameters()], lr=FLAGS.m1_learning_rate)
     start = time.time()
-    for step in range(m1_steps):
+    for _ in range(m1_steps):
         x = torch.bernoulli(train[torch.randint(0, len(train), (m1_batch,), device=device)])
         mean, var = gaussian(enc1(x))
         z = mean + var.sqrt() * torch.randn_like(mean)
@@ -165,15 +166,16 @@ def main(argv):
                                 *decoder.parameters()], lr=lr)
         eye = torch.eye(K, device=device)
 
+        # class_terms and accuracy are called only within this iteration (B023 is a false alarm).
         def class_terms(f, onehot):
-            mean, var = gaussian(encoder(torch.cat([f, onehot], 1)))
+            mean, var = gaussian(encoder(torch.cat([f, onehot], 1)))  # noqa: B023
             z = mean + var.sqrt() * torch.randn_like(mean)
-            mu, v = gaussian(decoder(torch.cat([z, onehot], 1)))
+            mu, v = gaussian(decoder(torch.cat([z, onehot], 1)))  # noqa: B023
             return -log_normal(f, mu, v) + kl_standard(mean, var)
 
         def accuracy(x):
             with torch.no_grad():
-                return (classifier(features(x, False)).argmax(1) == y_test).float().mean().item()
+                return (classifier(features(x, False)).argmax(1) == y_test).float().mean().item()  # noqa: B023
 
         curve, start = [], time.time()
         for step in range(1, m2_steps + 1):

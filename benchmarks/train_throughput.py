@@ -3,8 +3,8 @@ matmul peak and PyTorch implementations of the VAE and SSVAE recipes, all measur
 
   python benchmarks/train_throughput.py --steps=300 --output_json=runs/bench_train.json
 
-For every recipe it times `--steps` steps of model.fit (the fastest of --repeats runs, after a warm-up
-that traces and compiles) in three settings: the XLA-compiled fused update with 25 steps per
+For every recipe it times `--steps` steps of model.fit (the fastest of --repeats runs, after a
+warm-up that traces and compiles) in three settings: the XLA-compiled fused update with 25 steps per
 execution (the binaries' default for every model), the plain graph with 25 steps per
 execution, and the plain graph one step per execution (Keras' default).
 It reports steps/s, examples/s and achieved FLOP/s. FLOPs are counted from the Dense
@@ -15,15 +15,16 @@ loss), and the PyTorch M2 (benchmarks/torch_m2.py, the course's loss) is the SSV
 are skipped with a note when torch is not installed. Each recipe's ratio is to its own peer.
 """
 
+import itertools
 import json
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from peak import dense_macs, matmul_peak_flops  # noqa: E402  (benchmarks/peak.py)
+from peak import dense_macs, matmul_peak_flops  # benchmarks/peak.py
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 300, "Timed steps per configuration (a multiple of 25, the "
@@ -48,8 +49,7 @@ def recipe(name):
     import keras
     import numpy as np
 
-    from tfp_vae import data, models
-    from tfp_vae import semisupervised
+    from tfp_vae import data, models, semisupervised
 
     try:
         mnist = data.load(download=False)
@@ -128,7 +128,7 @@ def time_torch_vae(steps):
 
     def mlp(sizes):
         layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))  # PyTorch's default init, as in our recipe.
             if i < len(sizes) - 2:
                 layers.append(nn.ELU())
@@ -190,7 +190,7 @@ def time_torch_m2(steps):
             step()
         times.append(time.perf_counter() - start)
     # The peer's work: classifier on B + L rows, encoder and decoder on K * B rows.
-    mlp = lambda sizes: sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # noqa: E731
+    mlp = lambda sizes: sum(a * b for a, b in itertools.pairwise(sizes))  # noqa: E731
     macs = (mlp([784, 300, 300, 10]) * (BATCH + 100)
             + (mlp([794, 300, 300, 128]) + mlp([74, 300, 300, 784])) * 10 * BATCH)
     return dict(rates(times, steps, BATCH + 100, 6.0 * macs), torch_version=torch.__version__)
@@ -210,7 +210,8 @@ def main(argv):
             key = f"{name} ({label})"
             try:
                 r = time_keras(name, jit, spe, FLAGS.steps)
-            except Exception as e:  # An XLA-incompatible op is a result to report, not a crash.
+            # An XLA-incompatible op is a result to report, not a crash.
+            except Exception as e:  # noqa: BLE001
                 results["recipes"][key] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
                 continue
             r["fraction_of_peak"] = r["flops_per_s"] / peak

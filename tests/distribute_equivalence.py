@@ -16,8 +16,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -60,14 +60,14 @@ def one_step(make_model, element, strategy):
 
 
 def _max_diff(a, b):
-    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b, strict=True))
 
 
 def compare(make_model, element, mirrored, smaller_element=None):
     """The single-device and the replicated step from the same weights on the same batch."""
     before, single, logs = one_step(make_model, element, tf.distribute.get_strategy())
     before_m, replicated, logs_m = one_step(make_model, element, mirrored)
-    scale = max(float(np.max(np.abs(a - b))) for a, b in zip(single, before))
+    scale = max(float(np.max(np.abs(a - b))) for a, b in zip(single, before, strict=True))
     out = {"same_init": _max_diff(before, before_m), "update_scale": scale,
            # How far the replicated update is from the single-device one, relative to its size.
            "max_rel_diff": _max_diff(single, replicated) / scale,

@@ -1,5 +1,6 @@
 """What the SavedModel subprocess tests share: a preamble for a fresh interpreter that makes
-importing tfp_vae or tensorflow_probability fail, so the test proves the SavedModel needs neither."""
+importing tfp_vae or tensorflow_probability fail, so the test proves the SavedModel needs
+neither."""
 
 BLOCK_PACKAGE_IMPORTS = """
 import sys

@@ -1,8 +1,8 @@
 """The absl binaries, run as a user would: bin/train, bin/evaluate, bin/export."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 

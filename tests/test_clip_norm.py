@@ -43,7 +43,7 @@ def _update_norm(name, clip_norm, jit_compile):
     model.fit(tf.data.Dataset.from_tensors(_batch(name)).repeat(), epochs=1, steps_per_epoch=1,
               verbose=0)
     after = [np.array(v, np.float64) for v in model.trainable_variables]
-    return float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before))))
+    return float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before, strict=True))))
 
 
 @pytest.mark.parametrize("name, jit_compile", [("vae", False), ("vae", True), ("gmvae", False),

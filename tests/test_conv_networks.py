@@ -3,6 +3,7 @@ round trip), a conv VAE that learns on real MNIST, and `bin/train --arch=conv`."
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -54,7 +55,7 @@ def test_bad_shapes_are_refused(shape):
 def test_bad_widths_are_refused():
     with pytest.raises(ValueError, match="out_dim must be a positive integer; got 0"):
         networks.conv_encoder((28, 28, 1), 0)
-    with pytest.raises(ValueError, match="in_dim must be a positive integer; got 2.5"):
+    with pytest.raises(ValueError, match=re.escape("in_dim must be a positive integer; got 2.5")):
         networks.conv_decoder(2.5, (28, 28, 1))
     with pytest.raises(ValueError, match="out_channels must be a positive integer"):
         networks.conv_decoder(10, (28, 28, 1), out_channels=-1)

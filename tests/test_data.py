@@ -10,13 +10,13 @@ at the end read the real data (and skip without it).
 import gzip
 import hashlib
 import os
+import re
 import struct
 import types
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from tfp_vae import data
@@ -245,7 +245,7 @@ def test_labels_out_of_range(env):
     directory = env.tmp / "labels"
     write_idx_set(directory)
     write_bytes(directory / STEMS["y_test"], idx_bytes(np.full(7, 10, np.uint8)), gz=True)
-    with pytest.raises(data.DataError, match="0..9"):
+    with pytest.raises(data.DataError, match=re.escape("0..9")):
         data.load(data_dir=str(directory), download=False)
 
 
@@ -434,7 +434,7 @@ def test_npz_missing_key(env):
 def test_npz_damaged(env):
     (env.tmp / "npz").mkdir()
     (env.tmp / "npz" / "mnist.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
-    with pytest.raises(data.DataError, match="mnist.npz"):
+    with pytest.raises(data.DataError, match=re.escape("mnist.npz")):
         data.load(data_dir=str(env.tmp / "npz"), download=False)
 
 
@@ -545,7 +545,7 @@ def test_downloaded_files_of_another_dataset_are_refused(env, monkeypatch):
         return str(directory / fname)
 
     monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
-    with pytest.raises(data.DataError, match="refused: .* holds MNIST, not Fashion-MNIST"):
+    with pytest.raises(data.DataError, match=r"refused: .* holds MNIST, not Fashion-MNIST"):
         data.load("fashion_mnist", download=True)
 
 

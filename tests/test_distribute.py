@@ -34,7 +34,7 @@ def equivalence():
                                                           "distribute_equivalence.py")],
                             capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-4000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
 

@@ -10,6 +10,7 @@ Private names kept (no public way to do the same):
 """
 
 import os
+
 import keras
 import numpy as np
 import pytest

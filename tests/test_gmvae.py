@@ -64,7 +64,7 @@ def test_prior_receives_nonzero_gradients_through_the_bound():
     prior_vars = model.prior_layer.trainable_variables
     grads = tape.gradient(loss, prior_vars)
     assert len(prior_vars) == 3
-    for var, grad in zip(prior_vars, grads):
+    for var, grad in zip(prior_vars, grads, strict=True):
         assert grad is not None and float(tf.norm(grad)) > 0, var.name
     # And model.fit moves them.
     model.compile(keras.optimizers.Adam(1e-2), jit_compile=False)

@@ -1,9 +1,8 @@
 """Tests for the distribution layers in tfp_vae.layers, against NumPy (float64) formulas."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 

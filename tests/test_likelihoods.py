@@ -17,8 +17,8 @@ BINARY = "Pixels must be binary (0 or 1)"
 NAN_FEATURES = "Features contain NaN or Inf values; clean the input."
 
 
-def _softplus(l):
-    return np.logaddexp(0.0, l)
+def _softplus(logits):
+    return np.logaddexp(0.0, logits)
 
 
 def _log_c(lam, one_minus_lam):
@@ -63,11 +63,11 @@ def test_continuous_bernoulli_log_prob_is_the_formula():
     # -softplus(0) + log 2 = 0.
     at_half = layers.ContinuousBernoulliLikelihood()(tf.zeros([1, 1]))
     np.testing.assert_allclose(at_half.log_prob([[0.3]]), [0.0], atol=1e-7)
-    # Its mean is not lambda: 1 / (1 - exp(-l)) - 1 / l, within (0, 1).
-    l = np.array([[2.0, -3.0]])
+    # Its mean is not lambda: 1 / (1 - exp(-u)) - 1 / u for the logit u, within (0, 1).
+    u = np.array([[2.0, -3.0]])
     np.testing.assert_allclose(
-        layers.ContinuousBernoulliLikelihood()(tf.constant(l, tf.float32)).mean(),
-        1.0 / (1.0 - np.exp(-l)) - 1.0 / l, rtol=1e-5)
+        layers.ContinuousBernoulliLikelihood()(tf.constant(u, tf.float32)).mean(),
+        1.0 / (1.0 - np.exp(-u)) - 1.0 / u, rtol=1e-5)
 
 
 def test_gaussian_log_prob_is_the_formula():
@@ -132,7 +132,7 @@ def test_continuous_bernoulli_trains_on_grayscale():
     weights = [w.numpy() for w in model.weights]
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(PIXELS)):
         model.fit(tf.data.Dataset.from_tensor_slices(x * 2.0).batch(32), verbose=0)
-    for w, v in zip(weights, model.weights):
+    for w, v in zip(weights, model.weights, strict=True):
         np.testing.assert_array_equal(w, v.numpy())
 
 

@@ -244,7 +244,7 @@ def _first_order_bfloat16_error(model, x, eps):
     grads = tape.gradient(total, [a for _, a, _, _, _, _ in sites] + hidden)
     d_out = iter(grads[len(sites):])
     bound = 0.0
-    for (h, a, out, w, b, first), da in zip(sites, grads):
+    for (h, a, out, w, b, first), da in zip(sites, grads[:len(sites)], strict=True):
         n = w.shape[0]
         products = tf.matmul(tf.abs(h), tf.abs(w))
         bound += per_example(((U + n * EPS32) * products + 2 * U * tf.abs(a - b)

@@ -6,10 +6,9 @@ formulas, and log-mean-exp by direct exponentiation (or np.logaddexp.reduce wher
 overflow).
 """
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 

@@ -14,9 +14,8 @@ import tensorflow as tf
 
 pytest.importorskip("matplotlib", reason='the figures need matplotlib: pip install -e ".[plots]"')
 
-from tfp_vae import data, plots, training  # noqa: E402
-from tfp_vae.models import M1M2, SSVAE, VAE  # noqa: E402
-from tfp_vae import semisupervised  # noqa: E402
+from tfp_vae import data, plots, semisupervised, training
+from tfp_vae.models import M1M2, SSVAE, VAE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isolation import BLOCK_PACKAGE_IMPORTS
 from tfp_vae import export
-from tfp_vae.models import GMVAE, VAE
 from tfp_vae.checks import check_count, check_features, check_images, check_seed
+from tfp_vae.models import GMVAE, VAE
 from tfp_vae.models.ssvae import SSVAE
 from tfp_vae.models.stacked import M1M2
+
+from isolation import BLOCK_PACKAGE_IMPORTS
 
 Z = 3
 TINY = dict(z_dim=Z, hidden=(8,))
@@ -38,7 +39,8 @@ MODELS = list(SIGNATURES)
 PIXELS = "Pixel values must lie in [0, 1]; divide uint8 images by 255."
 NAN_PIXELS = "Images contain NaN or Inf values; clean the input."
 BINARY = "Pixels must be binary (0 or 1)"
-IMAGE_SHAPE = "Expected images of shape [batch, 784] (or [batch, 28, 28, 1] or [batch, 28, 28]); got shape "
+IMAGE_SHAPE = ("Expected images of shape [batch, 784] (or [batch, 28, 28, 1] or [batch, 28, 28]); "
+               "got shape ")
 NAN_LATENTS = "Latents contain NaN or Inf values; clean the input."
 
 
@@ -129,8 +131,8 @@ def bad_cases(name):
             ("classify", dict(x=x * np.nan), NAN_PIXELS),
             ("classify", dict(x=x[:, :10]), IMAGE_SHAPE + "(3, 10)."),
             ("sample", dict(n=tf.constant(3), y=tf.constant([1, 2])),
-             "y must hold one label per sample (n = 3) or a single label for all of them; "
-             "got 2 labels."),
+             ("y must hold one label per sample (n = 3) or a single label for all of them; "
+              "got 2 labels.")),
             ("sample", dict(n=tf.constant(2), y=tf.constant([10])),
              "Labels must be class indices in 0..9"),
             ("decode", dict(z=np.zeros((2, Z), np.float32), y=tf.constant([0, 12])),
@@ -303,7 +305,7 @@ def test_fit_and_evaluate_refuse_bad_arrays_before_the_first_step(model_cls):
     with pytest.raises(ValueError, match=re.escape(IMAGE_SHAPE + "(10, 783).")):
         model.fit(gray[:, :783], verbose=0)
     assert int(model.optimizer.iterations) == 0
-    for before, after in zip(weights, model.weights):
+    for before, after in zip(weights, model.weights, strict=True):
         np.testing.assert_array_equal(before, after.numpy())
 
 

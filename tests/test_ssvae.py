@@ -129,7 +129,7 @@ def test_gen_weight_zero_is_a_classifier_trained_on_the_labels():
     assert float(loss) == float(100.0 * cross_entropy)
     assert "nelbo" not in values  # The bounds are skipped: they would not change anything.
     grads = tape.gradient(loss, model.trainable_variables)
-    for var, grad in zip(model.trainable_variables, grads):
+    for var, grad in zip(model.trainable_variables, grads, strict=True):
         if var.path.startswith("classifier/"):
             assert float(tf.norm(grad)) > 0, var.path
         else:
@@ -161,7 +161,7 @@ def test_fit_with_gen_weight_zero_moves_only_the_classifier():
 def test_make_train_dataset_structure():
     images, labels = synthetic_uint8(400)
     ds = semisupervised.make_train_dataset(images, labels, labels_per_class=3, batch_size=16, seed=0)
-    (x_u, (x_l, y_l)), (x_u2, (x_l2, y_l2)) = list(ds.take(2))
+    (x_u, (x_l, y_l)), (_, (x_l2, y_l2)) = list(ds.take(2))
     assert x_u.shape == (16, 784) and x_l.shape == (30, 784) and y_l.shape == (30,)
     assert x_u.dtype == tf.float32 and y_l.dtype == tf.int32
     assert set(np.unique(np.concatenate([x_u.numpy().ravel(), x_l.numpy().ravel()]))) <= {0.0, 1.0}
@@ -193,7 +193,7 @@ def test_labelled_batches_drawn_with_replacement():
         np.testing.assert_array_equal(y_l, labels[labelled][match])
         assert len(np.unique(match)) < 50  # With replacement: 50 draws from 20 repeat.
     assert not np.array_equal(first[0][1], first[1][1])        # A fresh draw every step ...
-    for (a, ya), (b, yb) in zip(first, again):                 # ... replayed by the seed.
+    for (a, ya), (b, yb) in zip(first, again, strict=True):    # ... replayed by the seed.
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(ya, yb)
     assert not np.array_equal(first[0][1], other[0][1])
@@ -432,7 +432,7 @@ def test_bad_batch_in_fit_fails_clearly_and_changes_nothing(jit_compile):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             model.fit(one(*element), verbose=0)
     after = [np.array(v) for v in model.weights + model.optimizer.variables]
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     with pytest.raises(ValueError, match=r"Expected images of shape \[batch, 784\]"):
         model.fit(one(x_u[:, :10], (x_l, y_l)), verbose=0)
     fresh = tiny_model()  # Traced with this element's static shapes.
@@ -462,7 +462,7 @@ def test_xla_update_matches_graph_update():
         runs.append((model, {k: v[-1] for k, v in history.history.items()}))
     (graph, graph_logs), (xla, xla_logs) = runs
     assert xla.xla_update and not graph.xla_update
-    for a, b in zip(graph.weights, xla.weights):
+    for a, b in zip(graph.weights, xla.weights, strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)
     assert set(graph_logs) == set(xla_logs)
     for name in graph_logs:
@@ -528,7 +528,7 @@ def test_factorised_enumeration_equals_the_tiled_pass_gradients_included(likelih
     for name in ("nelbo", "rec", "kl_z", "kl_y"):
         np.testing.assert_allclose(u_f[name], u_t[name], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(lab_f["nelbo"], lab_t["nelbo"], rtol=1e-5, atol=1e-4)
-    for g_f, g_t in zip(grads_f, grads_t):
+    for g_f, g_t in zip(grads_f, grads_t, strict=True):
         # float32 sums in another order: each differs by at most n * 2^-24 of its terms' total,
         # n <= K * 7 + 20 = 90 rows here (4e-6 relative); the bound leaves 25x for cancellation.
         np.testing.assert_allclose(g_f, g_t, rtol=1e-4, atol=1e-4 * np.abs(g_t).max())

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isolation import BLOCK_PACKAGE_IMPORTS
 from tfp_vae import data, export
 from tfp_vae.models import GMVAE, SSVAE, VAE
+
+from isolation import BLOCK_PACKAGE_IMPORTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +150,7 @@ def test_exported_optimizer_state_is_the_models_and_advances(tmp_path, model_cls
     # Every trainable variable (the GMVAE's mixture prior too) moved.
     trained = [v.numpy() for v in loaded.trainable_variables]
     assert len(trained) == len(weights) == len(model.trainable_variables)
-    assert all(not np.array_equal(a, b) for a, b in zip(trained, weights))
+    assert all(not np.array_equal(a, b) for a, b in zip(trained, weights, strict=True))
     # A new learning rate takes effect on the next step.
     loaded.learning_rate.assign(1e-4)
     assert float(sig["train_step"](x=xt)["learning_rate"]) == pytest.approx(1e-4)

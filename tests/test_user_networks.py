@@ -65,7 +65,7 @@ def test_keras_file_round_trip(tmp_path, model_cls):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert type(loaded) is model_cls
-    for a, b in zip(model.get_weights(), loaded.get_weights()):
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     seed = tf.constant([1, 2])
     np.testing.assert_array_equal(loaded.elbo(x, seed=seed), model.elbo(x, seed=seed))
@@ -83,7 +83,7 @@ def test_default_networks_stay_out_of_the_config():
     assert "encoder" not in config and "decoder" not in config
     assert "encoder" not in mixed.get_config() and "decoder" in mixed.get_config()
     # Leaving a network out builds the recipe's MLP, drawn first as before.
-    for a, b in zip(model.encoder.get_weights(), mixed.encoder.get_weights()):
+    for a, b in zip(model.encoder.get_weights(), mixed.encoder.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -98,7 +98,7 @@ def test_shapes_are_checked_once_with_a_clear_message():
     with pytest.raises(ValueError, match=r"encoder must map \[batch, 784\].*calling it on "
                        r"\[batch, 784\] failed"):
         VAE(z_dim=Z_DIM, encoder=fixed)
-    with pytest.raises(ValueError, match="pass a Keras layer or model.*got function"):
+    with pytest.raises(ValueError, match=r"pass a Keras layer or model.*got function"):
         VAE(z_dim=Z_DIM, encoder=lambda x: x)
     with pytest.raises(ValueError, match=r"encoder must map \[batch, x_dim \+ num_classes\] = "
                        r"\[batch, 794\] to \[batch, 2 \* z_dim\] = \[batch, 6\]; it gives "
@@ -259,7 +259,8 @@ def test_input_shape_errors_name_the_real_shape():
     encoder, decoder = conv_pair((32, 32, 3))
     model = VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=encoder, decoder=decoder)
     with pytest.raises(ValueError, match=re.escape(
-            "Expected images of shape [batch, 32, 32, 3] (or [batch, 3072]); got shape (2, 28, 28).")):
+            "Expected images of shape [batch, 32, 32, 3] (or [batch, 3072]); "
+            "got shape (2, 28, 28).")):
         model.elbo(np.zeros((2, 28, 28), np.float32))
     with pytest.raises(ValueError, match=r"encoder must map \[batch, 32, 32, 3\]"):
         VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=keras.layers.Dense(2 * Z_DIM))

@@ -1,4 +1,5 @@
-"""The VAE end to end: convergence on real MNIST, model API, save/load, resume, NaN stop, bad input."""
+"""The VAE end to end: convergence on real MNIST, model API, save/load, resume, NaN stop, bad
+input."""
 
 import json
 
@@ -8,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_vae import data, training
-from tfp_vae.models import VAE, GMVAE
+from tfp_vae.models import GMVAE, VAE
 
 
 def _small_vae(**kwargs):
@@ -115,9 +116,9 @@ def test_resume_restores_weights_optimizer_and_step(tmp_path):
     fresh = _small_vae()
     fresh.optimizer.build(fresh.trainable_variables)
     assert training.restore(fresh, str(tmp_path / "checkpoints"))["step"] == 40
-    for a, b in zip(saved, fresh.weights):
+    for a, b in zip(saved, fresh.weights, strict=True):
         np.testing.assert_array_equal(a, np.array(b))
-    for a, b in zip(saved_opt, fresh.optimizer.variables):
+    for a, b in zip(saved_opt, fresh.optimizer.variables, strict=True):
         np.testing.assert_array_equal(a, np.array(b))
     assert int(fresh.optimizer.iterations) == 40
     resumed = _small_vae()
@@ -139,7 +140,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     model.compute_terms = poisoned
     train = data.train_dataset(np.random.default_rng(0).integers(0, 256, (300, 28, 28), np.uint8),
                                16, seed=0)
-    with pytest.raises(training.NonFiniteLossError, match="step 3[01]"):
+    with pytest.raises(training.NonFiniteLossError, match=r"step 3[01]"):
         training.fit(model, train, steps=100, out_dir=str(tmp_path), steps_per_epoch=20, verbose=0)
     ckpt = tmp_path / "checkpoints"
     assert [step for step, _ in training.checkpoints(str(ckpt))] == [20]
@@ -176,7 +177,7 @@ def test_bad_input_in_fit_fails_clearly_and_changes_nothing(jit_compile):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             model.fit(batches, epochs=1, verbose=0)
     after = [np.array(v) for v in model.weights + model.optimizer.variables]
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     with pytest.raises(ValueError, match=r"\[batch, 784\]"):
         model.fit(np.zeros((8, 10), np.float32), batch_size=4, epochs=1, verbose=0)
 
@@ -211,7 +212,7 @@ def test_xla_update_matches_graph_update():
         models.append((model, logs))
     (graph, graph_logs), (xla, xla_logs) = models
     assert xla.xla_update and not graph.xla_update
-    for a, b in zip(graph.weights, xla.weights):
+    for a, b in zip(graph.weights, xla.weights, strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)
     for name in graph_logs:
         np.testing.assert_allclose(graph_logs[name], xla_logs[name], rtol=1e-5)

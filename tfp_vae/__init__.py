@@ -29,14 +29,14 @@ def _import_tensorflow():
     except ValueError:
         level = 0
     if "tensorflow" in _sys.modules or level < 2:
-        import tensorflow  # noqa: F401
+        import tensorflow
         return
     _sys.stderr.flush()
     saved = _os.dup(2)
     with _tempfile.TemporaryFile() as captured:
         _os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow
         finally:
             _os.dup2(saved, 2)
             _os.close(saved)
@@ -48,8 +48,9 @@ def _import_tensorflow():
 
 _import_tensorflow()
 
-from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel  # noqa: E402  Registers.
-from tfp_vae import (checks, data, evaluation, export, layers, networks,  # noqa: E402,F401
-                     objectives, semisupervised)
+# After TensorFlow's quiet start-up. Importing the models registers every class with Keras; the
+# modules become attributes of the package (`tfp_vae.data`, ...).
+from tfp_vae import checks, data, evaluation, export, layers, networks, objectives, semisupervised
+from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
 
 __all__ = ["GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel"]

@@ -145,7 +145,8 @@ def check_shape(x, shapes, expected):
 
 def _fits(dims, shapes):
     """Whether static dims are one of `shapes` (None there matching any size)."""
-    return any(len(dims) == len(s) and all(e is None or d == e for d, e in zip(dims, s))
+    return any(len(dims) == len(s)
+               and all(e is None or d == e for d, e in zip(dims, s, strict=True))
                for s in shapes)
 
 
@@ -244,8 +245,10 @@ def check_features(x, input_shape, check_values=True, name="features"):
 IMAGE_PROBLEMS = (
     "Images contain NaN or Inf values; clean the input.",
     "Pixel values must lie in [0, 1]; divide uint8 images by 255.",
-    "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
-    "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training).",
+    (
+        "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
+        "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training)."
+    ),
 )
 
 

@@ -36,7 +36,7 @@ import os
 import struct
 import zipfile
 import zlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -119,12 +119,12 @@ class ImageDataset:
     """
 
     x_train: np.ndarray
-    y_train: Optional[np.ndarray]
+    y_train: np.ndarray | None
     x_test: np.ndarray
-    y_test: Optional[np.ndarray]
+    y_test: np.ndarray | None
     source: str
-    files: Dict[str, str] = dataclasses.field(default_factory=dict)
-    identified_as: Optional[str] = None
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    identified_as: str | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -139,7 +139,7 @@ def _one_line(error) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _read_file(path: str) -> Tuple[bytes, str]:
+def _read_file(path: str) -> tuple[bytes, str]:
     """(the file's content, gunzipped if it ends in .gz; the SHA-256 of the file itself)."""
     try:
         with open(path, "rb") as f:
@@ -158,7 +158,8 @@ def _read_file(path: str) -> Tuple[bytes, str]:
 
 def _parse_idx(raw: bytes, path: str) -> np.ndarray:
     if len(raw) < 8:
-        raise DataError(f"{path}: only {len(raw)} bytes; an IDX file has at least an 8-byte header.")
+        raise DataError(f"{path}: only {len(raw)} bytes; an IDX file has at least an 8-byte "
+                        "header.")
     magic, n = struct.unpack(">II", raw[:8])
     if magic == _IMAGES_MAGIC:
         if len(raw) < 16:
@@ -189,7 +190,7 @@ def read_idx(path: str) -> np.ndarray:
     return _parse_idx(_read_file(path)[0], path)
 
 
-def _find_file(directory: str, stem: str) -> Optional[str]:
+def _find_file(directory: str, stem: str) -> str | None:
     for candidate in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz",
                       stem.replace("-idx", ".idx")):
         path = os.path.join(directory, candidate)
@@ -198,7 +199,7 @@ def _find_file(directory: str, stem: str) -> Optional[str]:
     return None
 
 
-def _load_idx_dir(directory: str) -> Optional[ImageDataset]:
+def _load_idx_dir(directory: str) -> ImageDataset | None:
     """The four IDX files of `directory`, validated (not yet identified); None if it has none."""
     paths = {key: _find_file(directory, stem) for key, stem in _IDX_FILES.items()}
     if not any(paths.values()):
@@ -213,7 +214,7 @@ def _load_idx_dir(directory: str) -> Optional[ImageDataset]:
     return _validated(arrays, directory, files)
 
 
-def _read_npz(path: str, required: Sequence[str]) -> Tuple[Dict[str, np.ndarray], str]:
+def _read_npz(path: str, required: Sequence[str]) -> tuple[dict[str, np.ndarray], str]:
     """({key: array} of the _IDX_FILES keys present, the file's SHA-256); never unpickles."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file" +
@@ -330,7 +331,7 @@ def load_npz(path: str) -> ImageDataset:
     return dataclasses.replace(ds, identified_as=_identify(ds)[1])
 
 
-def _validated(arrays, source: str, files: Dict[str, str]) -> ImageDataset:
+def _validated(arrays, source: str, files: dict[str, str]) -> ImageDataset:
     for split in ("train", "test"):
         x, y = arrays["x_" + split], arrays.get("y_" + split)
         if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
@@ -358,7 +359,7 @@ def _array_digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.uint8).data).hexdigest()
 
 
-def _identify(ds: ImageDataset) -> Tuple[Dict[str, str], Optional[str]]:
+def _identify(ds: ImageDataset) -> tuple[dict[str, str], str | None]:
     """({array key: the known dataset it is}, the dataset all four are, or None)."""
     matches = {}
     for key in _IDX_FILES:
@@ -401,7 +402,7 @@ def _named_after(path: str, name: str) -> bool:
 # Resolution
 
 
-def _try_directory(root: str, name: str) -> Tuple[Optional[ImageDataset], List[str]]:
+def _try_directory(root: str, name: str) -> tuple[ImageDataset | None, list[str]]:
     """Looks in root/<name>/ (any alias) first, then root itself.
 
     Returns:
@@ -419,7 +420,7 @@ def _try_directory(root: str, name: str) -> Tuple[Optional[ImageDataset], List[s
     return None, refused
 
 
-def _try_directory_flat(directory: str, name: str) -> Optional[ImageDataset]:
+def _try_directory_flat(directory: str, name: str) -> ImageDataset | None:
     if not os.path.isdir(directory):
         return None
     found = _load_idx_dir(directory)
@@ -456,7 +457,7 @@ def _download(name: str) -> ImageDataset:
     return _accepted(found, name, named=True)
 
 
-def candidate_dirs(name: str, data_dir: Optional[str] = None) -> List[Tuple[str, str]]:
+def candidate_dirs(name: str, data_dir: str | None = None) -> list[tuple[str, str]]:
     """The (description, directory) pairs searched, in order."""
     out = []
     if data_dir:
@@ -469,7 +470,7 @@ def candidate_dirs(name: str, data_dir: Optional[str] = None) -> List[Tuple[str,
     return out
 
 
-def load(name: str = "mnist", data_dir: Optional[str] = None,
+def load(name: str = "mnist", data_dir: str | None = None,
          download: bool = True) -> ImageDataset:
     """Loads MNIST, Fashion-MNIST or a user's .npz (see the module docstring).
 
@@ -516,7 +517,8 @@ def load(name: str = "mnist", data_dir: Optional[str] = None,
             return _download(name)
         except _Refused as e:
             download_error = f"refused: {e}"
-        except Exception as e:  # Network errors come in many types; all mean the same here.
+        # Network errors come in many types; all mean the same here.
+        except Exception as e:  # noqa: BLE001
             download_error = f"download failed: {e}"
     raise DataError(
         f"Could not find the {name} dataset. Looked in:\n" + "\n".join(looked) +
@@ -553,7 +555,7 @@ def _check_nonempty(images: np.ndarray, what: str):
 
 
 def train_dataset(images: np.ndarray, batch_size: int, binarization: str = "dynamic",
-                  seed: Optional[int] = None, start_step: int = 0) -> tf.data.Dataset:
+                  seed: int | None = None, start_step: int = 0) -> tf.data.Dataset:
     """An endless stream of shuffled epochs in batches of float32 [batch_size, 784] images.
 
     Each epoch is a fresh permutation of the images cut into whole batches (the last
@@ -622,7 +624,7 @@ def dynamic_binarize(batch: tf.Tensor, seed=None) -> tf.Tensor:
 
 
 def eval_dataset(images: np.ndarray, batch_size: int = 1000, binarization: str = "static",
-                 labels: Optional[np.ndarray] = None) -> tf.data.Dataset:
+                 labels: np.ndarray | None = None) -> tf.data.Dataset:
     """A finite dataset of float32 [B, 784] batches (and labels, if given), in order.
 
     `binarization` is "static" (binarised with the static seed) or "none" (grayscale in [0, 1]).
@@ -637,7 +639,7 @@ def eval_dataset(images: np.ndarray, batch_size: int = 1000, binarization: str =
 
 
 def labelled_subset(labels: np.ndarray, per_class: int, seed: int,
-                    num_classes: int = NUM_CLASSES) -> Tuple[np.ndarray, np.ndarray]:
+                    num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
     """Splits indices into (labelled, unlabelled): `per_class` examples of each class, by seed.
 
     Raises:
@@ -655,8 +657,8 @@ def labelled_subset(labels: np.ndarray, per_class: int, seed: int,
     return labelled, unlabelled
 
 
-def take_first(ds: ImageDataset, n_train: Optional[int] = None,
-               n_test: Optional[int] = None) -> ImageDataset:
+def take_first(ds: ImageDataset, n_train: int | None = None,
+               n_test: int | None = None) -> ImageDataset:
     """A smaller copy (for quick runs and tests)."""
     return dataclasses.replace(
         ds, x_train=ds.x_train[:n_train], x_test=ds.x_test[:n_test],

@@ -13,8 +13,8 @@ or float16, but their outputs are cast to float32 on the way in, so every distri
 parameter, log-probability, log-sum-exp and loss is float32.
 """
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 

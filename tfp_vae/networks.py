@@ -3,7 +3,7 @@
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -219,7 +219,8 @@ def apply_enumerated(network, x, num_classes, shared, factorise=True):
 
 
 def _shape_text(shape, formula=None):
-    """"[batch, 784]", "[batch, 28, 28, 1]", or with a formula "[batch, 2 * z_dim] = [batch, 20]"."""
+    """"[batch, 784]", "[batch, 28, 28, 1]", or with a formula
+    "[batch, 2 * z_dim] = [batch, 20]"."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     text = "[" + ", ".join(["batch"] + [str(d) for d in shape]) + "]"
     if formula is None or (len(shape) == 1 and formula == str(shape[0])):

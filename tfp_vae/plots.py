@@ -196,7 +196,7 @@ def interpolations(model, x_a, x_b, steps=10):
     figure = _figure(CELL_INCHES * (steps + 2) + (2.2 if y_a is not None else 1.2),
                      CELL_INCHES * pairs + 1.7)
     left, middle, right = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, steps, 1]})
-    rows = None if y_a is None else [f"y: {a} \u2192 {b}" for a, b in zip(y_a, y_b)]
+    rows = None if y_a is None else [f"y: {a} \u2192 {b}" for a, b in zip(y_a, y_b, strict=True)]
     _show(left, x_a, pairs, 1, side, row_labels=rows)
     _show(middle, decoded, pairs, steps, side, col_labels=[f"{v:.2g}" for v in t])
     _show(right, x_b, pairs, 1, side)

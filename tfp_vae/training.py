@@ -154,10 +154,11 @@ class NaNGuard(keras.callbacks.Callback):
 
 # A checkpoint is one directory, `checkpoints/step-<global step>/`, holding the weights file
 # (the model's and the optimizer's variables: Keras 3 `save_weights` includes the optimizer) and
-# `state.json` (the step, the weights file's SHA-256, and the run's settings when given). It is written under a temporary
-# name and renamed into place, so a checkpoint either exists whole or not at all, whenever the
-# process dies. The global step is the whole of the training state beyond the variables: the
-# input pipelines and the models' training noise are keyed by it (stateless RNGs).
+# `state.json` (the step, the weights file's SHA-256, and the run's settings when given). It is
+# written under a temporary name and renamed into place, so a checkpoint either exists whole or
+# not at all, whenever the process dies. The global step is the whole of the training state
+# beyond the variables: the input pipelines and the models' training noise are keyed by it
+# (stateless RNGs).
 _PREFIX = "step-"
 _WEIGHTS = "weights.weights.h5"
 _STATE = "state.json"
@@ -305,7 +306,8 @@ class Checkpoint(keras.callbacks.Callback):
         self.directory, self.guard, self.settings = directory, guard, settings
 
     def on_epoch_end(self, epoch, logs=None):
-        if (self.guard is not None and self.guard.bad_step is not None) or not _weights_finite(self.model):
+        stopped = self.guard is not None and self.guard.bad_step is not None
+        if stopped or not _weights_finite(self.model):
             return
         save_checkpoint(self.model, self.directory, self.settings)
 
@@ -426,7 +428,7 @@ def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data
     """
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     steps_per_epoch = min(steps_per_epoch, steps)
-    epochs = int(math.ceil(steps / steps_per_epoch))
+    epochs = math.ceil(steps / steps_per_epoch)
     start = 0
     if resume and has_checkpoint(ckpt_dir):
         # A fixed learning rate is a variable of the optimizer (a schedule is not), so the

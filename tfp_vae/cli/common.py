@@ -46,7 +46,7 @@ def run_main(main):
             return main(argv)
         except app.UsageError as e:
             return _fail(e, " (see --help)")
-        except Exception as e:  # noqa: BLE001  Re-raised unless it is a user's mistake.
+        except Exception as e:  # Re-raised unless it is a user's mistake.
             if isinstance(e, _user_errors()):
                 return _fail(e)
             raise
@@ -107,10 +107,11 @@ def load_model(path, compile=True):
 
     try:
         return keras.models.load_model(path, compile=compile)
-    except Exception as e:  # noqa: BLE001  zipfile, h5py, JSON and Keras raise many kinds.
+    except Exception as e:  # zipfile, h5py, JSON and Keras raise many kinds.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path} is not a model this package can load ({reason}); pass a "
-                        ".keras file written by `train` or model.save, or a run's --out_dir.")
+                        ".keras file written by `train` or model.save, or a run's --out_dir."
+                        ) from e
 
 
 def check_png_output(path, flag, what, hint=""):
@@ -203,7 +204,7 @@ def format_table(rows, headers):
     cells = [[str(h) for h in headers]] + [[_number(v) if isinstance(v, float) else str(v)
                                              for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -43,7 +43,8 @@ def _iw_values():
     try:
         values = [int(v) for v in FLAGS.iw]
     except ValueError:
-        raise app.UsageError(f"--iw takes positive integers, e.g. 1,10,100; got {FLAGS.iw}.")
+        raise app.UsageError(
+            f"--iw takes positive integers, e.g. 1,10,100; got {FLAGS.iw}.") from None
     if any(v < 1 for v in values):
         raise app.UsageError(f"--iw takes positive integers; got {FLAGS.iw}.")
     return values

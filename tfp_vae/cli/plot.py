@@ -87,7 +87,7 @@ def main(argv):
     try:
         plots.require_matplotlib()
     except ImportError as e:
-        raise common.UserError(str(e))
+        raise common.UserError(str(e)) from e
     import numpy as np
 
     from tfp_vae import data

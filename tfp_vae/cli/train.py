@@ -70,7 +70,8 @@ flags.DEFINE_enum("arch", "mlp", ["mlp", "conv"], "vae/gmvae: the encoder and de
 flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
                    lower_bound=0.0)
 flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
-                  "Training objective: the ELBO, or the importance-weighted bound with --iw samples.")
+                  "Training objective: the ELBO, or the importance-weighted bound with --iw "
+                  "samples.")
 flags.DEFINE_integer("iw", 1, "Importance samples for --objective=iwae.", lower_bound=1)
 flags.DEFINE_integer("steps", None, "Gradient steps, rounded up to whole --steps_per_epoch "
                      "(default: the recipe's, 20000 for vae and gmvae, 30000 for ssvae and m1m2).",
@@ -198,6 +199,7 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
     import types
 
     import keras
+
     from tfp_vae import models, networks
 
     s = types.SimpleNamespace(**settings)
@@ -236,7 +238,7 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
                 kwargs["feature_indices"] = units
             model = models.M1M2(m1, **kwargs)
         except ValueError as e:  # Not a VAE, or no active unit: say so in one line.
-            raise app.UsageError(f"--m1_path={s.m1_path}: {e}")
+            raise app.UsageError(f"--m1_path={s.m1_path}: {e}") from e
     else:
         model = models.MODELS[s.model](**kwargs)
     ema = {"use_ema": True, "ema_momentum": s.ema_momentum} if s.ema_momentum else {}
@@ -295,7 +297,7 @@ def main(argv):
     try:
         strategy = training.make_strategy(FLAGS.strategy)
     except ValueError as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from e
     distributed = FLAGS.strategy != "default"
     if distributed:
         print(f"Strategy: {FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s) in sync")
@@ -410,7 +412,7 @@ def _train(run, out_dir, strategy, distributed):
                                 else semisupervised.read_indices(FLAGS.labelled_indices))
             first = build(start_step)
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
-            raise app.UsageError(str(e))
+            raise app.UsageError(str(e)) from e
     else:
         def build(start):
             return data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,

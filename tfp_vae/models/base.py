@@ -8,14 +8,22 @@ and the training step itself in `tfp_vae.models.core.Model`.
 
 import math
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import checks, layers, objectives
-from tfp_vae.checks import (call_arguments, check_array, check_count, check_features,
-                            check_seed, padded_batch, resolve_input_shape, validation_inputs)
+from tfp_vae.checks import (
+    call_arguments,
+    check_array,
+    check_count,
+    check_features,
+    check_seed,
+    padded_batch,
+    resolve_input_shape,
+    validation_inputs,
+)
 from tfp_vae.models.core import Model, batch_means
 
 tfd = tfp.distributions

@@ -7,11 +7,12 @@ its losses and metrics (`batch_losses`) and how to read and check a batch (`pars
 `batch_problem`); `gradient_step` is the one place that computes and applies gradients.
 """
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfp_vae.checks import raise_on_problem
+
 
 def replica_context():
     """The replica context when a step runs replicated (under a tf.distribute strategy with more
@@ -118,7 +119,7 @@ def training_seed(seed=None):
     """A model's `seed` argument as the int it keeps: `seed`, or one drawn from NumPy's global
     RNG (so `keras.utils.set_random_seed` fixes it too)."""
     if seed is None:
-        return int(np.random.randint(0, 2**31 - 1))
+        return int(np.random.randint(0, 2**31 - 1))  # noqa: NPY002  The global RNG, on purpose.
     try:
         if int(seed) == seed:
             return int(seed)
@@ -144,7 +145,7 @@ def apply_gradients(optimizer, grads, variables):
     """`optimizer.apply` on the variables that have a gradient. A variable the loss does not
     reach (the decoder of an SSVAE with gen_weight 0, say) gets None and is left alone; Keras'
     optimizer would fail on it."""
-    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
     optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
 
@@ -187,7 +188,7 @@ def clip_gradients(grads, clip_norm, optimizer):
     if ctx is not None:
         values = [v / ctx.num_replicas_in_sync for v in values]
     out = list(grads)
-    for i, v in zip(present, values):
+    for i, v in zip(present, values, strict=True):
         out[i] = v
     return out
 
@@ -281,7 +282,8 @@ def batch_means(values):
         return {name: tf.reduce_mean(value) for name, value in values.items()}
     names = list(values)
     counts = global_counts(ctx, *[tf.size(values[name]) for name in names])
-    return {name: tf.reduce_sum(values[name]) / count for name, count in zip(names, counts)}
+    return {name: tf.reduce_sum(values[name]) / count
+            for name, count in zip(names, counts, strict=True)}
 
 
 class Model(keras.Model):

@@ -38,14 +38,29 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import layers, networks
-from tfp_vae.checks import (IMAGE_PROBLEMS, INPUT_PROBLEMS, NUM_CLASSES, assert_that,
-                            call_arguments, check_array, check_count, check_features,
-                            check_inputs, check_labels, check_seed, first_problem,
-                            input_problem, label_problem, label_problems, labels_for,
-                            padded_batch, raise_on_problem, resolve_input_shape)
+from tfp_vae.checks import (
+    IMAGE_PROBLEMS,
+    INPUT_PROBLEMS,
+    NUM_CLASSES,
+    assert_that,
+    call_arguments,
+    check_array,
+    check_count,
+    check_features,
+    check_inputs,
+    check_labels,
+    check_seed,
+    first_problem,
+    input_problem,
+    label_problem,
+    label_problems,
+    labels_for,
+    padded_batch,
+    raise_on_problem,
+    resolve_input_shape,
+)
 from tfp_vae.models.core import Model, batch_means
-from tfp_vae.objectives import (classification_loss, labelled_negative_elbo,
-                                unlabelled_bound_terms)
+from tfp_vae.objectives import classification_loss, labelled_negative_elbo, unlabelled_bound_terms
 
 tfd = tfp.distributions
 
@@ -96,8 +111,8 @@ class SSVAE(Model):
       likelihood: "bernoulli" (binary pixels, the recipe) or "gaussian" (real-valued features
         with a diagonal Gaussian p(x|y,z) whose mean and softplus variance come from the
         decoder; M2 on the latent features of M1, see `tfp_vae.models.stacked`).
-      seed: keys the training steps' random draws with the step count (`tfp_vae.models.core.step_seed`);
-        None draws one. Kept in the config.
+      seed: keys the training steps' random draws with the step count
+        (`tfp_vae.models.core.step_seed`); None draws one. Kept in the config.
       clip_norm: clip each step's gradient to this global norm (None: no clipping).
       encoder: None (the recipe's MLP, from hidden, activation and init) or any Keras layer or
         model (built or not) mapping [x, onehot(y)], [B, x_dim + num_classes], to the
@@ -393,7 +408,8 @@ class SSVAE(Model):
             unlabelled_x, (labelled_x, labelled_y) = data
         except (TypeError, ValueError):
             raise ValueError("SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
-                             "build the dataset with tfp_vae.semisupervised.make_train_dataset.")
+                             "build the dataset with tfp_vae.semisupervised.make_train_dataset."
+                             ) from None
         x_u, x_l = self._raw_inputs(unlabelled_x), self._raw_inputs(labelled_x)
         # One label per labelled input: a ValueError when traced with static shapes.
         n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
@@ -549,11 +565,11 @@ class SSVAE(Model):
         """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
 
         `train_step(unlabelled_x, labelled_x, labelled_y)`: one optimizer step on the loss of
-        `batch_losses`, as `train_step` takes it (`signature_train_step`). Inputs: binary images float32
-        [B, input_dim] and [L, input_dim], int32 class indices [L]. Returns the batch's train
-        metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless gen_weight is 0,
-        `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations` (int64, after
-        the update) and `learning_rate`.
+        `batch_losses`, as `train_step` takes it (`signature_train_step`). Inputs: binary images
+        float32 [B, input_dim] and [L, input_dim], int32 class indices [L]. Returns the batch's
+        train metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless gen_weight is
+        0, `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations` (int64,
+        after the update) and `learning_rate`.
         """
         x_u = tf.TensorSpec([None, self.input_dim], tf.float32, name="unlabelled_x")
         x_l = tf.TensorSpec([None, self.input_dim], tf.float32, name="labelled_x")
@@ -598,8 +614,9 @@ class SSVAE(Model):
             # y: one label per sample, or a single label ([1]) for all n.
             n = check_count(n)
             y = assert_that(y, (tf.size(y) == 1) | (tf.size(y) == n),
-                            ["y must hold one label per sample (n = ", n, ") or a single label "
-                             "for all of them; got ", tf.size(y), " labels."])
+                            ["y must hold one label per sample (n = ", n,
+                             (") or a single label for all of them; got "), tf.size(y),
+                             " labels."])
             return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])))}
 
         def elbo(x, seed):

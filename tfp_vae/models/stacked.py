@@ -25,8 +25,9 @@ estimated with one z1; `bound_terms` returns it as `nelbo` = `rec` + `kl_z1`, wh
 gap); `kl_z` and `kl_y` are M2's (on z1).
 
 `M1M2` is an `SSVAE` whose inputs are mapped to features (`_inputs`) and whose outputs are
-mapped back to pixels (`_observed`), so training (`model.fit` on `semisupervised.make_train_dataset`),
-evaluation, the binaries and the SavedModel signatures are the SSVAE's, on pixels.
+mapped back to pixels (`_observed`), so training (`model.fit` on
+`semisupervised.make_train_dataset`), evaluation, the binaries and the SavedModel signatures are
+the SSVAE's, on pixels.
 """
 
 import keras
