@@ -2,6 +2,7 @@
 #   make demo   # venv + install + train a short VAE, evaluate (IWAE), export, write PNGs
 #   make test   # venv + install + the test suite
 #   make lint   # venv + install + ruff check and ruff format --check (configured in pyproject.toml)
+#   make docs   # venv + install + the API reference (pdoc) in docs/api/; fails on pdoc's warnings
 # An active virtualenv ($VIRTUAL_ENV) is used as it is; otherwise .venv is created.
 
 PYTHON_SYSTEM ?= python3
@@ -14,8 +15,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfp_vae-installed
 DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 3000
+API_DIR := docs/api
 
-.PHONY: setup demo test lint recipes clean
+.PHONY: setup demo test lint docs recipes clean
 
 $(PY):
 	$(PYTHON_SYSTEM) -m venv $(VENV)
@@ -40,6 +42,24 @@ test: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The API reference of the library (tfp_vae and the modules in its __all__; the binaries'
+# tfp_vae.cli is not a library API). Fails when pdoc fails or warns (a name in __all__ that does
+# not resolve, an annotation it cannot parse, a module that does not import, ...) and when a
+# docstring's `tfp_vae.<name>` links nowhere (pdoc leaves it unlinked: a renamed or removed name).
+docs: setup
+	rm -rf $(API_DIR)
+	@log=$$(mktemp); \
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pdoc --docformat google -o $(API_DIR) tfp_vae >$$log 2>&1; \
+	status=$$?; cat $$log; \
+	if [ $$status -ne 0 ] || grep -qE '^(Warn|[A-Za-z]*Warning):' $$log; then \
+		rm -f $$log; echo "make docs: pdoc failed or warned (above)" >&2; exit 1; fi; \
+	rm -f $$log
+	@broken=$$(grep -rhoE '<code>tfp_vae\.[A-Za-z0-9_.]+</code>' --include='*.html' $(API_DIR) \
+		| sed -e 's/<[^>]*>//g' | sort -u); \
+	if [ -n "$$broken" ]; then \
+		echo "make docs: docstrings name what does not exist:" $$broken >&2; exit 1; fi
+	@echo "API reference: $(API_DIR)/index.html ($$(du -sh $(API_DIR) | cut -f1))"
 
 clean:
 	rm -rf runs/demo .pytest_cache

@@ -53,4 +53,11 @@ _import_tensorflow()
 from tfp_vae import checks, data, evaluation, export, layers, networks, objectives, semisupervised
 from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
 
-__all__ = ["GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel"]
+__all__ = [
+    # The models.
+    "GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel",
+    # The library's modules (also what the API reference, `make docs`, documents; the binaries'
+    # modules, tfp_vae.cli, are not a library API).
+    "checks", "data", "evaluation", "export", "images", "layers", "models", "networks",
+    "objectives", "plots", "rundir", "semisupervised", "training",
+]
