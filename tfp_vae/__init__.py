@@ -50,7 +50,8 @@ _import_tensorflow()
 
 # After TensorFlow's quiet start-up. Importing the models registers every class with Keras; the
 # modules become attributes of the package (`tfp_vae.data`, ...).
-from tfp_vae import checks, data, evaluation, export, layers, networks, objectives, semisupervised
+from tfp_vae import (checks, data, evaluation, export, layers, networks, objectives,
+                     pretrained, semisupervised)
 from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
 
 __all__ = [
@@ -59,5 +60,5 @@ __all__ = [
     # The library's modules (also what the API reference, `make docs`, documents; the binaries'
     # modules, tfp_vae.cli, are not a library API).
     "checks", "data", "evaluation", "export", "images", "layers", "models", "networks",
-    "objectives", "plots", "rundir", "semisupervised", "training",
+    "objectives", "plots", "pretrained", "rundir", "semisupervised", "training",
 ]

@@ -27,9 +27,22 @@ import shutil
 import tempfile
 
 import keras
+import tensorflow as tf
 
 
-def export(model, path, overwrite=False, trainable=False, verbose=False):
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def keras_path(path):
+    """Where the Keras model beside the SavedModel at `path` goes: `path` + ".keras"
+    (savedmodels/vae -> savedmodels/vae.keras)."""
+    return os.path.normpath(os.fspath(path)) + ".keras"
+
+
+def export(model, path, overwrite=False, trainable=False, verbose=False, with_keras=False):
     """Writes `model.serving_functions()` as SavedModel signatures at `path`.
 
     The first signature is also `serving_default`. The directory is written next to `path`
@@ -42,6 +55,10 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
         the optimizer's state, so that the SavedModel can be trained further with TensorFlow
         alone. The model must be compiled with an optimizer (a model from
         `keras.models.load_model` of a compiled model is; its optimizer state is restored).
+      with_keras: also save the Keras model beside the SavedModel, at `keras_path(path)`
+        (for `fit`, `keras.models.load_model`, `tfp_vae.pretrained` and the binaries, which take
+        the SavedModel directory). It is refused, like the SavedModel, if it exists and
+        `overwrite` is False.
 
     Raises:
       FileExistsError: `path` exists and `overwrite` is False, or it is not a SavedModel
@@ -50,6 +67,10 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
     """
     path = os.fspath(path)
     check_target(path, overwrite)
+    if with_keras and os.path.lexists(keras_path(path)) and (
+            not overwrite or not os.path.isfile(keras_path(path))):
+        raise FileExistsError(f"{keras_path(path)} already exists; choose another path or pass "
+                              "overwrite=True (--overwrite) to replace it.")
     archive = keras.export.ExportArchive()
     archive.track(model)
     # `_tf_trackable` (private: what write_out saves) is checked by tests/test_framework_api.py,
@@ -69,7 +90,16 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
             raise ValueError(f"Training signature names {clash} clash with serving signatures.")
         endpoints.update(training)
     for name, (fn, signature) in endpoints.items():
-        archive.add_endpoint(name, fn, input_signature=signature)
+        if signature and isinstance(signature[0], (list, tuple)):
+            # Several input signatures (`sample` with and without a seed): the function is
+            # traced for each, the SavedModel's signature is the first, and the loaded
+            # object's function (`loaded.sample(n=..., seed=...)`) takes any of them.
+            traced = tf.function(fn, autograph=False)
+            for specs in signature:
+                traced.get_concrete_function(*specs)
+            archive.add_endpoint(name, traced)
+        else:
+            archive.add_endpoint(name, fn, input_signature=signature)
     if trainable:
         archive.add_variable_collection("optimizer_variables",
                                         [_tf_variable(v) for v in optimizer.variables])
@@ -85,21 +115,28 @@ def export(model, path, overwrite=False, trainable=False, verbose=False):
         raise FileExistsError(f"Cannot export to {path}: a part of its path is a file, not a "
                               "folder.") from None
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    old = None
+    old = partial = None
     try:
+        if with_keras:  # Moved into place after the SavedModel, in one rename.
+            handle, partial = tempfile.mkstemp(prefix=".export-", suffix=".keras", dir=parent)
+            os.close(handle)
+            model.save(partial)
+            os.chmod(partial, 0o666 & ~_umask())
         archive.write_out(staging, verbose=verbose)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 -> what os.makedirs would give.
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 -> what os.makedirs would give.
         if os.path.lexists(path):
             # Two renames, so that at every instant `path` is the old or the new SavedModel.
             old = tempfile.mkdtemp(prefix=".export-old-", dir=parent)
             os.rename(path, os.path.join(old, "saved_model"))
         os.rename(staging, path)
+        if partial is not None:
+            os.replace(partial, keras_path(path))
     finally:
         for leftover in (staging, old):
             if leftover is not None and os.path.exists(leftover):
                 shutil.rmtree(leftover)
+        if partial is not None and os.path.exists(partial):
+            os.remove(partial)
     return path
 
 

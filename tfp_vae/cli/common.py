@@ -97,12 +97,20 @@ def check_dataset_flag(value):
 
 
 def load_model(path, compile=True):
-    """Loads a model from a .keras file or a training run's out_dir."""
-    if os.path.isdir(path):
+    """Loads a model from a .keras file, a training run's out_dir, or a SavedModel directory
+    with its Keras model beside it (DIR.keras, as `bin/export` and savedmodels/ have it)."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        beside = os.path.normpath(path) + ".keras"
+        if not os.path.isfile(beside):
+            raise FileNotFoundError(f"{path} is a SavedModel without its Keras model beside it "
+                                    f"({beside}, which bin/export writes); pass a run's "
+                                    "--out_dir or a .keras file.")
+        path = beside
+    elif os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No saved model at {path}: pass a .keras file or the --out_dir "
-                                "of a finished `train` run.")
+        raise FileNotFoundError(f"No saved model at {path}: pass a .keras file, the --out_dir "
+                                "of a finished `train` run or an exported SavedModel.")
     import keras
 
     try:

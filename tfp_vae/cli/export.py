@@ -3,7 +3,11 @@
 Example:
   export --model_path=runs/vae --export_dir=savedmodels/vae
 
-Signatures: encode (x -> mean, variance), decode (z -> probs, logits), sample (n -> images, z),
+Beside the SavedModel it writes the Keras model, EXPORT_DIR.keras, which the binaries and
+tfp_vae.pretrained load (they take the SavedModel directory).
+
+Signatures: encode (x -> mean, variance), decode (z -> probs, logits), sample (n -> images, z;
+the loaded object's `sample` also takes a seed),
 elbo (x, seed -> elbo, kl, rec), log_likelihood (x, m, seed -> per-example IWAE-m bound).
 
 With --trainable the SavedModel also has train_step (x -> loss, nelbo, kl, rec,
@@ -31,8 +35,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import os
 
-    if os.path.lexists(FLAGS.export_dir) and not FLAGS.overwrite:
-        raise app.UsageError(f"{FLAGS.export_dir} already exists; pass --overwrite to replace it.")
+    from tfp_vae.export import keras_path
+
+    for target in (FLAGS.export_dir, keras_path(FLAGS.export_dir)):
+        if os.path.lexists(target) and not FLAGS.overwrite:
+            raise app.UsageError(f"{target} already exists; pass --overwrite to replace it.")
     from tfp_vae import export
 
     export.check_target(FLAGS.export_dir, FLAGS.overwrite)  # Before the slow load.
@@ -40,12 +47,14 @@ def main(argv):
     if FLAGS.trainable and getattr(model, "optimizer", None) is None:
         raise app.UsageError(f"{FLAGS.model_path} has no optimizer (it was saved uncompiled); "
                              "--trainable needs one.")
-    export.export(model, FLAGS.export_dir, overwrite=FLAGS.overwrite, trainable=FLAGS.trainable)
+    export.export(model, FLAGS.export_dir, overwrite=FLAGS.overwrite, trainable=FLAGS.trainable,
+                  with_keras=True)
     names = list(model.serving_functions())
     if FLAGS.trainable:
         names += list(export.training_functions(model))
     names = sorted(names)
-    print(f"Wrote SavedModel {FLAGS.export_dir} with signatures: {', '.join(names)}")
+    print(f"Wrote SavedModel {FLAGS.export_dir} with signatures: {', '.join(names)}, and its "
+          f"Keras model {export.keras_path(FLAGS.export_dir)}")
 
 
 def run():

@@ -1,0 +1,96 @@
+"""The shipped models one call away (`tfp_vae.pretrained`), the Keras model beside every
+SavedModel (`export(..., with_keras=True)`, `bin/export`), SavedModel directories as the binaries'
+--model_path, and the `sample` function's optional seed."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfp_vae
+from tfp_vae import export, pretrained
+from tfp_vae.cli import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def binary(n, seed=0):
+    return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
+
+
+def test_export_writes_the_keras_model_beside_and_the_binaries_load_it(tmp_path):
+    model = tfp_vae.VAE(z_dim=3, hidden=(16,))
+    model.compile(keras.optimizers.Adam(1e-3))
+    path = str(tmp_path / "vae")
+    export.export(model, path, with_keras=True)
+    assert os.path.isfile(path + ".keras") and export.keras_path(path + "/") == path + ".keras"
+    # Nothing but the SavedModel in its directory (so that overwrite may replace it).
+    assert "model.keras" not in os.listdir(path)
+    loaded = common.load_model(path)  # The SavedModel directory, as --model_path.
+    x = binary(4)
+    np.testing.assert_allclose(loaded.encode(x).mean(), model.encode(x).mean(), rtol=1e-6)
+    with pytest.raises(FileExistsError, match=r"vae(\.keras)? already exists"):
+        export.export(model, path, with_keras=True)
+    export.export(model, path, with_keras=True, overwrite=True)
+    os.remove(path + ".keras")
+    with pytest.raises(FileNotFoundError, match=r"a SavedModel without its Keras model beside "
+                       r"it \(.*vae\.keras, which bin/export writes\)"):
+        common.load_model(path)
+
+
+def test_the_sample_function_takes_an_optional_seed(tmp_path):
+    path = export.export(tfp_vae.VAE(z_dim=3, hidden=(8,)), str(tmp_path / "m"))
+    loaded = tf.saved_model.load(path)
+    # The signature is unchanged: n alone.
+    assert set(loaded.signatures["sample"].structured_input_signature[1]) == {"n"}
+    n = tf.constant(5)
+    a = loaded.sample(n=n, seed=tf.constant([3, 4]))["images"]
+    b = loaded.sample(n=n, seed=tf.constant([3, 4]))["images"]
+    c = loaded.sample(n=n, seed=tf.constant([3, 5]))["images"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert loaded.sample(n=n)["images"].shape == (5, 784)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        loaded.sample(n=n, seed=tf.constant([1, 2, 3]))
+
+
+def test_every_shipped_model_is_listed_with_both_files_and_scores():
+    entries = pretrained.list()
+    assert {e["name"] for e in entries} >= {"vae", "gmvae", "ssvae", "m1m2"}
+    for entry in entries:
+        assert os.path.isfile(os.path.join(entry["savedmodel"], "saved_model.pb")), entry
+        assert os.path.isfile(entry["keras"]), entry
+        assert entry["scores"] and entry["trained_with"].startswith("bin/train"), entry
+    with pytest.raises(ValueError, match="No shipped model 'nope'; the shipped ones are"):
+        pretrained.load("nope")
+
+
+@pytest.mark.parametrize("name", ["vae", "ssvae"])
+def test_a_shipped_keras_model_is_its_savedmodel_and_trains_on(name):
+    model = pretrained.load(name)
+    served = pretrained.load_savedmodel(name)
+    x = binary(6)
+    if name == "vae":
+        ours, theirs = model.encode(x).mean(), served.signatures["encode"](x=x)["mean"]
+    else:
+        ours, theirs = model.classify(x), served.signatures["classify"](x=x)["probs"]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    if name == "vae":  # Fine-tunable: compiled, with its optimizer state.
+        before = model.optimizer.iterations.numpy()
+        model.fit(x, batch_size=6, epochs=1, verbose=0)
+        assert model.optimizer.iterations.numpy() == before + 1
+
+
+def test_the_binaries_take_a_shipped_savedmodel(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = str(tmp_path / "s.png")
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "sample"),
+                          f"--model_path={os.path.join(ROOT, 'savedmodels', 'gmvae')}",
+                          f"--output={out}", "--rows=2"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert os.path.getsize(out) > 0
