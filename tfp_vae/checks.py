@@ -10,6 +10,7 @@ the code inside XLA and asserts on it outside (`raise_on_problem`).
 
 import inspect
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -17,7 +18,8 @@ import tensorflow as tf
 NUM_CLASSES = 10  # The default number of classes of the semi-supervised models (MNIST's digits).
 
 
-def resolve_input_shape(input_shape=None, x_dim=None):
+def resolve_input_shape(input_shape: int | Sequence[int] | None = None,
+                        x_dim: int | None = None) -> tuple[int, ...]:
     """A model's `input_shape` argument as a tuple of positive ints (one input, no batch axis):
     `input_shape` ((28, 28, 1), (32, 32, 3), (64,) or an int), else (x_dim,) from the older
     `x_dim` argument, else MNIST's (784,). ValueError when both are given and disagree."""
@@ -38,7 +40,7 @@ def resolve_input_shape(input_shape=None, x_dim=None):
     return shape
 
 
-def accepted_shapes(input_shape):
+def accepted_shapes(input_shape: Sequence[int]) -> list[tuple[int | None, ...]]:
     """The batch shapes inputs of `input_shape` may come in, the flattened [B, prod] first:
     [B, *input_shape]; without a trailing 1 channel ([B, 28, 28] for (28, 28, 1)); and, for
     MNIST's flat (784,), as 28x28 images ([B, 28, 28], [B, 28, 28, 1])."""
@@ -65,7 +67,8 @@ def _expected_text(what, input_shape):
     return f"Expected {what} of shape {text(main)}{more}"
 
 
-def check_images(x, input_shape, binary=True, check_pixels=True):
+def check_images(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int], binary: bool = True,
+                 check_pixels: bool = True) -> tf.Tensor:
     """Validates a batch of images and returns it as float32 [B, prod(input_shape)] (flat).
 
     `input_shape`: one image's shape, (28, 28, 1) say, or its number of pixels (784). Accepts
@@ -150,7 +153,8 @@ def _fits(dims, shapes):
                for s in shapes)
 
 
-def check_count(n, name="n", minimum=0, what="samples"):
+def check_count(n: int | tf.Tensor, name: str = "n", minimum: int = 0,
+                what: str = "samples") -> tf.Tensor:
     """A count, such as the number of samples to draw: an integer scalar >= `minimum`, returned
     as int32 []. Raises ValueError (or asserts in a graph) with a sentence naming `name`."""
     n = tf.convert_to_tensor(n)
@@ -163,7 +167,7 @@ def check_count(n, name="n", minimum=0, what="samples"):
                        [f"{name} must be >= {minimum} (the number of {what}); got ", n, "."])
 
 
-def check_seed(seed):
+def check_seed(seed: tf.Tensor | np.ndarray | Sequence[int]) -> tf.Tensor:
     """A stateless seed: two integers, returned as int32 [2]. Raises ValueError (or asserts in a
     graph) naming the expected shape for anything else."""
     seed = tf.convert_to_tensor(seed)
@@ -221,7 +225,8 @@ def non_finite_problem(name="features"):
 FEATURE_PROBLEM = non_finite_problem("features")
 
 
-def check_features(x, input_shape, check_values=True, name="features"):
+def check_features(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int],
+                   check_values: bool = True, name: str = "features") -> tf.Tensor:
     """Validates a batch of real-valued features (or latents: `name`) and returns it as float32
     [B, prod(input_shape)] (flat).
 
@@ -252,7 +257,7 @@ IMAGE_PROBLEMS = (
 )
 
 
-def image_problem(x, binary=True):
+def image_problem(x: tf.Tensor, binary: bool = True) -> tf.Tensor:
     """int32 scalar: 0 when the float32 pixels `x` are valid, else 1 + the index in
     `IMAGE_PROBLEMS` of the first check they fail (finite, in [0, 1], binary when `binary`).
 
@@ -273,7 +278,7 @@ def first_problem(codes):
     return result
 
 
-def raise_on_problem(value, problem, messages=IMAGE_PROBLEMS):
+def raise_on_problem(value, problem: tf.Tensor, messages: Sequence[str] = IMAGE_PROBLEMS):
     """Raises ValueError eagerly, or asserts in a graph, with `messages[problem - 1]` (`problem`
     from `image_problem` by default); returns `value`, a tensor or a structure of them (behind
     the assertion in a graph)."""
@@ -300,7 +305,7 @@ def enforce(value, checks):
 
 
 
-def label_problems(num_classes=NUM_CLASSES):
+def label_problems(num_classes: int = NUM_CLASSES) -> tuple[str, str]:
     """The messages of the label values' checks: (class index out of range, bad one-hot row)."""
     return (f"Labels must be class indices in 0..{num_classes - 1}; some are outside that range.",
             "One-hot labels must have exactly one 1 (and otherwise 0) per row.")
@@ -330,7 +335,8 @@ def _labels_and_validity(y, num_classes):
     return y, tf.reduce_all((y >= 0) & (y < num_classes)), 0
 
 
-def check_labels(y, num_classes=NUM_CLASSES, check_values=True):
+def check_labels(y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES,
+                 check_values: bool = True) -> tf.Tensor:
     """Validates labels and returns them as int32 class indices (shape [] or [B]).
 
     Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
@@ -345,14 +351,16 @@ def check_labels(y, num_classes=NUM_CLASSES, check_values=True):
     return enforce(labels, [(lambda _: ok, label_problems(num_classes)[which])])
 
 
-def label_problem(y, num_classes=NUM_CLASSES, offset=0):
+def label_problem(y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES,
+                  offset: int = 0) -> tf.Tensor:
     """int32 scalar: 0 when the values of labels `y` are valid, else `offset` + 1 + the index in
     `label_problems` of the check they fail. Plain tensor ops (it compiles under XLA)."""
     _, ok, which = _labels_and_validity(y, num_classes)
     return tf.where(ok, 0, offset + 1 + which)
 
 
-def labels_for(y, batch_size, num_classes, check_values=True):
+def labels_for(y: int | tf.Tensor | np.ndarray, batch_size: int | tf.Tensor, num_classes: int,
+               check_values: bool = True) -> tf.Tensor:
     """check_labels, then a scalar broadcast to [batch_size]; a [B] must match batch_size."""
     y = check_labels(y, num_classes, check_values)
     if y.shape.rank == 0:
@@ -374,7 +382,9 @@ def labels_for(y, batch_size, num_classes, check_values=True):
 INPUT_PROBLEMS = IMAGE_PROBLEMS + (FEATURE_PROBLEM,)
 
 
-def check_inputs(x, input_shape, likelihood="bernoulli", binary=True, check_values=True):
+def check_inputs(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int],
+                 likelihood: str = "bernoulli", binary: bool = True,
+                 check_values: bool = True) -> tf.Tensor:
     """Checks a model's inputs as its likelihood needs them; float32 [B, prod(input_shape)].
 
     "gaussian": finite features of any range (`check_features`); otherwise images
@@ -389,7 +399,7 @@ def check_inputs(x, input_shape, likelihood="bernoulli", binary=True, check_valu
                         check_pixels=check_values)
 
 
-def input_problem(x, likelihood="bernoulli", binary=True):
+def input_problem(x: tf.Tensor, likelihood: str = "bernoulli", binary: bool = True) -> tf.Tensor:
     """int32 code (0: fine, else 1 + an index into INPUT_PROBLEMS) of the values of flat inputs
     x, as `check_inputs` checks them. Plain ops (XLA-safe)."""
     if likelihood == "gaussian":

@@ -6,7 +6,8 @@ import tensorflow as tf
 from tfp_vae import objectives
 
 
-def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
+def negative_iwae(model, x: tf.Tensor | np.ndarray, m: int, max_rows: int = 20000, seed: int = 0,
+                  jit_compile: bool = False) -> float:
     """Mean over x of -IWAE-m (nats), in calls of at most `max_rows` decoder rows.
 
     Each call takes `max(1, max_rows // chunk)` examples and `chunk = min(m, max_rows)` samples
@@ -22,6 +23,9 @@ def negative_iwae(model, x, m, max_rows=20000, seed=0, jit_compile=False):
       x: inputs [N, x_dim] (NumPy or tensor) as the model's likelihood takes them (binary
         images for the Bernoulli; see the model's `check_inputs`).
       m: importance samples per example.
+
+    Returns:
+      The mean negative bound, a Python float.
     """
     # The model checks its inputs as its likelihood needs them (binary for Bernoulli pixels).
     x = model.check_inputs(x).numpy()

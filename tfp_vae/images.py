@@ -4,7 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 
-def grid(images, rows, cols, side=28, pad=1):
+def grid(images: tf.Tensor | np.ndarray, rows: int, cols: int, side: int = 28,
+         pad: int = 1) -> np.ndarray:
     """[N, side*side] values in [0, 1] -> uint8 [H, W, 1] tiled rows x cols (N <= rows*cols)."""
     images = np.asarray(images, np.float32).reshape(-1, side, side)
     if len(images) > rows * cols:
@@ -17,10 +18,11 @@ def grid(images, rows, cols, side=28, pad=1):
     return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[..., None]
 
 
-def write_png(path, image):
+def write_png(path: str, image: tf.Tensor | np.ndarray) -> None:
     """Writes uint8 [H, W, 1|3] to path."""
     tf.io.write_file(path, tf.io.encode_png(image))
 
 
-def write_grid(path, images, rows, cols):
+def write_grid(path: str, images: tf.Tensor | np.ndarray, rows: int, cols: int) -> None:
+    """Writes `images` ([N, side*side] values in [0, 1]) to path as one PNG grid (`grid`)."""
     write_png(path, grid(images, rows, cols))

@@ -115,7 +115,8 @@ def conv_decoder(in_dim, input_shape, out_channels=None, name="decoder") -> kera
     ], name=name)
 
 
-def apply(network, inputs, input_shape=None):
+def apply(network: keras.Layer, inputs: tf.Tensor,
+          input_shape: Sequence[int] | None = None) -> tf.Tensor:
     """Applies a network on one batch axis to inputs with any leading axes: [..., d_in] ->
     [..., d_out] (for instance [m, B, z] importance samples), by folding the leading axes into
     the batch. With `input_shape` (a network on images, (28, 28, 1) say) the flat inputs
@@ -171,7 +172,8 @@ def _finish(first, rest, pre_activation):
     return h
 
 
-def apply_labelled(network, x, labels, num_classes, factorise=True):
+def apply_labelled(network: keras.Layer, x: tf.Tensor, labels: tf.Tensor, num_classes: int,
+                   factorise: bool = True) -> tf.Tensor:
     """network([x, onehot(labels)]) for x [N, d] and int labels [N]: [N, d_out].
 
     With `factorise` and a network whose first layer is Dense (`split_first_dense`), the label's
@@ -185,7 +187,8 @@ def apply_labelled(network, x, labels, num_classes, factorise=True):
     return _finish(first, rest, pre)
 
 
-def apply_enumerated(network, x, num_classes, shared, factorise=True):
+def apply_enumerated(network: keras.Layer, x: tf.Tensor, num_classes: int, shared: bool,
+                     factorise: bool = True) -> tf.Tensor:
     """network([x_r, onehot(k)]) for every label k, class-major: [K * B, d_out], row k * B + i
     pairing example i with label k.
 
@@ -228,8 +231,9 @@ def _shape_text(shape, formula=None):
     return f"[batch, {formula}] = {text}"
 
 
-def user_network(network, role, input_shape, output_shapes, input_formula=None,
-                 output_formula=None):
+def user_network(network: keras.Layer, role: str, input_shape: int | Sequence[int],
+                 output_shapes: Sequence[int | Sequence[int]], input_formula: str | None = None,
+                 output_formula: str | None = None) -> keras.Layer:
     """A network the user passed for `role` ("encoder", ...): checked and built, returned as is.
 
     It must be a Keras layer or model (`keras.Sequential`, a functional or subclassed

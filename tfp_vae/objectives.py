@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfp_vae.checks import NUM_CLASSES
 
 
-def negative_elbo(log_likelihood, kl, beta=1.0):
+def negative_elbo(log_likelihood: tf.Tensor, kl: tf.Tensor, beta: float = 1.0) -> tf.Tensor:
     """-ELBO per example = Rec + beta * KL.
 
     Args:
@@ -25,12 +25,13 @@ def negative_elbo(log_likelihood, kl, beta=1.0):
     return -log_likelihood + beta * kl
 
 
-def monte_carlo_kl(log_q, log_p):
+def monte_carlo_kl(log_q: tf.Tensor, log_p: tf.Tensor) -> tf.Tensor:
     """One-sample unbiased estimate of KL(q || p) at z ~ q: log q(z) - log p(z). Shapes [...]."""
     return log_q - log_p
 
 
-def iwae_bound(log_likelihood, log_prior, log_posterior, axis=0):
+def iwae_bound(log_likelihood: tf.Tensor, log_prior: tf.Tensor, log_posterior: tf.Tensor,
+               axis: int = 0) -> tf.Tensor:
     """Importance-weighted bound log (1/m) sum_i p(x, z_i) / q(z_i | x).
 
     Args:
@@ -44,13 +45,15 @@ def iwae_bound(log_likelihood, log_prior, log_posterior, axis=0):
     return log_mean_exp(log_weights(log_likelihood, log_prior, log_posterior), axis=axis)
 
 
-def log_weights(log_likelihood, log_prior, log_posterior):
-    """Importance log-weights log p(x|z) + log p(z) - log q(z|x), elementwise."""
+def log_weights(log_likelihood: tf.Tensor, log_prior: tf.Tensor,
+                log_posterior: tf.Tensor) -> tf.Tensor:
+    """Importance log-weights log p(x|z) + log p(z) - log q(z|x), elementwise ([m, B] in,
+    [m, B] out)."""
     return log_likelihood + log_prior - log_posterior
 
 
-def log_mean_exp(values, axis=0):
-    """log mean exp(values) along `axis`, stably."""
+def log_mean_exp(values: tf.Tensor, axis: int = 0) -> tf.Tensor:
+    """log mean exp(values) along `axis`, stably: `values` with that axis removed."""
     n = tf.cast(tf.shape(values)[axis], values.dtype)
     return tf.reduce_logsumexp(values, axis=axis) - tf.math.log(n)
 
@@ -59,7 +62,7 @@ def log_mean_exp(values, axis=0):
 # The semi-supervised bounds (M2), as pure functions of per-class terms.
 
 
-def categorical_kl_to_uniform(logits):
+def categorical_kl_to_uniform(logits: tf.Tensor) -> tf.Tensor:
     """KL(Categorical(logits) || Uniform(K)) = sum_k q_k log q_k + log K, per row of [..., K].
 
     Computed from log-softmax, so it stays finite (with finite gradients) when some q_k
@@ -70,7 +73,8 @@ def categorical_kl_to_uniform(logits):
     return tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1) + tf.math.log(num_classes)
 
 
-def unlabelled_bound_terms(class_logits, rec, kl_z):
+def unlabelled_bound_terms(class_logits: tf.Tensor, rec: tf.Tensor,
+                           kl_z: tf.Tensor) -> dict[str, tf.Tensor]:
     """The unlabelled bound -U(x) from the per-class terms of every label.
 
     Args:
@@ -91,7 +95,8 @@ def unlabelled_bound_terms(class_logits, rec, kl_z):
             "kl_z": expected_kl_z, "kl_y": kl_y}
 
 
-def labelled_negative_elbo(rec, kl_z, num_classes=NUM_CLASSES):
+def labelled_negative_elbo(rec: tf.Tensor, kl_z: tf.Tensor,
+                           num_classes: int = NUM_CLASSES) -> tf.Tensor:
     """The labelled bound -L(x, y) = rec_y + kl_z_y - log p(y), with p(y) = 1/K: [B].
 
     Args:
@@ -101,6 +106,6 @@ def labelled_negative_elbo(rec, kl_z, num_classes=NUM_CLASSES):
     return negative_elbo(-rec, kl_z) + math.log(num_classes)
 
 
-def classification_loss(class_logits, labels):
+def classification_loss(class_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Cross-entropy -log q(y|x) of integer labels [B] under logits [B, K]: [B]."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=class_logits)

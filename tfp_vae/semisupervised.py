@@ -4,6 +4,8 @@ semi-supervised models train and evaluate on (an unlabelled batch zipped with th
 Beside `tfp_vae.data`, which loads the datasets and makes the unsupervised pipelines.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -11,7 +13,7 @@ from tfp_vae import data
 from tfp_vae.checks import NUM_CLASSES
 
 
-def check_label_array(labels, num_classes=NUM_CLASSES):
+def check_label_array(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """A NumPy array of class indices [N], checked (ValueError naming the problem)."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -24,7 +26,8 @@ def check_label_array(labels, num_classes=NUM_CLASSES):
     return labels
 
 
-def split_labelled(labels, labels_per_class=10, label_seed=0, num_classes=NUM_CLASSES):
+def split_labelled(labels: np.ndarray, labels_per_class: int = 10, label_seed: int = 0,
+                   num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
     """(labelled, unlabelled) index arrays: `labels_per_class` of each class, chosen by seed.
 
     A checked front end to `data.labelled_subset`: raises ValueError naming the problem when
@@ -47,7 +50,8 @@ def split_labelled(labels, labels_per_class=10, label_seed=0, num_classes=NUM_CL
     return data.labelled_subset(labels, int(labels_per_class), label_seed, num_classes)
 
 
-def split_by_indices(labels, indices, num_classes=NUM_CLASSES):
+def split_by_indices(labels: np.ndarray, indices: Sequence[int] | np.ndarray,
+                     num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
     """(labelled, unlabelled) index arrays from a chosen labelled set (training-set indices).
 
     For a labelled set picked by hand (or by another codebase) rather than drawn by seed.
@@ -76,8 +80,9 @@ def split_by_indices(labels, indices, num_classes=NUM_CLASSES):
     return values, np.setdiff1d(np.arange(len(labels)), values)
 
 
-def read_indices(path):
-    """Integers from a text file (whitespace or comma separated; '#' starts a comment)."""
+def read_indices(path: str) -> np.ndarray:
+    """Integers (int64 [N]) from a text file (whitespace or comma separated; '#' starts a
+    comment)."""
     with open(path) as f:
         text = " ".join(line.split("#", 1)[0] for line in f).replace(",", " ")
     try:
@@ -99,9 +104,12 @@ def _check_uint8_images(images, labels):
     return images.reshape(len(images), data.NUM_PIXELS)
 
 
-def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_size=97, seed=0,
-                       binarization="dynamic", labelled_binarization=None,
-                       labelled_indices=None, labelled_batch_size=None, start_step=0):
+def make_train_dataset(images: np.ndarray, labels: np.ndarray, labels_per_class: int = 10,
+                       label_seed: int = 0, batch_size: int = 97, seed: int = 0,
+                       binarization: str = "dynamic", labelled_binarization: str | None = None,
+                       labelled_indices: Sequence[int] | np.ndarray | None = None,
+                       labelled_batch_size: int | None = None,
+                       start_step: int = 0) -> tf.data.Dataset:
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
     `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
@@ -172,7 +180,8 @@ def make_train_dataset(images, labels, labels_per_class=10, label_seed=0, batch_
     return tf.data.Dataset.zip((unlabelled_ds, labelled_ds)).prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(images, labels, batch_size=1000):
+def make_eval_dataset(images: np.ndarray, labels: np.ndarray,
+                      batch_size: int = 1000) -> tf.data.Dataset:
     """A finite labelled dataset for `evaluate` / `validation_data`: ((x_binary, x_gray), y).
 
     The bound is computed on the statically binarised images (`data.binarize_static`), the

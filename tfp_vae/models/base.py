@@ -7,6 +7,7 @@ and the training step itself in `tfp_vae.models.core.Model`.
 """
 
 import math
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -64,8 +65,10 @@ class LatentVariableModel(Model):
 
     analytic_kl = False
 
-    def __init__(self, z_dim=10, input_shape=None, beta=1.0, objective="elbo", iw=1, seed=None,
-                 clip_norm=None, likelihood="bernoulli", x_dim=None, **kwargs):
+    def __init__(self, z_dim: int = 10, input_shape: Sequence[int] | None = None,
+                 beta: float = 1.0, objective: str = "elbo", iw: int = 1, seed: int | None = None,
+                 clip_norm: float | None = None, likelihood: str = "bernoulli",
+                 x_dim: int | None = None, **kwargs):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
         self.likelihood_name = layers.check_likelihood(likelihood)
         if objective not in OBJECTIVES:
@@ -82,15 +85,15 @@ class LatentVariableModel(Model):
 
     # ---- what a subclass provides -------------------------------------------------------------
 
-    def encode(self, x):
-        """q(z|x): batch [B], event [z_dim]."""
+    def encode(self, x: tf.Tensor) -> tfd.Distribution:
+        """q(z|x) for checked inputs x [B, x_dim]: batch [B], event [z_dim]."""
         raise NotImplementedError
 
-    def decode(self, z):
-        """p(x|z): batch = z's leading dims, event [x_dim]."""
+    def decode(self, z: tf.Tensor) -> tfd.Distribution:
+        """p(x|z) for latents z [..., z_dim]: batch = z's leading dims, event [x_dim]."""
         raise NotImplementedError
 
-    def prior(self):
+    def prior(self) -> tfd.Distribution:
         """p(z): batch [], event [z_dim]."""
         raise NotImplementedError
 
@@ -101,7 +104,8 @@ class LatentVariableModel(Model):
         """The messages of `input_problem`'s codes (1-based): `checks.INPUT_PROBLEMS`."""
         return checks.INPUT_PROBLEMS
 
-    def check_inputs(self, x, check_values=True, bound=True):
+    def check_inputs(self, x: tf.Tensor | np.ndarray, check_values: bool = True,
+                     bound: bool = True) -> tf.Tensor:
         """Checks inputs x as the likelihood needs them and returns them as float32 [B, x_dim].
 
         Bernoulli: images (`check_images`, also [B, 28, 28]), binary when `bound` (the pixels
@@ -114,7 +118,7 @@ class LatentVariableModel(Model):
         return checks.check_inputs(x, self.input_shape, self.likelihood_name, binary=bound,
                                    check_values=check_values)
 
-    def input_problem(self, x, bound=True):
+    def input_problem(self, x: tf.Tensor, bound: bool = True) -> tf.Tensor:
         """int32 code (0: fine) of the values of checked-shape inputs x, float32 [B, x_dim], as
         `check_inputs` checks them; the message is `input_problems[code - 1]`. Plain ops
         (XLA-safe)."""
@@ -122,14 +126,14 @@ class LatentVariableModel(Model):
 
     # ---- bounds -------------------------------------------------------------------------------
 
-    def kl(self, q, z):
+    def kl(self, q: tfd.Distribution, z: tf.Tensor) -> tf.Tensor:
         """KL(q(z|x) || p(z)) per example [B]: analytic if the model has it, else the one-sample
         estimate at z (the sample used for the reconstruction term), which is unbiased."""
         if self.analytic_kl:
             return tfd.kl_divergence(q, self.prior())
         return objectives.monte_carlo_kl(q.log_prob(z), self.prior().log_prob(z))
 
-    def elbo_terms(self, x, seed=None):
+    def elbo_terms(self, x: tf.Tensor, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """One-sample ELBO terms for x [B, x_dim] (checked): dict of [B] tensors nelbo, kl, rec."""
         q = self.encode(x)
         z = q.sample(seed=seed)
@@ -137,12 +141,13 @@ class LatentVariableModel(Model):
         kl = self.kl(q, z)
         return {"nelbo": objectives.negative_elbo(-rec, kl), "kl": kl, "rec": rec}
 
-    def elbo(self, x, seed=None):
+    def elbo(self, x: tf.Tensor | np.ndarray, seed: tf.Tensor | None = None) -> tf.Tensor:
         """Per-example ELBO (a lower bound on log p(x), nats) [B]; x is checked first."""
         x = self.check_inputs(x)
         return -self.elbo_terms(x, seed=seed)["nelbo"]
 
-    def iwae_log_weights(self, x, m, seed=None):
+    def iwae_log_weights(self, x: tf.Tensor, m: int | tf.Tensor, seed: tf.Tensor | None = None
+                         ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """log p(x|z_i), log p(z_i), log q(z_i|x) for z_i ~ q(z|x), i < m: each [m, B]."""
         return self._importance_samples(x, m, seed)[2:]
 
@@ -152,7 +157,8 @@ class LatentVariableModel(Model):
         z = q.sample(m, seed=seed)
         return q, z, self.decode(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z)
 
-    def iwae(self, x, m, seed=None, chunk=None):
+    def iwae(self, x: tf.Tensor | np.ndarray, m: int | tf.Tensor, seed: tf.Tensor | None = None,
+             chunk: int | None = None) -> tf.Tensor:
         """Per-example IWAE bound with m samples [B]; m = 1 is the ELBO with a sampled KL.
 
         Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory is
@@ -180,7 +186,8 @@ class LatentVariableModel(Model):
                                   (tf.constant(0), acc, seed))
         return acc - tf.math.log(tf.cast(m, tf.float32))
 
-    def compute_terms(self, x, training=False, seed=None):
+    def compute_terms(self, x: tf.Tensor, training: bool = False,
+                      seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Per-example [B] tensors: `loss` (minimised) and every reported metric. `seed`: a
         stateless seed (int32 [2]) for the posterior samples, or None (stateful)."""
         if self.objective == "elbo":
@@ -247,24 +254,24 @@ class LatentVariableModel(Model):
 
     # ---- uses -----------------------------------------------------------------------------------
 
-    def sample(self, n, seed=None):
+    def sample(self, n: int | tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
         """n images from the model: the means [n, x_dim] of p(x|z), z ~ p(z) (pixel
         probabilities for the Bernoulli; for the continuous Bernoulli the mean, not its
         parameter lambda)."""
         z = self.prior().sample(check_count(n), seed=seed)
         return self.decode(z).mean()
 
-    def sample_grid(self, rows, seed=None, columns=10):
+    def sample_grid(self, rows: int, seed: tf.Tensor | None = None, columns: int = 10) -> tf.Tensor:
         """`rows * columns` samples (see `sample`), for a grid of `rows` rows."""
         return self.sample(int(rows) * int(columns), seed=seed)
 
-    def reconstruct(self, x):
+    def reconstruct(self, x: tf.Tensor | np.ndarray) -> tf.Tensor:
         """The mean [B, x_dim] of p(x|z) at the posterior mean of q(z|x) (pixel probabilities
         for the Bernoulli); x is checked (`check_inputs(x, bound=False)`: grayscale allowed)."""
         x = self.check_inputs(x, bound=False)
         return self.decode(self.encode(x).mean()).mean()
 
-    def call(self, x, training=False):
+    def call(self, x: tf.Tensor | np.ndarray, training: bool = False) -> tf.Tensor:
         """Reconstructions [B, x_dim] (see `reconstruct`; `predict` calls it)."""
         return self.reconstruct(x)
 

@@ -7,6 +7,8 @@ its losses and metrics (`batch_losses`) and how to read and check a batch (`pars
 `batch_problem`); `gradient_step` is the one place that computes and applies gradients.
 """
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -14,7 +16,7 @@ import tensorflow as tf
 from tfp_vae.checks import raise_on_problem
 
 
-def replica_context():
+def replica_context() -> tf.distribute.ReplicaContext | None:
     """The replica context when a step runs replicated (under a tf.distribute strategy with more
     than one replica in sync), else None.
 
@@ -115,7 +117,7 @@ def compile_from_saved_config(model, config):
         model.optimizer.build(model.trainable_variables)
 
 
-def training_seed(seed=None):
+def training_seed(seed: int | None = None) -> int:
     """A model's `seed` argument as the int it keeps: `seed`, or one drawn from NumPy's global
     RNG (so `keras.utils.set_random_seed` fixes it too)."""
     if seed is None:
@@ -128,7 +130,7 @@ def training_seed(seed=None):
     raise ValueError(f"seed must be an integer; got {seed!r}.")
 
 
-def step_seed(model):
+def step_seed(model: keras.Model) -> tf.Tensor:
     """int32 [2]: the stateless seed of the current training step's random draws (the
     posterior samples), keyed by the model's `seed` and the optimizer's step count, so that a
     run resumed from a checkpoint draws exactly what the uninterrupted run would have. Under
@@ -149,7 +151,9 @@ def apply_gradients(optimizer, grads, variables):
     optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
 
-def gradient_step(model, losses):
+def gradient_step(
+    model: keras.Model, losses: Callable[[], tuple[tf.Tensor, dict[str, tf.Tensor]]]
+) -> dict[str, tf.Tensor]:
     """One optimizer step on `losses()` -> (loss scalar, values): returns the values. The one
     place where every model, on every path (single device, the XLA update, tf.distribute, the
     trainable SavedModel), computes and applies its gradients.
@@ -168,7 +172,8 @@ def gradient_step(model, losses):
     return values
 
 
-def clip_gradients(grads, clip_norm, optimizer):
+def clip_gradients(grads: list[tf.Tensor | None], clip_norm: float,
+                   optimizer: keras.optimizers.Optimizer) -> list[tf.Tensor | None]:
     """`grads` (a list; None entries kept) scaled so that the global norm of the *whole batch's*
     gradient is at most `clip_norm`.
 
@@ -193,7 +198,7 @@ def clip_gradients(grads, clip_norm, optimizer):
     return out
 
 
-def check_clip_norm(clip_norm):
+def check_clip_norm(clip_norm: float | None) -> float | None:
     """A model's `clip_norm` argument: None (no clipping) or a positive float."""
     if clip_norm is None:
         return None
@@ -269,7 +274,7 @@ def resolve_jit_compile(model, jit_compile):
     return bool(jit_compile) and not model.run_eagerly
 
 
-def batch_means(values):
+def batch_means(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """name -> the mean over the *global* batch of each per-example tensor [n] in `values`.
 
     On one device, its mean. Replicated (tf.distribute), this replica's sum divided by the
@@ -314,7 +319,7 @@ class Model(keras.Model):
     # needs labels, and its sample grids hold a class per column (`sample_grid`).
     class_conditional = False
 
-    def __init__(self, seed=None, clip_norm=None, **kwargs):
+    def __init__(self, seed: int | None = None, clip_norm: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.seed = training_seed(seed)
         self.clip_norm = check_clip_norm(clip_norm)
@@ -324,32 +329,47 @@ class Model(keras.Model):
 
     # ---- what a subclass provides -------------------------------------------------------------
 
-    def parse_batch(self, data, check_values=True):
+    def parse_batch(self, data, check_values: bool = True) -> dict[str, tf.Tensor]:
+        """An element of training data (as `fit` gives it to `train_step`) as a dict of tensors,
+        shapes checked (a ValueError, or a graph assertion, naming the expected shape); values
+        too when `check_values`."""
         raise NotImplementedError
 
-    def batch_problem(self, batch):
+    def batch_problem(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """(problem, batch) for a batch parsed without value checks: `problem` is an int32
+        scalar, 0 when the values are fine, else 1 + an index into `input_problems`. Plain ops
+        (it runs inside XLA, which drops assertions; the step asserts on it outside)."""
         raise NotImplementedError
 
-    def batch_losses(self, batch, seed=None):
+    def batch_losses(self, batch: dict[str, tf.Tensor],
+                     seed: tf.Tensor | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """(loss, values): the scalar loss to minimise, made with `batch_means` (this replica's
+        share under tf.distribute), and the train metrics' per-example [B] (or scalar) values,
+        by name. `seed`: a stateless seed (int32 [2]) for the random draws, or None."""
         raise NotImplementedError
 
-    def test_terms(self, data):
+    def test_terms(self, data) -> dict[str, tf.Tensor]:
+        """The test metrics' per-example [B] values, by name, for an element of test data."""
         raise NotImplementedError
 
-    def train_metric_names(self):
+    def train_metric_names(self) -> list[str]:
+        """The metrics `train_step` reports (by default every metric the model made)."""
         return list(self._trackers)
 
-    def test_metric_names(self):
+    def test_metric_names(self) -> list[str]:
+        """The metrics `test_step` reports (by default every metric the model made)."""
         return list(self._trackers)
 
-    def sample_grid(self, rows, seed=None):
+    def sample_grid(self, rows: int, seed: tf.Tensor | None = None) -> tf.Tensor:
         """Images [rows * columns, x_dim] for a grid of `rows` rows (the binaries' samples.png
         and `bin/sample`); `seed`: a stateless seed (int32 [2]) or None."""
         raise NotImplementedError
 
     # ---- the training step --------------------------------------------------------------------
 
-    def compute_losses(self, data, seed=None):
+    def compute_losses(
+        self, data, seed: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """(loss, values) for an element of training data, as `fit` gives it to `train_step`
         (checked first): the scalar loss the step minimises and the train metrics' per-example
         values. `seed`: a stateless seed (int32 [2]) for the random draws, or None."""
@@ -376,7 +396,7 @@ class Model(keras.Model):
                        lambda values: self._record(values, names))
         return problem, {name: self._trackers[name].result() for name in names}
 
-    def train_step(self, data):
+    def train_step(self, data) -> dict[str, tf.Tensor]:
         """One gradient step on `batch_losses` of the element `data`.
 
         On one device the shapes are checked here, the values inside the (XLA-compiled) fused
@@ -396,7 +416,7 @@ class Model(keras.Model):
         values = gradient_step(self, lambda: self._step_losses(batch))
         return self._record(values, self.train_metric_names(), ctx)
 
-    def signature_train_step(self, data):
+    def signature_train_step(self, data) -> dict[str, tf.Tensor]:
         """The trainable SavedModel's `train_step` (see `training_functions`): one optimizer
         step on `data` (checked); returns the batch means of the train metrics, computed before
         the update, `optimizer_iterations` (after it) and `learning_rate`. Nothing goes into
@@ -404,7 +424,9 @@ class Model(keras.Model):
         batch = self.parse_batch(data, check_values=True)
         return training_outputs(self, gradient_step(self, lambda: self._step_losses(batch)))
 
-    def test_step(self, data):
+    def test_step(self, data) -> dict[str, tf.Tensor]:
+        """Keras' test step: adds the `test_terms` of `data` to the test metrics and returns their
+        means so far (pooled over all replicas under tf.distribute)."""
         return self._record(self.test_terms(data), self.test_metric_names(), replica_context())
 
     def _record(self, values, names, ctx=None):
@@ -427,7 +449,8 @@ class Model(keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
-    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
+    def compile(self, optimizer: str | keras.optimizers.Optimizer = "adam",
+                jit_compile: bool | str = "auto", **kwargs):
         """Keras' `compile`, except that `jit_compile` applies to the fused update only.
 
         XLA drops assertion ops, so under Keras' own `jit_compile` a bad batch (non-binary

@@ -26,7 +26,7 @@ class GMVAE(VAE):
 
     analytic_kl = False
 
-    def __init__(self, k=500, learn_mixture_weights=False, **kwargs):
+    def __init__(self, k: int = 500, learn_mixture_weights: bool = False, **kwargs):
         self.k, self.learn_mixture_weights = int(k), bool(learn_mixture_weights)
         super().__init__(**kwargs)
 

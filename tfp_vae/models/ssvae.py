@@ -32,8 +32,10 @@ distribution layers, `networks.mlp` and `objectives` instead.
 """
 
 import math
+from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -146,11 +148,16 @@ class SSVAE(Model):
     # cheaper); False tiles x and concatenates one-hots. Read when a step is traced.
     factorise_labels = True
 
-    def __init__(self, z_dim=64, hidden=(300, 300), classifier_hidden=(300, 300),
-                 activation="elu", classifier_activation="relu", num_classes=NUM_CLASSES,
-                 gen_weight=1.0, class_weight=100.0, min_variance=1e-8, init="torch", x_dim=None,
-                 labelled_bound=True, likelihood="bernoulli", seed=None, clip_norm=None,
-                 encoder=None, decoder=None, classifier=None, input_shape=None, **kwargs):
+    def __init__(self, z_dim: int = 64, hidden: Sequence[int] = (300, 300),
+                 classifier_hidden: Sequence[int] = (300, 300), activation: str = "elu",
+                 classifier_activation: str = "relu", num_classes: int = NUM_CLASSES,
+                 gen_weight: float = 1.0, class_weight: float = 100.0,
+                 min_variance: float = 1e-8, init: str = "torch", x_dim: int | None = None,
+                 labelled_bound: bool = True, likelihood: str = "bernoulli",
+                 seed: int | None = None, clip_norm: float | None = None,
+                 encoder: keras.Layer | None = None, decoder: keras.Layer | None = None,
+                 classifier: keras.Layer | None = None,
+                 input_shape: Sequence[int] | None = None, **kwargs):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
         if int(z_dim) < 1:
             raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
@@ -213,11 +220,11 @@ class SSVAE(Model):
 
     # ---- distributions ----------------------------------------------------------------------
 
-    def prior(self):
+    def prior(self) -> tfd.Distribution:
         """p(z): batch [], event [z_dim]."""
         return self.prior_layer()
 
-    def label_prior(self):
+    def label_prior(self) -> tfd.Distribution:
         """p(y): uniform Categorical over num_classes."""
         return tfd.Categorical(logits=tf.zeros([self.num_classes]))
 
@@ -263,24 +270,26 @@ class SSVAE(Model):
         float16 under a mixed-precision policy; every softmax, KL and loss is float32)."""
         return tf.cast(networks.apply(self.classifier, x, self.classifier_input_shape), tf.float32)
 
-    def class_logits(self, x):
+    def class_logits(self, x: tf.Tensor | np.ndarray) -> tf.Tensor:
         """Logits [B, K] of q(y|x); x may be grayscale in [0, 1] (checked)."""
         return self._classifier_logits(self._inputs(x, binary=False))
 
-    def label_distribution(self, x):
+    def label_distribution(self, x: tf.Tensor | np.ndarray) -> tfd.Distribution:
         """q(y|x) as a tfd.Categorical, batch [B]."""
         return self.label_posterior(self.class_logits(x))
 
-    def classify(self, x):
+    def classify(self, x: tf.Tensor | np.ndarray) -> tf.Tensor:
         """Class probabilities q(y|x), [B, K]; x may be grayscale in [0, 1]."""
         return tf.nn.softmax(self.class_logits(x), axis=-1)
 
-    def encode(self, x, y):
+    def encode(self, x: tf.Tensor | np.ndarray,
+               y: int | tf.Tensor | np.ndarray) -> tfd.Distribution:
         """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K]."""
         x = self._inputs(x, binary=False)
         return self._encode(x, labels_for(y, tf.shape(x)[0], self.num_classes))
 
-    def decode(self, z, y):
+    def decode(self, z: tf.Tensor | np.ndarray,
+               y: int | tf.Tensor | np.ndarray) -> tfd.Distribution:
         """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`."""
         z = tf.convert_to_tensor(z, tf.float32)
         if z.shape.rank != 2 or z.shape[-1] != self.z_dim:
@@ -297,7 +306,8 @@ class SSVAE(Model):
         rec = -self._decode(z, labels).log_prob(x)
         return rec, tfd.kl_divergence(q, self.prior())
 
-    def enumerated_terms(self, x, seed=None):
+    def enumerated_terms(self, x: tf.Tensor,
+                         seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """rec and kl_z for every label, in one batched pass: two [B, K] tensors.
 
         For x [B, x_dim] (binary, not checked), the networks run on K * B rows, class-major (row
@@ -319,21 +329,23 @@ class SSVAE(Model):
         kl_z = tf.reshape(tfd.kl_divergence(q, self.prior()), [k, -1])
         return tf.transpose(rec), tf.transpose(kl_z)
 
-    def unlabelled_terms(self, x, seed=None):
+    def unlabelled_terms(self, x: tf.Tensor, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """-U(x) and its parts for binary x [B, x_dim] (not checked): dict of [B] tensors
         `nelbo`, `rec`, `kl_z`, `kl_y` (see `unlabelled_bound_terms`) and `class_logits` [B, K]."""
         logits = self._classifier_logits(x)
         rec, kl_z = self.enumerated_terms(x, seed)
         return {**unlabelled_bound_terms(logits, rec, kl_z), "class_logits": logits}
 
-    def labelled_terms(self, x, labels, seed=None):
+    def labelled_terms(self, x: tf.Tensor, labels: tf.Tensor,
+                       seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """-L(x, y) (including log K) and its parts for binary x [B, x_dim] and int labels [B]
         (not checked): dict of [B] tensors `nelbo`, `rec`, `kl_z`."""
         rec, kl_z = self._class_terms(x, labels, seed)
         return {"nelbo": labelled_negative_elbo(rec, kl_z, self.num_classes), "rec": rec,
                 "kl_z": kl_z}
 
-    def bound_terms(self, x, labels=None, seed=None):
+    def bound_terms(self, x: tf.Tensor | np.ndarray, labels: tf.Tensor | None = None,
+                    seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """-U(x) (labels None) or -L(x, y) (int labels [B], not checked) with its parts, for
         inputs x that are checked first (binary images): dict of [B] tensors with `nelbo`,
         `rec`, `kl_z` (and `kl_y` for -U). The bound of every use (`elbo`, `test_step`,
@@ -343,11 +355,12 @@ class SSVAE(Model):
             return self.unlabelled_terms(x, seed)
         return self.labelled_terms(x, labels, seed)
 
-    def elbo(self, x, seed=None):
+    def elbo(self, x: tf.Tensor | np.ndarray, seed: tf.Tensor | None = None) -> tf.Tensor:
         """Per-example unlabelled ELBO U(x) <= log p(x) (nats) [B]; x must be binary."""
         return -self.bound_terms(x, seed=seed)["nelbo"]
 
-    def labelled_elbo(self, x, y, seed=None):
+    def labelled_elbo(self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray,
+                      seed: tf.Tensor | None = None) -> tf.Tensor:
         """Per-example labelled ELBO L(x, y) <= log p(x, y) (nats) [B]; x must be binary."""
         labels = labels_for(y, tf.shape(x)[0], self.num_classes)
         return -self.bound_terms(x, labels, seed)["nelbo"]
@@ -518,7 +531,8 @@ class SSVAE(Model):
 
     # ---- uses -------------------------------------------------------------------------------
 
-    def sample(self, n, y=None, seed=None):
+    def sample(self, n: int | tf.Tensor, y: int | tf.Tensor | np.ndarray | None = None,
+               seed: tf.Tensor | None = None) -> tf.Tensor:
         """Pixel probabilities [n, x_dim] of p(x|y,z), z ~ p(z), for digits of class y.
 
         y: one class for all (scalar), one per sample ([n], ints or one-hot), or None for the
@@ -531,18 +545,18 @@ class SSVAE(Model):
         z = self.prior().sample(n, seed=seed)
         return self._observed(self._decode(z, labels))
 
-    def sample_grid(self, rows, seed=None):
+    def sample_grid(self, rows: int, seed: tf.Tensor | None = None) -> tf.Tensor:
         """The style grid (`style_grid`): a row per z ~ p(z), a column per class."""
         return self.style_grid(rows, seed=seed)
 
-    def style_grid(self, rows, seed=None):
+    def style_grid(self, rows: int, seed: tf.Tensor | None = None) -> tf.Tensor:
         """[rows * K, x_dim] data-space means: row r decodes one z ~ p(z) with y = 0..K-1 (the
         style held, the class varied). `seed`: a stateless seed of the z draws."""
         k = self.num_classes
         z = self.prior().sample(rows, seed=seed)
         return self.generate(tf.repeat(z, k, axis=0), tf.tile(tf.range(k), [rows]))
 
-    def generate(self, z, y):
+    def generate(self, z: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray) -> tf.Tensor:
         """The data-space mean of p(x|y,z) at given latents: pixel probabilities [B, x_dim] (or
         feature means). z: [B, z_dim]; y as in `encode`."""
         return self._observed(self.decode(z, y))
@@ -552,7 +566,8 @@ class SSVAE(Model):
         stacked model maps its features to pixels."""
         return p.mean()
 
-    def reconstruct(self, x, y=None):
+    def reconstruct(self, x: tf.Tensor | np.ndarray,
+                    y: int | tf.Tensor | np.ndarray | None = None) -> tf.Tensor:
         """Pixel probabilities [B, x_dim] of p(x|y,z) at the mean of q(z|x,y); y defaults to
         the classifier's prediction argmax q(y|x). x may be grayscale."""
         x = self._inputs(x, binary=False)

@@ -30,6 +30,8 @@ mapped back to pixels (`_observed`), so training (`model.fit` on
 the SSVAE's, on pixels.
 """
 
+from collections.abc import Sequence
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -68,7 +70,8 @@ class M1M2(SSVAE):
 
     build_at_init = False
 
-    def __init__(self, m1, feature_indices=None, **kwargs):
+    def __init__(self, m1: LatentVariableModel | dict,
+                 feature_indices: Sequence[int] | None = None, **kwargs):
         if isinstance(m1, dict):
             m1 = keras.saving.deserialize_keras_object(m1)
         _check_m1(m1)
@@ -97,13 +100,15 @@ class M1M2(SSVAE):
     def _value_problem(self, x, binary=True):
         return image_problem(x, binary)
 
-    def features(self, x, sample=False, seed=None):
+    def features(self, x: tf.Tensor | np.ndarray, sample: bool = False,
+                 seed: tf.Tensor | None = None) -> tf.Tensor:
         """M1's latent z1 for images x [B, pixels] (checked, grayscale allowed): the mean of
         q(z1|x), or one draw when `sample`. [B, m1.z_dim]."""
         return self._inputs(x, binary=False, sample=sample, seed=seed)
 
     @staticmethod
-    def active_units(m1, images, threshold=0.1):
+    def active_units(m1: LatentVariableModel, images: tf.Tensor | np.ndarray,
+                     threshold: float = 0.1) -> list[int]:
         """The units of M1's z whose posterior mean varies across `images` (binary [N, pixels]):
         std over the images > threshold, as in the paper's code. A sorted list of ints."""
         _check_m1(m1)

@@ -2,6 +2,8 @@
 networks of the user's own: `encoder=`, `decoder=`; or another likelihood by name:
 `likelihood="continuous_bernoulli"` or `"gaussian"`)."""
 
+from collections.abc import Sequence
+
 import keras
 
 from tfp_vae import layers, networks
@@ -34,8 +36,10 @@ class VAE(LatentVariableModel):
 
     analytic_kl = True
 
-    def __init__(self, z_dim=10, hidden=(300, 300), activation="elu", min_variance=1e-8,
-                 init="torch", encoder=None, decoder=None, **kwargs):
+    def __init__(self, z_dim: int = 10, hidden: Sequence[int] = (300, 300),
+                 activation: str = "elu", min_variance: float = 1e-8, init: str = "torch",
+                 encoder: keras.Layer | None = None, decoder: keras.Layer | None = None,
+                 **kwargs):
         super().__init__(z_dim=z_dim, **kwargs)
         self.hidden, self.activation = tuple(int(h) for h in hidden), activation
         self.min_variance, self.init = float(min_variance), init
