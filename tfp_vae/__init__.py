@@ -50,8 +50,17 @@ _import_tensorflow()
 
 # After TensorFlow's quiet start-up. Importing the models registers every class with Keras; the
 # modules become attributes of the package (`tfp_vae.data`, ...).
-from tfp_vae import (checks, data, evaluation, export, layers, networks, objectives,
-                     pretrained, semisupervised)
+from tfp_vae import (
+    checks,
+    data,
+    evaluation,
+    export,
+    layers,
+    networks,
+    objectives,
+    pretrained,
+    semisupervised,
+)
 from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
 
 __all__ = [

@@ -46,7 +46,7 @@ def names():
     return [entry["name"] for entry in list()]
 
 
-def load(name, compile=True):
+def load(name, compile=True):  # noqa: A002  Keras' own argument name.
     """The shipped Keras model `name` (see `list`), compiled unless `compile` is False."""
     import keras
 

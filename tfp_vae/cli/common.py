@@ -96,7 +96,7 @@ def check_dataset_flag(value):
     return True
 
 
-def load_model(path, compile=True):
+def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
     """Loads a model from a .keras file, a training run's out_dir, or a SavedModel directory
     with its Keras model beside it (DIR.keras, as `bin/export` and savedmodels/ have it)."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
