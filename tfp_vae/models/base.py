@@ -291,7 +291,9 @@ class LatentVariableModel(Model):
         `decode(z)` returns the parameters of p(x|z): for the Bernoulli `probs` (its mean) and
         `logits`; for the continuous Bernoulli `mean` (not sigmoid(logits)) and `logits`; for
         the Gaussian `mean` and `scale` (the learned per-dimension standard deviation, broadcast
-        to [B, x_dim]). `sample(n)`'s `images` are means of p(x|z) for every likelihood.
+        to [B, x_dim]). `sample(n)`'s `images` are means of p(x|z) for every likelihood; with
+        `seed` (the loaded object's `sample(n=..., seed=...)`) the same seed gives the same
+        images.
         """
         x = tf.TensorSpec(None, tf.float32, name="x")
         z = tf.TensorSpec(None, tf.float32, name="z")
@@ -311,8 +313,9 @@ class LatentVariableModel(Model):
                 return {"mean": p.mean(), "logits": p.distribution.logits}
             return {"mean": p.mean(), "scale": p.stddev()}
 
-        def sample(n):
-            z = self.prior().sample(check_count(n))
+        def sample(n, seed=None):
+            seed = None if seed is None else check_seed(seed)
+            z = self.prior().sample(check_count(n), seed=seed)
             return {"images": self.decode(z).mean(), "z": z}
 
         def elbo(x, seed):
@@ -330,7 +333,10 @@ class LatentVariableModel(Model):
             return padded_batch(lambda x, seed: {"log_likelihood": self.iwae(x, m, seed=seed)},
                                 x, check_seed(seed))
 
-        return {"encode": (encode, [x]), "decode": (decode, [z]), "sample": (sample, [n]),
+        # `sample` has two input signatures: the SavedModel's signature takes n; the loaded
+        # object's function also takes a seed (`loaded.sample(n=..., seed=...)`, reproducible).
+        return {"encode": (encode, [x]), "decode": (decode, [z]),
+                "sample": (sample, [[n], [n, seed]]),
                 "elbo": (elbo, [x, seed]), "log_likelihood": (log_likelihood, [x, m, seed])}
 
     def training_functions(self):

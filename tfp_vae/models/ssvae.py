@@ -625,14 +625,15 @@ class SSVAE(Model):
                 return {"probs": p.mean(), "logits": p.distribution.logits}
             return {"mean": p.mean(), "variance": p.variance(), "observed": self._observed(p)}
 
-        def sample(n, y):
+        def sample(n, y, seed=None):
             # y: one label per sample, or a single label ([1]) for all n.
+            seed = None if seed is None else check_seed(seed)
             n = check_count(n)
             y = assert_that(y, (tf.size(y) == 1) | (tf.size(y) == n),
                             ["y must hold one label per sample (n = ", n,
                              (") or a single label for all of them; got "), tf.size(y),
                              " labels."])
-            return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])))}
+            return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])), seed=seed)}
 
         def elbo(x, seed):
             def bound(x, seed):
@@ -644,5 +645,5 @@ class SSVAE(Model):
             return padded_batch(bound, self._raw_inputs(x), check_seed(seed))
 
         return {"classify": (classify, [x]), "encode": (encode, [x, y]),
-                "decode": (decode, [z, y]), "sample": (sample, [n, y]),
+                "decode": (decode, [z, y]), "sample": (sample, [[n, y], [n, y, seed]]),
                 "elbo": (elbo, [x, seed])}
