@@ -25,12 +25,21 @@ from absl import app, flags
 from peak import matmul_peak_flops
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 300, "Timed steps per setting (a multiple of 25, the steps per "
-                     "execution).", lower_bound=25)
-flags.DEFINE_integer("repeats", 3, "Timed runs per setting; the fastest is reported (and the "
-                     "median).", lower_bound=1)
-flags.DEFINE_integer("xla_conv_steps", 50, "Timed steps of the conv VAE under XLA (one run; "
-                     "0 skips it).", lower_bound=0)
+flags.DEFINE_integer(
+    "steps",
+    300,
+    "Timed steps per setting (a multiple of 25, the steps per execution).",
+    lower_bound=25,
+)
+flags.DEFINE_integer(
+    "repeats", 3, "Timed runs per setting; the fastest is reported (and the median).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "xla_conv_steps",
+    50,
+    "Timed steps of the conv VAE under XLA (one run; 0 skips it).",
+    lower_bound=0,
+)
 for _name in ("steps", "xla_conv_steps"):
     flags.register_validator(_name, lambda v: v % 25 == 0, f"--{_name} must be a multiple of 25.")
 flags.DEFINE_string("output_json", None, "Where to write the results.")
@@ -68,8 +77,12 @@ def build(arch):
 
     keras.utils.set_random_seed(0)
     if arch == "conv":
-        model = VAE(z_dim=10, input_shape=IMAGE, encoder=networks.conv_encoder(IMAGE, 20),
-                    decoder=networks.conv_decoder(10, IMAGE))
+        model = VAE(
+            z_dim=10,
+            input_shape=IMAGE,
+            encoder=networks.conv_encoder(IMAGE, 20),
+            decoder=networks.conv_decoder(10, IMAGE),
+        )
     else:
         model = VAE(z_dim=10)
     return model, 6.0 * (macs(model.encoder) + macs(model.decoder)) * BATCH
@@ -90,11 +103,16 @@ def time_setting(arch, jit, steps, repeats, x_train):
         model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
         times.append(time.perf_counter() - start)
     # The fastest run measures the code; on 2 shared cores the median shows the spread.
-    return {"steps": steps, "repeats": repeats, "seconds": times,
-            "steps_per_s": steps / min(times),
-            "median_steps_per_s": steps / statistics.median(times),
-            "ms_per_step": 1000 * min(times) / steps, "flops_per_step": flops,
-            "flops_per_s": steps * flops / min(times)}
+    return {
+        "steps": steps,
+        "repeats": repeats,
+        "seconds": times,
+        "steps_per_s": steps / min(times),
+        "median_steps_per_s": steps / statistics.median(times),
+        "ms_per_step": 1000 * min(times) / steps,
+        "flops_per_step": flops,
+        "flops_per_s": steps * flops / min(times),
+    }
 
 
 def main(argv):
@@ -109,11 +127,18 @@ def main(argv):
     except data.DataError:
         x_train = np.random.default_rng(0).integers(0, 256, (60000, 28, 28), np.uint8)
     peak = matmul_peak_flops()
-    results = {"matmul_peak_gflops": peak / 1e9, "batch": BATCH, "steps_per_execution": SPE,
-               "cpu_count": os.cpu_count(), "settings": {}}
-    settings = [("mlp", True, FLAGS.steps, FLAGS.repeats),
-                ("mlp", False, FLAGS.steps, FLAGS.repeats),
-                ("conv", False, FLAGS.steps, FLAGS.repeats)]
+    results = {
+        "matmul_peak_gflops": peak / 1e9,
+        "batch": BATCH,
+        "steps_per_execution": SPE,
+        "cpu_count": os.cpu_count(),
+        "settings": {},
+    }
+    settings = [
+        ("mlp", True, FLAGS.steps, FLAGS.repeats),
+        ("mlp", False, FLAGS.steps, FLAGS.repeats),
+        ("conv", False, FLAGS.steps, FLAGS.repeats),
+    ]
     if FLAGS.xla_conv_steps:
         settings.append(("conv", True, FLAGS.xla_conv_steps, 1))
     for arch, jit, steps, repeats in settings:
@@ -128,16 +153,38 @@ def main(argv):
     rate = {key: r["steps_per_s"] for key, r in s.items()}
     results["conv_over_mlp_cli_defaults"] = rate["conv, graph"] / rate["mlp, xla"]
     results["conv_over_mlp_graph"] = rate["conv, graph"] / rate["mlp, graph"]
-    rows = [[key, round(r["steps_per_s"], 1), round(r["median_steps_per_s"], 1),
-             round(r["ms_per_step"], 2), round(r["flops_per_step"] / 1e9, 3),
-             round(r["flops_per_s"] / 1e9, 1), f"{100 * r['fraction_of_peak']:.1f}%"]
-            for key, r in s.items()]
+    rows = [
+        [
+            key,
+            round(r["steps_per_s"], 1),
+            round(r["median_steps_per_s"], 1),
+            round(r["ms_per_step"], 2),
+            round(r["flops_per_step"] / 1e9, 3),
+            round(r["flops_per_s"] / 1e9, 1),
+            f"{100 * r['fraction_of_peak']:.1f}%",
+        ]
+        for key, r in s.items()
+    ]
     print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({os.cpu_count()} CPUs)")
-    print(common.format_table(rows, ["VAE setting", "steps/s", "median", "ms/step (fastest)",
-                                     "GFLOP/step", "GFLOP/s", "of peak"]))
-    print(f"conv / mlp steps/s, bin/train's defaults (conv graph, mlp xla): "
-          f"{results['conv_over_mlp_cli_defaults']:.3f}; both graph: "
-          f"{results['conv_over_mlp_graph']:.3f}")
+    print(
+        common.format_table(
+            rows,
+            [
+                "VAE setting",
+                "steps/s",
+                "median",
+                "ms/step (fastest)",
+                "GFLOP/step",
+                "GFLOP/s",
+                "of peak",
+            ],
+        )
+    )
+    print(
+        f"conv / mlp steps/s, bin/train's defaults (conv graph, mlp xla): "
+        f"{results['conv_over_mlp_cli_defaults']:.3f}; both graph: "
+        f"{results['conv_over_mlp_graph']:.3f}"
+    )
     print(json.dumps(results))
     if FLAGS.output_json:
         common.write_json(FLAGS.output_json, results)

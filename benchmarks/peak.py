@@ -16,10 +16,13 @@ def matmul_peak_flops(n=2048, repeats=10):
         start = time.perf_counter()
         mm(a, b).numpy()
         best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best
+    return 2.0 * n**3 / best
 
 
 def dense_macs(network):
     """Multiply-adds of one row through a Sequential of Dense layers."""
-    return sum(int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
-               for layer in network.layers if hasattr(layer, "kernel"))
+    return sum(
+        int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+        for layer in network.layers
+        if hasattr(layer, "kernel")
+    )

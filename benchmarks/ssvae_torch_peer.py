@@ -20,8 +20,12 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("label_seed", 0, "Seed that picks the labelled set (as bin/train).")
-flags.DEFINE_string("labelled_indices", None, "A chosen labelled set instead (a file of "
-                    "training-set indices, as bin/train --labelled_indices).")
+flags.DEFINE_string(
+    "labelled_indices",
+    None,
+    "A chosen labelled set instead (a file of "
+    "training-set indices, as bin/train --labelled_indices).",
+)
 flags.DEFINE_integer("seed", 0, "Torch seed (initialisation, batches, binarisation).")
 flags.DEFINE_integer("steps", 10000, "Training steps.", lower_bound=1)
 flags.DEFINE_integer("eval_every", 1000, "Steps between test-accuracy prints.", lower_bound=1)
@@ -41,7 +45,8 @@ def main(argv):
     mnist = data.load(download=False)
     if FLAGS.labelled_indices:
         labelled, unlabelled = semisupervised.split_by_indices(
-            mnist.y_train, semisupervised.read_indices(FLAGS.labelled_indices))
+            mnist.y_train, semisupervised.read_indices(FLAGS.labelled_indices)
+        )
     else:
         labelled, unlabelled = semisupervised.split_labelled(mnist.y_train, 10, FLAGS.label_seed)
     images = torch.from_numpy(data.flatten(mnist.x_train))
@@ -62,12 +67,20 @@ def main(argv):
         loss = step()
         if step_number % FLAGS.eval_every == 0:
             curve.append((step_number, accuracy()))
-            print(f"step {step_number}: loss {loss.item():.2f}, test accuracy {curve[-1][1]:.4f}",
-                  flush=True)
-    result = {"label_seed": FLAGS.label_seed, "labelled_indices": FLAGS.labelled_indices,
-              "seed": FLAGS.seed, "steps": FLAGS.steps,
-              "accuracy": accuracy(), "curve": curve, "seconds": round(time.time() - start, 1),
-              "torch_version": torch.__version__}
+            print(
+                f"step {step_number}: loss {loss.item():.2f}, test accuracy {curve[-1][1]:.4f}",
+                flush=True,
+            )
+    result = {
+        "label_seed": FLAGS.label_seed,
+        "labelled_indices": FLAGS.labelled_indices,
+        "seed": FLAGS.seed,
+        "steps": FLAGS.steps,
+        "accuracy": accuracy(),
+        "curve": curve,
+        "seconds": round(time.time() - start, 1),
+        "torch_version": torch.__version__,
+    }
     print(json.dumps(result))
     if FLAGS.output_json:
         with open(FLAGS.output_json, "w") as f:

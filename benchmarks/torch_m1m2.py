@@ -30,13 +30,18 @@ from absl import app, flags
 from torch_m2 import mlp  # benchmarks/torch_m2.py
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Folder with the four MNIST IDX files (.gz or not).",
-                    required=True)
+flags.DEFINE_string(
+    "data_dir", None, "Folder with the four MNIST IDX files (.gz or not).", required=True
+)
 flags.DEFINE_list("seeds", ["0"], "Label seeds (each also seeds its M2's init and batches).")
 flags.DEFINE_integer("m1_steps", 50000, "M1 steps.")
 flags.DEFINE_integer("m1_batch", 1000, "M1 batch size.")
-flags.DEFINE_float("m1_learning_rate", 1e-3, "M1's Adam learning rate (the recipe's; at batch "
-                   "4850 the square-root rule's 7.1e-3 collapsed M1 on an H200).")
+flags.DEFINE_float(
+    "m1_learning_rate",
+    1e-3,
+    "M1's Adam learning rate (the recipe's; at batch "
+    "4850 the square-root rule's 7.1e-3 collapsed M1 on an H200).",
+)
 flags.DEFINE_integer("m2_steps", 30000, "M2 steps per seed.")
 flags.DEFINE_integer("batch", 4850, "Unlabelled (and M1) batch size.")
 flags.DEFINE_integer("labelled_batch", 1000, "Labelled examples drawn per step.")
@@ -56,7 +61,7 @@ def read_idx(directory, stem):
     else:
         raise FileNotFoundError(f"{stem}(.gz) not in {directory}")
     magic = int.from_bytes(raw[:4], "big")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(magic % 256)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(magic % 256)]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
 
 
@@ -80,7 +85,7 @@ def log_normal(x, mean, var):
 
 
 def kl_standard(mean, var):
-    return 0.5 * (var + mean ** 2 - 1 - var.log()).sum(-1)
+    return 0.5 * (var + mean**2 - 1 - var.log()).sum(-1)
 
 
 def main(argv):
@@ -105,19 +110,31 @@ def main(argv):
     gray = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).to(device)  # noqa: E731
     train, test = gray(x_train), gray(x_test)
     static_rng = np.random.default_rng(0)
-    test_bin = torch.from_numpy((static_rng.random(x_test.shape, dtype=np.float32)
-                                 < x_test.astype(np.float32) / 255.0).astype(np.float32)).to(device)
+    test_bin = torch.from_numpy(
+        (
+            static_rng.random(x_test.shape, dtype=np.float32) < x_test.astype(np.float32) / 255.0
+        ).astype(np.float32)
+    ).to(device)
     y_test = y_test.to(device)
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-               "torch": torch.__version__, "batch": batch, "labelled_batch": labelled_batch,
-               "learning_rate": lr, "m1_batch": m1_batch,
-               "m1_learning_rate": FLAGS.m1_learning_rate, "m1_steps": m1_steps,
-               "m2_steps": m2_steps, "runs": {}}
+    results = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "batch": batch,
+        "labelled_batch": labelled_batch,
+        "learning_rate": lr,
+        "m1_batch": m1_batch,
+        "m1_learning_rate": FLAGS.m1_learning_rate,
+        "m1_steps": m1_steps,
+        "m2_steps": m2_steps,
+        "runs": {},
+    }
 
     # ---- M1 ---------------------------------------------------------------------------------
     torch.manual_seed(0)
-    enc1, dec1 = mlp([784, 600, 600, 2 * Z1], nn.ELU).to(device), mlp([Z1, 600, 600, 784],
-                                                                       nn.ELU).to(device)
+    enc1, dec1 = (
+        mlp([784, 600, 600, 2 * Z1], nn.ELU).to(device),
+        mlp([Z1, 600, 600, 784], nn.ELU).to(device),
+    )
     opt = torch.optim.Adam([*enc1.parameters(), *dec1.parameters()], lr=FLAGS.m1_learning_rate)
     start = time.time()
     for _ in range(m1_steps):
@@ -136,17 +153,25 @@ def main(argv):
     for p in [*enc1.parameters(), *dec1.parameters()]:
         p.requires_grad_(False)
     with torch.no_grad():
-        probe = torch.from_numpy((np.random.default_rng(0).random((1000, 784), dtype=np.float32)
-                                  < x_train[:1000].astype(np.float32) / 255.0)
-                                 .astype(np.float32)).to(device)
+        probe = torch.from_numpy(
+            (
+                np.random.default_rng(0).random((1000, 784), dtype=np.float32)
+                < x_train[:1000].astype(np.float32) / 255.0
+            ).astype(np.float32)
+        ).to(device)
         units = torch.nonzero(gaussian(enc1(probe))[0].std(0, unbiased=False) > 0.1).flatten()
     results["active_units"] = units.tolist()
     d = len(units)
     if d == 0:
-        raise SystemExit("M1 has no active unit (its posterior ignores x): lower "
-                         "--m1_learning_rate or train it longer.")
-    print(f"M1: {m1_steps} steps in {results['m1_seconds']} s, last train NELBO {loss.item():.2f}, "
-          f"{d} active units", flush=True)
+        raise SystemExit(
+            "M1 has no active unit (its posterior ignores x): lower "
+            "--m1_learning_rate or train it longer."
+        )
+    print(
+        f"M1: {m1_steps} steps in {results['m1_seconds']} s, last train NELBO {loss.item():.2f}, "
+        f"{d} active units",
+        flush=True,
+    )
 
     def features(x, sample):
         mean, var = gaussian(enc1(x))
@@ -162,8 +187,9 @@ def main(argv):
         classifier = mlp([d, 300, 300, K], nn.ReLU).to(device)
         encoder = mlp([d + K, 300, 300, 2 * Z2], nn.ELU).to(device)
         decoder = mlp([Z2 + K, 300, 300, 2 * d], nn.ELU).to(device)
-        opt = torch.optim.Adam([*classifier.parameters(), *encoder.parameters(),
-                                *decoder.parameters()], lr=lr)
+        opt = torch.optim.Adam(
+            [*classifier.parameters(), *encoder.parameters(), *decoder.parameters()], lr=lr
+        )
         eye = torch.eye(K, device=device)
 
         # class_terms and accuracy are called only within this iteration (B023 is a false alarm).
@@ -180,8 +206,9 @@ def main(argv):
         curve, start = [], time.time()
         for step in range(1, m2_steps + 1):
             with torch.no_grad():
-                f_u = features(torch.bernoulli(
-                    x_u[torch.randint(0, len(x_u), (batch,), device=device)]), True)
+                f_u = features(
+                    torch.bernoulli(x_u[torch.randint(0, len(x_u), (batch,), device=device)]), True
+                )
                 pick = torch.randint(0, len(x_l), (labelled_batch,), device=device)
                 f_l, y = features(torch.bernoulli(x_l[pick]), True), y_l[pick]
             b = f_u.shape[0]
@@ -195,13 +222,23 @@ def main(argv):
             opt.step()
             if step % eval_every == 0 or step == m2_steps:
                 curve.append((step, accuracy(test)))
-                print(f"seed {seed} step {step}: loss {float(loss):.2f}, test accuracy "
-                      f"{curve[-1][1]:.4f} ({time.time() - start:.0f} s)", flush=True)
-        run = {"accuracy": accuracy(test), "accuracy_binarized": accuracy(test_bin),
-               "curve": curve, "seconds": round(time.time() - start, 1)}
+                print(
+                    f"seed {seed} step {step}: loss {float(loss):.2f}, test accuracy "
+                    f"{curve[-1][1]:.4f} ({time.time() - start:.0f} s)",
+                    flush=True,
+                )
+        run = {
+            "accuracy": accuracy(test),
+            "accuracy_binarized": accuracy(test_bin),
+            "curve": curve,
+            "seconds": round(time.time() - start, 1),
+        }
         results["runs"][str(seed)] = run
-        print(f"seed {seed}: {100 * run['accuracy']:.2f}% ({100 * run['accuracy_binarized']:.2f}% "
-              f"binarised) in {run['seconds']} s", flush=True)
+        print(
+            f"seed {seed}: {100 * run['accuracy']:.2f}% ({100 * run['accuracy_binarized']:.2f}% "
+            f"binarised) in {run['seconds']} s",
+            flush=True,
+        )
     accs = [r["accuracy"] for r in results["runs"].values()]
     if len(accs) > 1:
         print(f"mean {100 * np.mean(accs):.2f}% +/- {100 * np.std(accs, ddof=1):.2f}")

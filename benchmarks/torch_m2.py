@@ -39,15 +39,15 @@ def build_peer(x_u, x_l, y_l, batch=BATCH, return_classifier=False):
         log_q = F.log_softmax(logits, dim=1)
         q = log_q.exp()
         b = x.shape[0]
-        xs = x.repeat(K, 1)                                   # class-major [K * B, 784]
+        xs = x.repeat(K, 1)  # class-major [K * B, 784]
         ys = eye.repeat_interleave(b, dim=0)
         h = encoder(torch.cat([xs, ys], 1))
         mean, var = h[:, :Z], F.softplus(h[:, Z:]) + 1e-8
         z = mean + var.sqrt() * torch.randn_like(mean)
         x_logits = decoder(torch.cat([z, ys], 1))
         rec = F.binary_cross_entropy_with_logits(x_logits, xs, reduction="none").sum(1)
-        kl_z = 0.5 * (var + mean ** 2 - 1 - var.log()).sum(1)
-        per_class = (rec + kl_z).view(K, b).t()                 # [B, K]
+        kl_z = 0.5 * (var + mean**2 - 1 - var.log()).sum(1)
+        per_class = (rec + kl_z).view(K, b).t()  # [B, K]
         kl_y = (q * (log_q + math.log(K))).sum(1)
         return ((q * per_class).sum(1) + kl_y).mean()
 

@@ -27,15 +27,30 @@ from absl import app, flags
 from peak import dense_macs, matmul_peak_flops  # benchmarks/peak.py
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 300, "Timed steps per configuration (a multiple of 25, the "
-                     "steps per execution).", lower_bound=25)
-flags.DEFINE_integer("repeats", 5, "Timed runs per configuration; the fastest is reported "
-                     "(and the median).", lower_bound=1)
+flags.DEFINE_integer(
+    "steps",
+    300,
+    "Timed steps per configuration (a multiple of 25, the steps per execution).",
+    lower_bound=25,
+)
+flags.DEFINE_integer(
+    "repeats",
+    5,
+    "Timed runs per configuration; the fastest is reported (and the median).",
+    lower_bound=1,
+)
 flags.register_validator("steps", lambda v: v % 25 == 0, "--steps must be a multiple of 25.")
-flags.DEFINE_list("models", ["vae", "gmvae", "iwae10", "ssvae", "ssvae_tiled"],
-                  "Recipes to time (ssvae_tiled: the SSVAE's label enumeration by tiling).")
-flags.DEFINE_bool("xla", True, "Also time each recipe with jit_compile=True (the XLA-compiled "
-                  "fused update, the pixel and label checks outside it).")
+flags.DEFINE_list(
+    "models",
+    ["vae", "gmvae", "iwae10", "ssvae", "ssvae_tiled"],
+    "Recipes to time (ssvae_tiled: the SSVAE's label enumeration by tiling).",
+)
+flags.DEFINE_bool(
+    "xla",
+    True,
+    "Also time each recipe with jit_compile=True (the XLA-compiled "
+    "fused update, the pixel and label checks outside it).",
+)
 flags.DEFINE_bool("torch", True, "Time the PyTorch VAE peer if torch is importable.")
 flags.DEFINE_string("output_json", None, "Where to write the results.")
 
@@ -67,8 +82,9 @@ def recipe(name):
         rows_gen = 10 * BATCH + labelled  # Every label enumerated for the unlabelled batch.
         # FLOPs of the tiled pass for both, so GFLOP/s compares the same work (the factorised
         # pass skips 9 of the 10 first-layer products of the unlabelled encoder's input).
-        macs = (dense_macs(model.encoder) + dense_macs(model.decoder)) * rows_gen \
-            + dense_macs(model.classifier) * (BATCH + labelled)
+        macs = (dense_macs(model.encoder) + dense_macs(model.decoder)) * rows_gen + dense_macs(
+            model.classifier
+        ) * (BATCH + labelled)
         examples = BATCH + labelled
     else:
         kwargs = {"gmvae": {"k": 500}, "iwae10": {"objective": "iwae", "iw": 10}}.get(name, {})
@@ -86,8 +102,9 @@ def time_keras(name, jit, steps_per_execution, steps):
     import keras
 
     model, ds, flops, examples = recipe(name)
-    model.compile(keras.optimizers.Adam(1e-3), jit_compile=jit,
-                  steps_per_execution=steps_per_execution)
+    model.compile(
+        keras.optimizers.Adam(1e-3), jit_compile=jit, steps_per_execution=steps_per_execution
+    )
     # Trace and compile outside the clock.
     model.fit(ds, steps_per_epoch=2 * steps_per_execution, epochs=1, verbose=0)
     times = []
@@ -107,9 +124,12 @@ def rates(times, steps, examples, flops):
     import statistics
 
     seconds = min(times)
-    return {"steps_per_s": steps / seconds, "examples_per_s": steps * examples / seconds,
-            "flops_per_s": steps * flops / seconds,
-            "median_steps_per_s": steps / statistics.median(times)}
+    return {
+        "steps_per_s": steps / seconds,
+        "examples_per_s": steps * examples / seconds,
+        "flops_per_s": steps * flops / seconds,
+        "median_steps_per_s": steps / statistics.median(times),
+    }
 
 
 # (label, jit_compile, steps_per_execution). The first is the binaries' default for the VAE
@@ -147,7 +167,7 @@ def time_torch_vae(steps):
         z = mean + var.sqrt() * torch.randn_like(mean)
         logits = dec(z)
         rec = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
-        kl = 0.5 * (var + mean ** 2 - 1 - var.log()).sum(-1)
+        kl = 0.5 * (var + mean**2 - 1 - var.log()).sum(-1)
         loss = (rec + kl).mean()
         opt.zero_grad()
         loss.backward()
@@ -191,8 +211,10 @@ def time_torch_m2(steps):
         times.append(time.perf_counter() - start)
     # The peer's work: classifier on B + L rows, encoder and decoder on K * B rows.
     mlp = lambda sizes: sum(a * b for a, b in itertools.pairwise(sizes))  # noqa: E731
-    macs = (mlp([784, 300, 300, 10]) * (BATCH + 100)
-            + (mlp([794, 300, 300, 128]) + mlp([74, 300, 300, 784])) * 10 * BATCH)
+    macs = (
+        mlp([784, 300, 300, 10]) * (BATCH + 100)
+        + (mlp([794, 300, 300, 128]) + mlp([74, 300, 300, 784])) * 10 * BATCH
+    )
     return dict(rates(times, steps, BATCH + 100, 6.0 * macs), torch_version=torch.__version__)
 
 
@@ -201,8 +223,13 @@ def main(argv):
     from tfp_vae.cli import common
 
     peak = matmul_peak_flops()
-    results = {"matmul_peak_gflops": peak / 1e9, "batch": BATCH, "steps": FLAGS.steps,
-               "cpu_count": os.cpu_count(), "recipes": {}}
+    results = {
+        "matmul_peak_gflops": peak / 1e9,
+        "batch": BATCH,
+        "steps": FLAGS.steps,
+        "cpu_count": os.cpu_count(),
+        "recipes": {},
+    }
     for name in FLAGS.models:
         for label, jit, spe in CONFIGS:
             if jit and not FLAGS.xla:
@@ -230,8 +257,10 @@ def main(argv):
                 results["recipes"]["ssvae (pytorch M2 peer)"] = r
             except ImportError:
                 pass
-    peers = {"vae": results["recipes"].get("vae (pytorch peer)"),
-             "ssvae": results["recipes"].get("ssvae (pytorch M2 peer)")}
+    peers = {
+        "vae": results["recipes"].get("vae (pytorch peer)"),
+        "ssvae": results["recipes"].get("ssvae (pytorch M2 peer)"),
+    }
     rows = []
     for key, r in results["recipes"].items():
         if "error" in r:
@@ -241,13 +270,32 @@ def main(argv):
         peer = peers["ssvae" if key.startswith("ssvae") else "vae"]
         if peer:
             r["ratio_to_pytorch_peer"] = r["steps_per_s"] / peer["steps_per_s"]
-        rows.append([key, round(r["steps_per_s"], 1), round(r["median_steps_per_s"], 1),
-                     round(r["examples_per_s"]),
-                     round(r["flops_per_s"] / 1e9, 1), f"{100 * r['fraction_of_peak']:.1f}%",
-                     f"{r['ratio_to_pytorch_peer']:.2f}x" if peer else "-"])
+        rows.append(
+            [
+                key,
+                round(r["steps_per_s"], 1),
+                round(r["median_steps_per_s"], 1),
+                round(r["examples_per_s"]),
+                round(r["flops_per_s"] / 1e9, 1),
+                f"{100 * r['fraction_of_peak']:.1f}%",
+                f"{r['ratio_to_pytorch_peer']:.2f}x" if peer else "-",
+            ]
+        )
     print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({os.cpu_count()} CPUs)")
-    print(common.format_table(rows, ["recipe", "steps/s", "median", "examples/s", "GFLOP/s",
-                                     "of peak", "vs its PyTorch peer"]))
+    print(
+        common.format_table(
+            rows,
+            [
+                "recipe",
+                "steps/s",
+                "median",
+                "examples/s",
+                "GFLOP/s",
+                "of peak",
+                "vs its PyTorch peer",
+            ],
+        )
+    )
     print(json.dumps(results))
     if FLAGS.output_json:
         common.write_json(FLAGS.output_json, results)

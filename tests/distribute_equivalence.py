@@ -53,8 +53,9 @@ def one_step(make_model, element, strategy):
         model = make_model()
         model.compile(keras.optimizers.SGD(LEARNING_RATE), jit_compile=False)
     before = [np.array(w) for w in model.get_weights()]
-    history = model.fit(tf.data.Dataset.from_tensors(element).repeat(), epochs=1,
-                        steps_per_epoch=1, verbose=0)
+    history = model.fit(
+        tf.data.Dataset.from_tensors(element).repeat(), epochs=1, steps_per_epoch=1, verbose=0
+    )
     after = [np.array(w) for w in model.get_weights()]
     return before, after, {k: float(v[-1]) for k, v in history.history.items()}
 
@@ -68,10 +69,14 @@ def compare(make_model, element, mirrored, smaller_element=None):
     before, single, logs = one_step(make_model, element, tf.distribute.get_strategy())
     before_m, replicated, logs_m = one_step(make_model, element, mirrored)
     scale = max(float(np.max(np.abs(a - b))) for a, b in zip(single, before, strict=True))
-    out = {"same_init": _max_diff(before, before_m), "update_scale": scale,
-           # How far the replicated update is from the single-device one, relative to its size.
-           "max_rel_diff": _max_diff(single, replicated) / scale,
-           "logs": logs, "logs_mirrored": logs_m}
+    out = {
+        "same_init": _max_diff(before, before_m),
+        "update_scale": scale,
+        # How far the replicated update is from the single-device one, relative to its size.
+        "max_rel_diff": _max_diff(single, replicated) / scale,
+        "logs": logs,
+        "logs_mirrored": logs_m,
+    }
     if smaller_element is not None:
         # The same for one example fewer in the batch: what the comparison must be able to see
         # (weighting the replicas' examples 1/98 and 1/96 instead of 1/97 is a change of this
@@ -87,9 +92,18 @@ def main():
     rng = np.random.default_rng(0)
     x = _binary(rng, 97)  # 97 = 49 + 48 over the two replicas: an uneven split.
     x_l, y_l = _binary(rng, 25), (np.arange(25) % 10).astype(np.int32)  # 13 + 12.
-    split = [t.shape[0] for t in mirrored.experimental_local_results(
-        next(iter(mirrored.experimental_distribute_dataset(
-            tf.data.Dataset.from_tensors((x, (x_l, y_l))).repeat())))[1][0])]
+    split = [
+        t.shape[0]
+        for t in mirrored.experimental_local_results(
+            next(
+                iter(
+                    mirrored.experimental_distribute_dataset(
+                        tf.data.Dataset.from_tensors((x, (x_l, y_l))).repeat()
+                    )
+                )
+            )[1][0]
+        )
+    ]
     small = dict(hidden=(32, 32), z_dim=4)
     results = {"labelled_split": split}
     results["vae"] = compare(lambda: VAE(**small), x, mirrored, x[:-1])
@@ -98,11 +112,18 @@ def main():
     # Clipping bounds the norm of the whole batch's gradient, not of each replica's share.
     results["vae_clipped"] = compare(lambda: VAE(clip_norm=0.5, **small), x, mirrored)
     results["ssvae_clipped"] = compare(
-        lambda: SSVAE(z_dim=4, hidden=(32,), classifier_hidden=(32,), class_weight=10.0,
-                      clip_norm=0.5), (x, (x_l, y_l)), mirrored)
+        lambda: SSVAE(
+            z_dim=4, hidden=(32,), classifier_hidden=(32,), class_weight=10.0, clip_norm=0.5
+        ),
+        (x, (x_l, y_l)),
+        mirrored,
+    )
     results["ssvae"] = compare(
         lambda: SSVAE(z_dim=4, hidden=(32,), classifier_hidden=(32,), class_weight=10.0),
-        (x, (x_l, y_l)), mirrored, (x[:-1], (x_l, y_l)))
+        (x, (x_l, y_l)),
+        mirrored,
+        (x[:-1], (x_l, y_l)),
+    )
     print("RESULT " + json.dumps(results))
     return 0
 

@@ -15,8 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(binary, *args, env_extra=None, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", binary), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", binary), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +29,30 @@ def trained_run(tmp_path_factory):
     if not os.environ.get(data.ENV_VAR):
         pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
     out = tmp_path_factory.mktemp("run")
-    result = _run("train", "--model=gmvae", "--k=5", "--steps=60", "--steps_per_epoch=30",
-                  "--validation_examples=100", "--verbose=0", f"--out_dir={out}")
+    result = _run(
+        "train",
+        "--model=gmvae",
+        "--k=5",
+        "--steps=60",
+        "--steps_per_epoch=30",
+        "--validation_examples=100",
+        "--verbose=0",
+        f"--out_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
 
 def test_train_writes_everything(trained_run):
     out, result = trained_run
-    for name in ("model.keras", "metrics.json", "samples.png", "reconstructions.png",
-                 "checkpoints/step-000000060/state.json",
-                 "checkpoints/step-000000060/weights.weights.h5"):
+    for name in (
+        "model.keras",
+        "metrics.json",
+        "samples.png",
+        "reconstructions.png",
+        "checkpoints/step-000000060/state.json",
+        "checkpoints/step-000000060/weights.weights.h5",
+    ):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_examples"] == 10000 and metrics["steps"] == 60
@@ -48,8 +66,17 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
     out, _ = trained_run
     refused = _run("train", "--model=gmvae", "--k=5", "--steps=60", f"--out_dir={out}")
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    resumed = _run("train", "--model=gmvae", "--k=5", "--steps=90", "--steps_per_epoch=30",
-                   "--validation_examples=0", "--verbose=0", "--resume", f"--out_dir={out}")
+    resumed = _run(
+        "train",
+        "--model=gmvae",
+        "--k=5",
+        "--steps=90",
+        "--steps_per_epoch=30",
+        "--validation_examples=0",
+        "--verbose=0",
+        "--resume",
+        f"--out_dir={out}",
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 90
 
@@ -57,8 +84,9 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
 def test_evaluate_and_export(trained_run, tmp_path):
     out, _ = trained_run
     report = tmp_path / "eval.json"
-    result = _run("evaluate", f"--model_path={out}", "--iw=1,20", "--examples=200",
-                  f"--output_json={report}")
+    result = _run(
+        "evaluate", f"--model_path={out}", "--iw=1,20", "--examples=200", f"--output_json={report}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     values = json.loads(report.read_text())
     assert values["test_examples"] == 200 and "niwae_20" in result.stdout
@@ -75,38 +103,57 @@ def test_help_explains_every_flag(binary):
     result = _run(binary, "--help")
     assert "Traceback" not in result.stderr  # absl's --help exits with status 1 by design.
     text = result.stdout
-    module = {"sample": ["--model_path", "--output", "--rows", "--y", "--seed"],
-              "train": ["--model", "--z_dim", "--beta", "--steps", "--batch_size",
-                        "--learning_rate", "--dataset", "--data_dir", "--out_dir", "--seed",
-                        "--resume", "--objective", "--iw", "--k", "--clip_norm"],
-              "evaluate": ["--model_path", "--iw", "--output_json", "--data_dir"],
-              "export": ["--model_path", "--export_dir", "--overwrite"],
-              "plot": ["--model_path", "--kind", "--output", "--dataset", "--examples"]}[binary]
+    module = {
+        "sample": ["--model_path", "--output", "--rows", "--y", "--seed"],
+        "train": [
+            "--model",
+            "--z_dim",
+            "--beta",
+            "--steps",
+            "--batch_size",
+            "--learning_rate",
+            "--dataset",
+            "--data_dir",
+            "--out_dir",
+            "--seed",
+            "--resume",
+            "--objective",
+            "--iw",
+            "--k",
+            "--clip_norm",
+        ],
+        "evaluate": ["--model_path", "--iw", "--output_json", "--data_dir"],
+        "export": ["--model_path", "--export_dir", "--overwrite"],
+        "plot": ["--model_path", "--kind", "--output", "--dataset", "--examples"],
+    }[binary]
     for flag in module:
         assert re.search(r"--(\[no\])?" + flag[2:] + ":", text), flag
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--model=resnet", "--out_dir=x"], "model"),
-    (["--steps=-5", "--out_dir=x"], "steps"),
-    (["--beta=abc", "--out_dir=x"], "beta"),
-    (["--no_such_flag", "--out_dir=x"], "no_such_flag"),
-    (["--steps_per_execution=7", "--out_dir=x"], "must divide --steps_per_epoch=1000"),
-    (["--model=m1m2", "--out_dir=x"], "--m1_path"),
-    (["--m1_path=runs/vae", "--out_dir=x"], "--m1_path"),
-    (["--hidden=600,x", "--out_dir=x"], "--hidden must be positive integers"),
-    (["--model=ssvae", "--hidden=600", "--out_dir=x"], "--hidden sets the VAE"),
-    (["--labelled_batch_size=100", "--out_dir=x"], "--labelled_batch_size goes with"),
-    (["--model=ssvae", "--labelled_batch_size=0", "--out_dir=x"], "labelled_batch_size"),
-    (["--lr_scaling=linear", "--out_dir=x"], "lr_scaling"),
-    (["--seed=-1", "--out_dir=x"], "--seed"),
-    (["--seed=3000000000", "--out_dir=x"], "--seed"),
-    (["--model=ssvae", "--label_seed=-1", "--out_dir=x"], "--label_seed"),
-    (["--hidden=32", "--hidden=", "--out_dir=x"], "--hidden is empty"),
-    (["--learning_rate=nan", "--out_dir=x"], "--learning_rate must be a finite number"),
-    (["--clip_norm=0", "--out_dir=x"], "--clip_norm must be > 0"),
-    ([], "out_dir"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model=resnet", "--out_dir=x"], "model"),
+        (["--steps=-5", "--out_dir=x"], "steps"),
+        (["--beta=abc", "--out_dir=x"], "beta"),
+        (["--no_such_flag", "--out_dir=x"], "no_such_flag"),
+        (["--steps_per_execution=7", "--out_dir=x"], "must divide --steps_per_epoch=1000"),
+        (["--model=m1m2", "--out_dir=x"], "--m1_path"),
+        (["--m1_path=runs/vae", "--out_dir=x"], "--m1_path"),
+        (["--hidden=600,x", "--out_dir=x"], "--hidden must be positive integers"),
+        (["--model=ssvae", "--hidden=600", "--out_dir=x"], "--hidden sets the VAE"),
+        (["--labelled_batch_size=100", "--out_dir=x"], "--labelled_batch_size goes with"),
+        (["--model=ssvae", "--labelled_batch_size=0", "--out_dir=x"], "labelled_batch_size"),
+        (["--lr_scaling=linear", "--out_dir=x"], "lr_scaling"),
+        (["--seed=-1", "--out_dir=x"], "--seed"),
+        (["--seed=3000000000", "--out_dir=x"], "--seed"),
+        (["--model=ssvae", "--label_seed=-1", "--out_dir=x"], "--label_seed"),
+        (["--hidden=32", "--hidden=", "--out_dir=x"], "--hidden is empty"),
+        (["--learning_rate=nan", "--out_dir=x"], "--learning_rate must be a finite number"),
+        (["--clip_norm=0", "--out_dir=x"], "--clip_norm must be > 0"),
+        ([], "out_dir"),
+    ],
+)
 def test_bad_flags_give_a_one_line_error(args, expected):
     result = _run("train", *args)
     assert result.returncode == 1
@@ -119,14 +166,27 @@ def test_outputs_and_models_that_cannot_be_are_one_line(tmp_path):
     not_a_model = tmp_path / "model.keras"
     not_a_model.write_text("not a model")
     for binary, args, expected in [
-            ("sample", [f"--model_path={not_a_model}", f"--output={tmp_path}"],
-             "is a directory; give a file name"),
-            ("sample", [f"--model_path={not_a_model}", f"--output={tmp_path}/s.png"],
-             "is not a model this package can load"),
-            ("export", [f"--model_path={tmp_path}", f"--export_dir={tmp_path}/e"],
-             "is not a model this package can load"),
-            ("evaluate", [f"--model_path={not_a_model}", f"--output_json={tmp_path}/no/r.json"],
-             "does not exist")]:
+        (
+            "sample",
+            [f"--model_path={not_a_model}", f"--output={tmp_path}"],
+            "is a directory; give a file name",
+        ),
+        (
+            "sample",
+            [f"--model_path={not_a_model}", f"--output={tmp_path}/s.png"],
+            "is not a model this package can load",
+        ),
+        (
+            "export",
+            [f"--model_path={tmp_path}", f"--export_dir={tmp_path}/e"],
+            "is not a model this package can load",
+        ),
+        (
+            "evaluate",
+            [f"--model_path={not_a_model}", f"--output_json={tmp_path}/no/r.json"],
+            "does not exist",
+        ),
+    ]:
         result = _run(binary, *args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], lines
@@ -145,9 +205,14 @@ def test_bad_labelled_indices_file_is_one_line(tmp_path):
     if not os.environ.get(data.ENV_VAR):
         pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
     idx = tmp_path / "idx.txt"
-    idx.write_text("0 1 2 3\n")   # Four examples cannot cover ten classes.
-    result = _run("train", "--model=ssvae", f"--labelled_indices={idx}", "--steps=1",
-                  f"--out_dir={tmp_path}/o")
+    idx.write_text("0 1 2 3\n")  # Four examples cannot cover ten classes.
+    result = _run(
+        "train",
+        "--model=ssvae",
+        f"--labelled_indices={idx}",
+        "--steps=1",
+        f"--out_dir={tmp_path}/o",
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "no examples of class(es)" in result.stderr
     assert not os.path.exists(tmp_path / "o" / "checkpoints")
@@ -157,9 +222,18 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     """M2 on the features of the module's trained GMVAE: trains, reports accuracy, exports."""
     m1, _ = trained_run
     out = tmp_path / "m1m2"
-    result = _run("train", "--model=m1m2", f"--m1_path={m1}", "--active_threshold=0",
-                  "--steps=20", "--steps_per_epoch=10", "--validation_examples=100", "--noxla",
-                  "--verbose=0", f"--out_dir={out}")
+    result = _run(
+        "train",
+        "--model=m1m2",
+        f"--m1_path={m1}",
+        "--active_threshold=0",
+        "--steps=20",
+        "--steps_per_epoch=10",
+        "--validation_examples=100",
+        "--noxla",
+        "--verbose=0",
+        f"--out_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "m1m2" and 0 <= metrics["accuracy"] <= 1
@@ -167,13 +241,20 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     result = _run("export", f"--model_path={out}", f"--export_dir={tmp_path}/sm")
     assert result.returncode == 0, result.stderr[-3000:]
     # A threshold no unit passes, and an M1 that is not a VAE, are refused in one line.
-    refused = _run("train", "--model=m1m2", f"--m1_path={m1}", "--active_threshold=1000",
-                   "--steps=1", f"--out_dir={tmp_path}/none")
+    refused = _run(
+        "train",
+        "--model=m1m2",
+        f"--m1_path={m1}",
+        "--active_threshold=1000",
+        "--steps=1",
+        f"--out_dir={tmp_path}/none",
+    )
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "--active_threshold=1000" in refused.stderr
     # An M1 that is not a VAE is refused in one line.
-    refused = _run("train", "--model=m1m2", f"--m1_path={out}", "--steps=1",
-                   f"--out_dir={tmp_path}/again")
+    refused = _run(
+        "train", "--model=m1m2", f"--m1_path={out}", "--steps=1", f"--out_dir={tmp_path}/again"
+    )
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "m1 must be a trained VAE" in refused.stderr
 
@@ -214,10 +295,25 @@ def test_build_model_takes_its_settings_as_arguments():
     """`cli.train.build_model` reads no global flag: the settings come as a dict."""
     from tfp_vae.cli import train
 
-    settings = dict(model="gmvae", seed=7, clip_norm=None, z_dim=3, hidden=["8"], arch="mlp",
-                    beta=1.0, objective="elbo", iw=1, k=4, learn_mixture_weights=False,
-                    gen_weight=1.0, class_weight=100.0, labelled_bound=True, m1_path=None,
-                    active_threshold=0.1, ema_momentum=None)
+    settings = dict(
+        model="gmvae",
+        seed=7,
+        clip_norm=None,
+        z_dim=3,
+        hidden=["8"],
+        arch="mlp",
+        beta=1.0,
+        objective="elbo",
+        iw=1,
+        k=4,
+        learn_mixture_weights=False,
+        gen_weight=1.0,
+        class_weight=100.0,
+        labelled_bound=True,
+        m1_path=None,
+        active_threshold=0.1,
+        ema_momentum=None,
+    )
     assert set(settings) == set(train.MODEL_FLAGS)
     model = train.build_model(None, settings, 2e-3, jit_compile=False)
     assert (type(model).__name__, model.z_dim, model.hidden, model.seed) == ("GMVAE", 3, (8,), 7)

@@ -40,14 +40,17 @@ def _update_norm(name, clip_norm, jit_compile):
     model = MODELS[name](clip_norm=clip_norm)
     model.compile(keras.optimizers.SGD(1.0), jit_compile=jit_compile)
     before = [np.array(v, np.float64) for v in model.trainable_variables]
-    model.fit(tf.data.Dataset.from_tensors(_batch(name)).repeat(), epochs=1, steps_per_epoch=1,
-              verbose=0)
+    model.fit(
+        tf.data.Dataset.from_tensors(_batch(name)).repeat(), epochs=1, steps_per_epoch=1, verbose=0
+    )
     after = [np.array(v, np.float64) for v in model.trainable_variables]
     return float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before, strict=True))))
 
 
-@pytest.mark.parametrize("name, jit_compile", [("vae", False), ("vae", True), ("gmvae", False),
-                                              ("ssvae", False), ("m1m2", False)])
+@pytest.mark.parametrize(
+    "name, jit_compile",
+    [("vae", False), ("vae", True), ("gmvae", False), ("ssvae", False), ("m1m2", False)],
+)
 def test_clip_norm_bounds_the_step_for_every_model(name, jit_compile):
     # An unclipped step would have the gradient's own norm (hundreds here), not the bound.
     assert _update_norm(name, CLIP, jit_compile) == pytest.approx(CLIP, rel=1e-4)

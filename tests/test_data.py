@@ -46,7 +46,7 @@ def idx_bytes(array):
 
 def write_bytes(path, raw, gz):
     path = str(path) + (".gz" if gz else "")
-    with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if gz else open(path, "wb") as f:
         f.write(raw)
     return path
 
@@ -102,8 +102,13 @@ def env(tmp_path, monkeypatch):
         raise RuntimeError("network disabled in tests")
 
     monkeypatch.setattr(keras.utils, "get_file", no_network)
-    return types.SimpleNamespace(tmp=tmp_path, home=home, debian=debian,
-                                 keras_cache=home / ".keras" / "datasets", calls=calls)
+    return types.SimpleNamespace(
+        tmp=tmp_path,
+        home=home,
+        debian=debian,
+        keras_cache=home / ".keras" / "datasets",
+        calls=calls,
+    )
 
 
 def register_known(monkeypatch, name, arrays):
@@ -111,7 +116,9 @@ def register_known(monkeypatch, name, arrays):
     known = dict(data._KNOWN_DIGESTS)
     for key, array in arrays.items():
         known[hashlib.sha256(np.ascontiguousarray(array, np.uint8).tobytes()).hexdigest()] = (
-            name, key)
+            name,
+            key,
+        )
     monkeypatch.setattr(data, "_KNOWN_DIGESTS", known)
 
 
@@ -128,8 +135,9 @@ def sha256_of(path):
 @pytest.mark.parametrize("kind", ["images", "labels"])
 def test_read_idx_round_trip(tmp_path, gz, kind):
     rng = np.random.default_rng(1)
-    array = (rng.integers(0, 256, (5, 28, 28)) if kind == "images"
-             else rng.integers(0, 10, 9)).astype(np.uint8)
+    array = (
+        rng.integers(0, 256, (5, 28, 28)) if kind == "images" else rng.integers(0, 10, 9)
+    ).astype(np.uint8)
     path = write_bytes(tmp_path / "f-idx-ubyte", idx_bytes(array), gz)
     out = data.read_idx(path)
     assert out.dtype == np.uint8
@@ -168,8 +176,11 @@ def test_read_idx_extra_bytes(tmp_path):
     assert path in str(info.value)
 
 
-@pytest.mark.parametrize("raw", [b"", b"\0\0\x08", struct.pack(">III", 2051, 2, 28)],
-                         ids=["empty", "short-header", "short-image-header"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"\0\0\x08", struct.pack(">III", 2051, 2, 28)],
+    ids=["empty", "short-header", "short-image-header"],
+)
 def test_read_idx_truncated_header(tmp_path, raw):
     path = write_bytes(tmp_path / "hdr", raw, gz=False)
     with pytest.raises(data.DataError) as info:
@@ -180,7 +191,7 @@ def test_read_idx_truncated_header(tmp_path, raw):
 def test_read_idx_truncated_gzip(tmp_path):
     blob = gzip.compress(idx_bytes(np.zeros((3, 28, 28), np.uint8)))
     path = tmp_path / "cut.gz"
-    path.write_bytes(blob[:len(blob) // 2])
+    path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(data.DataError) as info:
         data.read_idx(str(path))
     assert str(path) in str(info.value)
@@ -217,8 +228,10 @@ def test_load_idx_directory(env, gz):
     assert ds.source == str(env.tmp / "mnist")
     assert ds.identified_as is None  # A user's own copy: accepted, but not the published one.
     suffix = ".gz" if gz else ""
-    assert ds.files == {str(env.tmp / "mnist" / (stem + suffix)):
-                        sha256_of(env.tmp / "mnist" / (stem + suffix)) for stem in STEMS.values()}
+    assert ds.files == {
+        str(env.tmp / "mnist" / (stem + suffix)): sha256_of(env.tmp / "mnist" / (stem + suffix))
+        for stem in STEMS.values()
+    }
 
 
 def test_load_idx_directory_dotted_names(env):
@@ -316,8 +329,10 @@ def test_keras_cache_idx_subfolder(env):
     assert_same(data.load("fashion_mnist", download=False), arrays)
 
 
-@pytest.mark.parametrize("name,sub", [("mnist", "mnist"), ("fashion_mnist", "fashion_mnist"),
-                                      ("fashion_mnist", "fashion-mnist")])
+@pytest.mark.parametrize(
+    "name,sub",
+    [("mnist", "mnist"), ("fashion_mnist", "fashion_mnist"), ("fashion_mnist", "fashion-mnist")],
+)
 def test_subfolder_named_after_dataset(env, name, sub):
     arrays = write_idx_set(env.tmp / "root" / sub, n_train=10)
     ds = data.load(name, data_dir=str(env.tmp / "root"), download=False)
@@ -358,8 +373,14 @@ def test_nothing_found_names_every_place_and_the_download_error(env, monkeypatch
         data.load("mnist", download=True)
     message = str(info.value)
     assert env.calls, "the download was not attempted"
-    for place in (str(env.tmp / "nowhere"), data.ENV_VAR, str(env.debian / "mnist"),
-                  str(env.keras_cache), "network disabled in tests", "--data_dir"):
+    for place in (
+        str(env.tmp / "nowhere"),
+        data.ENV_VAR,
+        str(env.debian / "mnist"),
+        str(env.keras_cache),
+        "network disabled in tests",
+        "--data_dir",
+    ):
         assert place in message, (place, message)
 
 
@@ -368,8 +389,12 @@ def test_nothing_found_without_download(env):
         data.load("fashion_mnist", download=False)
     message = str(info.value)
     assert not env.calls
-    for place in (str(env.debian / "fashion_mnist"), str(env.debian / "fashion-mnist"),
-                  str(env.keras_cache), "download disabled"):
+    for place in (
+        str(env.debian / "fashion_mnist"),
+        str(env.debian / "fashion-mnist"),
+        str(env.keras_cache),
+        "download disabled",
+    ):
         assert place in message, (place, message)
 
 
@@ -465,8 +490,9 @@ def test_unnamed_folder_with_other_files_is_refused(env, monkeypatch):
     that is not named after it."""
     arrays = write_idx_set(env.tmp / "somewhere")
     register_known(monkeypatch, "mnist", arrays)
-    write_bytes(env.tmp / "somewhere" / STEMS["x_test"],
-                idx_bytes(make_arrays(seed=9)["x_test"]), gz=True)
+    write_bytes(
+        env.tmp / "somewhere" / STEMS["x_test"], idx_bytes(make_arrays(seed=9)["x_test"]), gz=True
+    )
     with pytest.raises(data.DataError) as info:
         data.load("mnist", data_dir=str(env.tmp / "somewhere"), download=False)
     message = str(info.value)
@@ -516,8 +542,14 @@ def test_refused_places_are_passed_over_and_named(env, monkeypatch):
     with pytest.raises(data.DataError) as info:
         data.load("fashion_mnist", download=False)
     message = str(info.value)
-    for place in (data.ENV_VAR, str(env.tmp / "shared" / "mnist"), "holds MNIST, not Fashion-MNIST",
-                  str(env.debian / "fashion-mnist"), str(env.keras_cache), "download disabled"):
+    for place in (
+        data.ENV_VAR,
+        str(env.tmp / "shared" / "mnist"),
+        "holds MNIST, not Fashion-MNIST",
+        str(env.debian / "fashion-mnist"),
+        str(env.keras_cache),
+        "download disabled",
+    ):
         assert place in message, (place, message)
     fashion = write_idx_set(env.debian / "fashion-mnist", n_train=8, seed=5)
     ds = data.load("fashion_mnist", download=False)
@@ -602,8 +634,7 @@ def test_load_npz_relative_path(tmp_path, monkeypatch):
 
 def test_load_npz_without_labels(tmp_path):
     arrays = make_arrays(n_train=10, n_test=4)
-    ds = data.load_npz(save(tmp_path / "x.npz", x_train=arrays["x_train"],
-                            x_test=arrays["x_test"]))
+    ds = data.load_npz(save(tmp_path / "x.npz", x_train=arrays["x_train"], x_test=arrays["x_test"]))
     np.testing.assert_array_equal(ds.x_train, arrays["x_train"])
     assert ds.y_train is None and ds.y_test is None and not ds.has_labels
     small = data.take_first(ds, 3, 2)
@@ -620,11 +651,13 @@ def test_load_npz_converts_to_uint8_images(tmp_path, form):
         expected = {k: (v.astype(np.uint8) * 255) for k, v in x.items()}
     else:
         expected = dict(x)
-        convert = {"flat": lambda v: v.reshape(len(v), 784),
-                   "channel": lambda v: v[..., None],
-                   "float": lambda v: v / 255.0,
-                   "float16": lambda v: (v / 255.0).astype(np.float16),
-                   "int64": lambda v: v.astype(np.int64)}[form]
+        convert = {
+            "flat": lambda v: v.reshape(len(v), 784),
+            "channel": lambda v: v[..., None],
+            "float": lambda v: v / 255.0,
+            "float16": lambda v: (v / 255.0).astype(np.float16),
+            "int64": lambda v: v.astype(np.int64),
+        }[form]
         x = {k: convert(v) for k, v in x.items()}
     ds = data.load_npz(save(tmp_path / "x.npz", **x))
     for key in ("x_train", "x_test"):
@@ -652,8 +685,10 @@ def _bad_npz_cases():
         "empty-test": ({**x, "x_test": a["x_test"][:0]}, "test split is empty"),
         "one-label-array": ({**x, "y_train": a["y_train"]}, "y_train but no y_test"),
         "float-labels": ({**x, **y, "y_test": a["y_test"] * 1.0}, "labels must be integers"),
-        "one-hot-labels": ({**x, **y, "y_train": np.eye(10)[a["y_train"]].astype(np.int64)},
-                           "not one-hot"),
+        "one-hot-labels": (
+            {**x, **y, "y_train": np.eye(10)[a["y_train"]].astype(np.int64)},
+            "not one-hot",
+        ),
         "label-range": ({**x, **y, "y_test": np.full(3, 10)}, "labels outside 0..9"),
         "label-count": ({**x, **y, "y_train": a["y_train"][:5]}, "6 train images but 5 labels"),
         "object-array": ({**x, "x_test": np.array([None] * 3, dtype=object)}, "not numeric"),
@@ -692,8 +727,11 @@ def test_load_npz_bad_files_are_one_line_errors(tmp_path, case):
 def test_load_npz_never_unpickles(tmp_path):
     """A pickled object array would run code on loading if pickles were allowed."""
     path = tmp_path / "evil.npz"
-    np.savez(path, x_train=np.zeros((2, 28, 28), np.uint8),
-             x_test=np.array([types.SimpleNamespace()], dtype=object))
+    np.savez(
+        path,
+        x_train=np.zeros((2, 28, 28), np.uint8),
+        x_test=np.array([types.SimpleNamespace()], dtype=object),
+    )
     with pytest.raises(data.DataError, match="not numeric"):
         data.load_npz(str(path))
 
@@ -727,8 +765,9 @@ def test_binarize_static():
     assert set(np.unique(out)) <= {0.0, 1.0}
     np.testing.assert_array_equal(out, data.binarize_static(images, seed=5))
     assert not np.array_equal(out, data.binarize_static(images, seed=6))
-    np.testing.assert_array_equal(data.binarize_static(images),
-                                  data.binarize_static(images, data.STATIC_BINARIZATION_SEED))
+    np.testing.assert_array_equal(
+        data.binarize_static(images), data.binarize_static(images, data.STATIC_BINARIZATION_SEED)
+    )
     # Per-pixel frequencies match intensity / 255 (5 standard errors, plus float slack).
     freq = out.mean(axis=0)
     tol = 5 * np.sqrt(probs * (1 - probs) / len(out)) + 1e-6
@@ -790,8 +829,10 @@ def test_train_dataset_epochs_are_permutations_and_seeded():
     for epoch in (first[:6], first[6:]):
         np.testing.assert_allclose(np.sort(np.concatenate(epoch)), np.arange(48), atol=1e-4)
     assert not np.array_equal(np.concatenate(first[:6]), np.concatenate(first[6:]))
-    again = [b.numpy()[:, 0] * 255 for b in
-             data.train_dataset(images, batch_size=8, binarization="none", seed=3).take(12)]
+    again = [
+        b.numpy()[:, 0] * 255
+        for b in data.train_dataset(images, batch_size=8, binarization="none", seed=3).take(12)
+    ]
     np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
     other = data.train_dataset(images, batch_size=8, binarization="none", seed=4)
     assert not np.array_equal(next(iter(other)).numpy(), next(iter(ds)).numpy())
@@ -824,8 +865,9 @@ def test_eval_dataset_covers_everything_once():
     labels = rng.integers(0, 10, 23)
     batches = list(data.eval_dataset(images, batch_size=5, labels=labels))
     assert [len(x) for x, _ in batches] == [5, 5, 5, 5, 3]
-    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in batches]),
-                                  data.binarize_static(images))
+    np.testing.assert_array_equal(
+        np.concatenate([x.numpy() for x, _ in batches]), data.binarize_static(images)
+    )
     np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in batches]), labels)
     # Without labels; grayscale.
     x = np.concatenate([b.numpy() for b in data.eval_dataset(images, 10, binarization="none")])
@@ -864,8 +906,7 @@ def test_labelled_subset():
     assert len(labelled) == 70
     np.testing.assert_array_equal(np.bincount(labels[labelled], minlength=10), np.full(10, 7))
     assert len(np.intersect1d(labelled, unlabelled)) == 0
-    np.testing.assert_array_equal(np.sort(np.concatenate([labelled, unlabelled])),
-                                  np.arange(600))
+    np.testing.assert_array_equal(np.sort(np.concatenate([labelled, unlabelled])), np.arange(600))
     assert len(np.unique(labelled)) == 70
     again = data.labelled_subset(labels, per_class=7, seed=3)
     np.testing.assert_array_equal(again[0], labelled)
@@ -902,9 +943,10 @@ def test_real_mnist(mnist):
 
 # The real Fashion-MNIST: Debian's dataset-fashion-mnist (.ci/run installs it).
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-needs_fashion = pytest.mark.skipif(not os.path.isdir(FASHION_DIR),
-                                   reason=f"{FASHION_DIR} is missing (apt install "
-                                          "dataset-fashion-mnist)")
+needs_fashion = pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR),
+    reason=f"{FASHION_DIR} is missing (apt install dataset-fashion-mnist)",
+)
 
 
 @needs_fashion
@@ -916,9 +958,10 @@ def test_real_fashion_mnist(monkeypatch):
     np.testing.assert_array_equal(np.bincount(ds.y_train), np.full(10, 6000))
     np.testing.assert_array_equal(np.bincount(ds.y_test), np.full(10, 1000))
     assert abs(ds.x_train.mean() / 255.0 - 0.2860) < 5e-4  # Fashion-MNIST's (MNIST: 0.1307).
-    assert ds.files == {os.path.join(FASHION_DIR, stem + ".gz"):
-                        sha256_of(os.path.join(FASHION_DIR, stem + ".gz"))
-                        for stem in STEMS.values()}
+    assert ds.files == {
+        os.path.join(FASHION_DIR, stem + ".gz"): sha256_of(os.path.join(FASHION_DIR, stem + ".gz"))
+        for stem in STEMS.values()
+    }
 
 
 @needs_fashion

@@ -12,16 +12,31 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte")
-SMALL = ("--steps=20", "--steps_per_epoch=10", "--validation_examples=0", "--verbose=0",
-         "--z_dim=3", "--hidden=16")
+STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+SMALL = (
+    "--steps=20",
+    "--steps_per_epoch=10",
+    "--validation_examples=0",
+    "--verbose=0",
+    "--z_dim=3",
+    "--hidden=16",
+)
 
 
 def _run(binary, *args, env_extra=None, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", binary), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", binary), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def _train(*args, **kwargs):
@@ -40,8 +55,10 @@ def _one_line_error(result):
     return lines[0]
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason=f"{FASHION_DIR} is missing (apt "
-                    "install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not os.path.isdir(FASHION_DIR),
+    reason=f"{FASHION_DIR} is missing (apt install dataset-fashion-mnist)",
+)
 def test_train_on_real_fashion_mnist(tmp_path):
     """--dataset=fashion_mnist trains on the real Fashion-MNIST (also when $TFP_VAE_DATA_DIR is
     at an MNIST folder, as CI sets it: the MNIST files are passed over), and metrics.json says
@@ -55,9 +72,10 @@ def test_train_on_real_fashion_mnist(tmp_path):
     assert metrics["dataset"] == "fashion_mnist"
     assert metrics["data_identified_as"] == "fashion_mnist"
     assert metrics["data_source"] == FASHION_DIR
-    assert metrics["data_files"] == {os.path.join(FASHION_DIR, s + ".gz"):
-                                     _sha256(os.path.join(FASHION_DIR, s + ".gz"))
-                                     for s in STEMS}
+    assert metrics["data_files"] == {
+        os.path.join(FASHION_DIR, s + ".gz"): _sha256(os.path.join(FASHION_DIR, s + ".gz"))
+        for s in STEMS
+    }
     assert metrics["test_examples"] == 10000 and metrics["steps"] == 20
 
 
@@ -65,8 +83,11 @@ def test_train_on_a_user_npz(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.npz"
     # Float images in [0, 1], flat: converted to uint8 [N, 28, 28].
-    np.savez(path, x_train=rng.random((300, 784), dtype=np.float32),
-             x_test=rng.random((50, 784), dtype=np.float32))
+    np.savez(
+        path,
+        x_train=rng.random((300, 784), dtype=np.float32),
+        x_test=rng.random((50, 784), dtype=np.float32),
+    )
     out = tmp_path / "run"
     result = _train(f"--dataset=npz:{path}", *SMALL, f"--out_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,8 +97,13 @@ def test_train_on_a_user_npz(tmp_path):
     assert metrics["data_identified_as"] is None
     assert np.isfinite(metrics["nelbo"])
     report = tmp_path / "eval.json"
-    result = _run("evaluate", f"--model_path={out}", f"--dataset=npz:{path}", "--examples=20",
-                  f"--output_json={report}")
+    result = _run(
+        "evaluate",
+        f"--model_path={out}",
+        f"--dataset=npz:{path}",
+        "--examples=20",
+        f"--output_json={report}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(report.read_text())
     assert results["dataset"] == f"npz:{path}" and results["test_examples"] == 20
@@ -86,16 +112,20 @@ def test_train_on_a_user_npz(tmp_path):
 
 def test_dataset_flag_mistakes_are_one_line(tmp_path):
     """Refused before TensorFlow starts: a bad name, a missing file, labels the model needs."""
-    for value, expected in [("cifar", "choose mnist, fashion_mnist or npz:PATH"),
-                            ("npz:", "choose mnist, fashion_mnist or npz:PATH"),
-                            (f"npz:{tmp_path}/none.npz", "no such file")]:
+    for value, expected in [
+        ("cifar", "choose mnist, fashion_mnist or npz:PATH"),
+        ("npz:", "choose mnist, fashion_mnist or npz:PATH"),
+        (f"npz:{tmp_path}/none.npz", "no such file"),
+    ]:
         line = _one_line_error(_train(f"--dataset={value}", f"--out_dir={tmp_path}/o"))
         assert expected in line, line
     unlabelled = tmp_path / "unlabelled.npz"
-    np.savez(unlabelled, x_train=np.zeros((20, 28, 28), np.uint8),
-             x_test=np.zeros((5, 28, 28), np.uint8))
-    line = _one_line_error(_train("--model=ssvae", f"--dataset=npz:{unlabelled}",
-                                  f"--out_dir={tmp_path}/o"))
+    np.savez(
+        unlabelled, x_train=np.zeros((20, 28, 28), np.uint8), x_test=np.zeros((5, 28, 28), np.uint8)
+    )
+    line = _one_line_error(
+        _train("--model=ssvae", f"--dataset=npz:{unlabelled}", f"--out_dir={tmp_path}/o")
+    )
     assert "--model=ssvae needs labels" in line and str(unlabelled) in line
     assert not os.path.exists(tmp_path / "o")
 

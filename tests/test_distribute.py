@@ -20,8 +20,12 @@ TIMEOUT = 240  # Seconds for any one subprocess (they take ~30 s on an idle 2-co
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        KERAS_BACKEND="tensorflow",
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    )
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env
@@ -30,16 +34,21 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def equivalence():
     """The JSON report of tests/distribute_equivalence.py (one SGD step, mirrored vs one device)."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tests",
-                                                          "distribute_equivalence.py")],
-                            capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "distribute_equivalence.py")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
-@pytest.mark.parametrize("model", ["vae", "vae_iwae", "gmvae", "ssvae", "vae_clipped",
-                                   "ssvae_clipped"])
+@pytest.mark.parametrize(
+    "model", ["vae", "vae_iwae", "gmvae", "ssvae", "vae_clipped", "ssvae_clipped"]
+)
 def test_mirrored_step_equals_single_device_step(equivalence, model):
     """MirroredStrategy over two logical CPUs, global batch 97 (split 49 + 48; the SSVAE's
     labelled set of 25 splits 13 + 12): the weights after one SGD step equal the single-device
@@ -81,20 +90,42 @@ def test_multi_worker_training_keeps_workers_identical(tmp_path, h5_arrays):
     rng = np.random.default_rng(0)
     # A small synthetic MNIST: blobs of ink so that the model has something to learn.
     x = (rng.uniform(size=(600, 28, 28)) * 255 * (rng.uniform(size=(600, 1, 1)) < 0.5)).astype(
-        np.uint8)
-    np.savez(tmp_path / "mnist.npz", x_train=x[:500], y_train=rng.integers(0, 10, 500),
-             x_test=x[500:], y_test=rng.integers(0, 10, 100))
+        np.uint8
+    )
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=x[:500],
+        y_train=rng.integers(0, 10, 500),
+        x_test=x[500:],
+        y_test=rng.integers(0, 10, 100),
+    )
     out = tmp_path / "run"
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         log = open(tmp_path / f"worker{index}.log", "w")
-        procs.append((subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "bin", "train"), "--strategy=multi_worker",
-             f"--data_dir={tmp_path}", "--steps=200", "--steps_per_epoch=100",
-             "--validation_examples=0", "--verbose=0", f"--out_dir={out}"],
-            stdout=log, stderr=subprocess.STDOUT, env=_env(TF_CONFIG=json.dumps(config))), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        os.path.join(ROOT, "bin", "train"),
+                        "--strategy=multi_worker",
+                        f"--data_dir={tmp_path}",
+                        "--steps=200",
+                        "--steps_per_epoch=100",
+                        "--validation_examples=0",
+                        "--verbose=0",
+                        f"--out_dir={out}",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_env(TF_CONFIG=json.dumps(config)),
+                ),
+                log,
+            )
+        )
     try:
         codes = [proc.wait(timeout=TIMEOUT) for proc, _ in procs]
     finally:
@@ -111,7 +142,9 @@ def test_multi_worker_training_keeps_workers_identical(tmp_path, h5_arrays):
         metrics = json.loads((d / "metrics.json").read_text())
         assert metrics["steps"] == 200 and metrics["replicas"] == 2, metrics
         assert metrics["strategy"] == "multi_worker" and np.isfinite(metrics["nelbo"])
-    chief, other = (h5_arrays(d / "checkpoints" / "step-000000200" / "weights.weights.h5") for d in dirs)
+    chief, other = (
+        h5_arrays(d / "checkpoints" / "step-000000200" / "weights.weights.h5") for d in dirs
+    )
     assert chief.keys() == other.keys() and len(chief) > 10
     assert any("optimizer" in name for name in chief)
     for name, value in chief.items():

@@ -38,7 +38,6 @@ _SERVE = textwrap.dedent("""
 _SERVE = BLOCK_PACKAGE_IMPORTS + _SERVE
 
 
-
 @pytest.mark.parametrize("model_cls", [VAE, GMVAE])
 def test_savedmodel_serves_without_the_package(tmp_path, model_cls):
     keras.utils.set_random_seed(0)
@@ -54,13 +53,20 @@ def test_savedmodel_serves_without_the_package(tmp_path, model_cls):
     script.write_text(_SERVE)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # -I: isolated (no cwd, no PYTHONPATH, no user site), run from elsewhere.
-    result = subprocess.run([sys.executable, "-I", str(script), str(path), str(tmp_path / "x.npy")],
-                            capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), str(path), str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["modules"] == []
     assert {"encode", "decode", "sample", "elbo", "log_likelihood", "serving_default"} <= set(
-        out["signatures"])
+        out["signatures"]
+    )
     seed = tf.constant([3, 4])
     np.testing.assert_allclose(out["elbo"], model.elbo(x, seed=seed), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(out["iwae"], model.iwae(x, 50, seed=seed), rtol=1e-5, atol=1e-3)
@@ -96,11 +102,15 @@ def test_each_variable_is_stored_once(tmp_path, trainable):
     path = export.export(model, str(tmp_path / "m"), trainable=trainable)
     variables = list(model.weights) + (list(model.optimizer.variables) if trainable else [])
     size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
-    data = sum(os.path.getsize(os.path.join(path, "variables", f))
-               for f in os.listdir(os.path.join(path, "variables")) if ".data-" in f)
+    data = sum(
+        os.path.getsize(os.path.join(path, "variables", f))
+        for f in os.listdir(os.path.join(path, "variables"))
+        if ".data-" in f
+    )
     assert size <= data <= size + 4096, (data, size)
     loaded = tf.saved_model.load(path)
     assert len(loaded.variables) == len(model.weights)
     x = (np.random.default_rng(0).random((4, 784)) < 0.5).astype(np.float32)
-    np.testing.assert_allclose(loaded.signatures["encode"](x=x)["mean"],
-                               model.encode(x).mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.signatures["encode"](x=x)["mean"], model.encode(x).mean(), rtol=1e-5, atol=1e-6
+    )

@@ -62,8 +62,15 @@ run()
 """
 
 # A small, fast run: tiny networks on 600 images, checkpoints every 10 steps.
-_FLAGS = ("--z_dim=3", "--hidden=16", "--batch_size=32", "--steps_per_epoch=10",
-          "--validation_examples=0", "--verbose=0", "--noxla")
+_FLAGS = (
+    "--z_dim=3",
+    "--hidden=16",
+    "--batch_size=32",
+    "--steps_per_epoch=10",
+    "--validation_examples=0",
+    "--verbose=0",
+    "--noxla",
+)
 
 
 def _env():
@@ -96,8 +103,13 @@ def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (700, 28, 28), dtype=np.uint8)
-    np.savez(d / "mnist.npz", x_train=x[:600], y_train=rng.integers(0, 10, 600),
-             x_test=x[600:], y_test=rng.integers(0, 10, 100))
+    np.savez(
+        d / "mnist.npz",
+        x_train=x[:600],
+        y_train=rng.integers(0, 10, 600),
+        x_test=x[600:],
+        y_test=rng.integers(0, 10, 100),
+    )
     return str(d)
 
 
@@ -135,8 +147,9 @@ def test_killed_anywhere_resumes_to_the_same_weights(whole_run, data_dir, tmp_pa
         np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_resume_refuses_changed_run_flags_and_applies_a_new_learning_rate(whole_run, data_dir,
-                                                                           tmp_path):
+def test_resume_refuses_changed_run_flags_and_applies_a_new_learning_rate(
+    whole_run, data_dir, tmp_path
+):
     out = str(tmp_path / "run")
     subprocess.run(["cp", "-r", whole_run, out], check=True)
     base = ("--steps=50", f"--data_dir={data_dir}", f"--out_dir={out}", "--resume")
@@ -153,8 +166,9 @@ def test_resume_refuses_changed_run_flags_and_applies_a_new_learning_rate(whole_
     assert metrics["steps"] == 50 and metrics["learning_rate"] == pytest.approx(2e-4)
 
 
-def test_a_damaged_checkpoint_is_a_clear_error_and_the_previous_one_still_works(whole_run,
-                                                                                 tmp_path):
+def test_a_damaged_checkpoint_is_a_clear_error_and_the_previous_one_still_works(
+    whole_run, tmp_path
+):
     import keras
 
     from tfp_vae import models
@@ -170,8 +184,11 @@ def test_a_damaged_checkpoint_is_a_clear_error_and_the_previous_one_still_works(
         m.compile(keras.optimizers.Adam(1e-3))
         return m
 
-    with pytest.raises(training.CheckpointError, match=r"step-000000040 cannot be restored .*"
-                       r"the previous checkpoint, .*step-000000030 \(step 30\), is intact"):
+    with pytest.raises(
+        training.CheckpointError,
+        match=r"step-000000040 cannot be restored .*"
+        r"the previous checkpoint, .*step-000000030 \(step 30\), is intact",
+    ):
         training.restore(model(), ckpt)
     os.rename(os.path.join(ckpt, "step-000000040"), str(tmp_path / "damaged"))
     m = model()
@@ -189,17 +206,28 @@ def test_a_damaged_checkpoint_is_a_clear_error_and_the_previous_one_still_works(
 def test_one_run_per_directory(tmp_path, data_dir):
     out = tmp_path / "run"
     with rundir.RunDirectory(out):  # Held by this process, as by a running `train`.
-        line = _one_line_error(_train(*_FLAGS, "--steps=10", f"--data_dir={data_dir}",
-                                      f"--out_dir={out}"))
+        line = _one_line_error(
+            _train(*_FLAGS, "--steps=10", f"--data_dir={data_dir}", f"--out_dir={out}")
+        )
         assert f"pid {os.getpid()}" in line and "in use by another training run" in line
         with pytest.raises(rundir.RunDirectoryError, match="in use"):
             rundir.RunDirectory(out).__enter__()
     # A lock left by a process killed while holding it is stale: it is taken over.
     holder = subprocess.run(
-        [sys.executable, "-c", ("import os, sys; sys.path.insert(0, sys.argv[1]); "
-                                "from tfp_vae import rundir; "
-                                "rundir.RunDirectory(sys.argv[2]).__enter__(); "
-                                "os.kill(os.getpid(), 9)"), ROOT, str(out)], env=_env())
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, sys; sys.path.insert(0, sys.argv[1]); "
+                "from tfp_vae import rundir; "
+                "rundir.RunDirectory(sys.argv[2]).__enter__(); "
+                "os.kill(os.getpid(), 9)"
+            ),
+            ROOT,
+            str(out),
+        ],
+        env=_env(),
+    )
     assert holder.returncode == -signal.SIGKILL and (out / ".lock").exists()
     with rundir.RunDirectory(out):
         assert (out / ".lock").read_text().startswith(f"pid {os.getpid()}")
@@ -208,10 +236,21 @@ def test_one_run_per_directory(tmp_path, data_dir):
 def test_export_never_replaces_a_run(whole_run, tmp_path):
     before = sorted(os.listdir(whole_run))
     for target in (whole_run, os.path.dirname(whole_run)):
-        line = _one_line_error(subprocess.run(
-            [sys.executable, os.path.join(ROOT, "bin", "export"), f"--model_path={whole_run}",
-             f"--export_dir={target}", "--overwrite"], capture_output=True, text=True,
-            env=_env(), timeout=120))
+        line = _one_line_error(
+            subprocess.run(
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "bin", "export"),
+                    f"--model_path={whole_run}",
+                    f"--export_dir={target}",
+                    "--overwrite",
+                ],
+                capture_output=True,
+                text=True,
+                env=_env(),
+                timeout=120,
+            )
+        )
         assert "is not a SavedModel directory" in line
     assert sorted(os.listdir(whole_run)) == before
 
@@ -247,8 +286,9 @@ def test_run_directory_mistakes_are_one_line_and_leave_nothing(tmp_path, data_di
     line = _one_line_error(_train("--steps=10", f"--out_dir={a_file}"))
     assert "is a file, not a directory" in line
     # A run that fails before training (here: no data) leaves no directory behind.
-    line = _one_line_error(_train("--steps=10", f"--data_dir={tmp_path / 'nothing'}",
-                                  f"--out_dir={tmp_path / 'new'}"))
+    line = _one_line_error(
+        _train("--steps=10", f"--data_dir={tmp_path / 'nothing'}", f"--out_dir={tmp_path / 'new'}")
+    )
     assert not (tmp_path / "new").exists()
 
 
@@ -270,8 +310,7 @@ def test_nan_before_the_first_checkpoint_says_there_is_none(tmp_path):
     model.compute_terms = poisoned
     train = data.train_dataset(np.zeros((64, 28, 28), np.uint8), 16, seed=0)
     with pytest.raises(training.NonFiniteLossError, match="No checkpoint exists yet"):
-        training.fit(model, train, steps=20, out_dir=str(tmp_path), steps_per_epoch=10,
-                     verbose=0)
+        training.fit(model, train, steps=20, out_dir=str(tmp_path), steps_per_epoch=10, verbose=0)
     assert not training.has_checkpoint(str(tmp_path / "checkpoints"))
 
 
@@ -283,8 +322,10 @@ def test_a_read_only_run_directory_is_one_sentence(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
 
     monkeypatch.setattr(os, "open", read_only)
-    with pytest.raises(rundir.RunDirectoryError,
-                       match=r"Cannot write the run directory .*: Read-only file system; choose "
-                             r"another --out_dir\."):
+    with pytest.raises(
+        rundir.RunDirectoryError,
+        match=r"Cannot write the run directory .*: Read-only file system; choose "
+        r"another --out_dir\.",
+    ):
         rundir.RunDirectory(tmp_path / "run").__enter__()
     assert not (tmp_path / "run").exists()

@@ -76,12 +76,19 @@ def test_import_tfp_vae_alone_registers_every_class(tmp_path):
 
     path = str(tmp_path / "m.keras")
     models.VAE(z_dim=2, hidden=(4,), decoder=keras.layers.Dense(784)).save(path)
-    code = ("import tfp_vae, keras, sys; m = keras.models.load_model(sys.argv[1]); "
-            "print(type(m).__name__, tfp_vae.VAE is type(m)); "
-            "sys.stderr.write('a line of our own\\n')")
+    code = (
+        "import tfp_vae, keras, sys; m = keras.models.load_model(sys.argv[1]); "
+        "print(type(m).__name__, tfp_vae.VAE is type(m)); "
+        "sys.stderr.write('a line of our own\\n')"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
-                         env=dict(env, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code, path],
+        capture_output=True,
+        text=True,
+        env=dict(env, TF_CPP_MIN_LOG_LEVEL="2"),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["VAE", "True"]
     lines = out.stderr.splitlines()

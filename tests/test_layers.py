@@ -49,8 +49,9 @@ def test_gaussian_posterior_parameters_and_shapes(batch):
     np.testing.assert_allclose(as64(q.variance()), variance, rtol=1e-5)
     np.testing.assert_allclose(as64(q.stddev()), np.sqrt(variance), rtol=1e-5)
     z = rng.normal(size=batch + (3,)).astype(np.float32)
-    np.testing.assert_allclose(as64(q.log_prob(z)), np_gaussian_log_prob(as64(z), mean, variance),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        as64(q.log_prob(z)), np_gaussian_log_prob(as64(z), mean, variance), rtol=1e-5, atol=1e-5
+    )
     sample = q.sample(5, seed=tf.constant([1, 2]))
     assert tuple(sample.shape) == (5,) + batch + (3,) and sample.dtype == tf.float32
 
@@ -87,7 +88,7 @@ def test_gaussian_posterior_gradients_match_numpy():
     mean, pre = h64[:, :2], h64[:, 2:]
     variance = np_softplus(pre) + 1e-8
     d_mean = (z64 - mean) / variance
-    d_pre = (-0.5 / variance + 0.5 * (z64 - mean) ** 2 / variance ** 2) * np_sigmoid(pre)
+    d_pre = (-0.5 / variance + 0.5 * (z64 - mean) ** 2 / variance**2) * np_sigmoid(pre)
     np.testing.assert_allclose(grad, np.concatenate([d_mean, d_pre], -1), rtol=1e-4, atol=1e-5)
 
 
@@ -133,8 +134,7 @@ def test_standard_normal_prior():
     z = np.random.default_rng(0).normal(size=(4, 2, 5)).astype(np.float32)
     log_prob = p.log_prob(z)
     assert tuple(log_prob.shape) == (4, 2)
-    np.testing.assert_allclose(as64(log_prob), np_gaussian_log_prob(as64(z), 0.0, 1.0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(as64(log_prob), np_gaussian_log_prob(as64(z), 0.0, 1.0), rtol=1e-6)
     samples = p.sample([3, 7], seed=tf.constant([0, 1]))
     assert tuple(samples.shape) == (3, 7, 5) and samples.dtype == tf.float32
 
@@ -153,8 +153,9 @@ def test_bernoulli_likelihood_log_prob_and_shapes():
     assert tuple(p.batch_shape) == (2, 3) and tuple(p.event_shape) == (10,)
     log_prob = as64(p.log_prob(x))
     assert log_prob.shape == (2, 3)
-    np.testing.assert_allclose(log_prob, np_bernoulli_log_prob(as64(x), as64(logits)),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        log_prob, np_bernoulli_log_prob(as64(x), as64(logits)), rtol=1e-5, atol=1e-4
+    )
     # The saturated entries: 0 + 0 + (-60) + (-60) plus the rest.
     assert np.isfinite(log_prob).all()
     np.testing.assert_allclose(as64(p.mean()), np_sigmoid(as64(logits)), rtol=1e-5, atol=1e-7)
@@ -167,8 +168,9 @@ def test_bernoulli_likelihood_broadcasts_over_sample_axis():
     x = rng.integers(0, 2, (3, 6)).astype(np.float32)
     log_prob = as64(layers.BernoulliLikelihood()(tf.constant(logits)).log_prob(x))
     assert log_prob.shape == (4, 3)
-    np.testing.assert_allclose(log_prob, np_bernoulli_log_prob(as64(x)[None], as64(logits)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        log_prob, np_bernoulli_log_prob(as64(x)[None], as64(logits)), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_bernoulli_likelihood_samples():
@@ -186,11 +188,15 @@ def test_bernoulli_likelihood_samples():
 # Serialisation
 
 
-@pytest.mark.parametrize("make", [
-    lambda: layers.GaussianPosterior(min_variance=1e-3, name="post"),
-    lambda: layers.StandardNormalPrior(7, name="prior"),
-    lambda: layers.BernoulliLikelihood(name="lik"),
-], ids=["posterior", "prior", "likelihood"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: layers.GaussianPosterior(min_variance=1e-3, name="post"),
+        lambda: layers.StandardNormalPrior(7, name="prior"),
+        lambda: layers.BernoulliLikelihood(name="lik"),
+    ],
+    ids=["posterior", "prior", "likelihood"],
+)
 def test_get_config_round_trip(make):
     layer = make()
     config = layer.get_config()

@@ -31,7 +31,7 @@ def _log_c(lam, one_minus_lam):
     near = np.abs(u) < 1e-3
     safe = np.where(near, 0.5, u)
     exact = (np.log(one_minus_lam) - np.log(lam)) / safe
-    series = 2.0 * (1.0 + u ** 2 / 3.0 + u ** 4 / 5.0 + u ** 6 / 7.0)
+    series = 2.0 * (1.0 + u**2 / 3.0 + u**4 / 5.0 + u**6 / 7.0)
     return np.log(np.where(near, series, exact))
 
 
@@ -67,7 +67,9 @@ def test_continuous_bernoulli_log_prob_is_the_formula():
     u = np.array([[2.0, -3.0]])
     np.testing.assert_allclose(
         layers.ContinuousBernoulliLikelihood()(tf.constant(u, tf.float32)).mean(),
-        1.0 / (1.0 - np.exp(-u)) - 1.0 / u, rtol=1e-5)
+        1.0 / (1.0 - np.exp(-u)) - 1.0 / u,
+        rtol=1e-5,
+    )
 
 
 def test_gaussian_log_prob_is_the_formula():
@@ -79,8 +81,9 @@ def test_gaussian_log_prob_is_the_formula():
     pre = np.linspace(-3.0, 2.0, 6)
     layer.pre_scale.assign(pre)
     sigma = _softplus(pre) + layer.min_scale
-    expected = np.sum(-0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi),
-                      axis=-1)
+    expected = np.sum(
+        -0.5 * ((x - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi), axis=-1
+    )
     p = layer(tf.constant(mu, tf.float32))
     assert p.batch_shape == [4] and p.event_shape == [6]
     np.testing.assert_allclose(p.log_prob(x.astype(np.float32)), expected, rtol=1e-5, atol=1e-3)
@@ -92,9 +95,13 @@ def test_gaussian_log_prob_is_the_formula():
 
 
 def test_unknown_likelihood_is_refused():
-    with pytest.raises(ValueError, match=re.escape(
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
             "likelihood must be one of ('bernoulli', 'continuous_bernoulli', 'gaussian'); "
-            "got 'poisson'.")):
+            "got 'poisson'."
+        ),
+    ):
         layers.likelihood_layer("poisson", 4)
     with pytest.raises(ValueError, match="likelihood must be one of"):
         VAE(likelihood="poisson", **TINY)
@@ -170,8 +177,10 @@ def test_bernoulli_still_refuses_grayscale():
     assert np.asarray(model.reconstruct(x)).shape == (8, 784)  # Encoding grayscale is fine.
 
 
-@pytest.mark.parametrize("cls, likelihood", [(VAE, "continuous_bernoulli"), (VAE, "gaussian"),
-                                              (GMVAE, "continuous_bernoulli")])
+@pytest.mark.parametrize(
+    "cls, likelihood",
+    [(VAE, "continuous_bernoulli"), (VAE, "gaussian"), (GMVAE, "continuous_bernoulli")],
+)
 def test_config_and_keras_file_round_trip(tmp_path, cls, likelihood):
     model = _model(cls, likelihood=likelihood, **({"k": 3} if cls is GMVAE else {}))
     if likelihood == "gaussian":
@@ -186,8 +195,7 @@ def test_config_and_keras_file_round_trip(tmp_path, cls, likelihood):
     loaded = keras.models.load_model(path)
     assert loaded.likelihood_name == likelihood
     x = _grayscale(4)
-    np.testing.assert_allclose(loaded.elbo(x, seed=[1, 2]), model.elbo(x, seed=[1, 2]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(loaded.elbo(x, seed=[1, 2]), model.elbo(x, seed=[1, 2]), rtol=1e-5)
     # A config saved before there were likelihoods is a Bernoulli model.
     del config["likelihood"]
     assert cls.from_config(config).likelihood_name == "bernoulli"
@@ -202,8 +210,9 @@ def test_savedmodel_of_a_continuous_bernoulli_vae_takes_grayscale(tmp_path):
     seed = tf.constant([1, 2])
     out = sig["elbo"](x=x, seed=seed)
     np.testing.assert_allclose(out["elbo"], model.elbo(x, seed=seed), rtol=1e-5, atol=1e-3)
-    assert np.all(np.isfinite(sig["log_likelihood"](x=x, m=tf.constant(2), seed=seed)
-                              ["log_likelihood"]))
+    assert np.all(
+        np.isfinite(sig["log_likelihood"](x=x, m=tf.constant(2), seed=seed)["log_likelihood"])
+    )
     decoded = sig["decode"](z=tf.zeros([2, 3]))
     assert set(decoded) == {"mean", "logits"}
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(PIXELS)):

@@ -62,7 +62,7 @@ def test_policies_of_the_layers(trained_pair):
     assert model.dtype_policy.name == "mixed_bfloat16"
     assert model.encoder(x[:4]).dtype == tf.bfloat16  # The networks do compute in bfloat16...
     for layer in (model.posterior, model.likelihood, model.prior_layer):
-        assert layer.dtype_policy.name == "float32"   # ...the distribution layers do not.
+        assert layer.dtype_policy.name == "float32"  # ...the distribution layers do not.
     q = model.encode(x[:4])
     assert q.dtype == tf.float32 and q.log_prob(q.sample()).dtype == tf.float32
     assert model.decode(q.sample()).log_prob(x[:4]).dtype == tf.float32
@@ -79,8 +79,8 @@ def test_policies_of_the_layers(trained_pair):
 # tolerances below assume only those per-operation bounds (and float32 accumulation of
 # products), never one machine's measured error.
 
-U = 2.0 ** -8       # bfloat16 unit roundoff.
-EPS32 = 2.0 ** -24  # float32 unit roundoff.
+U = 2.0**-8  # bfloat16 unit roundoff.
+EPS32 = 2.0**-24  # float32 unit roundoff.
 
 
 def _as64(t):
@@ -105,7 +105,7 @@ def _float32_tolerances(x, logits, loc, variance):
     pixel = 8 * EPS32 * (np.abs(x * logits) + _softplus(logits))
     log_lik = np.sum(x * logits - _softplus(logits), axis=-1)
     likelihood = pixel.sum(-1) + x.shape[-1] * EPS32 * np.abs(log_lik)
-    kl = 32 * EPS32 * np.sum(loc ** 2 + variance + 1.0 + np.abs(np.log(variance)), axis=-1)
+    kl = 32 * EPS32 * np.sum(loc**2 + variance + 1.0 + np.abs(np.log(variance)), axis=-1)
     return pixel, likelihood, kl
 
 
@@ -118,9 +118,9 @@ def test_distributions_compute_in_float32_from_the_network_outputs(trained_pair)
     _, model, x = trained_pair
     seed = tf.constant([1, 2])
     x64 = x.astype(np.float64)
-    h = _as64(model.encoder(x))                 # bfloat16 values: exact in float32 and float64.
-    loc, variance = h[:, :model.z_dim], _softplus(h[:, model.z_dim:]) + 1e-8
-    z = model.encode(x).sample(seed=seed)       # The draw elbo_terms makes (same q, same seed).
+    h = _as64(model.encoder(x))  # bfloat16 values: exact in float32 and float64.
+    loc, variance = h[:, : model.z_dim], _softplus(h[:, model.z_dim :]) + 1e-8
+    z = model.encode(x).sample(seed=seed)  # The draw elbo_terms makes (same q, same seed).
     logits = _as64(model.decoder(z))
     pixel_tol, likelihood_tol, kl_tol = _float32_tolerances(x64, logits, loc, variance)
     pixels = x64 * logits - _softplus(logits)
@@ -128,27 +128,29 @@ def test_distributions_compute_in_float32_from_the_network_outputs(trained_pair)
     assert got.dtype == tf.float32
     assert np.all(np.abs(_as64(got) - pixels) <= pixel_tol)
     rec = -pixels.sum(-1)
-    kl = 0.5 * np.sum(loc ** 2 + variance - 1.0 - np.log(variance), axis=-1)
+    kl = 0.5 * np.sum(loc**2 + variance - 1.0 - np.log(variance), axis=-1)
     terms = model.elbo_terms(tf.constant(x), seed=seed)
     assert all(t.dtype == tf.float32 for t in terms.values())
     assert np.all(np.abs(_as64(terms["rec"]) - rec) <= likelihood_tol)
     assert np.all(np.abs(_as64(terms["kl"]) - kl) <= kl_tol)
     elbo = model.elbo(x, seed=seed)
     assert elbo.dtype == tf.float32
-    assert np.all(np.abs(_as64(elbo) + rec + kl)
-                  <= likelihood_tol + kl_tol + 2 * EPS32 * np.abs(rec + kl))
+    assert np.all(
+        np.abs(_as64(elbo) + rec + kl) <= likelihood_tol + kl_tol + 2 * EPS32 * np.abs(rec + kl)
+    )
     # The IWAE log-weights, 5 draws for 100 images: log p(x|z) as above; log p(z) and log q(z|x)
     # are sums of 10 Gaussian terms (a handful of roundings each): 32 EPS32 of their magnitudes.
     m, x5, seed5 = 5, x[:100], tf.constant([3, 4])
     log_lik, log_prior, log_post = (_as64(t) for t in model.iwae_log_weights(x5, m, seed=seed5))
-    z5 = _as64(model.encode(x5).sample(m, seed=seed5))           # [m, 100, z]
+    z5 = _as64(model.encode(x5).sample(m, seed=seed5))  # [m, 100, z]
     logits5 = _as64(model.decoder(z5.reshape(-1, model.z_dim))).reshape(m, 100, -1)
     _, likelihood_tol5, _ = _float32_tolerances(x64[:100], logits5, loc[:100], variance[:100])
-    assert np.all(np.abs(log_lik - np.sum(x64[:100] * logits5 - _softplus(logits5), -1))
-                  <= likelihood_tol5)
+    assert np.all(
+        np.abs(log_lik - np.sum(x64[:100] * logits5 - _softplus(logits5), -1)) <= likelihood_tol5
+    )
     log_2pi = np.log(2 * np.pi)
-    prior = -0.5 * np.sum(z5 ** 2 + log_2pi, -1)
-    assert np.all(np.abs(log_prior - prior) <= 32 * EPS32 * np.sum(z5 ** 2 + log_2pi, -1))
+    prior = -0.5 * np.sum(z5**2 + log_2pi, -1)
+    assert np.all(np.abs(log_prior - prior) <= 32 * EPS32 * np.sum(z5**2 + log_2pi, -1))
     sq = (z5 - loc[:100]) ** 2 / variance[:100]
     log_det = np.abs(np.log(2 * np.pi * variance[:100])) + 1.0  # log errs absolutely.
     post = -0.5 * np.sum(sq + np.log(2 * np.pi * variance[:100]), -1)
@@ -166,7 +168,7 @@ def test_a_bfloat16_likelihood_or_loss_would_break_those_tolerances(trained_pair
     seed = tf.constant([1, 2])
     x64 = x.astype(np.float64)
     h = _as64(model.encoder(x))
-    loc, variance = h[:, :model.z_dim], _softplus(h[:, model.z_dim:]) + 1e-8
+    loc, variance = h[:, : model.z_dim], _softplus(h[:, model.z_dim :]) + 1e-8
     z = model.encode(x).sample(seed=seed)
     logits_bf16 = model.decoder(z)
     logits = _as64(logits_bf16)
@@ -176,7 +178,7 @@ def test_a_bfloat16_likelihood_or_loss_would_break_those_tolerances(trained_pair
     assert np.mean(np.abs(_as64(bf16_pixels) - pixels) > pixel_tol) > 0.5
     bf16_log_lik = _as64(tf.reduce_sum(bf16_pixels, axis=-1))
     assert np.median(np.abs(bf16_log_lik - pixels.sum(-1)) / likelihood_tol) > 10
-    kl = 0.5 * np.sum(loc ** 2 + variance - 1.0 - np.log(variance), axis=-1)
+    kl = 0.5 * np.sum(loc**2 + variance - 1.0 - np.log(variance), axis=-1)
     elbo = pixels.sum(-1) - kl
     stored = _as64(tf.cast(model.elbo(x, seed=seed), tf.bfloat16))
     elbo_tol = likelihood_tol + kl_tol + 2 * EPS32 * np.abs(elbo)
@@ -201,13 +203,17 @@ def _first_order_bfloat16_error(model, x, eps):
     Kernels that fuse the bias and activation round less often: the bound holds for them too.
     Returns (f [B], the first-order bound [B], the sum of the magnitudes of every float32 summand
     of f [B], for its float32 rounding)."""
+
     def dense(network):
-        return [(tf.constant(_as64(layer.kernel)), tf.constant(_as64(layer.bias)))
-                for layer in network.layers]
+        return [
+            (tf.constant(_as64(layer.kernel)), tf.constant(_as64(layer.bias)))
+            for layer in network.layers
+        ]
 
     x, eps = tf.constant(x, tf.float64), tf.constant(eps, tf.float64)
     sites = []
     with tf.GradientTape() as tape:
+
         def mlp(params, h):
             tape.watch(h)
             for i, (w, b) in enumerate(params):
@@ -221,19 +227,21 @@ def _first_order_bfloat16_error(model, x, eps):
             return h
 
         encoded = mlp(dense(model.encoder), x)
-        loc, pre = encoded[:, :model.z_dim], encoded[:, model.z_dim:]
+        loc, pre = encoded[:, : model.z_dim], encoded[:, model.z_dim :]
         variance = tf.nn.softplus(pre) + 1e-8
-        z = loc + tf.sqrt(variance) * eps                         # [S, B, z]
-        logits = tf.reshape(mlp(dense(model.decoder), tf.reshape(z, [-1, model.z_dim])),
-                            [eps.shape[0], -1, x.shape[-1]])      # [S, B, 784]
+        z = loc + tf.sqrt(variance) * eps  # [S, B, z]
+        logits = tf.reshape(
+            mlp(dense(model.decoder), tf.reshape(z, [-1, model.z_dim])),
+            [eps.shape[0], -1, x.shape[-1]],
+        )  # [S, B, 784]
         pixels = x * logits - tf.nn.softplus(logits)
-        log_lik = tf.reduce_sum(pixels, -1)                       # [S, B]
+        log_lik = tf.reduce_sum(pixels, -1)  # [S, B]
         if eps.shape[0] == 1:
-            kl = 0.5 * tf.reduce_sum(loc ** 2 + variance - 1.0 - tf.math.log(variance), -1)
+            kl = 0.5 * tf.reduce_sum(loc**2 + variance - 1.0 - tf.math.log(variance), -1)
             f = log_lik[0] - kl
         else:
-            log_prior = -0.5 * tf.reduce_sum(z ** 2, -1)
-            log_post = -0.5 * tf.reduce_sum(eps ** 2 + tf.math.log(variance), -1)
+            log_prior = -0.5 * tf.reduce_sum(z**2, -1)
+            log_post = -0.5 * tf.reduce_sum(eps**2 + tf.math.log(variance), -1)
             f = tf.reduce_logsumexp(log_lik + log_prior - log_post, 0) - np.log(eps.shape[0])
         total = tf.reduce_sum(f)  # Examples are independent: d total / d v = d f_b / d v.
 
@@ -242,21 +250,23 @@ def _first_order_bfloat16_error(model, x, eps):
 
     hidden = [out for _, _, out, _, _, _ in sites if out is not None]
     grads = tape.gradient(total, [a for _, a, _, _, _, _ in sites] + hidden)
-    d_out = iter(grads[len(sites):])
+    d_out = iter(grads[len(sites) :])
     bound = 0.0
-    for (h, a, out, w, b, first), da in zip(sites, grads[:len(sites)], strict=True):
+    for (h, a, out, w, b, first), da in zip(sites, grads[: len(sites)], strict=True):
         n = w.shape[0]
         products = tf.matmul(tf.abs(h), tf.abs(w))
-        bound += per_example(((U + n * EPS32) * products + 2 * U * tf.abs(a - b)
-                              + U * tf.abs(b) + 2 * U * tf.abs(a)) * tf.abs(da))
+        bound += per_example(
+            ((U + n * EPS32) * products + 2 * U * tf.abs(a - b) + U * tf.abs(b) + 2 * U * tf.abs(a))
+            * tf.abs(da)
+        )
         if first:  # Through this network only (z also enters log p(z), in float32).
             bound += per_example(U * tf.abs(h) * tf.abs(tf.matmul(da, w, transpose_b=True)))
         if out is not None:
             negative = tf.cast(a < 0, tf.float64)
             bound += per_example(U * (2 * tf.abs(out) + negative) * tf.abs(next(d_out)))
-    magnitude = (tf.reduce_sum(tf.abs(x * logits) + tf.nn.softplus(logits), -1)
-                 + tf.reduce_sum(loc ** 2 + variance + 1.0 + tf.abs(tf.math.log(variance))
-                                 + z ** 2 + eps ** 2, -1))
+    magnitude = tf.reduce_sum(tf.abs(x * logits) + tf.nn.softplus(logits), -1) + tf.reduce_sum(
+        loc**2 + variance + 1.0 + tf.abs(tf.math.log(variance)) + z**2 + eps**2, -1
+    )
     return f.numpy(), bound.numpy(), tf.reduce_max(magnitude, 0).numpy()
 
 
@@ -281,24 +291,31 @@ def test_bounds_agree_with_float32(trained_pair):
             exact, mixed = model32.elbo(xs, seed=seed), model16.elbo(xs, seed=seed)
         else:  # iwae_log_weights draws z = q.sample(m, seed), as model.iwae does per chunk.
             z = _as64(model32.encode(xs).sample(m, seed=seed))
-            exact, mixed = (objectives.iwae_bound(*model.iwae_log_weights(xs, m, seed=seed))
-                            for model in (model32, model16))
+            exact, mixed = (
+                objectives.iwae_bound(*model.iwae_log_weights(xs, m, seed=seed))
+                for model in (model32, model16)
+            )
             assert model16.iwae(xs, m, seed=seed).dtype == tf.float32
         assert mixed.dtype == tf.float32
         exact, mixed = _as64(exact), _as64(mixed)
         assert np.all(np.isfinite(mixed))
-        f, first_order, magnitude = _first_order_bfloat16_error(model32, xs,
-                                                                (z - loc[:n]) / scale[:n])
+        f, first_order, magnitude = _first_order_bfloat16_error(
+            model32, xs, (z - loc[:n]) / scale[:n]
+        )
         float32 = (x.shape[1] + 16) * EPS32 * magnitude
         assert np.all(np.abs(exact - f) <= float32)  # The replay is this bound with these draws.
         assert np.all(np.abs(mixed - exact) <= 1.25 * first_order + 2 * float32)
         assert not np.array_equal(mixed, exact)  # bfloat16 really was used.
 
 
-@pytest.mark.parametrize("make", [
-    lambda: VAE(hidden=(64,), objective="iwae", iw=3),
-    lambda: GMVAE(k=5, hidden=(64,)),
-], ids=["vae_iwae", "gmvae"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: VAE(hidden=(64,), objective="iwae", iw=3),
+        lambda: GMVAE(k=5, hidden=(64,)),
+    ],
+    ids=["vae_iwae", "gmvae"],
+)
 def test_training_stays_finite(make):
     x = _structured_images(300)
     keras.utils.set_random_seed(2)
@@ -361,15 +378,32 @@ def test_train_binary_mixed_precision(tmp_path):
     weights) loads back as a float32 model, so bin/evaluate and bin/export are float32."""
     rng = np.random.default_rng(0)
     images = (_structured_images(400).reshape(400, 28, 28) * 255).astype(np.uint8)
-    np.savez(tmp_path / "mnist.npz", x_train=images[:300], y_train=rng.integers(0, 10, 300),
-             x_test=images[300:], y_test=rng.integers(0, 10, 100))
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=images[:300],
+        y_train=rng.integers(0, 10, 300),
+        x_test=images[300:],
+        y_test=rng.integers(0, 10, 100),
+    )
     out = tmp_path / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", "train"), "--mixed_precision",
-         f"--data_dir={tmp_path}", "--steps=30", "--steps_per_epoch=30",
-         "--validation_examples=0", "--verbose=0", f"--out_dir={out}"],
-        capture_output=True, text=True, env=env, timeout=240)
+        [
+            sys.executable,
+            os.path.join(ROOT, "bin", "train"),
+            "--mixed_precision",
+            f"--data_dir={tmp_path}",
+            "--steps=30",
+            "--steps_per_epoch=30",
+            "--validation_examples=0",
+            "--verbose=0",
+            f"--out_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dtype_policy"] == "mixed_bfloat16" and np.isfinite(metrics["nelbo"])

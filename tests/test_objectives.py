@@ -129,17 +129,16 @@ def test_iwae_bound_is_stable_in_float32_for_many_samples_and_extreme_weights():
     m = 5000
     rng = np.random.default_rng(4)
     columns = [
-        rng.uniform(-1e4, 0.0, m),             # One weight dominates, most underflow.
-        np.full(m, -1e4),                      # All tiny: exp() is 0 in float32.
-        1e4 + rng.uniform(-50.0, 0.0, m),      # All huge: exp() is inf in float32.
-        rng.uniform(-1e6, 1e6, m),             # Enormous spread.
-        rng.normal(-90.0, 3.0, m),             # Realistic MNIST scale.
+        rng.uniform(-1e4, 0.0, m),  # One weight dominates, most underflow.
+        np.full(m, -1e4),  # All tiny: exp() is 0 in float32.
+        1e4 + rng.uniform(-50.0, 0.0, m),  # All huge: exp() is inf in float32.
+        rng.uniform(-1e6, 1e6, m),  # Enormous spread.
+        rng.normal(-90.0, 3.0, m),  # Realistic MNIST scale.
     ]
     columns[0][17] = 0.0
-    lw = np.stack(columns, axis=1)             # [m, B]
+    lw = np.stack(columns, axis=1)  # [m, B]
     lw32 = lw.astype(np.float32)
-    out = as64(objectives.iwae_bound(tf.constant(lw32), tf.zeros_like(lw32),
-                                     tf.zeros_like(lw32)))
+    out = as64(objectives.iwae_bound(tf.constant(lw32), tf.zeros_like(lw32), tf.zeros_like(lw32)))
     assert np.all(np.isfinite(out))
     expected = np.logaddexp.reduce(as64(lw32), axis=0) - np.log(m)
     np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-3)
@@ -166,7 +165,7 @@ def test_elbo_terms_match_numpy(tiny_vae):
     # z is a draw from q: its standardised noise is modest (not, e.g., a draw from the prior).
     assert np.all(np.abs((z - mean) / np.sqrt(variance)) < 6)
     rec = -np_decoder_log_prob(model, z, x)
-    kl = 0.5 * np.sum(variance + mean ** 2 - 1.0 - np.log(variance), axis=-1)
+    kl = 0.5 * np.sum(variance + mean**2 - 1.0 - np.log(variance), axis=-1)
     np.testing.assert_allclose(terms["rec"], rec, rtol=1e-4)
     np.testing.assert_allclose(terms["kl"], kl, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(terms["nelbo"], rec + kl, rtol=1e-4)
@@ -177,7 +176,7 @@ def test_analytic_kl_agrees_with_its_monte_carlo_estimate(tiny_vae):
     model = tiny_vae
     x = tf.constant(binary((4, 16), seed=1))
     q = model.encode(x)
-    z = q.sample(20000, seed=SEED)                                  # [n, B, z]
+    z = q.sample(20000, seed=SEED)  # [n, B, z]
     estimates = as64(objectives.monte_carlo_kl(q.log_prob(z), model.prior().log_prob(z)))
     analytic = as64(model.kl(q, z[0]))
     stderr = estimates.std(axis=0) / np.sqrt(len(estimates))
@@ -189,7 +188,7 @@ def test_iwae_log_weights_match_numpy(tiny_vae):
     x = binary((6, 16), seed=2)
     ll, lp, lq = (as64(t) for t in model.iwae_log_weights(tf.constant(x), 4, seed=SEED))
     assert ll.shape == lp.shape == lq.shape == (4, 6)
-    z = as64(model.encode(tf.constant(x)).sample(4, seed=SEED))   # [4, 6, 3]
+    z = as64(model.encode(tf.constant(x)).sample(4, seed=SEED))  # [4, 6, 3]
     mean, variance = np_posterior(model, x)
     np.testing.assert_allclose(ll, np_decoder_log_prob(model, z, x), rtol=1e-4)
     np.testing.assert_allclose(lp, np_gaussian_log_prob(z, 0.0, 1.0), rtol=1e-5)
@@ -225,7 +224,7 @@ def test_iwae_chunked_combination_is_exact(tiny_vae, m, chunk):
 def test_iwae_chunk_size_does_not_change_the_distribution(tiny_vae):
     x = binary((8, 16), seed=4)
     reps = 150
-    x_rep = np.tile(x, (reps, 1))                                  # [reps * 8, 16]
+    x_rep = np.tile(x, (reps, 1))  # [reps * 8, 16]
     whole = as64(tiny_vae.iwae(x_rep, 20, seed=SEED, chunk=20)).reshape(reps, 8)
     chunked = as64(tiny_vae.iwae(x_rep, 20, seed=tf.constant([7, 8]), chunk=6)).reshape(reps, 8)
     assert not np.allclose(whole, chunked)  # Different draws ...
@@ -299,6 +298,7 @@ def test_iwae_objective_terms(keras_seed):
 def test_negative_iwae_chunks_and_folds_exactly(tiny_vae, jit_compile, m, max_rows):
     """With known log weights (sample i, example b of a call: -(i mod 5) - b / 10), the chunked,
     batched, running log-sum-exp must equal the closed form whatever the chunking."""
+
     def known_log_weights(x, size, seed=None):
         b = tf.range(tf.shape(x)[0], dtype=tf.float32)
         i = tf.range(size, dtype=tf.float32)[:, None]
@@ -309,7 +309,7 @@ def test_negative_iwae_chunks_and_folds_exactly(tiny_vae, jit_compile, m, max_ro
     got = evaluation.negative_iwae(tiny_vae, x, m, max_rows, seed=0, jit_compile=jit_compile)
     chunk = min(m, max_rows)
     b = np.arange(9) % max(1, max_rows // chunk)  # Each call numbers its examples from 0 ...
-    i = np.arange(m) % chunk                       # ... and its samples.
+    i = np.arange(m) % chunk  # ... and its samples.
     log_w = -(i % 5)[:, None] - b[None, :] / 10.0
     expected = -np.mean(np.log(np.mean(np.exp(log_w), axis=0)))
     np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -147,8 +147,13 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, vae):
 
 def _run(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", "plot"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "plot"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +161,9 @@ def npz(tmp_path_factory):
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
     images = (rng.random((60, 28, 28)) * 255).astype(np.uint8)
-    np.savez(path, x_train=images, x_test=images, y_train=np.arange(60) % 10,
-             y_test=np.arange(60) % 10)
+    np.savez(
+        path, x_train=images, x_test=images, y_train=np.arange(60) % 10, y_test=np.arange(60) % 10
+    )
     return path
 
 
@@ -165,8 +171,13 @@ def test_bin_plot_all_writes_every_figure(ssvae, npz, tmp_path):
     saved = tmp_path / "ssvae.keras"
     ssvae.save(saved)
     out = tmp_path / "figures"
-    result = _run(f"--model_path={saved}", "--kind=all", f"--output={out}",
-                  f"--dataset=npz:{npz}", "--examples=40")
+    result = _run(
+        f"--model_path={saved}",
+        "--kind=all",
+        f"--output={out}",
+        f"--dataset=npz:{npz}",
+        "--examples=40",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(os.listdir(out))
     assert names == sorted(f"{kind}.png" for kind in plots.KINDS)
@@ -209,26 +220,37 @@ def test_tensorboard_images_and_per_step_scalars(semi_supervised, tmp_path):
     labels = np.arange(200) % 10
     if semi_supervised:
         model = SSVAE(z_dim=3, hidden=(16,), classifier_hidden=(16,))
+
         def train(start):
-            return semisupervised.make_train_dataset(images, labels, labels_per_class=2,
-                                                batch_size=20, seed=0, start_step=start)
+            return semisupervised.make_train_dataset(
+                images, labels, labels_per_class=2, batch_size=20, seed=0, start_step=start
+            )
 
         val = semisupervised.make_eval_dataset(images[:50], labels[:50], batch_size=25)
     else:
         model = VAE(z_dim=3, hidden=(16,))
+
         def train(start):
             return data.train_dataset(images, 20, seed=0, start_step=start)
 
         val = data.eval_dataset(images[:50], batch_size=25)
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=False, steps_per_execution=2)
-    training.fit(model, train, steps=40, out_dir=str(tmp_path), steps_per_epoch=20,
-                 validation_data=val, verbose=0)
+    training.fit(
+        model,
+        train,
+        steps=40,
+        out_dir=str(tmp_path),
+        steps_per_epoch=20,
+        validation_data=val,
+        verbose=0,
+    )
     steps, sizes = _events(str(tmp_path / "logs" / "samples"))
     assert steps["samples"] == [1, 2] and steps["reconstructions"] == [1, 2]
     # Samples: 8 x 8, or a row per z and a column per class (6 x 10); reconstructions: the
     # first 32 validation images in rows of 8, each row followed by its reconstructions.
-    assert sizes["samples"] == ((10 * 29 + 1, 6 * 29 + 1) if semi_supervised
-                                else (8 * 29 + 1, 8 * 29 + 1))
+    assert sizes["samples"] == (
+        (10 * 29 + 1, 6 * 29 + 1) if semi_supervised else (8 * 29 + 1, 8 * 29 + 1)
+    )
     assert sizes["reconstructions"] == (8 * 29 + 1, 8 * 29 + 1)
     # Per-step scalars: 20 steps an epoch, one point every 2 (update_freq: ~10 an epoch).
     # Keras 3 calls batch callbacks once per execution (steps_per_execution=2 steps) and steps

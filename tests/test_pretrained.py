@@ -37,8 +37,11 @@ def test_export_writes_the_keras_model_beside_and_the_binaries_load_it(tmp_path)
         export.export(model, path, with_keras=True)
     export.export(model, path, with_keras=True, overwrite=True)
     os.remove(path + ".keras")
-    with pytest.raises(FileNotFoundError, match=r"a SavedModel without its Keras model beside "
-                       r"it \(.*vae\.keras, which bin/export writes\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"a SavedModel without its Keras model beside "
+        r"it \(.*vae\.keras, which bin/export writes\)",
+    ):
         common.load_model(path)
 
 
@@ -88,9 +91,18 @@ def test_a_shipped_keras_model_is_its_savedmodel_and_trains_on(name):
 def test_the_binaries_take_a_shipped_savedmodel(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = str(tmp_path / "s.png")
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "sample"),
-                          f"--model_path={os.path.join(ROOT, 'savedmodels', 'gmvae')}",
-                          f"--output={out}", "--rows=2"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "bin", "sample"),
+            f"--model_path={os.path.join(ROOT, 'savedmodels', 'gmvae')}",
+            f"--output={out}",
+            "--rows=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert os.path.getsize(out) > 0

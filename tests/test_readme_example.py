@@ -26,7 +26,8 @@ def readme_example():
 def test_example_is_short():
     code = readme_example()
     assert len(code.splitlines()) <= MAX_LINES, (
-        f"The README example has {len(code.splitlines())} lines; at most {MAX_LINES}.")
+        f"The README example has {len(code.splitlines())} lines; at most {MAX_LINES}."
+    )
 
 
 def test_example_runs(tmp_path):
@@ -42,12 +43,24 @@ def test_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(readme_example(), encoding="utf-8")
     # TMPDIR: the example's tempfile.mkdtemp() lands under tmp_path, which pytest cleans up.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", data.ENV_VAR: os.path.abspath(data_dir),
-           "TMPDIR": str(tmp_path)}
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, (f"The README example failed (exit {run.returncode}):\n"
-                                 f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        data.ENV_VAR: os.path.abspath(data_dir),
+        "TMPDIR": str(tmp_path),
+    }
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, (
+        f"The README example failed (exit {run.returncode}):\n"
+        f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    )
     found = re.search(r"^IWAE-10 on 1000 test images: (\S+) nats$", run.stdout, re.M)
     assert found, f"No IWAE line in the example's output:\n{run.stdout}"
     bound = float(found.group(1))

@@ -25,12 +25,20 @@ from isolation import BLOCK_PACKAGE_IMPORTS
 Z = 3
 TINY = dict(z_dim=Z, hidden=(8,))
 SIGNATURES = {  # name -> output keys (those of the shipped savedmodels/)
-    "vae": {"encode": {"mean", "variance"}, "decode": {"probs", "logits"},
-            "sample": {"images", "z"}, "elbo": {"elbo", "kl", "rec"},
-            "log_likelihood": {"log_likelihood"}},
-    "ssvae": {"classify": {"probs"}, "encode": {"mean", "variance"},
-              "decode": {"probs", "logits"}, "sample": {"images"},
-              "elbo": {"elbo", "kl_z", "kl_y", "rec"}},
+    "vae": {
+        "encode": {"mean", "variance"},
+        "decode": {"probs", "logits"},
+        "sample": {"images", "z"},
+        "elbo": {"elbo", "kl", "rec"},
+        "log_likelihood": {"log_likelihood"},
+    },
+    "ssvae": {
+        "classify": {"probs"},
+        "encode": {"mean", "variance"},
+        "decode": {"probs", "logits"},
+        "sample": {"images"},
+        "elbo": {"elbo", "kl_z", "kl_y", "rec"},
+    },
 }
 SIGNATURES["gmvae"] = SIGNATURES["vae"]
 SIGNATURES["m1m2"] = {**SIGNATURES["ssvae"], "decode": {"mean", "variance", "observed"}}
@@ -39,8 +47,9 @@ MODELS = list(SIGNATURES)
 PIXELS = "Pixel values must lie in [0, 1]; divide uint8 images by 255."
 NAN_PIXELS = "Images contain NaN or Inf values; clean the input."
 BINARY = "Pixels must be binary (0 or 1)"
-IMAGE_SHAPE = ("Expected images of shape [batch, 784] (or [batch, 28, 28, 1] or [batch, 28, 28]); "
-               "got shape ")
+IMAGE_SHAPE = (
+    "Expected images of shape [batch, 784] (or [batch, 28, 28, 1] or [batch, 28, 28]); got shape "
+)
 NAN_LATENTS = "Latents contain NaN or Inf values; clean the input."
 
 
@@ -83,8 +92,11 @@ def good_inputs(name, batch):
     """A valid call of every signature of the model: name -> kwargs, for `batch` examples."""
     x = tf.constant(binary_images(batch))
     seed = tf.constant([1, 2])
-    calls = {"encode": labelled(name, x=x), "decode": labelled(name, z=tf.zeros([batch, Z])),
-             "elbo": dict(x=x, seed=seed)}
+    calls = {
+        "encode": labelled(name, x=x),
+        "decode": labelled(name, z=tf.zeros([batch, Z])),
+        "elbo": dict(x=x, seed=seed),
+    }
     if name in ("ssvae", "m1m2"):
         calls["classify"] = dict(x=x)
         calls["sample"] = dict(n=tf.constant(batch), y=tf.constant([7]))
@@ -101,50 +113,81 @@ def bad_cases(name):
     cases = [
         ("encode", labelled(name, x=x * 2.0), PIXELS),
         ("encode", labelled(name, x=x * np.nan), NAN_PIXELS),
-        ("encode", labelled(name, x=np.where(x > 0, np.inf, 0.0).astype(np.float32)),
-         NAN_PIXELS),
+        ("encode", labelled(name, x=np.where(x > 0, np.inf, 0.0).astype(np.float32)), NAN_PIXELS),
         ("encode", labelled(name, x=x[:, :783]), IMAGE_SHAPE + "(3, 783)."),
         ("encode", labelled(name, x=x[0]), IMAGE_SHAPE + "(784,)."),
         ("encode", labelled(name, x=x.reshape(3, 28, 28, 1, 1)), IMAGE_SHAPE),
         ("decode", labelled(name, z=np.full((3, Z), np.nan, np.float32)), NAN_LATENTS),
-        ("decode", labelled(name, z=np.zeros((3, Z + 1), np.float32)),
-         f"Expected latents of shape [batch, {Z}]; got shape (3, {Z + 1})."),
-        ("decode", labelled(name, z=np.zeros((3, 1, Z), np.float32)),
-         f"Expected latents of shape [batch, {Z}]; got shape (3, 1, {Z})."),
+        (
+            "decode",
+            labelled(name, z=np.zeros((3, Z + 1), np.float32)),
+            f"Expected latents of shape [batch, {Z}]; got shape (3, {Z + 1}).",
+        ),
+        (
+            "decode",
+            labelled(name, z=np.zeros((3, 1, Z), np.float32)),
+            f"Expected latents of shape [batch, {Z}]; got shape (3, 1, {Z}).",
+        ),
         ("elbo", dict(x=x * 0.5, seed=seed), BINARY),
         ("elbo", dict(x=x * 255.0, seed=seed), PIXELS),
         ("elbo", dict(x=x[:, :5], seed=seed), IMAGE_SHAPE + "(3, 5)."),
-        ("elbo", dict(x=x, seed=tf.constant([1, 2, 3])),
-         "seed must be two integers, shape [2], e.g. [0, 0]; got shape (3,)."),
-        ("elbo", dict(x=x, seed=tf.constant(1)),
-         "seed must be two integers, shape [2], e.g. [0, 0]; got shape ()."),
+        (
+            "elbo",
+            dict(x=x, seed=tf.constant([1, 2, 3])),
+            "seed must be two integers, shape [2], e.g. [0, 0]; got shape (3,).",
+        ),
+        (
+            "elbo",
+            dict(x=x, seed=tf.constant(1)),
+            "seed must be two integers, shape [2], e.g. [0, 0]; got shape ().",
+        ),
     ]
     y = {"y": tf.constant([1])} if name in ("ssvae", "m1m2") else {}
     cases += [
         ("sample", dict(n=tf.constant(-2), **y), "n must be >= 0 (the number of samples); got -2."),
-        ("sample", dict(n=tf.constant([2]), **y),
-         "n must be a single integer (the number of samples), shape []; got shape (1,)."),
+        (
+            "sample",
+            dict(n=tf.constant([2]), **y),
+            "n must be a single integer (the number of samples), shape []; got shape (1,).",
+        ),
     ]
     if name in ("ssvae", "m1m2"):
         cases += [
             ("classify", dict(x=x * 2.0), PIXELS),
             ("classify", dict(x=x * np.nan), NAN_PIXELS),
             ("classify", dict(x=x[:, :10]), IMAGE_SHAPE + "(3, 10)."),
-            ("sample", dict(n=tf.constant(3), y=tf.constant([1, 2])),
-             ("y must hold one label per sample (n = 3) or a single label for all of them; "
-              "got 2 labels.")),
-            ("sample", dict(n=tf.constant(2), y=tf.constant([10])),
-             "Labels must be class indices in 0..9"),
-            ("decode", dict(z=np.zeros((2, Z), np.float32), y=tf.constant([0, 12])),
-             "Labels must be class indices in 0..9"),
+            (
+                "sample",
+                dict(n=tf.constant(3), y=tf.constant([1, 2])),
+                (
+                    "y must hold one label per sample (n = 3) or a single label for all of them; "
+                    "got 2 labels."
+                ),
+            ),
+            (
+                "sample",
+                dict(n=tf.constant(2), y=tf.constant([10])),
+                "Labels must be class indices in 0..9",
+            ),
+            (
+                "decode",
+                dict(z=np.zeros((2, Z), np.float32), y=tf.constant([0, 12])),
+                "Labels must be class indices in 0..9",
+            ),
         ]
     else:
         cases += [
-            ("log_likelihood", dict(x=x, m=tf.constant(0), seed=seed),
-             "m must be >= 1 (the number of importance samples); got 0."),
+            (
+                "log_likelihood",
+                dict(x=x, m=tf.constant(0), seed=seed),
+                "m must be >= 1 (the number of importance samples); got 0.",
+            ),
             ("log_likelihood", dict(x=x * 0.5, m=tf.constant(2), seed=seed), BINARY),
-            ("log_likelihood", dict(x=x, m=tf.constant(2), seed=tf.constant([[1, 2]])),
-             "seed must be two integers, shape [2], e.g. [0, 0]; got shape (1, 2)."),
+            (
+                "log_likelihood",
+                dict(x=x, m=tf.constant(2), seed=tf.constant([[1, 2]])),
+                "seed must be two integers, shape [2], e.g. [0, 0]; got shape (1, 2).",
+            ),
         ]
     return cases
 
@@ -190,24 +233,32 @@ def test_valid_inputs_are_served_as_the_python_api_serves_them(exported, name):
     extra = {} if y is None else {"y": y}
     flat = signatures["encode"](x=x, **extra)["mean"]
     # Images as [B, 28, 28] (and [B, 28, 28, 1]), as check_images accepts them.
-    np.testing.assert_allclose(signatures["encode"](x=x.reshape(4, 28, 28), **extra)["mean"],
-                               flat, rtol=1e-6)
-    np.testing.assert_allclose(signatures["encode"](x=x.reshape(4, 28, 28, 1), **extra)["mean"],
-                               flat, rtol=1e-6)
+    np.testing.assert_allclose(
+        signatures["encode"](x=x.reshape(4, 28, 28), **extra)["mean"], flat, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        signatures["encode"](x=x.reshape(4, 28, 28, 1), **extra)["mean"], flat, rtol=1e-6
+    )
     # Grayscale pixels are fine for encode (and classify), as before.
     q = model.encode(gray, *([] if y is None else [y]))
-    np.testing.assert_allclose(signatures["encode"](x=gray, **extra)["mean"], q.mean(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        signatures["encode"](x=gray, **extra)["mean"], q.mean(), rtol=1e-5, atol=1e-6
+    )
     if "classify" in signatures:
-        np.testing.assert_allclose(signatures["classify"](x=gray)["probs"], model.classify(gray),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            signatures["classify"](x=gray)["probs"], model.classify(gray), rtol=1e-5, atol=1e-6
+        )
     seed = tf.constant([3, 4])
-    np.testing.assert_allclose(signatures["elbo"](x=x, seed=seed)["elbo"],
-                               model.elbo(x, seed=seed), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        signatures["elbo"](x=x, seed=seed)["elbo"], model.elbo(x, seed=seed), rtol=1e-5, atol=1e-4
+    )
     if "log_likelihood" in signatures:
         np.testing.assert_allclose(
             signatures["log_likelihood"](x=x, m=tf.constant(5), seed=seed)["log_likelihood"],
-            model.iwae(x, 5, seed=seed), rtol=1e-5, atol=1e-4)
+            model.iwae(x, 5, seed=seed),
+            rtol=1e-5,
+            atol=1e-4,
+        )
 
 
 _SERVE = BLOCK_PACKAGE_IMPORTS + textwrap.dedent("""
@@ -232,8 +283,14 @@ def test_checks_work_without_the_package(exported, tmp_path):
     script = tmp_path / "serve.py"
     script.write_text(_SERVE)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-I", str(script), str(path)], capture_output=True,
-                            text=True, cwd=str(tmp_path), env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), str(path)],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert PIXELS in out["error"]
@@ -241,8 +298,9 @@ def test_checks_work_without_the_package(exported, tmp_path):
 
 
 def test_check_helpers_raise_value_errors_eagerly():
-    with pytest.raises(ValueError, match=re.escape("n must be >= 0 (the number of samples); "
-                                                   "got -1.")):
+    with pytest.raises(
+        ValueError, match=re.escape("n must be >= 0 (the number of samples); got -1.")
+    ):
         check_count(-1)
     with pytest.raises(ValueError, match=re.escape("got shape (2,).")):
         check_count([1, 2])
@@ -257,8 +315,9 @@ def test_check_helpers_raise_value_errors_eagerly():
     assert check_images(np.zeros((2, 28, 28, 1)), 784).shape == (2, 784)
     np.testing.assert_array_equal(check_seed(np.array([5, 6], np.int64)), [5, 6])
     # Traced with an unknown shape, the shape is asserted in the graph with the same sentence.
-    checked = tf.function(lambda x: check_images(x, 784),
-                          input_signature=[tf.TensorSpec(None, tf.float32)])
+    checked = tf.function(
+        lambda x: check_images(x, 784), input_signature=[tf.TensorSpec(None, tf.float32)]
+    )
     assert checked(tf.zeros([2, 28, 28])).shape == (2, 784)
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(IMAGE_SHAPE + "(2, 27).")):
         checked(tf.zeros([2, 27]))
@@ -289,17 +348,21 @@ def test_fit_and_evaluate_refuse_bad_arrays_before_the_first_step(model_cls):
     binary = binary_images(10).reshape(10, 28, 28)
     uint8 = (binary * 255).astype(np.uint8)
     gray = np.random.default_rng(1).random((10, 784)).astype(np.float32)
-    for call in (lambda: model.fit(uint8, batch_size=5, verbose=0),
-                 lambda: model.fit(uint8, None, 5, 1, 0),  # positional
-                 lambda: model.evaluate(uint8, verbose=0)):
+    for call in (
+        lambda: model.fit(uint8, batch_size=5, verbose=0),
+        lambda: model.fit(uint8, None, 5, 1, 0),  # positional
+        lambda: model.evaluate(uint8, verbose=0),
+    ):
         with pytest.raises(ValueError, match=re.escape(PIXELS)) as info:
             call()
         assert str(info.value) == PIXELS  # The sentence, not a graph trace.
-    for call in (lambda: model.fit(gray, batch_size=5, verbose=0),
-                 lambda: model.fit(binary, verbose=0, validation_data=(gray,)),
-                 lambda: model.fit(binary, verbose=0, validation_data=gray),
-                 lambda: model.evaluate(x=gray, verbose=0),
-                 lambda: model.fit(tf.constant(gray), verbose=0)):
+    for call in (
+        lambda: model.fit(gray, batch_size=5, verbose=0),
+        lambda: model.fit(binary, verbose=0, validation_data=(gray,)),
+        lambda: model.fit(binary, verbose=0, validation_data=gray),
+        lambda: model.evaluate(x=gray, verbose=0),
+        lambda: model.fit(tf.constant(gray), verbose=0),
+    ):
         with pytest.raises(ValueError, match=re.escape(BINARY)):
             call()
     with pytest.raises(ValueError, match=re.escape(IMAGE_SHAPE + "(10, 783).")):

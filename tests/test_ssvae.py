@@ -45,15 +45,20 @@ def test_unlabelled_bound_terms_match_numpy():
     kl_y = np.sum(q * np.log(q / (1.0 / K)), axis=1)
     np.testing.assert_allclose(terms["kl_y"], kl_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(terms["nelbo"], np.sum(q * (rec + kl_z), 1) + kl_y, rtol=1e-5)
-    np.testing.assert_allclose(terms["nelbo"], terms["rec"] + terms["kl_z"] + terms["kl_y"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        terms["nelbo"], terms["rec"] + terms["kl_z"] + terms["kl_y"], rtol=1e-6
+    )
     # A certain classifier pays log K; a uniform one pays nothing.
     confident = objectives.categorical_kl_to_uniform(tf.constant([[200.0] + [0.0] * (K - 1)]))
     np.testing.assert_allclose(confident.numpy(), [math.log(K)], rtol=1e-5)
-    np.testing.assert_allclose(objectives.categorical_kl_to_uniform(tf.zeros([1, K])).numpy(), [0.0],
-                               atol=1e-6)
-    np.testing.assert_allclose(objectives.labelled_negative_elbo(tf.constant([3.0]), tf.constant([2.0]))
-                               .numpy(), [5.0 + math.log(K)], rtol=1e-6)
+    np.testing.assert_allclose(
+        objectives.categorical_kl_to_uniform(tf.zeros([1, K])).numpy(), [0.0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        objectives.labelled_negative_elbo(tf.constant([3.0]), tf.constant([2.0])).numpy(),
+        [5.0 + math.log(K)],
+        rtol=1e-6,
+    )
 
 
 def test_categorical_kl_gradient_is_finite_for_extreme_logits():
@@ -69,8 +74,8 @@ def _point_mass_posterior(model):
     one-sample bound is deterministic and can be compared with a class-by-class computation."""
     out = model.encoder.layers[-1]
     kernel, bias = out.kernel.numpy(), out.bias.numpy()
-    kernel[:, model.z_dim:] = 0.0
-    bias[model.z_dim:] = -60.0
+    kernel[:, model.z_dim :] = 0.0
+    bias[model.z_dim :] = -60.0
     out.kernel.assign(kernel)
     out.bias.assign(bias)
 
@@ -102,8 +107,9 @@ def test_enumerated_bound_equals_sum_over_labels_class_by_class():
     # Labelled: the same class-k terms plus log K.
     y = np.arange(7) % K
     labelled = model.labelled_terms(tf.constant(x), tf.constant(y, tf.int32))["nelbo"].numpy()
-    np.testing.assert_allclose(labelled, rec[np.arange(7), y] + kl_z[np.arange(7), y] + math.log(K),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        labelled, rec[np.arange(7), y] + kl_z[np.arange(7), y] + math.log(K), rtol=1e-4
+    )
 
 
 def test_unlabelled_bound_is_stochastic_but_seeded():
@@ -160,14 +166,16 @@ def test_fit_with_gen_weight_zero_moves_only_the_classifier():
 
 def test_make_train_dataset_structure():
     images, labels = synthetic_uint8(400)
-    ds = semisupervised.make_train_dataset(images, labels, labels_per_class=3, batch_size=16, seed=0)
+    ds = semisupervised.make_train_dataset(
+        images, labels, labels_per_class=3, batch_size=16, seed=0
+    )
     (x_u, (x_l, y_l)), (_, (x_l2, y_l2)) = list(ds.take(2))
     assert x_u.shape == (16, 784) and x_l.shape == (30, 784) and y_l.shape == (30,)
     assert x_u.dtype == tf.float32 and y_l.dtype == tf.int32
     assert set(np.unique(np.concatenate([x_u.numpy().ravel(), x_l.numpy().ravel()]))) <= {0.0, 1.0}
     np.testing.assert_array_equal(np.bincount(y_l.numpy(), minlength=K), [3] * K)
-    np.testing.assert_array_equal(y_l.numpy(), y_l2.numpy())   # The same labelled set ...
-    assert not np.array_equal(x_l.numpy(), x_l2.numpy())        # ... binarised afresh.
+    np.testing.assert_array_equal(y_l.numpy(), y_l2.numpy())  # The same labelled set ...
+    assert not np.array_equal(x_l.numpy(), x_l2.numpy())  # ... binarised afresh.
     labelled, unlabelled = semisupervised.split_labelled(labels, 3, 0)
     assert len(np.intersect1d(labelled, unlabelled)) == 0 and len(unlabelled) == 370
 
@@ -180,8 +188,15 @@ def test_labelled_batches_drawn_with_replacement():
     gray = images[labelled].reshape(-1, 784) / 255.0
 
     def steps(seed):
-        ds = semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=64,
-                                      seed=seed, binarization="none", labelled_batch_size=50)
+        ds = semisupervised.make_train_dataset(
+            images,
+            labels,
+            labels_per_class=2,
+            batch_size=64,
+            seed=seed,
+            binarization="none",
+            labelled_batch_size=50,
+        )
         return [(x_l.numpy(), y_l.numpy()) for _, (x_l, y_l) in ds.take(3)]
 
     first, again, other = steps(0), steps(0), steps(1)
@@ -192,8 +207,8 @@ def test_labelled_batches_drawn_with_replacement():
         np.testing.assert_allclose(x_l, gray[match], atol=1e-6)
         np.testing.assert_array_equal(y_l, labels[labelled][match])
         assert len(np.unique(match)) < 50  # With replacement: 50 draws from 20 repeat.
-    assert not np.array_equal(first[0][1], first[1][1])        # A fresh draw every step ...
-    for (a, ya), (b, yb) in zip(first, again, strict=True):    # ... replayed by the seed.
+    assert not np.array_equal(first[0][1], first[1][1])  # A fresh draw every step ...
+    for (a, ya), (b, yb) in zip(first, again, strict=True):  # ... replayed by the seed.
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(ya, yb)
     assert not np.array_equal(first[0][1], other[0][1])
@@ -203,20 +218,26 @@ def test_labelled_batches_drawn_with_replacement():
 
 def test_chosen_labelled_indices(tmp_path):
     images, labels = synthetic_uint8(400)
-    chosen = np.array([5, 0, 11, 2, 3, 4, 17, 6, 7, 8, 9])   # Every class; 0 and 1 twice.
+    chosen = np.array([5, 0, 11, 2, 3, 4, 17, 6, 7, 8, 9])  # Every class; 0 and 1 twice.
     path = tmp_path / "idx.txt"
     path.write_text("# hand-picked\n5, 0 11\n2 3 4 17 6 7 8 9  # the rest\n")
     np.testing.assert_array_equal(semisupervised.read_indices(path), chosen)
-    ds = semisupervised.make_train_dataset(images, labels, batch_size=8, labelled_indices=chosen,
-                                  binarization="none")
+    ds = semisupervised.make_train_dataset(
+        images, labels, batch_size=8, labelled_indices=chosen, binarization="none"
+    )
     _, (x_l, y_l) = next(iter(ds))
     order = np.sort(chosen)
     np.testing.assert_array_equal(y_l.numpy(), labels[order])
     np.testing.assert_allclose(x_l.numpy(), images[order].reshape(-1, 784) / 255.0, atol=1e-6)
     labelled, unlabelled = semisupervised.split_by_indices(labels, chosen)
     assert len(unlabelled) == 400 - 11 and not np.intersect1d(labelled, unlabelled).size
-    for bad, match in [([1, 2, 2], "repeat"), ([0, 400], r"0\.\.399"), ([0.5], "integers"),
-                       (list(range(9)), r"class\(es\) \[9\]"), ([], "non-empty")]:
+    for bad, match in [
+        ([1, 2, 2], "repeat"),
+        ([0, 400], r"0\.\.399"),
+        ([0.5], "integers"),
+        (list(range(9)), r"class\(es\) \[9\]"),
+        ([], "non-empty"),
+    ]:
         with pytest.raises(ValueError, match=match):
             semisupervised.split_by_indices(labels, np.array(bad))
     path.write_text("1 2 x\n")
@@ -226,7 +247,7 @@ def test_chosen_labelled_indices(tmp_path):
 
 def test_make_eval_dataset_pairs_binary_and_grayscale():
     images, labels = synthetic_uint8(25)
-    ((x_bin, x_gray), y), = list(semisupervised.make_eval_dataset(images, labels, batch_size=100))
+    (((x_bin, x_gray), y),) = list(semisupervised.make_eval_dataset(images, labels, batch_size=100))
     assert set(np.unique(x_bin.numpy())) <= {0.0, 1.0}
     np.testing.assert_allclose(x_gray.numpy(), data.flatten(images))
     np.testing.assert_array_equal(y.numpy(), labels)
@@ -269,8 +290,10 @@ def test_one_hot_of_wrong_width_raises():
     with pytest.raises(ValueError, match="exactly one 1"):
         model.encode(x, np.full((3, K), 0.1, np.float32))
     # A proper one-hot is the same as the class index.
-    np.testing.assert_allclose(model.encode(x, np.eye(K, dtype=np.float32)[[2, 5, 7]]).mean(),
-                               model.encode(x, [2, 5, 7]).mean())
+    np.testing.assert_allclose(
+        model.encode(x, np.eye(K, dtype=np.float32)[[2, 5, 7]]).mean(),
+        model.encode(x, [2, 5, 7]).mean(),
+    )
 
 
 def test_labelled_set_missing_a_class_raises():
@@ -347,11 +370,17 @@ def test_serving_functions_trace_and_run():
     assert list(fns) == ["classify", "encode", "decode", "sample", "elbo"]
     x = tf.constant(binary_images(3))
     y = tf.constant([1, 2, 3], tf.int32)
-    args = {"classify": (x,), "encode": (x, y), "decode": (tf.zeros([3, 4]), y),
-            "sample": (tf.constant(3), tf.constant([7], tf.int32)),
-            "elbo": (x, tf.constant([1, 2], tf.int32))}
-    out = {name: tf.function(fn, input_signature=sig).get_concrete_function()(*args[name])
-           for name, (fn, sig) in fns.items()}
+    args = {
+        "classify": (x,),
+        "encode": (x, y),
+        "decode": (tf.zeros([3, 4]), y),
+        "sample": (tf.constant(3), tf.constant([7], tf.int32)),
+        "elbo": (x, tf.constant([1, 2], tf.int32)),
+    }
+    out = {
+        name: tf.function(fn, input_signature=sig).get_concrete_function()(*args[name])
+        for name, (fn, sig) in fns.items()
+    }
     assert out["classify"]["probs"].shape == (3, K)
     assert out["encode"]["mean"].shape == (3, 4) and out["encode"]["variance"].shape == (3, 4)
     assert out["decode"]["probs"].shape == (3, 784) and out["decode"]["logits"].shape == (3, 784)
@@ -378,8 +407,9 @@ def test_short_fit_on_mnist_beats_chance(mnist):
     # Chance is 10%; a classifier from 100 labels reaches ~70%.
     print("SSVAE short fit:", logs, results)
     assert results["accuracy"] > 0.5, results
-    accuracy = np.mean(np.argmax(model.classify(data.flatten(mnist.x_test[:1000])), 1)
-                       == mnist.y_test[:1000])
+    accuracy = np.mean(
+        np.argmax(model.classify(data.flatten(mnist.x_test[:1000])), 1) == mnist.y_test[:1000]
+    )
     np.testing.assert_allclose(accuracy, results["accuracy"], atol=1e-6)
     assert 0 < results["nelbo"] < 400, results
 
@@ -394,12 +424,14 @@ def test_course_reference_loss_without_labelled_bound():
     tf.random.set_seed(3)
     loss, values = model.compute_losses((x_u, (x_l, y_l)))
     assert "labelled_nelbo" not in values
-    np.testing.assert_allclose(loss, np.mean(values["nelbo"]) + 100.0 * np.mean(
-        values["class_loss"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        loss, np.mean(values["nelbo"]) + 100.0 * np.mean(values["class_loss"]), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="binary"):
         tiny_model().compute_losses((x_u, (x_l, y_l)))  # The labelled bound needs binary pixels.
-    ds = semisupervised.make_train_dataset(*synthetic_uint8(300), labels_per_class=2, batch_size=8,
-                                  labelled_binarization="none")
+    ds = semisupervised.make_train_dataset(
+        *synthetic_uint8(300), labels_per_class=2, batch_size=8, labelled_binarization="none"
+    )
     _, (xl, _) = next(iter(ds))
     assert not np.all(np.isin(xl.numpy(), [0.0, 1.0]))
     assert model.get_config()["labelled_bound"] is False
@@ -423,12 +455,13 @@ def test_bad_batch_in_fit_fails_clearly_and_changes_nothing(jit_compile):
     gray = np.full_like(x_u, 0.5)
     bad_onehot = np.full((len(y_l), K), 0.1, np.float32)
     for element, message in [
-            ((gray, (x_l, y_l)), "binary"),
-            ((np.full_like(x_u, np.nan), (x_l, y_l)), "NaN"),
-            ((x_u, (np.full_like(x_l, 3.0), y_l)), r"\[0, 1\]"),
-            ((x_u, (np.full_like(x_l, 0.5), y_l)), "binary"),
-            ((x_u, (x_l, np.full_like(y_l, 12))), r"class indices in 0\.\.9"),
-            ((x_u, (x_l, bad_onehot)), "exactly one 1")]:
+        ((gray, (x_l, y_l)), "binary"),
+        ((np.full_like(x_u, np.nan), (x_l, y_l)), "NaN"),
+        ((x_u, (np.full_like(x_l, 3.0), y_l)), r"\[0, 1\]"),
+        ((x_u, (np.full_like(x_l, 0.5), y_l)), "binary"),
+        ((x_u, (x_l, np.full_like(y_l, 12))), r"class indices in 0\.\.9"),
+        ((x_u, (x_l, bad_onehot)), "exactly one 1"),
+    ]:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             model.fit(one(*element), verbose=0)
     after = [np.array(v) for v in model.weights + model.optimizer.variables]
@@ -456,8 +489,9 @@ def test_xla_update_matches_graph_update():
     for jit in (False, True):
         model = tiny_model(min_variance=0.0)
         _point_mass_posterior(model)
-        model.compile(keras.optimizers.SGD(1e-2, momentum=0.9), jit_compile=jit,
-                      steps_per_execution=3)
+        model.compile(
+            keras.optimizers.SGD(1e-2, momentum=0.9), jit_compile=jit, steps_per_execution=3
+        )
         history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)
         runs.append((model, {k: v[-1] for k, v in history.history.items()}))
     (graph, graph_logs), (xla, xla_logs) = runs
@@ -485,8 +519,12 @@ def test_compile_survives_a_reload(tmp_path, jit_compile):
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     assert model.jit_compile is False  # Keras' own XLA would drop the checks.
     images, labels = synthetic_uint8(200)
-    model.fit(semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
-              steps_per_epoch=2, epochs=1, verbose=0)
+    model.fit(
+        semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
+        steps_per_epoch=2,
+        epochs=1,
+        verbose=0,
+    )
     path = str(tmp_path / "ssvae.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -511,6 +549,7 @@ def test_factorised_enumeration_equals_the_tiled_pass_gradients_included(likelih
         x_u, x_l = binary_images(7, seed=1), binary_images(20, seed=2)
     y_l = tf.constant(np.arange(20) % K, tf.int32)
     from tfp_vae import networks
+
     assert networks.split_first_dense(model.encoder, K) is not None
     assert networks.split_first_dense(model.decoder, K) is not None
 

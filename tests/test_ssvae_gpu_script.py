@@ -18,15 +18,21 @@ def _run(*args, timeout=600, data_dir=None):
     env = dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
     if data_dir is not None:
         env["TFP_VAE_DATA_DIR"] = str(data_dir)
-    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        ["bash", SCRIPT, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 def test_dry_run_writes_every_output_and_prints_the_accuracy(mnist, tmp_path):
     # The first 3000 training and 500 test images of the real MNIST: the commands and outputs
     # are what is under test, and evaluating the full test set three times would cost a minute.
-    np.savez(tmp_path / "mnist.npz", x_train=mnist.x_train[:3000], y_train=mnist.y_train[:3000],
-             x_test=mnist.x_test[:500], y_test=mnist.y_test[:500])
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=mnist.x_train[:3000],
+        y_train=mnist.y_train[:3000],
+        x_test=mnist.x_test[:500],
+        y_test=mnist.y_test[:500],
+    )
     out = tmp_path / "gpu"
     result = _run("--dry_run", "--seeds", "0", "--out", str(out), data_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -50,9 +56,11 @@ def test_dry_run_writes_every_output_and_prints_the_accuracy(mnist, tmp_path):
 
 
 def test_bad_arguments_are_refused_in_one_line(tmp_path):
-    for args, message in [(("--seed", "0"), "unknown argument --seed"),
-                          (("--out",), "--out needs a value"),
-                          (("--seeds", "0 x", "--out", str(tmp_path / "o")), "whole numbers")]:
+    for args, message in [
+        (("--seed", "0"), "unknown argument --seed"),
+        (("--out",), "--out needs a value"),
+        (("--seeds", "0 x", "--out", str(tmp_path / "o")), "whole numbers"),
+    ]:
         result = _run(*args)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

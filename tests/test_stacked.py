@@ -83,7 +83,7 @@ def test_m1m2_bound_is_the_stacked_bound():
     seed_z1, seed_m2 = tfp.random.split_seed(seed, 2)
     q = model.m1.encode(x)
     z1 = q.sample(seed=seed_z1)
-    u = model.unlabelled_terms(z1, seed_m2)["nelbo"].numpy()   # -U(z1), M2 on the features
+    u = model.unlabelled_terms(z1, seed_m2)["nelbo"].numpy()  # -U(z1), M2 on the features
     rec = -model.m1.decode(z1).log_prob(x).numpy()
     np.testing.assert_allclose(terms["rec"], rec, rtol=1e-5)
     np.testing.assert_allclose(terms["nelbo"], rec + q.log_prob(z1).numpy() + u, rtol=1e-5)
@@ -105,7 +105,7 @@ def test_m1m2_bound_is_near_m1_bound_when_m2_is_the_standard_normal():
         out = net.layers[-1]
         out.kernel.assign(np.zeros_like(out.kernel.numpy()))
         bias = np.zeros(2 * size, np.float32)
-        bias[size:] = math.log(math.e - 1)   # softplus = 1: unit variance
+        bias[size:] = math.log(math.e - 1)  # softplus = 1: unit variance
         out.bias.assign(bias)
     x = binary_images(3)
     seed = tf.constant([1, 9])
@@ -113,12 +113,12 @@ def test_m1m2_bound_is_near_m1_bound_when_m2_is_the_standard_normal():
     seed_z1, _ = tfp.random.split_seed(seed, 2)
     q = model.m1.encode(x)
     z1 = q.sample(seed=seed_z1)
-    m1_nelbo = (-model.m1.decode(z1).log_prob(x) + q.log_prob(z1)
-                - model.m1.prior().log_prob(z1)).numpy()
+    m1_nelbo = (
+        -model.m1.decode(z1).log_prob(x) + q.log_prob(z1) - model.m1.prior().log_prob(z1)
+    ).numpy()
     # q(z2|z1,y) = N(0, I) = p(z2) exactly, so kl_z = 0 and the rest is deterministic.
     np.testing.assert_allclose(terms["kl_z"].numpy(), 0.0, atol=1e-5)
-    np.testing.assert_allclose(terms["nelbo"].numpy(), m1_nelbo + terms["kl_y"].numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(terms["nelbo"].numpy(), m1_nelbo + terms["kl_y"].numpy(), rtol=1e-5)
 
 
 def test_m1_stays_fixed_while_m2_trains():
@@ -133,8 +133,10 @@ def test_m1_stays_fixed_while_m2_trains():
     assert np.isfinite(history.history["loss"][-1])
     for before, v in zip(m1_before, model.m1.weights, strict=True):
         np.testing.assert_array_equal(before, v.numpy())
-    assert any(not np.array_equal(b, v.numpy())
-               for b, v in zip(m2_before, model.trainable_variables, strict=True))
+    assert any(
+        not np.array_equal(b, v.numpy())
+        for b, v in zip(m2_before, model.trainable_variables, strict=True)
+    )
 
 
 def test_m1m2_bad_inputs():
@@ -154,8 +156,11 @@ def test_m1m2_bad_inputs():
 def test_m1m2_outputs_are_pixels():
     model = tiny_m1m2()
     x = binary_images(3)
-    for out in (model.sample(4, y=2, seed=[1, 2]), model.reconstruct(x),
-                model.generate(tf.zeros([3, 3]), [0, 1, 2])):
+    for out in (
+        model.sample(4, y=2, seed=[1, 2]),
+        model.reconstruct(x),
+        model.generate(tf.zeros([3, 3]), [0, 1, 2]),
+    ):
         out = np.asarray(out)
         assert out.shape[1] == 784 and out.min() >= 0 and out.max() <= 1
 
@@ -164,13 +169,17 @@ def test_m1m2_keras_round_trip(tmp_path):
     model = tiny_m1m2(class_weight=7.0)
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=False)
     images, labels = synthetic_uint8(200)
-    model.fit(semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
-              steps_per_epoch=2, epochs=1, verbose=0)
+    model.fit(
+        semisupervised.make_train_dataset(images, labels, labels_per_class=2, batch_size=8),
+        steps_per_epoch=2,
+        epochs=1,
+        verbose=0,
+    )
     x = binary_images(5)
     path = str(tmp_path / "m1m2.keras")
     model.save(path)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # e.g. Keras skipping an optimizer state that differs
+        warnings.simplefilter("error")  # e.g. Keras skipping an optimizer state that differs
         loaded = keras.models.load_model(path)
     assert isinstance(loaded, M1M2) and isinstance(loaded.m1, VAE)
     assert loaded.get_config() == model.get_config()
@@ -194,8 +203,9 @@ def test_m1m2_savedmodel_needs_only_tensorflow(tmp_path):
     assert loaded.sample(tf.constant(4), tf.constant([7], tf.int32))["images"].shape == (4, 784)
     decoded = loaded.decode(tf.zeros([3, 3]), y)
     assert decoded["observed"].shape == (3, 784) and decoded["mean"].shape == (3, 6)
-    np.testing.assert_allclose(loaded.elbo(x, tf.constant([1, 2]))["elbo"],
-                               model.elbo(x, seed=[1, 2]), rtol=1e-5)
+    np.testing.assert_allclose(
+        loaded.elbo(x, tf.constant([1, 2]))["elbo"], model.elbo(x, seed=[1, 2]), rtol=1e-5
+    )
 
 
 def test_active_units_and_a_partial_m2():
@@ -205,7 +215,7 @@ def test_active_units_and_a_partial_m2():
     m1 = VAE(z_dim=6, hidden=(32,))
     out = m1.encoder.layers[-1]
     kernel = out.kernel.numpy()
-    kernel[:, [1, 4]] = 0.0            # the means of units 1 and 4 ignore x: inactive
+    kernel[:, [1, 4]] = 0.0  # the means of units 1 and 4 ignore x: inactive
     out.kernel.assign(kernel)
     x = binary_images(50)
     units = M1M2.active_units(m1, x, threshold=1e-6)
@@ -220,8 +230,7 @@ def test_active_units_and_a_partial_m2():
     u = model.unlabelled_terms(tf.constant(z1[:, units]), seed_m2)["nelbo"].numpy()
     rest = tfd.Normal(0.0, 1.0).log_prob(z1[:, [1, 4]]).numpy().sum(1)
     rec = -m1.decode(z1).log_prob(x[:3]).numpy()
-    np.testing.assert_allclose(terms["nelbo"], rec + q.log_prob(z1).numpy() + u - rest,
-                               rtol=1e-5)
+    np.testing.assert_allclose(terms["nelbo"], rec + q.log_prob(z1).numpy() + u - rest, rtol=1e-5)
     np.testing.assert_allclose(model.features(x[:3]), q.mean().numpy()[:, units], rtol=1e-6)
     assert model.sample(3, seed=[1, 1]).shape == (3, 784)
     loaded = M1M2.from_config(model.get_config())

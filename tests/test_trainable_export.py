@@ -66,13 +66,18 @@ _TRAIN = textwrap.dedent("""
 _TRAIN = BLOCK_PACKAGE_IMPORTS + _TRAIN
 
 
-
 def _run_isolated(script, *args, cwd):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # -I: isolated (no cwd, no PYTHONPATH, no user site), run from elsewhere.
-    result = subprocess.run([sys.executable, "-I", str(script), *map(str, args)],
-                            capture_output=True, text=True, cwd=str(cwd), env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=str(cwd),
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -83,8 +88,13 @@ def test_savedmodel_trains_and_resaves_without_the_package(mnist, tmp_path):
     keras.utils.set_random_seed(0)
     model = VAE()
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=False)
-    model.fit(data.train_dataset(mnist.x_train, 97, seed=0), steps_per_epoch=20, epochs=1,
-              shuffle=False, verbose=0)
+    model.fit(
+        data.train_dataset(mnist.x_train, 97, seed=0),
+        steps_per_epoch=20,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+    )
     model.save(tmp_path / "model.keras")
     model = keras.models.load_model(tmp_path / "model.keras")
     assert int(model.optimizer.iterations) == 20
@@ -92,8 +102,9 @@ def test_savedmodel_trains_and_resaves_without_the_package(mnist, tmp_path):
 
     script = tmp_path / "train.py"
     script.write_text(_TRAIN)
-    out = _run_isolated(script, tmp_path / "saved", tmp_path / "resaved",
-                        os.environ[data.ENV_VAR], cwd=tmp_path)
+    out = _run_isolated(
+        script, tmp_path / "saved", tmp_path / "resaved", os.environ[data.ENV_VAR], cwd=tmp_path
+    )
     assert out["modules"] == []
     # The optimizer state came along: counting resumes from the 20 Keras steps.
     assert out["iterations"] == list(range(21, 321))
@@ -103,15 +114,23 @@ def test_savedmodel_trains_and_resaves_without_the_package(mnist, tmp_path):
     assert out["nelbo_after"] < out["nelbo_before"] - 30, out
     assert np.mean(out["losses"][-50:]) < np.mean(out["losses"][:50]) - 20
     # The re-saved copy serves the trained weights and keeps the optimizer state.
-    assert {"elbo", "encode", "decode", "sample", "log_likelihood", "train_step",
-            "serving_default"} <= set(out["resaved_signatures"])
+    assert {
+        "elbo",
+        "encode",
+        "decode",
+        "sample",
+        "log_likelihood",
+        "train_step",
+        "serving_default",
+    } <= set(out["resaved_signatures"])
     np.testing.assert_allclose(out["nelbo_resaved"], out["nelbo_after"], rtol=1e-6)
     assert out["resaved_sample_shape"] == [2, 784]
     assert out["resaved_iterations"] == 321
 
 
-@pytest.mark.parametrize("model_cls, kwargs", [
-    (VAE, {}), (GMVAE, {"k": 5}), (VAE, {"objective": "iwae", "iw": 3})])
+@pytest.mark.parametrize(
+    "model_cls, kwargs", [(VAE, {}), (GMVAE, {"k": 5}), (VAE, {"objective": "iwae", "iw": 3})]
+)
 def test_exported_optimizer_state_is_the_models_and_advances(tmp_path, model_cls, kwargs):
     keras.utils.set_random_seed(0)
     model = model_cls(z_dim=3, hidden=(16,), **kwargs)
@@ -132,13 +151,15 @@ def test_exported_optimizer_state_is_the_models_and_advances(tmp_path, model_cls
 
     sig = loaded.signatures
     xt, seed = tf.constant(x), tf.constant([1, 2])
-    before = {name: sig[name](x=xt, **extra) for name, extra in
-              (("elbo", {"seed": seed}), ("encode", {}))}
+    before = {
+        name: sig[name](x=xt, **extra) for name, extra in (("elbo", {"seed": seed}), ("encode", {}))
+    }
     weights = [v.numpy() for v in loaded.trainable_variables]
     metrics = sig["train_step"](x=xt)
     assert int(metrics["optimizer_iterations"]) == 5
     names = ["loss", "nelbo", "kl", "rec", "learning_rate"] + (
-        ["niwae"] if kwargs.get("objective") == "iwae" else [])
+        ["niwae"] if kwargs.get("objective") == "iwae" else []
+    )
     assert all(metrics[k].dtype == tf.float32 and metrics[k].shape == [] for k in names)
     # The update reached the variables that the serving signatures read...
     assert not np.allclose(sig["encode"](x=xt)["mean"], before["encode"]["mean"])
@@ -205,9 +226,18 @@ def test_export_binary_trainable_flag(tmp_path):
     model.save(tmp_path / "model.keras")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", "export"),
-         f"--model_path={tmp_path / 'model.keras'}", f"--export_dir={tmp_path / 'saved'}",
-         "--trainable"], capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            os.path.join(ROOT, "bin", "export"),
+            f"--model_path={tmp_path / 'model.keras'}",
+            f"--export_dir={tmp_path / 'saved'}",
+            "--trainable",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_step" in result.stdout
     loaded = tf.saved_model.load(str(tmp_path / "saved"))

@@ -21,8 +21,10 @@ def binary(n, seed=0, dim=X_DIM):
 
 def seq(*units):
     """An unbuilt keras.Sequential of Dense layers (tanh between them, linear output)."""
-    return keras.Sequential([keras.layers.Dense(u, activation="tanh") for u in units[:-1]]
-                            + [keras.layers.Dense(units[-1])])
+    return keras.Sequential(
+        [keras.layers.Dense(u, activation="tanh") for u in units[:-1]]
+        + [keras.layers.Dense(units[-1])]
+    )
 
 
 @keras.saving.register_keras_serializable("test_user_networks")
@@ -47,8 +49,9 @@ class RankTwoOnly(keras.layers.Layer):
 def vae(model_cls=VAE, **kwargs):
     keras.utils.set_random_seed(0)
     extra = {"k": 5} if model_cls is GMVAE else {}
-    return model_cls(z_dim=Z_DIM, encoder=seq(16, 2 * Z_DIM), decoder=seq(16, X_DIM),
-                     **extra, **kwargs)
+    return model_cls(
+        z_dim=Z_DIM, encoder=seq(16, 2 * Z_DIM), decoder=seq(16, X_DIM), **extra, **kwargs
+    )
 
 
 @pytest.mark.parametrize("model_cls", [VAE, GMVAE])
@@ -88,27 +91,45 @@ def test_default_networks_stay_out_of_the_config():
 
 
 def test_shapes_are_checked_once_with_a_clear_message():
-    with pytest.raises(ValueError, match=r"encoder must map \[batch, 784\] to "
-                       r"\[batch, 2 \* z_dim\] = \[batch, 6\]; it gives \[batch, 5\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder must map \[batch, 784\] to "
+        r"\[batch, 2 \* z_dim\] = \[batch, 6\]; it gives \[batch, 5\]",
+    ):
         VAE(z_dim=Z_DIM, encoder=seq(5))
-    with pytest.raises(ValueError, match=r"decoder must map \[batch, z_dim\] = \[batch, 3\] to "
-                       r"\[batch, x_dim\] = \[batch, 784\]; it gives \[batch, 10\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"decoder must map \[batch, z_dim\] = \[batch, 3\] to "
+        r"\[batch, x_dim\] = \[batch, 784\]; it gives \[batch, 10\]",
+    ):
         VAE(z_dim=Z_DIM, decoder=seq(10))
     fixed = keras.Sequential([keras.Input((10,)), keras.layers.Dense(6)])
-    with pytest.raises(ValueError, match=r"encoder must map \[batch, 784\].*calling it on "
-                       r"\[batch, 784\] failed"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder must map \[batch, 784\].*calling it on "
+        r"\[batch, 784\] failed",
+    ):
         VAE(z_dim=Z_DIM, encoder=fixed)
     with pytest.raises(ValueError, match=r"pass a Keras layer or model.*got function"):
         VAE(z_dim=Z_DIM, encoder=lambda x: x)
-    with pytest.raises(ValueError, match=r"encoder must map \[batch, x_dim \+ num_classes\] = "
-                       r"\[batch, 794\] to \[batch, 2 \* z_dim\] = \[batch, 6\]; it gives "
-                       r"\[batch, 7\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder must map \[batch, x_dim \+ num_classes\] = "
+        r"\[batch, 794\] to \[batch, 2 \* z_dim\] = \[batch, 6\]; it gives "
+        r"\[batch, 7\]",
+    ):
         SSVAE(z_dim=Z_DIM, encoder=seq(7))
-    with pytest.raises(ValueError, match=r"decoder must map .* to \[batch, 2 \* x_dim\] = "
-                       r"\[batch, 12\]; it gives \[batch, 6\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"decoder must map .* to \[batch, 2 \* x_dim\] = "
+        r"\[batch, 12\]; it gives \[batch, 6\]",
+    ):
         SSVAE(z_dim=Z_DIM, x_dim=6, likelihood="gaussian", decoder=seq(6))
-    with pytest.raises(ValueError, match=r"classifier must map \[batch, 784\] "
-                       r"to \[batch, num_classes\] = \[batch, 10\]; it gives \[batch, 9\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"classifier must map \[batch, 784\] "
+        r"to \[batch, num_classes\] = \[batch, 10\]; it gives \[batch, 9\]",
+    ):
         SSVAE(z_dim=Z_DIM, classifier=seq(9))
     # Any layer is a network; a built one is checked as it is.
     built = keras.Sequential([keras.Input((X_DIM,)), keras.layers.Dense(2 * Z_DIM)])
@@ -159,14 +180,20 @@ class Classifier(keras.Model):
 
 def functional(input_dim, output_dim):
     inputs = keras.Input((input_dim,))
-    return keras.Model(inputs, keras.layers.Dense(output_dim)(
-        keras.layers.Dense(8, activation="elu")(inputs)))
+    return keras.Model(
+        inputs, keras.layers.Dense(output_dim)(keras.layers.Dense(8, activation="elu")(inputs))
+    )
 
 
 def ssvae(**kwargs):
     keras.utils.set_random_seed(0)
-    return SSVAE(z_dim=Z_DIM, classifier=Classifier(), encoder=seq(8, 2 * Z_DIM),
-                 decoder=functional(Z_DIM + K, X_DIM), **kwargs)
+    return SSVAE(
+        z_dim=Z_DIM,
+        classifier=Classifier(),
+        encoder=seq(8, 2 * Z_DIM),
+        decoder=functional(Z_DIM + K, X_DIM),
+        **kwargs,
+    )
 
 
 def test_ssvae_user_networks_enumerate_labels_exactly():
@@ -174,9 +201,15 @@ def test_ssvae_user_networks_enumerate_labels_exactly():
     # A Sequential whose first layer is Dense on [x, onehot(y)] is split; any other is tiled.
     assert networks.split_first_dense(model.encoder, K) is not None
     assert networks.split_first_dense(model.decoder, K) is None
-    assert networks.split_first_dense(
-        keras.Sequential([keras.Input((X_DIM + K,)), keras.layers.Dropout(0.1),
-                          keras.layers.Dense(6)]), K) is None
+    assert (
+        networks.split_first_dense(
+            keras.Sequential(
+                [keras.Input((X_DIM + K,)), keras.layers.Dropout(0.1), keras.layers.Dense(6)]
+            ),
+            K,
+        )
+        is None
+    )
     x = tf.constant(binary(4))
     terms = {}
     for factorise in (True, False):
@@ -189,8 +222,9 @@ def test_ssvae_user_networks_enumerate_labels_exactly():
     for k in range(K):
         labels = tf.fill([4], k)
         q = model._encode(x, labels)
-        np.testing.assert_allclose(kl_z[:, k], tfp.distributions.kl_divergence(q, model.prior()),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            kl_z[:, k], tfp.distributions.kl_divergence(q, model.prior()), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_ssvae_keras_file_round_trip(tmp_path):
@@ -204,15 +238,23 @@ def test_ssvae_keras_file_round_trip(tmp_path):
     x, seed = binary(5), tf.constant([1, 2])
     np.testing.assert_array_equal(loaded.classify(x), model.classify(x))
     np.testing.assert_array_equal(loaded.elbo(x, seed=seed), model.elbo(x, seed=seed))
-    np.testing.assert_array_equal(loaded.labelled_elbo(x, np.arange(5), seed=seed),
-                                  model.labelled_elbo(x, np.arange(5), seed=seed))
+    np.testing.assert_array_equal(
+        loaded.labelled_elbo(x, np.arange(5), seed=seed),
+        model.labelled_elbo(x, np.arange(5), seed=seed),
+    )
 
 
 def test_m1m2_passes_the_networks_through():
     keras.utils.set_random_seed(0)
     m1 = VAE(z_dim=4, hidden=(8,))
-    model = M1M2(m1, z_dim=2, hidden=(8,), classifier=seq(K), encoder=seq(4),
-                 decoder=functional(2 + K, 2 * 4))
+    model = M1M2(
+        m1,
+        z_dim=2,
+        hidden=(8,),
+        classifier=seq(K),
+        encoder=seq(4),
+        decoder=functional(2 + K, 2 * 4),
+    )
     config = model.get_config()
     assert {"classifier", "encoder", "decoder"} <= set(config)
     again = M1M2.from_config(config)
@@ -227,8 +269,13 @@ def test_m1m2_passes_the_networks_through():
 def conv_pair(shape, z_dim=Z_DIM):
     """A tiny conv encoder [B, *shape] -> [B, 2 z] and a decoder [B, z] -> [B, *shape]."""
     h, w, c = shape
-    encoder = keras.Sequential([keras.layers.Conv2D(4, 3, strides=2, padding="same"),
-                                keras.layers.Flatten(), keras.layers.Dense(2 * z_dim)])
+    encoder = keras.Sequential(
+        [
+            keras.layers.Conv2D(4, 3, strides=2, padding="same"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2 * z_dim),
+        ]
+    )
     decoder = keras.Sequential([keras.layers.Dense(h * w * c), keras.layers.Reshape(shape)])
     return encoder, decoder
 
@@ -236,13 +283,15 @@ def conv_pair(shape, z_dim=Z_DIM):
 @pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 3)])
 def test_input_shape_gives_a_users_networks_shaped_inputs(shape, tmp_path):
     encoder, decoder = conv_pair(shape)
-    model = VAE(z_dim=Z_DIM, input_shape=shape, encoder=encoder, decoder=decoder,
-                objective="iwae", iw=3)
+    model = VAE(
+        z_dim=Z_DIM, input_shape=shape, encoder=encoder, decoder=decoder, objective="iwae", iw=3
+    )
     assert model.input_shape == shape and model.x_dim == int(np.prod(shape))
     x = binary(5, dim=model.x_dim)
     # Shaped and flat inputs are the same inputs; outputs are flat.
-    np.testing.assert_allclose(model.reconstruct(x.reshape((5,) + shape)), model.reconstruct(x),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        model.reconstruct(x.reshape((5,) + shape)), model.reconstruct(x), rtol=1e-6
+    )
     assert model.sample(4).shape == (4, model.x_dim)
     iw = model.iwae(x.reshape((5,) + shape), 7, seed=[1, 2])  # [m, B, z] samples decoded.
     assert iw.shape == (5,) and np.all(np.isfinite(iw))
@@ -258,14 +307,20 @@ def test_input_shape_gives_a_users_networks_shaped_inputs(shape, tmp_path):
 def test_input_shape_errors_name_the_real_shape():
     encoder, decoder = conv_pair((32, 32, 3))
     model = VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=encoder, decoder=decoder)
-    with pytest.raises(ValueError, match=re.escape(
-            "Expected images of shape [batch, 32, 32, 3] (or [batch, 3072]); "
-            "got shape (2, 28, 28).")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "Expected images of shape [batch, 32, 32, 3] (or [batch, 3072]); got shape (2, 28, 28)."
+        ),
+    ):
         model.elbo(np.zeros((2, 28, 28), np.float32))
     with pytest.raises(ValueError, match=r"encoder must map \[batch, 32, 32, 3\]"):
         VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=keras.layers.Dense(2 * Z_DIM))
-    with pytest.raises(ValueError, match=r"decoder must map \[batch, z_dim\] = \[batch, 3\] to "
-                       r"\[batch, 32, 32, 3\] or \[batch, x_dim\] = \[batch, 3072\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"decoder must map \[batch, z_dim\] = \[batch, 3\] to "
+        r"\[batch, 32, 32, 3\] or \[batch, x_dim\] = \[batch, 3072\]",
+    ):
         VAE(z_dim=Z_DIM, input_shape=(32, 32, 3), encoder=encoder, decoder=seq(10))
     with pytest.raises(ValueError, match=r"x_dim=784 does not match input_shape=\(32, 32, 3\)"):
         VAE(input_shape=(32, 32, 3), x_dim=784)
@@ -279,10 +334,16 @@ def test_input_shape_errors_name_the_real_shape():
 
 
 def test_ssvae_input_shape_gives_a_users_classifier_shaped_inputs():
-    classifier = keras.Sequential([keras.layers.Conv2D(4, 3, strides=2), keras.layers.Flatten(),
-                                   keras.layers.Dense(K)])
-    model = SSVAE(z_dim=Z_DIM, hidden=(8,), classifier_hidden=(8,), input_shape=(28, 28, 1),
-                  classifier=classifier)
+    classifier = keras.Sequential(
+        [keras.layers.Conv2D(4, 3, strides=2), keras.layers.Flatten(), keras.layers.Dense(K)]
+    )
+    model = SSVAE(
+        z_dim=Z_DIM,
+        hidden=(8,),
+        classifier_hidden=(8,),
+        input_shape=(28, 28, 1),
+        classifier=classifier,
+    )
     x = binary(3)
     probs = model.classify(x.reshape(3, 28, 28, 1))
     np.testing.assert_allclose(probs, model.classify(x), rtol=1e-6)

@@ -33,8 +33,9 @@ def test_converges_on_mnist(mnist, model_cls):
     model = model_cls(**({"k": 50} if model_cls is GMVAE else {}))
     # The binaries' default: XLA-compiled updates, 25 steps per execution.
     model.compile(keras.optimizers.Adam(1e-3), steps_per_execution=25)
-    model.fit(data.train_dataset(mnist.x_train, 97, seed=1), steps_per_epoch=1500, epochs=1,
-              verbose=0)
+    model.fit(
+        data.train_dataset(mnist.x_train, 97, seed=1), steps_per_epoch=1500, epochs=1, verbose=0
+    )
     x = data.binarize_static(mnist.x_test[:1000])
     metrics = model.evaluate(x, batch_size=500, verbose=0, return_dict=True)
     sampled_bound = -float(tf.reduce_mean(model.iwae(x, 1, seed=[3, 4])))
@@ -86,9 +87,14 @@ def test_keras_save_and_load_roundtrip(tmp_path):
 
 def test_fit_with_validation_and_callbacks():
     model = _small_vae()
-    history = model.fit(_random_binary(64), epochs=2, batch_size=16, verbose=0,
-                        validation_data=(_random_binary(32, seed=1),),
-                        callbacks=[keras.callbacks.EarlyStopping(monitor="val_nelbo", mode="min", patience=5)])
+    history = model.fit(
+        _random_binary(64),
+        epochs=2,
+        batch_size=16,
+        verbose=0,
+        validation_data=(_random_binary(32, seed=1),),
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_nelbo", mode="min", patience=5)],
+    )
     assert {"nelbo", "kl", "rec", "loss", "val_nelbo", "val_kl", "val_rec"} <= set(history.history)
 
 
@@ -105,12 +111,20 @@ class _Kill(keras.callbacks.Callback):
 
 
 def test_resume_restores_weights_optimizer_and_step(tmp_path):
-    train = data.train_dataset(np.random.default_rng(0).integers(0, 256, (300, 28, 28), np.uint8),
-                               16, seed=0)
+    train = data.train_dataset(
+        np.random.default_rng(0).integers(0, 256, (300, 28, 28), np.uint8), 16, seed=0
+    )
     model = _small_vae()
     with pytest.raises(KeyboardInterrupt):
-        training.fit(model, train, steps=60, out_dir=str(tmp_path), steps_per_epoch=20,
-                     verbose=0, extra_callbacks=[_Kill(at=2)])
+        training.fit(
+            model,
+            train,
+            steps=60,
+            out_dir=str(tmp_path),
+            steps_per_epoch=20,
+            verbose=0,
+            extra_callbacks=[_Kill(at=2)],
+        )
     saved = [np.array(v) for v in model.weights]
     saved_opt = [np.array(v) for v in model.optimizer.variables]
     fresh = _small_vae()
@@ -122,8 +136,9 @@ def test_resume_restores_weights_optimizer_and_step(tmp_path):
         np.testing.assert_array_equal(a, np.array(b))
     assert int(fresh.optimizer.iterations) == 40
     resumed = _small_vae()
-    history = training.fit(resumed, train, steps=60, out_dir=str(tmp_path), steps_per_epoch=20,
-                           resume=True, verbose=0)
+    history = training.fit(
+        resumed, train, steps=60, out_dir=str(tmp_path), steps_per_epoch=20, resume=True, verbose=0
+    )
     assert int(resumed.optimizer.iterations) == 60 and len(history.history["loss"]) == 1
 
 
@@ -138,8 +153,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         return terms
 
     model.compute_terms = poisoned
-    train = data.train_dataset(np.random.default_rng(0).integers(0, 256, (300, 28, 28), np.uint8),
-                               16, seed=0)
+    train = data.train_dataset(
+        np.random.default_rng(0).integers(0, 256, (300, 28, 28), np.uint8), 16, seed=0
+    )
     with pytest.raises(training.NonFiniteLossError, match=r"step 3[01]"):
         training.fit(model, train, steps=100, out_dir=str(tmp_path), steps_per_epoch=20, verbose=0)
     ckpt = tmp_path / "checkpoints"
@@ -151,13 +167,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(np.array(v))) for v in good.weights)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((3, 100), np.float32), r"shape \[batch, 784\]"),
-    (np.zeros((784,), np.float32), r"shape \[batch, 784\]"),
-    (np.full((2, 784), 2.0, np.float32), r"\[0, 1\]"),
-    (np.full((2, 784), np.nan, np.float32), "NaN"),
-    (np.full((2, 784), 0.5, np.float32), "binary"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((3, 100), np.float32), r"shape \[batch, 784\]"),
+        (np.zeros((784,), np.float32), r"shape \[batch, 784\]"),
+        (np.full((2, 784), 2.0, np.float32), r"\[0, 1\]"),
+        (np.full((2, 784), np.nan, np.float32), "NaN"),
+        (np.full((2, 784), 0.5, np.float32), "binary"),
+    ],
+)
 def test_bad_input_eager(bad, message):
     model = _small_vae()
     with pytest.raises(ValueError, match=message):

@@ -16,8 +16,10 @@ __version__ = "0.2.0"
 # The lines TensorFlow's C++ start-up writes at INFO level before its logging honours
 # TF_CPP_MIN_LOG_LEVEL: "I0000 00:00:... port.cc:153] oneDNN custom operations are on...", the
 # CPU-feature notice and its continuation, and absl's note that precedes them.
-_START_UP_INFO = _re.compile(r"I\d{4} |WARNING: All log messages before absl::InitializeLog|"
-                             r"To enable the following instructions")
+_START_UP_INFO = _re.compile(
+    r"I\d{4} |WARNING: All log messages before absl::InitializeLog|"
+    r"To enable the following instructions"
+)
 
 
 def _import_tensorflow():
@@ -30,6 +32,7 @@ def _import_tensorflow():
         level = 0
     if "tensorflow" in _sys.modules or level < 2:
         import tensorflow
+
         return
     _sys.stderr.flush()
     saved = _os.dup(2)
@@ -41,8 +44,11 @@ def _import_tensorflow():
             _os.dup2(saved, 2)
             _os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
-                    if not _START_UP_INFO.match(line)]
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines(True)
+                if not _START_UP_INFO.match(line)
+            ]
             _sys.stderr.write("".join(kept))
 
 
@@ -65,9 +71,25 @@ from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
 
 __all__ = [
     # The models.
-    "GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel",
+    "GMVAE",
+    "M1M2",
+    "SSVAE",
+    "VAE",
+    "LatentVariableModel",
     # The library's modules (also what the API reference, `make docs`, documents; the binaries'
     # modules, tfp_vae.cli, are not a library API).
-    "checks", "data", "evaluation", "export", "images", "layers", "models", "networks",
-    "objectives", "plots", "pretrained", "rundir", "semisupervised", "training",
+    "checks",
+    "data",
+    "evaluation",
+    "export",
+    "images",
+    "layers",
+    "models",
+    "networks",
+    "objectives",
+    "plots",
+    "pretrained",
+    "rundir",
+    "semisupervised",
+    "training",
 ]

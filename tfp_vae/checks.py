@@ -18,8 +18,9 @@ import tensorflow as tf
 NUM_CLASSES = 10  # The default number of classes of the semi-supervised models (MNIST's digits).
 
 
-def resolve_input_shape(input_shape: int | Sequence[int] | None = None,
-                        x_dim: int | None = None) -> tuple[int, ...]:
+def resolve_input_shape(
+    input_shape: int | Sequence[int] | None = None, x_dim: int | None = None
+) -> tuple[int, ...]:
     """A model's `input_shape` argument as a tuple of positive ints (one input, no batch axis):
     `input_shape` ((28, 28, 1), (32, 32, 3), (64,) or an int), else (x_dim,) from the older
     `x_dim` argument, else MNIST's (784,). ValueError when both are given and disagree."""
@@ -32,11 +33,15 @@ def resolve_input_shape(input_shape: int | Sequence[int] | None = None,
     except (TypeError, ValueError):
         shape = ()
     if not shape or any(d < 1 for d in shape) or any(int(d) != d for d in input_shape):
-        raise ValueError(f"input_shape must be the shape of one input, positive integers such as "
-                         f"(28, 28, 1) or (64,); got {input_shape!r}.")
+        raise ValueError(
+            f"input_shape must be the shape of one input, positive integers such as "
+            f"(28, 28, 1) or (64,); got {input_shape!r}."
+        )
     if x_dim is not None and int(x_dim) != math.prod(shape):
-        raise ValueError(f"x_dim={x_dim} does not match input_shape={shape} "
-                         f"({math.prod(shape)} values); pass input_shape alone.")
+        raise ValueError(
+            f"x_dim={x_dim} does not match input_shape={shape} "
+            f"({math.prod(shape)} values); pass input_shape alone."
+        )
     return shape
 
 
@@ -67,8 +72,12 @@ def _expected_text(what, input_shape):
     return f"Expected {what} of shape {text(main)}{more}"
 
 
-def check_images(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int], binary: bool = True,
-                 check_pixels: bool = True) -> tf.Tensor:
+def check_images(
+    x: tf.Tensor | np.ndarray,
+    input_shape: int | Sequence[int],
+    binary: bool = True,
+    check_pixels: bool = True,
+) -> tf.Tensor:
     """Validates a batch of images and returns it as float32 [B, prod(input_shape)] (flat).
 
     `input_shape`: one image's shape, (28, 28, 1) say, or its number of pixels (784). Accepts
@@ -83,8 +92,7 @@ def check_images(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int], bi
     if not x.dtype.is_floating and not x.dtype.is_integer and x.dtype != tf.bool:
         raise ValueError(f"Images must be numeric; got dtype {x.dtype.name}.")
     shape = resolve_input_shape(input_shape)
-    x = check_shape(tf.cast(x, tf.float32), accepted_shapes(shape),
-                    _expected_text("images", shape))
+    x = check_shape(tf.cast(x, tf.float32), accepted_shapes(shape), _expected_text("images", shape))
     return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
 
 
@@ -107,9 +115,12 @@ def assert_that(value, ok, parts):
         if not bool(ok):
             raise ValueError("".join(p if isinstance(p, str) else _eager_text(p) for p in parts))
         return value
-    message = tf.strings.join([
-        p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
-        for p in parts])
+    message = tf.strings.join(
+        [
+            p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
+            for p in parts
+        ]
+    )
     with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
         return tf.nest.map_structure(tf.identity, value)
 
@@ -148,23 +159,30 @@ def check_shape(x, shapes, expected):
 
 def _fits(dims, shapes):
     """Whether static dims are one of `shapes` (None there matching any size)."""
-    return any(len(dims) == len(s)
-               and all(e is None or d == e for d, e in zip(dims, s, strict=True))
-               for s in shapes)
+    return any(
+        len(dims) == len(s) and all(e is None or d == e for d, e in zip(dims, s, strict=True))
+        for s in shapes
+    )
 
 
-def check_count(n: int | tf.Tensor, name: str = "n", minimum: int = 0,
-                what: str = "samples") -> tf.Tensor:
+def check_count(
+    n: int | tf.Tensor, name: str = "n", minimum: int = 0, what: str = "samples"
+) -> tf.Tensor:
     """A count, such as the number of samples to draw: an integer scalar >= `minimum`, returned
     as int32 []. Raises ValueError (or asserts in a graph) with a sentence naming `name`."""
     n = tf.convert_to_tensor(n)
     if not n.dtype.is_integer:
-        raise ValueError(f"{name} must be an integer (the number of {what}); got dtype "
-                         f"{n.dtype.name}.")
-    n = check_shape(tf.cast(n, tf.int32), [()],
-                    f"{name} must be a single integer (the number of {what}), shape []")
-    return assert_that(n, n >= minimum,
-                       [f"{name} must be >= {minimum} (the number of {what}); got ", n, "."])
+        raise ValueError(
+            f"{name} must be an integer (the number of {what}); got dtype {n.dtype.name}."
+        )
+    n = check_shape(
+        tf.cast(n, tf.int32),
+        [()],
+        f"{name} must be a single integer (the number of {what}), shape []",
+    )
+    return assert_that(
+        n, n >= minimum, [f"{name} must be >= {minimum} (the number of {what}); got ", n, "."]
+    )
 
 
 def check_seed(seed: tf.Tensor | np.ndarray | Sequence[int]) -> tf.Tensor:
@@ -173,8 +191,9 @@ def check_seed(seed: tf.Tensor | np.ndarray | Sequence[int]) -> tf.Tensor:
     seed = tf.convert_to_tensor(seed)
     if not seed.dtype.is_integer:
         raise ValueError(f"seed must be two integers, e.g. [0, 0]; got dtype {seed.dtype.name}.")
-    return check_shape(tf.cast(seed, tf.int32), [(2,)],
-                       "seed must be two integers, shape [2], e.g. [0, 0]")
+    return check_shape(
+        tf.cast(seed, tf.int32), [(2,)], "seed must be two integers, shape [2], e.g. [0, 0]"
+    )
 
 
 def padded_batch(fn, x, *args):
@@ -198,7 +217,7 @@ def check_array(x, check, rows=8192):
         check(x)
         return
     for start in range(0, max(int(x.shape[0]), 1), rows):
-        check(x[start:start + rows])
+        check(x[start : start + rows])
 
 
 def call_arguments(method, model, args, kwargs):
@@ -225,8 +244,12 @@ def non_finite_problem(name="features"):
 FEATURE_PROBLEM = non_finite_problem("features")
 
 
-def check_features(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int],
-                   check_values: bool = True, name: str = "features") -> tf.Tensor:
+def check_features(
+    x: tf.Tensor | np.ndarray,
+    input_shape: int | Sequence[int],
+    check_values: bool = True,
+    name: str = "features",
+) -> tf.Tensor:
     """Validates a batch of real-valued features (or latents: `name`) and returns it as float32
     [B, prod(input_shape)] (flat).
 
@@ -239,9 +262,13 @@ def check_features(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int],
         raise ValueError(f"{name.capitalize()} must be numeric; got dtype {x.dtype.name}.")
     shape = resolve_input_shape(input_shape)
     shapes = list(dict.fromkeys([(None, math.prod(shape)), (None,) + shape]))
-    x = check_shape(tf.cast(x, tf.float32), shapes,
-                    _expected_text(name, shape) if len(shape) > 1
-                    else f"Expected {name} of shape [batch, {shape[0]}]")
+    x = check_shape(
+        tf.cast(x, tf.float32),
+        shapes,
+        _expected_text(name, shape)
+        if len(shape) > 1
+        else f"Expected {name} of shape [batch, {shape[0]}]",
+    )
     if not check_values:
         return x
     return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)), non_finite_problem(name))])
@@ -304,11 +331,12 @@ def enforce(value, checks):
         return tf.identity(value)
 
 
-
 def label_problems(num_classes: int = NUM_CLASSES) -> tuple[str, str]:
     """The messages of the label values' checks: (class index out of range, bad one-hot row)."""
-    return (f"Labels must be class indices in 0..{num_classes - 1}; some are outside that range.",
-            "One-hot labels must have exactly one 1 (and otherwise 0) per row.")
+    return (
+        f"Labels must be class indices in 0..{num_classes - 1}; some are outside that range.",
+        "One-hot labels must have exactly one 1 (and otherwise 0) per row.",
+    )
 
 
 def _labels_and_validity(y, num_classes):
@@ -318,25 +346,32 @@ def _labels_and_validity(y, num_classes):
     rank = y.shape.rank
     if rank == 2:
         if y.shape[-1] != num_classes:
-            raise ValueError(f"One-hot labels must have {num_classes} columns (one per class); "
-                             f"got shape {tuple(y.shape)}.")
+            raise ValueError(
+                f"One-hot labels must have {num_classes} columns (one per class); "
+                f"got shape {tuple(y.shape)}."
+            )
         if not (y.dtype.is_floating or y.dtype.is_integer or y.dtype == tf.bool):
             raise ValueError(f"Labels must be numeric; got dtype {y.dtype.name}.")
         y = tf.cast(y, tf.float32)
         ok = tf.reduce_all(((y == 0.0) | (y == 1.0)) & (tf.reduce_sum(y, -1, keepdims=True) == 1.0))
         return tf.argmax(y, axis=-1, output_type=tf.int32), ok, 1
     if rank not in (0, 1):
-        raise ValueError(f"Labels must be class indices of shape [batch] or one-hot rows of "
-                         f"shape [batch, {num_classes}]; got shape {tuple(y.shape)}.")
+        raise ValueError(
+            f"Labels must be class indices of shape [batch] or one-hot rows of "
+            f"shape [batch, {num_classes}]; got shape {tuple(y.shape)}."
+        )
     if not y.dtype.is_integer:
-        raise ValueError(f"Class-index labels must have an integer dtype; got {y.dtype.name} "
-                         f"(pass one-hot rows as [batch, {num_classes}]).")
+        raise ValueError(
+            f"Class-index labels must have an integer dtype; got {y.dtype.name} "
+            f"(pass one-hot rows as [batch, {num_classes}])."
+        )
     y = tf.cast(y, tf.int32)
     return y, tf.reduce_all((y >= 0) & (y < num_classes)), 0
 
 
-def check_labels(y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES,
-                 check_values: bool = True) -> tf.Tensor:
+def check_labels(
+    y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES, check_values: bool = True
+) -> tf.Tensor:
     """Validates labels and returns them as int32 class indices (shape [] or [B]).
 
     Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
@@ -351,27 +386,39 @@ def check_labels(y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES
     return enforce(labels, [(lambda _: ok, label_problems(num_classes)[which])])
 
 
-def label_problem(y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES,
-                  offset: int = 0) -> tf.Tensor:
+def label_problem(
+    y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES, offset: int = 0
+) -> tf.Tensor:
     """int32 scalar: 0 when the values of labels `y` are valid, else `offset` + 1 + the index in
     `label_problems` of the check they fail. Plain tensor ops (it compiles under XLA)."""
     _, ok, which = _labels_and_validity(y, num_classes)
     return tf.where(ok, 0, offset + 1 + which)
 
 
-def labels_for(y: int | tf.Tensor | np.ndarray, batch_size: int | tf.Tensor, num_classes: int,
-               check_values: bool = True) -> tf.Tensor:
+def labels_for(
+    y: int | tf.Tensor | np.ndarray,
+    batch_size: int | tf.Tensor,
+    num_classes: int,
+    check_values: bool = True,
+) -> tf.Tensor:
     """check_labels, then a scalar broadcast to [batch_size]; a [B] must match batch_size."""
     y = check_labels(y, num_classes, check_values)
     if y.shape.rank == 0:
         return tf.fill(tf.reshape(batch_size, [1]), y)
     static = tf.get_static_value(batch_size)
     if static is not None and y.shape[0] is not None and y.shape[0] != int(static):
-        raise ValueError(f"Got {y.shape[0]} labels for a batch of {int(static)}; pass one label "
-                         "per example (or a single label for all of them).")
+        raise ValueError(
+            f"Got {y.shape[0]} labels for a batch of {int(static)}; pass one label "
+            "per example (or a single label for all of them)."
+        )
     if static is None or y.shape[0] is None:
-        with tf.control_dependencies([tf.debugging.assert_equal(
-                tf.shape(y)[0], batch_size, message="One label per example is needed.")]):
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_equal(
+                    tf.shape(y)[0], batch_size, message="One label per example is needed."
+                )
+            ]
+        ):
             y = tf.identity(y)
     return y
 
@@ -382,9 +429,13 @@ def labels_for(y: int | tf.Tensor | np.ndarray, batch_size: int | tf.Tensor, num
 INPUT_PROBLEMS = IMAGE_PROBLEMS + (FEATURE_PROBLEM,)
 
 
-def check_inputs(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int],
-                 likelihood: str = "bernoulli", binary: bool = True,
-                 check_values: bool = True) -> tf.Tensor:
+def check_inputs(
+    x: tf.Tensor | np.ndarray,
+    input_shape: int | Sequence[int],
+    likelihood: str = "bernoulli",
+    binary: bool = True,
+    check_values: bool = True,
+) -> tf.Tensor:
     """Checks a model's inputs as its likelihood needs them; float32 [B, prod(input_shape)].
 
     "gaussian": finite features of any range (`check_features`); otherwise images
@@ -395,8 +446,9 @@ def check_inputs(x: tf.Tensor | np.ndarray, input_shape: int | Sequence[int],
     """
     if likelihood == "gaussian":
         return check_features(x, input_shape, check_values)
-    return check_images(x, input_shape, binary=binary and likelihood == "bernoulli",
-                        check_pixels=check_values)
+    return check_images(
+        x, input_shape, binary=binary and likelihood == "bernoulli", check_pixels=check_values
+    )
 
 
 def input_problem(x: tf.Tensor, likelihood: str = "bernoulli", binary: bool = True) -> tf.Tensor:

@@ -94,8 +94,9 @@ KNOWN_DATASETS = {
         "y_test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
     },
 }
-_KNOWN_DIGESTS = {digest: (name, key) for name, arrays in KNOWN_DATASETS.items()
-                  for key, digest in arrays.items()}
+_KNOWN_DIGESTS = {
+    digest: (name, key) for name, arrays in KNOWN_DATASETS.items() for key, digest in arrays.items()
+}
 
 
 class DataError(ValueError):
@@ -151,15 +152,18 @@ def _read_file(path: str) -> tuple[bytes, str]:
         try:
             blob = gzip.decompress(blob)
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
-            raise DataError(f"Cannot read {path}: {_one_line(e)}. The file is truncated or not "
-                            "gzip; replace it with a fresh copy.") from e
+            raise DataError(
+                f"Cannot read {path}: {_one_line(e)}. The file is truncated or not "
+                "gzip; replace it with a fresh copy."
+            ) from e
     return blob, digest
 
 
 def _parse_idx(raw: bytes, path: str) -> np.ndarray:
     if len(raw) < 8:
-        raise DataError(f"{path}: only {len(raw)} bytes; an IDX file has at least an 8-byte "
-                        "header.")
+        raise DataError(
+            f"{path}: only {len(raw)} bytes; an IDX file has at least an 8-byte header."
+        )
     magic, n = struct.unpack(">II", raw[:8])
     if magic == _IMAGES_MAGIC:
         if len(raw) < 16:
@@ -169,12 +173,16 @@ def _parse_idx(raw: bytes, path: str) -> np.ndarray:
     elif magic == _LABELS_MAGIC:
         shape, offset = (n,), 8
     else:
-        raise DataError(f"{path}: bad magic number {magic}; expected {_IMAGES_MAGIC} (images) or "
-                        f"{_LABELS_MAGIC} (labels). The file is not an MNIST IDX file.")
+        raise DataError(
+            f"{path}: bad magic number {magic}; expected {_IMAGES_MAGIC} (images) or "
+            f"{_LABELS_MAGIC} (labels). The file is not an MNIST IDX file."
+        )
     expected = int(np.prod(shape))
     if len(raw) - offset != expected:
-        raise DataError(f"{path}: header says shape {shape} ({expected} bytes of data) but the "
-                        f"file holds {len(raw) - offset}; the file is truncated or corrupted.")
+        raise DataError(
+            f"{path}: header says shape {shape} ({expected} bytes of data) but the "
+            f"file holds {len(raw) - offset}; the file is truncated or corrupted."
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -191,8 +199,12 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def _find_file(directory: str, stem: str) -> str | None:
-    for candidate in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz",
-                      stem.replace("-idx", ".idx")):
+    for candidate in (
+        stem + ".gz",
+        stem,
+        stem.replace("-idx", ".idx") + ".gz",
+        stem.replace("-idx", ".idx"),
+    ):
         path = os.path.join(directory, candidate)
         if os.path.isfile(path):
             return path
@@ -217,8 +229,9 @@ def _load_idx_dir(directory: str) -> ImageDataset | None:
 def _read_npz(path: str, required: Sequence[str]) -> tuple[dict[str, np.ndarray], str]:
     """({key: array} of the _IDX_FILES keys present, the file's SHA-256); never unpickles."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file" +
-                        (" (it is a directory)." if os.path.isdir(path) else "."))
+        raise DataError(
+            f"{path}: no such file" + (" (it is a directory)." if os.path.isdir(path) else ".")
+        )
     try:
         with open(path, "rb") as f:
             blob = f.read()
@@ -226,32 +239,42 @@ def _read_npz(path: str, required: Sequence[str]) -> tuple[dict[str, np.ndarray]
         try:
             loaded = np.load(io.BytesIO(blob), allow_pickle=False)  # Read once, hashed and parsed.
         except ValueError as e:  # Neither zip nor .npy: np.load would have to unpickle it.
-            raise DataError(f"{path} is not an .npz archive (nor any NumPy file); pickled data "
-                            "is never loaded. Save the arrays with np.savez.") from e
+            raise DataError(
+                f"{path} is not an .npz archive (nor any NumPy file); pickled data "
+                "is never loaded. Save the arrays with np.savez."
+            ) from e
         if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} holds a single array, not an .npz archive; save the arrays "
-                            "with np.savez(path, x_train=..., x_test=...).")
+            raise DataError(
+                f"{path} holds a single array, not an .npz archive; save the arrays "
+                "with np.savez(path, x_train=..., x_test=...)."
+            )
         with loaded as f:
             keys = sorted(f.files)
             missing = [k for k in required if k not in keys]
             if missing:
-                raise DataError(f"{path}: missing array(s) {missing}; the file holds {keys}, "
-                                f"expected {list(required)} (and optionally y_train, y_test).")
+                raise DataError(
+                    f"{path}: missing array(s) {missing}; the file holds {keys}, "
+                    f"expected {list(required)} (and optionally y_train, y_test)."
+                )
             arrays = {}
             for key in _IDX_FILES:
                 if key in keys:
                     try:
                         arrays[key] = f[key]
                     except ValueError as e:  # An object array: loading it would unpickle.
-                        raise DataError(f"{path}: array {key} is not numeric ({_one_line(e)}); "
-                                        "save plain numeric arrays.") from e
+                        raise DataError(
+                            f"{path}: array {key} is not numeric ({_one_line(e)}); "
+                            "save plain numeric arrays."
+                        ) from e
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # Not a zip (np.load refuses to unpickle it), a damaged archive or member.
         reason = _one_line(e).rstrip(".")
-        raise DataError(f"Cannot read {path} as an .npz archive: {reason}. Supply a fresh copy "
-                        "written by np.savez.") from e
+        raise DataError(
+            f"Cannot read {path} as an .npz archive: {reason}. Supply a fresh copy "
+            "written by np.savez."
+        ) from e
     return arrays, digest
 
 
@@ -267,34 +290,43 @@ def _npz_images(x: np.ndarray, path: str, key: str) -> np.ndarray:
     elif x.ndim == 4 and x.shape[1:] == IMAGE_SHAPE + (1,):
         x = x.reshape(len(x), *IMAGE_SHAPE)
     if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-        raise DataError(f"{path}: {key} has shape {list(x.shape)}; expected [N, 28, 28] or "
-                        "[N, 784] (28x28 grayscale images).")
+        raise DataError(
+            f"{path}: {key} has shape {list(x.shape)}; expected [N, 28, 28] or "
+            "[N, 784] (28x28 grayscale images)."
+        )
     if x.dtype == np.uint8:
         return x
     if x.dtype == np.bool_:
         return x.astype(np.uint8) * np.uint8(255)
     if np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() > 255):
-            raise DataError(f"{path}: {key} holds integers from {x.min()} to {x.max()}; integer "
-                            "images are intensities 0..255 (give floats in [0, 1] otherwise).")
+            raise DataError(
+                f"{path}: {key} holds integers from {x.min()} to {x.max()}; integer "
+                "images are intensities 0..255 (give floats in [0, 1] otherwise)."
+            )
         return x.astype(np.uint8)
     if np.issubdtype(x.dtype, np.floating):
         if not np.all(np.isfinite(x)):
             raise DataError(f"{path}: {key} holds NaN or infinite values.")
         if x.size and (x.min() < 0 or x.max() > 1):
-            raise DataError(f"{path}: {key} holds floats from {x.min():g} to {x.max():g}; float "
-                            "images must lie in [0, 1] (or give uint8 intensities 0..255).")
+            raise DataError(
+                f"{path}: {key} holds floats from {x.min():g} to {x.max():g}; float "
+                "images must lie in [0, 1] (or give uint8 intensities 0..255)."
+            )
         scaled = x.astype(np.float64)  # One float64 copy, scaled and rounded in place.
         scaled *= 255
         return np.rint(scaled, out=scaled).astype(np.uint8)
-    raise DataError(f"{path}: {key} has dtype {x.dtype}; expected uint8 intensities 0..255 or "
-                    "floats in [0, 1].")
+    raise DataError(
+        f"{path}: {key} has dtype {x.dtype}; expected uint8 intensities 0..255 or floats in [0, 1]."
+    )
 
 
 def _npz_labels(y: np.ndarray, path: str, key: str) -> np.ndarray:
     if y.ndim != 1:
-        raise DataError(f"{path}: {key} has shape {list(y.shape)}; expected [N] class indices "
-                        "0..9 (not one-hot).")
+        raise DataError(
+            f"{path}: {key} has shape {list(y.shape)}; expected [N] class indices "
+            "0..9 (not one-hot)."
+        )
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: {key} has dtype {y.dtype}; labels must be integers 0..9.")
     return y
@@ -321,8 +353,7 @@ def load_npz(path: str) -> ImageDataset:
     has = [k for k in ("y_train", "y_test") if k in arrays]
     if len(has) == 1:
         other = "y_test" if has == ["y_train"] else "y_train"
-        raise DataError(f"{path} holds {has[0]} but no {other}: give both label arrays or "
-                        "neither.")
+        raise DataError(f"{path} holds {has[0]} but no {other}: give both label arrays or neither.")
     for key in ("x_train", "x_test"):
         arrays[key] = _npz_images(arrays[key], path, key)
     for key in has:
@@ -337,18 +368,26 @@ def _validated(arrays, source: str, files: dict[str, str]) -> ImageDataset:
         if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{source}: {split} images have shape {x.shape}; expected [N, 28, 28].")
         if y is not None and x.shape[0] != y.shape[0]:
-            raise DataError(f"{source}: {x.shape[0]} {split} images but {y.shape[0]} labels; "
-                            "the files do not belong together.")
+            raise DataError(
+                f"{source}: {x.shape[0]} {split} images but {y.shape[0]} labels; "
+                "the files do not belong together."
+            )
         if x.shape[0] == 0:
             raise DataError(f"{source}: the {split} split is empty.")
         if y is not None and y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
             raise DataError(f"{source}: {split} labels outside 0..9.")
-    labels = {k: None if arrays.get(k) is None else np.asarray(arrays[k], np.int64)
-              for k in ("y_train", "y_test")}
+    labels = {
+        k: None if arrays.get(k) is None else np.asarray(arrays[k], np.int64)
+        for k in ("y_train", "y_test")
+    }
     return ImageDataset(
-        x_train=np.asarray(arrays["x_train"], np.uint8), y_train=labels["y_train"],
-        x_test=np.asarray(arrays["x_test"], np.uint8), y_test=labels["y_test"],
-        source=source, files=files)
+        x_train=np.asarray(arrays["x_train"], np.uint8),
+        y_train=labels["y_train"],
+        x_test=np.asarray(arrays["x_test"], np.uint8),
+        y_test=labels["y_test"],
+        source=source,
+        files=files,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,12 +424,16 @@ def _accepted(ds: ImageDataset, name: str, named: bool) -> ImageDataset:
         files = [_IDX_FILES[key] for key, known in matches.items() if known != name]
         which = "all four arrays" if len(files) == 4 else ", ".join(files)
         titles = " and ".join(TITLES[o] for o in others)
-        raise _Refused(f"{ds.source} holds {titles}, not {TITLES[name]}: the checksums of "
-                       f"{which} are those of the published {titles}")
+        raise _Refused(
+            f"{ds.source} holds {titles}, not {TITLES[name]}: the checksums of "
+            f"{which} are those of the published {titles}"
+        )
     if not named and whole != name:
-        raise _Refused(f"{ds.source} is not a folder named after {name} and its files are not "
-                       f"the published {TITLES[name]} (their checksums differ); put your own "
-                       f"copy in a folder named {name}/ or pass npz:PATH")
+        raise _Refused(
+            f"{ds.source} is not a folder named after {name} and its files are not "
+            f"the published {TITLES[name]} (their checksums differ); put your own "
+            f"copy in a folder named {name}/ or pass npz:PATH"
+        )
     return dataclasses.replace(ds, identified_as=whole)
 
 
@@ -443,10 +486,14 @@ def _download(name: str) -> ImageDataset:
     if name == "mnist":
         path = keras.utils.get_file("mnist.npz", _KERAS_MNIST_URL)
         return _accepted(_load_npz(path), name, named=True)
-    paths = [keras.utils.get_file(stem + ".gz",
-                                  _KERAS_FASHION_URL + "fashion-mnist/" + stem + ".gz",
-                                  cache_subdir="datasets/fashion-mnist")
-             for stem in _IDX_FILES.values()]
+    paths = [
+        keras.utils.get_file(
+            stem + ".gz",
+            _KERAS_FASHION_URL + "fashion-mnist/" + stem + ".gz",
+            cache_subdir="datasets/fashion-mnist",
+        )
+        for stem in _IDX_FILES.values()
+    ]
     # Read from where get_file put the files: Keras fixes its cache directory when it is
     # imported (and falls back to /tmp/.keras when ~/.keras is not writable), so it need not be
     # _keras_cache_dir().
@@ -470,8 +517,7 @@ def candidate_dirs(name: str, data_dir: str | None = None) -> list[tuple[str, st
     return out
 
 
-def load(name: str = "mnist", data_dir: str | None = None,
-         download: bool = True) -> ImageDataset:
+def load(name: str = "mnist", data_dir: str | None = None, download: bool = True) -> ImageDataset:
     """Loads MNIST, Fashion-MNIST or a user's .npz (see the module docstring).
 
     Args:
@@ -486,16 +532,18 @@ def load(name: str = "mnist", data_dir: str | None = None,
         looked, and why files found there were refused); a corrupted file.
     """
     if isinstance(name, str) and name.startswith(NPZ_PREFIX):
-        path = name[len(NPZ_PREFIX):]
+        path = name[len(NPZ_PREFIX) :]
         if not path:
             raise DataError("npz: needs a file name: npz:PATH.")
         if data_dir:
-            raise DataError(f"data_dir={data_dir} does not apply to {name}; give the file's "
-                            "own path.")
+            raise DataError(
+                f"data_dir={data_dir} does not apply to {name}; give the file's own path."
+            )
         return load_npz(path)
     if name not in DATASETS:
-        raise DataError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or "
-                        f"{NPZ_PREFIX}PATH.")
+        raise DataError(
+            f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or {NPZ_PREFIX}PATH."
+        )
     looked = []
     for what, directory in candidate_dirs(name, data_dir):
         found, refused = _try_directory(directory, name)
@@ -503,14 +551,19 @@ def load(name: str = "mnist", data_dir: str | None = None,
             return found
         if what == "--data_dir":
             if refused:
-                raise DataError(f"--data_dir={data_dir} does not hold {name}: "
-                                + "; ".join(refused) + ".")
-            raise DataError(f"--data_dir={data_dir} does not hold {name}: expected the four IDX "
-                            f"files ({', '.join(s + '.gz' for s in _IDX_FILES.values())}) or "
-                            f"{name}.npz there or in {data_dir}/{name}/.")
-        looked.append(f"  {what}: {directory}" +
-                      ("" if os.path.isdir(directory) else " (no such directory)") +
-                      "".join(f" (refused: {r})" for r in refused))
+                raise DataError(
+                    f"--data_dir={data_dir} does not hold {name}: " + "; ".join(refused) + "."
+                )
+            raise DataError(
+                f"--data_dir={data_dir} does not hold {name}: expected the four IDX "
+                f"files ({', '.join(s + '.gz' for s in _IDX_FILES.values())}) or "
+                f"{name}.npz there or in {data_dir}/{name}/."
+            )
+        looked.append(
+            f"  {what}: {directory}"
+            + ("" if os.path.isdir(directory) else " (no such directory)")
+            + "".join(f" (refused: {r})" for r in refused)
+        )
     download_error = "download disabled"
     if download:
         try:
@@ -521,10 +574,12 @@ def load(name: str = "mnist", data_dir: str | None = None,
         except Exception as e:  # noqa: BLE001
             download_error = f"download failed: {e}"
     raise DataError(
-        f"Could not find the {name} dataset. Looked in:\n" + "\n".join(looked) +
-        f"\n  download: {download_error}\n"
+        f"Could not find the {name} dataset. Looked in:\n"
+        + "\n".join(looked)
+        + f"\n  download: {download_error}\n"
         f"Supply the four IDX files ({', '.join(s + '.gz' for s in _IDX_FILES.values())}) or "
-        f"{name}.npz in a directory named {name} and pass --data_dir=DIR or set {ENV_VAR}=DIR.")
+        f"{name}.npz in a directory named {name} and pass --data_dir=DIR or set {ENV_VAR}=DIR."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,8 +609,13 @@ def _check_nonempty(images: np.ndarray, what: str):
         raise DataError(f"The {what} set is empty: there is nothing to train or evaluate on.")
 
 
-def train_dataset(images: np.ndarray, batch_size: int, binarization: str = "dynamic",
-                  seed: int | None = None, start_step: int = 0) -> tf.data.Dataset:
+def train_dataset(
+    images: np.ndarray,
+    batch_size: int,
+    binarization: str = "dynamic",
+    seed: int | None = None,
+    start_step: int = 0,
+) -> tf.data.Dataset:
     """An endless stream of shuffled epochs in batches of float32 [batch_size, 784] images.
 
     Each epoch is a fresh permutation of the images cut into whole batches (the last
@@ -591,9 +651,11 @@ def train_dataset(images: np.ndarray, batch_size: int, binarization: str = "dyna
 
     def epoch(e):
         order = tf.random.experimental.stateless_shuffle(
-            tf.tile(tf.range(n, dtype=tf.int32), [repeats]), seed=tf.stack([seed, e]))
+            tf.tile(tf.range(n, dtype=tf.int32), [repeats]), seed=tf.stack([seed, e])
+        )
         return tf.data.Dataset.from_tensor_slices(
-            tf.reshape(order[:per_epoch * batch_size], [per_epoch, batch_size]))
+            tf.reshape(order[: per_epoch * batch_size], [per_epoch, batch_size])
+        )
 
     def batch(step, indices):
         x = tf.gather(table, indices)
@@ -623,23 +685,29 @@ def dynamic_binarize(batch: tf.Tensor, seed=None) -> tf.Tensor:
     return tf.cast(uniform < probs, tf.float32)
 
 
-def eval_dataset(images: np.ndarray, batch_size: int = 1000, binarization: str = "static",
-                 labels: np.ndarray | None = None) -> tf.data.Dataset:
+def eval_dataset(
+    images: np.ndarray,
+    batch_size: int = 1000,
+    binarization: str = "static",
+    labels: np.ndarray | None = None,
+) -> tf.data.Dataset:
     """A finite dataset of float32 [B, 784] batches (and labels, if given), in order.
 
     `binarization` is "static" (binarised with the static seed) or "none" (grayscale in [0, 1]).
     """
     _check_nonempty(images, "evaluation")
     if binarization not in ("static", "none"):
-        raise ValueError(f"binarization must be static or none for evaluation; got "
-                         f"{binarization!r}.")
+        raise ValueError(
+            f"binarization must be static or none for evaluation; got {binarization!r}."
+        )
     x = binarize_static(images) if binarization == "static" else flatten(images)
     tensors = x if labels is None else (x, np.asarray(labels, np.int64))
     return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def labelled_subset(labels: np.ndarray, per_class: int, seed: int,
-                    num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def labelled_subset(
+    labels: np.ndarray, per_class: int, seed: int, num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """Splits indices into (labelled, unlabelled): `per_class` examples of each class, by seed.
 
     Raises:
@@ -657,16 +725,32 @@ def labelled_subset(labels: np.ndarray, per_class: int, seed: int,
     return labelled, unlabelled
 
 
-def take_first(ds: ImageDataset, n_train: int | None = None,
-               n_test: int | None = None) -> ImageDataset:
+def take_first(
+    ds: ImageDataset, n_train: int | None = None, n_test: int | None = None
+) -> ImageDataset:
     """A smaller copy (for quick runs and tests)."""
     return dataclasses.replace(
-        ds, x_train=ds.x_train[:n_train], x_test=ds.x_test[:n_test],
+        ds,
+        x_train=ds.x_train[:n_train],
+        x_test=ds.x_test[:n_test],
         y_train=None if ds.y_train is None else ds.y_train[:n_train],
-        y_test=None if ds.y_test is None else ds.y_test[:n_test])
+        y_test=None if ds.y_test is None else ds.y_test[:n_test],
+    )
 
 
 __all__: Sequence[str] = (
-    "DataError", "ImageDataset", "load", "load_npz", "read_idx", "KNOWN_DATASETS",
-    "binarize_static", "dynamic_binarize", "train_dataset", "eval_dataset", "labelled_subset",
-    "flatten", "take_first", "ENV_VAR")
+    "DataError",
+    "ImageDataset",
+    "load",
+    "load_npz",
+    "read_idx",
+    "KNOWN_DATASETS",
+    "binarize_static",
+    "dynamic_binarize",
+    "train_dataset",
+    "eval_dataset",
+    "labelled_subset",
+    "flatten",
+    "take_first",
+    "ENV_VAR",
+)

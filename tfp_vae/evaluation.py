@@ -6,8 +6,14 @@ import tensorflow as tf
 from tfp_vae import objectives
 
 
-def negative_iwae(model, x: tf.Tensor | np.ndarray, m: int, max_rows: int = 20000, seed: int = 0,
-                  jit_compile: bool = False) -> float:
+def negative_iwae(
+    model,
+    x: tf.Tensor | np.ndarray,
+    m: int,
+    max_rows: int = 20000,
+    seed: int = 0,
+    jit_compile: bool = False,
+) -> float:
     """Mean over x of -IWAE-m (nats), in calls of at most `max_rows` decoder rows.
 
     Each call takes `max(1, max_rows // chunk)` examples and `chunk = min(m, max_rows)` samples
@@ -41,7 +47,7 @@ def negative_iwae(model, x: tf.Tensor | np.ndarray, m: int, max_rows: int = 2000
     fn = tf.function(log_sum_exp_weights, jit_compile=jit_compile)
     total, call = 0.0, 0
     for start in range(0, len(x), batch):
-        xb = tf.constant(x[start:start + batch])
+        xb = tf.constant(x[start : start + batch])
         acc = np.full(len(xb), -np.inf)
         for done in range(0, m, chunk):
             lse = fn(xb, min(chunk, m - done), tf.constant([seed, call], tf.int32))

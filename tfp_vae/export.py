@@ -67,10 +67,15 @@ def export(model, path, overwrite=False, trainable=False, verbose=False, with_ke
     """
     path = os.fspath(path)
     check_target(path, overwrite)
-    if with_keras and os.path.lexists(keras_path(path)) and (
-            not overwrite or not os.path.isfile(keras_path(path))):
-        raise FileExistsError(f"{keras_path(path)} already exists; choose another path or pass "
-                              "overwrite=True (--overwrite) to replace it.")
+    if (
+        with_keras
+        and os.path.lexists(keras_path(path))
+        and (not overwrite or not os.path.isfile(keras_path(path)))
+    ):
+        raise FileExistsError(
+            f"{keras_path(path)} already exists; choose another path or pass "
+            "overwrite=True (--overwrite) to replace it."
+        )
     archive = keras.export.ExportArchive()
     archive.track(model)
     # `_tf_trackable` (private: what write_out saves) is checked by tests/test_framework_api.py,
@@ -101,8 +106,9 @@ def export(model, path, overwrite=False, trainable=False, verbose=False, with_ke
         else:
             archive.add_endpoint(name, fn, input_signature=signature)
     if trainable:
-        archive.add_variable_collection("optimizer_variables",
-                                        [_tf_variable(v) for v in optimizer.variables])
+        archive.add_variable_collection(
+            "optimizer_variables", [_tf_variable(v) for v in optimizer.variables]
+        )
         learning_rate = optimizer.learning_rate  # The variable itself, unless a schedule.
         if isinstance(learning_rate, keras.Variable):
             # The tf.Variable itself (train_step captures it), so that after loading
@@ -112,8 +118,9 @@ def export(model, path, overwrite=False, trainable=False, verbose=False, with_ke
     try:
         os.makedirs(parent, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise FileExistsError(f"Cannot export to {path}: a part of its path is a file, not a "
-                              "folder.") from None
+        raise FileExistsError(
+            f"Cannot export to {path}: a part of its path is a file, not a folder."
+        ) from None
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     old = partial = None
     try:
@@ -147,8 +154,17 @@ def _tf_variable(variable):
 
 
 # What `tf.saved_model.save` (and Keras' ExportArchive) put in a SavedModel directory.
-SAVEDMODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
-                                "assets.extra", "fingerprint.pb", "keras_metadata.pb"})
+SAVEDMODEL_ENTRIES = frozenset(
+    {
+        "saved_model.pb",
+        "saved_model.pbtxt",
+        "variables",
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "keras_metadata.pb",
+    }
+)
 
 
 def check_target(path, overwrite=False):
@@ -157,17 +173,23 @@ def check_target(path, overwrite=False):
     if not os.path.lexists(path):
         return
     if not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass "
-                              "overwrite=True (--overwrite) to replace it.")
+        raise FileExistsError(
+            f"{path} already exists; choose another path or pass "
+            "overwrite=True (--overwrite) to replace it."
+        )
     if os.path.islink(path) or not os.path.isdir(path):
-        raise FileExistsError(f"{path} exists and is not a SavedModel directory; overwrite "
-                              "replaces only a SavedModel: choose another export path.")
+        raise FileExistsError(
+            f"{path} exists and is not a SavedModel directory; overwrite "
+            "replaces only a SavedModel: choose another export path."
+        )
     entries = set(os.listdir(path))
     other = sorted(entries - SAVEDMODEL_ENTRIES)
     if other or not entries & {"saved_model.pb", "saved_model.pbtxt"}:
         what = f"it holds {', '.join(other[:4])}" if other else "it has no saved_model.pb"
-        raise FileExistsError(f"{path} is not a SavedModel directory ({what}); overwrite "
-                              "replaces only a SavedModel: choose another export path.")
+        raise FileExistsError(
+            f"{path} is not a SavedModel directory ({what}); overwrite "
+            "replaces only a SavedModel: choose another export path."
+        )
 
 
 def training_functions(model):
@@ -176,8 +198,10 @@ def training_functions(model):
     `train_step(unlabelled_x, labelled_x, labelled_y)`)."""
     if hasattr(model, "training_functions"):
         return dict(model.training_functions())
-    raise ValueError(f"A trainable export is not supported for {type(model).__name__}: it has no "
-                     "training_functions(). Export it without trainable=True (--trainable).")
+    raise ValueError(
+        f"A trainable export is not supported for {type(model).__name__}: it has no "
+        "training_functions(). Export it without trainable=True (--trainable)."
+    )
 
 
 def _built_optimizer(model):
@@ -185,12 +209,16 @@ def _built_optimizer(model):
     the train step is traced), or a ValueError saying how to get one."""
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
-        raise ValueError("A trainable export needs the model's optimizer: compile the model "
-                         "(model.compile(keras.optimizers.Adam(1e-3))) or load a compiled one "
-                         "with keras.models.load_model before exporting with trainable=True.")
+        raise ValueError(
+            "A trainable export needs the model's optimizer: compile the model "
+            "(model.compile(keras.optimizers.Adam(1e-3))) or load a compiled one "
+            "with keras.models.load_model before exporting with trainable=True."
+        )
     if keras.backend.backend() != "tensorflow":
-        raise ValueError("A trainable export needs the TensorFlow backend (KERAS_BACKEND="
-                         f"tensorflow); this is {keras.backend.backend()}.")
+        raise ValueError(
+            "A trainable export needs the TensorFlow backend (KERAS_BACKEND="
+            f"tensorflow); this is {keras.backend.backend()}."
+        )
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     return optimizer

@@ -4,8 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 
-def grid(images: tf.Tensor | np.ndarray, rows: int, cols: int, side: int = 28,
-         pad: int = 1) -> np.ndarray:
+def grid(
+    images: tf.Tensor | np.ndarray, rows: int, cols: int, side: int = 28, pad: int = 1
+) -> np.ndarray:
     """[N, side*side] values in [0, 1] -> uint8 [H, W, 1] tiled rows x cols (N <= rows*cols)."""
     images = np.asarray(images, np.float32).reshape(-1, side, side)
     if len(images) > rows * cols:
@@ -14,7 +15,9 @@ def grid(images: tf.Tensor | np.ndarray, rows: int, cols: int, side: int = 28,
     canvas = np.ones((rows * cell + pad, cols * cell + pad), np.float32)
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        canvas[pad + r * cell: pad + r * cell + side, pad + c * cell: pad + c * cell + side] = image
+        canvas[pad + r * cell : pad + r * cell + side, pad + c * cell : pad + c * cell + side] = (
+            image
+        )
     return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[..., None]
 
 

@@ -88,8 +88,9 @@ class BernoulliLikelihood(Float32Layer):
 
     def call(self, logits):
         logits = tf.cast(logits, tf.float32)
-        return tfd.Independent(LogitBernoulli(logits=logits, dtype=tf.float32),
-                               reinterpreted_batch_ndims=1)
+        return tfd.Independent(
+            LogitBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1
+        )
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
@@ -104,8 +105,9 @@ class ContinuousBernoulliLikelihood(Float32Layer):
 
     def call(self, logits):
         logits = tf.cast(logits, tf.float32)
-        return tfd.Independent(tfd.ContinuousBernoulli(logits=logits, dtype=tf.float32),
-                               reinterpreted_batch_ndims=1)
+        return tfd.Independent(
+            tfd.ContinuousBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1
+        )
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
@@ -124,9 +126,9 @@ class GaussianLikelihood(Float32Layer):
         if not 0 <= self.min_scale < 1:  # The scale starts at 1 (above the floor).
             raise ValueError(f"min_scale must lie in [0, 1); got {min_scale}.")
         start = float(np.log(np.expm1(1.0 - self.min_scale)))  # softplus(start) + floor = 1
-        self.pre_scale = self.add_weight(shape=(self.x_dim,),
-                                         initializer=keras.initializers.Constant(start),
-                                         name="pre_scale")
+        self.pre_scale = self.add_weight(
+            shape=(self.x_dim,), initializer=keras.initializers.Constant(start), name="pre_scale"
+        )
 
     def scale(self):
         """The current per-dimension scale, float32 [D]."""
@@ -134,8 +136,9 @@ class GaussianLikelihood(Float32Layer):
 
     def call(self, means):
         means = tf.cast(means, tf.float32)
-        return tfd.Independent(tfd.Normal(loc=means, scale=self.scale()),
-                               reinterpreted_batch_ndims=1)
+        return tfd.Independent(
+            tfd.Normal(loc=means, scale=self.scale()), reinterpreted_batch_ndims=1
+        )
 
     def get_config(self):
         return {**super().get_config(), "x_dim": self.x_dim, "min_scale": self.min_scale}
@@ -177,16 +180,18 @@ class DiagonalGaussianMixture(tfd.MixtureSameFamily):
 
     def _log_prob(self, x):
         components = self.components_distribution
-        loc = components.loc                                       # [k, z]
-        variance = tf.square(components.scale.diag)                # [k, z]
+        loc = components.loc  # [k, z]
+        variance = tf.square(components.scale.diag)  # [k, z]
         precision = tf.math.reciprocal(variance)
         z_dim = tf.cast(tf.shape(loc)[-1], x.dtype)
-        constant = (tf.reduce_sum(tf.square(loc) * precision + tf.math.log(variance), axis=-1)
-                    + z_dim * tf.math.log(2.0 * tf.constant(3.141592653589793, x.dtype)))  # [k]
+        constant = tf.reduce_sum(
+            tf.square(loc) * precision + tf.math.log(variance), axis=-1
+        ) + z_dim * tf.math.log(2.0 * tf.constant(3.141592653589793, x.dtype))  # [k]
         coefficients = tf.concat([precision, -2.0 * loc * precision], axis=-1)  # [k, 2z]
         flat = tf.reshape(x, [-1, tf.shape(x)[-1]])
-        quadratic = tf.matmul(tf.concat([tf.square(flat), flat], axis=-1), coefficients,
-                              transpose_b=True)                    # [N, k]
+        quadratic = tf.matmul(
+            tf.concat([tf.square(flat), flat], axis=-1), coefficients, transpose_b=True
+        )  # [N, k]
         log_components = -0.5 * (quadratic + constant)
         log_mix = tf.nn.log_softmax(self.mixture_distribution.logits_parameter(), axis=-1)
         log_prob = tf.reduce_logsumexp(log_components + log_mix, axis=-1)
@@ -212,18 +217,30 @@ class MixturePrior(Float32Layer):
         self.learn_weights, self.min_variance = bool(learn_weights), float(min_variance)
         init = keras.initializers.RandomNormal(stddev=1.0 / (self.k * self.z_dim) ** 0.5)
         self.loc = self.add_weight(shape=(self.k, self.z_dim), initializer=init, name="loc")
-        self.pre_variance = self.add_weight(shape=(self.k, self.z_dim), initializer=init,
-                                            name="pre_variance")
-        self.mixture_logits = self.add_weight(shape=(self.k,), initializer="zeros",
-                                              trainable=self.learn_weights, name="mixture_logits")
+        self.pre_variance = self.add_weight(
+            shape=(self.k, self.z_dim), initializer=init, name="pre_variance"
+        )
+        self.mixture_logits = self.add_weight(
+            shape=(self.k,),
+            initializer="zeros",
+            trainable=self.learn_weights,
+            name="mixture_logits",
+        )
 
     def call(self, inputs=None):
         variance = tf.nn.softplus(self.pre_variance) + self.min_variance
         return DiagonalGaussianMixture(
             mixture_distribution=tfd.Categorical(logits=tf.convert_to_tensor(self.mixture_logits)),
             components_distribution=tfd.MultivariateNormalDiag(
-                loc=tf.convert_to_tensor(self.loc), scale_diag=tf.sqrt(variance)))
+                loc=tf.convert_to_tensor(self.loc), scale_diag=tf.sqrt(variance)
+            ),
+        )
 
     def get_config(self):
-        return {**super().get_config(), "z_dim": self.z_dim, "k": self.k,
-                "learn_weights": self.learn_weights, "min_variance": self.min_variance}
+        return {
+            **super().get_config(),
+            "z_dim": self.z_dim,
+            "k": self.k,
+            "learn_weights": self.learn_weights,
+            "min_variance": self.min_variance,
+        }

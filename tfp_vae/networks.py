@@ -20,12 +20,19 @@ def _dense(units, fan_in, activation, init, name):
         kernel, bias = "glorot_uniform", "zeros"
     else:
         raise ValueError(f"init must be 'torch' or 'glorot'; got {init!r}.")
-    return keras.layers.Dense(units, activation=activation, kernel_initializer=kernel,
-                              bias_initializer=bias, name=name)
+    return keras.layers.Dense(
+        units, activation=activation, kernel_initializer=kernel, bias_initializer=bias, name=name
+    )
 
 
-def mlp(input_dim: int, hidden: Sequence[int], output_dim: int, activation: str = "elu",
-        init: str = "torch", name: str = "mlp") -> keras.Sequential:
+def mlp(
+    input_dim: int,
+    hidden: Sequence[int],
+    output_dim: int,
+    activation: str = "elu",
+    init: str = "torch",
+    name: str = "mlp",
+) -> keras.Sequential:
     """[B, input_dim] -> [B, output_dim]; `activation` after each hidden layer, linear output."""
     layers = [keras.Input(shape=(input_dim,))]
     fan_in = input_dim
@@ -39,9 +46,9 @@ def mlp(input_dim: int, hidden: Sequence[int], output_dim: int, activation: str 
 # ----------------------------------------------------------------------------------------------
 # Small convolutional networks for images (H, W divisible by 4: two stride-2 stages).
 
-_CONV_FILTERS = (32, 64)   # Channels after the first and second stride-2 stage.
-_CONV_KERNEL = 4           # A multiple of the stride, so the transposed convolutions overlap
-                           # evenly (no checkerboard pattern in the decoder's output).
+_CONV_FILTERS = (32, 64)  # Channels after the first and second stride-2 stage.
+_CONV_KERNEL = 4  # A multiple of the stride, so the transposed convolutions overlap
+# evenly (no checkerboard pattern in the decoder's output).
 
 
 def _is_count(value):
@@ -54,11 +61,18 @@ def _image_shape(input_shape):
     ValueError."""
     sequence = hasattr(input_shape, "__len__") and not isinstance(input_shape, (str, bytes))
     shape = tuple(input_shape) if sequence else None  # A tuple, list, array, TensorShape.
-    if (shape is None or len(shape) != 3 or not all(_is_count(d) for d in shape)
-            or shape[0] % 4 or shape[1] % 4):
-        raise ValueError(f"input_shape must be (H, W, C), positive integers with H and W "
-                         f"divisible by 4 (e.g. (28, 28, 1) or (32, 32, 3)); got "
-                         f"{input_shape!r}.")
+    if (
+        shape is None
+        or len(shape) != 3
+        or not all(_is_count(d) for d in shape)
+        or shape[0] % 4
+        or shape[1] % 4
+    ):
+        raise ValueError(
+            f"input_shape must be (H, W, C), positive integers with H and W "
+            f"divisible by 4 (e.g. (28, 28, 1) or (32, 32, 3)); got "
+            f"{input_shape!r}."
+        )
     return tuple(int(d) for d in shape)
 
 
@@ -80,12 +94,26 @@ def conv_encoder(input_shape, out_dim, name="encoder") -> keras.Sequential:
     """
     h, w, c = _image_shape(input_shape)
     out_dim = _count(out_dim, "out_dim")
-    conv = [keras.layers.Conv2D(filters, _CONV_KERNEL, strides=2, padding="same",
-                                activation="elu", name=f"{name}_conv{i}")
-            for i, filters in enumerate(_CONV_FILTERS)]
-    return keras.Sequential([keras.Input(shape=(h, w, c)), *conv,
-                             keras.layers.Flatten(name=f"{name}_flatten"),
-                             keras.layers.Dense(out_dim, name=f"{name}_out")], name=name)
+    conv = [
+        keras.layers.Conv2D(
+            filters,
+            _CONV_KERNEL,
+            strides=2,
+            padding="same",
+            activation="elu",
+            name=f"{name}_conv{i}",
+        )
+        for i, filters in enumerate(_CONV_FILTERS)
+    ]
+    return keras.Sequential(
+        [
+            keras.Input(shape=(h, w, c)),
+            *conv,
+            keras.layers.Flatten(name=f"{name}_flatten"),
+            keras.layers.Dense(out_dim, name=f"{name}_out"),
+        ],
+        name=name,
+    )
 
 
 def conv_decoder(in_dim, input_shape, out_channels=None, name="decoder") -> keras.Sequential:
@@ -104,19 +132,30 @@ def conv_decoder(in_dim, input_shape, out_channels=None, name="decoder") -> kera
     in_dim = _count(in_dim, "in_dim")
     out_channels = c if out_channels is None else _count(out_channels, "out_channels")
     top = (h // 4, w // 4, _CONV_FILTERS[1])
-    return keras.Sequential([
-        keras.Input(shape=(in_dim,)),
-        keras.layers.Dense(top[0] * top[1] * top[2], activation="elu", name=f"{name}_dense"),
-        keras.layers.Reshape(top, name=f"{name}_reshape"),
-        keras.layers.Conv2DTranspose(_CONV_FILTERS[0], _CONV_KERNEL, strides=2, padding="same",
-                                     activation="elu", name=f"{name}_deconv0"),
-        keras.layers.Conv2DTranspose(out_channels, _CONV_KERNEL, strides=2, padding="same",
-                                     name=f"{name}_deconv1"),
-    ], name=name)
+    return keras.Sequential(
+        [
+            keras.Input(shape=(in_dim,)),
+            keras.layers.Dense(top[0] * top[1] * top[2], activation="elu", name=f"{name}_dense"),
+            keras.layers.Reshape(top, name=f"{name}_reshape"),
+            keras.layers.Conv2DTranspose(
+                _CONV_FILTERS[0],
+                _CONV_KERNEL,
+                strides=2,
+                padding="same",
+                activation="elu",
+                name=f"{name}_deconv0",
+            ),
+            keras.layers.Conv2DTranspose(
+                out_channels, _CONV_KERNEL, strides=2, padding="same", name=f"{name}_deconv1"
+            ),
+        ],
+        name=name,
+    )
 
 
-def apply(network: keras.Layer, inputs: tf.Tensor,
-          input_shape: Sequence[int] | None = None) -> tf.Tensor:
+def apply(
+    network: keras.Layer, inputs: tf.Tensor, input_shape: Sequence[int] | None = None
+) -> tf.Tensor:
     """Applies a network on one batch axis to inputs with any leading axes: [..., d_in] ->
     [..., d_out] (for instance [m, B, z] importance samples), by folding the leading axes into
     the batch. With `input_shape` (a network on images, (28, 28, 1) say) the flat inputs
@@ -148,10 +187,13 @@ def split_first_dense(network, label_width):
     if not isinstance(network, keras.Sequential) or not network.layers:
         return None
     first = network.layers[0]
-    if (type(first) is not keras.layers.Dense or not first.built
-            or getattr(first, "lora_enabled", False)
-            or getattr(first, "quantization_mode", None) is not None
-            or first.kernel.shape[0] <= label_width):
+    if (
+        type(first) is not keras.layers.Dense
+        or not first.built
+        or getattr(first, "lora_enabled", False)
+        or getattr(first, "quantization_mode", None) is not None
+        or first.kernel.shape[0] <= label_width
+    ):
         return None
     return first, network.layers[1:]
 
@@ -172,8 +214,9 @@ def _finish(first, rest, pre_activation):
     return h
 
 
-def apply_labelled(network: keras.Layer, x: tf.Tensor, labels: tf.Tensor, num_classes: int,
-                   factorise: bool = True) -> tf.Tensor:
+def apply_labelled(
+    network: keras.Layer, x: tf.Tensor, labels: tf.Tensor, num_classes: int, factorise: bool = True
+) -> tf.Tensor:
     """network([x, onehot(labels)]) for x [N, d] and int labels [N]: [N, d_out].
 
     With `factorise` and a network whose first layer is Dense (`split_first_dense`), the label's
@@ -187,8 +230,9 @@ def apply_labelled(network: keras.Layer, x: tf.Tensor, labels: tf.Tensor, num_cl
     return _finish(first, rest, pre)
 
 
-def apply_enumerated(network: keras.Layer, x: tf.Tensor, num_classes: int, shared: bool,
-                     factorise: bool = True) -> tf.Tensor:
+def apply_enumerated(
+    network: keras.Layer, x: tf.Tensor, num_classes: int, shared: bool, factorise: bool = True
+) -> tf.Tensor:
     """network([x_r, onehot(k)]) for every label k, class-major: [K * B, d_out], row k * B + i
     pairing example i with label k.
 
@@ -210,10 +254,10 @@ def apply_enumerated(network: keras.Layer, x: tf.Tensor, num_classes: int, share
         return network(tf.concat([x, onehot], axis=-1))
     first, rest = split
     kernel_x, rows = _label_rows(first, k, first.compute_dtype)
-    xw = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x)      # [B, H] or [K * B, H]
+    xw = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x)  # [B, H] or [K * B, H]
     units = xw.shape[-1]
-    xw = xw[None] if shared else tf.reshape(xw, [k, -1, units])    # [1 or K, B, H]
-    pre = tf.reshape(xw + rows[:, None, :], [-1, units])           # [K * B, H]
+    xw = xw[None] if shared else tf.reshape(xw, [k, -1, units])  # [1 or K, B, H]
+    pre = tf.reshape(xw + rows[:, None, :], [-1, units])  # [K * B, H]
     return _finish(first, rest, pre)
 
 
@@ -222,7 +266,7 @@ def apply_enumerated(network: keras.Layer, x: tf.Tensor, num_classes: int, share
 
 
 def _shape_text(shape, formula=None):
-    """"[batch, 784]", "[batch, 28, 28, 1]", or with a formula
+    """ "[batch, 784]", "[batch, 28, 28, 1]", or with a formula
     "[batch, 2 * z_dim] = [batch, 20]"."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     text = "[" + ", ".join(["batch"] + [str(d) for d in shape]) + "]"
@@ -231,9 +275,14 @@ def _shape_text(shape, formula=None):
     return f"[batch, {formula}] = {text}"
 
 
-def user_network(network: keras.Layer, role: str, input_shape: int | Sequence[int],
-                 output_shapes: Sequence[int | Sequence[int]], input_formula: str | None = None,
-                 output_formula: str | None = None) -> keras.Layer:
+def user_network(
+    network: keras.Layer,
+    role: str,
+    input_shape: int | Sequence[int],
+    output_shapes: Sequence[int | Sequence[int]],
+    input_formula: str | None = None,
+    output_formula: str | None = None,
+) -> keras.Layer:
     """A network the user passed for `role` ("encoder", ...): checked and built, returned as is.
 
     It must be a Keras layer or model (`keras.Sequential`, a functional or subclassed
@@ -251,17 +300,18 @@ def user_network(network: keras.Layer, role: str, input_shape: int | Sequence[in
     """
     input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     outputs = list(dict.fromkeys((o,) if isinstance(o, int) else tuple(o) for o in output_shapes))
-    expected = (f"{role} must map {_shape_text(input_shape, input_formula)} to "
-                + " or ".join(_shape_text(o, output_formula if len(o) == 1 else None)
-                              for o in outputs))
+    expected = f"{role} must map {_shape_text(input_shape, input_formula)} to " + " or ".join(
+        _shape_text(o, output_formula if len(o) == 1 else None) for o in outputs
+    )
     if not isinstance(network, keras.layers.Layer):
-        raise ValueError(f"{expected}: pass a Keras layer or model (keras.Sequential, "
-                         f"keras.Model, keras.layers.Layer); got {type(network).__name__}.")
+        raise ValueError(
+            f"{expected}: pass a Keras layer or model (keras.Sequential, "
+            f"keras.Model, keras.layers.Layer); got {type(network).__name__}."
+        )
     try:
         out = network(keras.KerasTensor((None,) + input_shape, dtype="float32"))
     except Exception as e:  # Keras' own message (an input spec, a failing call) follows.
-        raise ValueError(f"{expected}; calling it on {_shape_text(input_shape)} failed: "
-                         f"{e}") from e
+        raise ValueError(f"{expected}; calling it on {_shape_text(input_shape)} failed: {e}") from e
     if not isinstance(out, keras.KerasTensor):
         raise ValueError(f"{expected}, one tensor; it gives {type(out).__name__}.")
     if tuple(out.shape[1:]) not in outputs:
@@ -272,8 +322,10 @@ def user_network(network: keras.Layer, role: str, input_shape: int | Sequence[in
 def serialize_networks(config, model, names):
     """`config` with the networks `names` (the user's) of `model` added, serialised with
     `keras.saving.serialize_keras_object` (their weights are saved with the model's)."""
-    return {**config, **{name: keras.saving.serialize_keras_object(getattr(model, name))
-                         for name in names}}
+    return {
+        **config,
+        **{name: keras.saving.serialize_keras_object(getattr(model, name)) for name in names},
+    }
 
 
 def deserialize_networks(config, names, custom_objects=None):
@@ -283,5 +335,6 @@ def deserialize_networks(config, names, custom_objects=None):
     for name in names:
         if isinstance(config.get(name), dict):
             config[name] = keras.saving.deserialize_keras_object(
-                config[name], custom_objects=custom_objects)
+                config[name], custom_objects=custom_objects
+            )
     return config

@@ -30,8 +30,9 @@ def monte_carlo_kl(log_q: tf.Tensor, log_p: tf.Tensor) -> tf.Tensor:
     return log_q - log_p
 
 
-def iwae_bound(log_likelihood: tf.Tensor, log_prior: tf.Tensor, log_posterior: tf.Tensor,
-               axis: int = 0) -> tf.Tensor:
+def iwae_bound(
+    log_likelihood: tf.Tensor, log_prior: tf.Tensor, log_posterior: tf.Tensor, axis: int = 0
+) -> tf.Tensor:
     """Importance-weighted bound log (1/m) sum_i p(x, z_i) / q(z_i | x).
 
     Args:
@@ -45,8 +46,9 @@ def iwae_bound(log_likelihood: tf.Tensor, log_prior: tf.Tensor, log_posterior: t
     return log_mean_exp(log_weights(log_likelihood, log_prior, log_posterior), axis=axis)
 
 
-def log_weights(log_likelihood: tf.Tensor, log_prior: tf.Tensor,
-                log_posterior: tf.Tensor) -> tf.Tensor:
+def log_weights(
+    log_likelihood: tf.Tensor, log_prior: tf.Tensor, log_posterior: tf.Tensor
+) -> tf.Tensor:
     """Importance log-weights log p(x|z) + log p(z) - log q(z|x), elementwise ([m, B] in,
     [m, B] out)."""
     return log_likelihood + log_prior - log_posterior
@@ -73,8 +75,9 @@ def categorical_kl_to_uniform(logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1) + tf.math.log(num_classes)
 
 
-def unlabelled_bound_terms(class_logits: tf.Tensor, rec: tf.Tensor,
-                           kl_z: tf.Tensor) -> dict[str, tf.Tensor]:
+def unlabelled_bound_terms(
+    class_logits: tf.Tensor, rec: tf.Tensor, kl_z: tf.Tensor
+) -> dict[str, tf.Tensor]:
     """The unlabelled bound -U(x) from the per-class terms of every label.
 
     Args:
@@ -91,12 +94,17 @@ def unlabelled_bound_terms(class_logits: tf.Tensor, rec: tf.Tensor,
     expected_rec = tf.reduce_sum(probs * rec, axis=-1)
     expected_kl_z = tf.reduce_sum(probs * kl_z, axis=-1)
     kl_y = categorical_kl_to_uniform(class_logits)
-    return {"nelbo": expected_rec + expected_kl_z + kl_y, "rec": expected_rec,
-            "kl_z": expected_kl_z, "kl_y": kl_y}
+    return {
+        "nelbo": expected_rec + expected_kl_z + kl_y,
+        "rec": expected_rec,
+        "kl_z": expected_kl_z,
+        "kl_y": kl_y,
+    }
 
 
-def labelled_negative_elbo(rec: tf.Tensor, kl_z: tf.Tensor,
-                           num_classes: int = NUM_CLASSES) -> tf.Tensor:
+def labelled_negative_elbo(
+    rec: tf.Tensor, kl_z: tf.Tensor, num_classes: int = NUM_CLASSES
+) -> tf.Tensor:
     """The labelled bound -L(x, y) = rec_y + kl_z_y - log p(y), with p(y) = 1/K: [B].
 
     Args:

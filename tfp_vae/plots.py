@@ -27,8 +27,18 @@ import numpy as np
 
 INSTALL_HINT = 'pip install "tfp_vae[plots]"'
 KINDS = ("interpolations", "traversals", "latent_map", "class_grid", "reconstructions")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CELL_INCHES = 0.55  # Displayed size of one image.
 
 
@@ -37,8 +47,10 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError(f"The figures need matplotlib, an optional dependency of tfp_vae: "
-                          f"{INSTALL_HINT} (or pip install matplotlib).") from e
+        raise ImportError(
+            f"The figures need matplotlib, an optional dependency of tfp_vae: "
+            f"{INSTALL_HINT} (or pip install matplotlib)."
+        ) from e
     return matplotlib
 
 
@@ -89,8 +101,10 @@ def _pixels(model, x, what="images"):
         x = x / 255.0
     dim = _input_dim(model)
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != dim:
-        raise ValueError(f"Expected {what} of shape [N, {dim}] (or [N, {_side(model)}, "
-                         f"{_side(model)}]); got shape {x.shape}.")
+        raise ValueError(
+            f"Expected {what} of shape [N, {dim}] (or [N, {_side(model)}, "
+            f"{_side(model)}]); got shape {x.shape}."
+        )
     if len(x) == 0:
         raise ValueError(f"No {what} given.")
     return x.reshape(len(x), dim).astype(np.float32)
@@ -103,7 +117,7 @@ def posterior_means(model, x, batch_size=1000):
     x = _pixels(model, x)
     means, labels = [], []
     for start in range(0, len(x), batch_size):
-        chunk = x[start:start + batch_size]
+        chunk = x[start : start + batch_size]
         if is_class_conditional(model):
             y = np.argmax(np.asarray(model.classify(chunk)), axis=-1).astype(np.int32)
             means.append(np.asarray(model.encode(chunk, y).mean(), np.float32))
@@ -123,8 +137,12 @@ def decode_means(model, z, y=None):
 
 
 def _reconstructed(model, x, batch_size=1000):
-    return np.concatenate([np.asarray(model.reconstruct(x[i:i + batch_size]), np.float32)
-                           for i in range(0, len(x), batch_size)])
+    return np.concatenate(
+        [
+            np.asarray(model.reconstruct(x[i : i + batch_size]), np.float32)
+            for i in range(0, len(x), batch_size)
+        ]
+    )
 
 
 def _model_name(model):
@@ -155,12 +173,21 @@ def _show(ax, pixels, rows, cols, side, row_labels=None, col_labels=None):
     ticks."""
     from tfp_vae import images
 
-    ax.imshow(images.grid(pixels, rows, cols, side)[..., 0], cmap="gray", vmin=0, vmax=255,
-              interpolation="nearest")
-    ax.set_xticks(_centres(cols, side) if col_labels is not None else [],
-                  labels=list(col_labels) if col_labels is not None else None)
-    ax.set_yticks(_centres(rows, side) if row_labels is not None else [],
-                  labels=list(row_labels) if row_labels is not None else None)
+    ax.imshow(
+        images.grid(pixels, rows, cols, side)[..., 0],
+        cmap="gray",
+        vmin=0,
+        vmax=255,
+        interpolation="nearest",
+    )
+    ax.set_xticks(
+        _centres(cols, side) if col_labels is not None else [],
+        labels=list(col_labels) if col_labels is not None else None,
+    )
+    ax.set_yticks(
+        _centres(rows, side) if row_labels is not None else [],
+        labels=list(row_labels) if row_labels is not None else None,
+    )
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -185,16 +212,19 @@ def interpolations(model, x_a, x_b, steps=10):
     steps, side = int(steps), _side(model)
     x_a, x_b = _pixels(model, x_a, "x_a"), _pixels(model, x_b, "x_b")
     if len(x_a) != len(x_b):
-        raise ValueError(f"x_a and x_b must hold as many images (one pair per row); got "
-                         f"{len(x_a)} and {len(x_b)}.")
+        raise ValueError(
+            f"x_a and x_b must hold as many images (one pair per row); got "
+            f"{len(x_a)} and {len(x_b)}."
+        )
     pairs = len(x_a)
     (z_a, y_a), (z_b, y_b) = posterior_means(model, x_a), posterior_means(model, x_b)
     t = np.linspace(0.0, 1.0, steps, dtype=np.float32)
     z = (1 - t)[None, :, None] * z_a[:, None] + t[None, :, None] * z_b[:, None]
     y = None if y_a is None else np.where(t[None] <= 0.5, y_a[:, None], y_b[:, None]).reshape(-1)
     decoded = decode_means(model, z.reshape(pairs * steps, -1), y)
-    figure = _figure(CELL_INCHES * (steps + 2) + (2.2 if y_a is not None else 1.2),
-                     CELL_INCHES * pairs + 1.7)
+    figure = _figure(
+        CELL_INCHES * (steps + 2) + (2.2 if y_a is not None else 1.2), CELL_INCHES * pairs + 1.7
+    )
     left, middle, right = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, steps, 1]})
     rows = None if y_a is None else [f"y: {a} \u2192 {b}" for a, b in zip(y_a, y_b, strict=True)]
     _show(left, x_a, pairs, 1, side, row_labels=rows)
@@ -226,8 +256,9 @@ def traversals(model, x, dims=None, values=None, max_dims=10):
     x = _pixels(model, x)
     means, labels = posterior_means(model, x)
     z_dim = means.shape[1]
-    values = (np.linspace(-3.0, 3.0, 9) if values is None
-              else np.asarray(values, np.float64).reshape(-1))
+    values = (
+        np.linspace(-3.0, 3.0, 9) if values is None else np.asarray(values, np.float64).reshape(-1)
+    )
     if not len(values):
         raise ValueError("values must hold at least one offset.")
     activity = means.var(axis=0) if len(x) > 1 else None
@@ -235,13 +266,17 @@ def traversals(model, x, dims=None, values=None, max_dims=10):
         if z_dim <= max_dims:
             dims, which = list(range(z_dim)), f"all {z_dim} latent units"
         elif activity is None:
-            raise ValueError(f"z_dim={z_dim} > max_dims={max_dims}: pass several images (the "
-                             "first is traversed, all of them rank the units by activity), or "
-                             "choose the units with dims.")
+            raise ValueError(
+                f"z_dim={z_dim} > max_dims={max_dims}: pass several images (the "
+                "first is traversed, all of them rank the units by activity), or "
+                "choose the units with dims."
+            )
         else:
             dims = [int(d) for d in np.argsort(-activity, kind="stable")[:max_dims]]
-            which = (f"the {len(dims)} most active of {z_dim} latent units\n(largest variance "
-                     f"of the posterior means over {len(x)} images)")
+            which = (
+                f"the {len(dims)} most active of {z_dim} latent units\n(largest variance "
+                f"of the posterior means over {len(x)} images)"
+            )
     else:
         dims = [int(d) for d in np.asarray(dims).reshape(-1)]
         if not dims or min(dims) < 0 or max(dims) >= z_dim:
@@ -257,8 +292,15 @@ def traversals(model, x, dims=None, values=None, max_dims=10):
     _show(image, x[:1], 1, 1, side)
     image.set_title("input" if labels is None else f"input\n\u0177 = {labels[0]}")
     rows = [f"z{d}" + ("" if activity is None else f" (var {activity[d]:.2g})") for d in dims]
-    _show(grid, decoded, len(dims), len(values), side, row_labels=rows,
-          col_labels=[f"{v:+.2g}" for v in values])
+    _show(
+        grid,
+        decoded,
+        len(dims),
+        len(values),
+        side,
+        row_labels=rows,
+        col_labels=[f"{v:+.2g}" for v in values],
+    )
     grid.set_xlabel("offset from the posterior mean \u03bc")
     figure.suptitle(f"Traversals of {which}, {_model_name(model)}")
     return figure
@@ -282,7 +324,7 @@ def latent_map(model, x, y=None, class_names=None):
         centred = means - means.mean(axis=0)
         _, singular, components = np.linalg.svd(centred, full_matrices=False)
         coords = centred @ components[:2].T
-        share = singular ** 2 / max(float(np.sum(singular ** 2)), 1e-30)
+        share = singular**2 / max(float(np.sum(singular**2)), 1e-30)
         labels = [f"PC{i + 1} ({share[i]:.1%} of the variance)" for i in range(2)]
         how = f"PCA of {z_dim}-D means to 2-D"
     elif z_dim == 2:
@@ -304,17 +346,29 @@ def latent_map(model, x, y=None, class_names=None):
         colours = colormaps["tab10" if len(classes) <= 10 else "tab20"]
         for i, c in enumerate(classes):
             name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
-            ax.scatter(coords[y == c, 0], coords[y == c, 1], s=6, alpha=0.6,
-                       color=colours(i % colours.N), label=name)
-        ax.legend(title="label", markerscale=3, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  frameon=False)
+            ax.scatter(
+                coords[y == c, 0],
+                coords[y == c, 1],
+                s=6,
+                alpha=0.6,
+                color=colours(i % colours.N),
+                label=name,
+            )
+        ax.legend(
+            title="label",
+            markerscale=3,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+        )
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     if z_dim == 1:
         ax.set_yticks([])
     what = "q(z|x, \u0177)" if is_class_conditional(model) else "q(z|x)"
-    ax.set_title(f"Posterior means of {what} for {n} images, {how} ({_model_name(model)})",
-                 fontsize="medium")
+    ax.set_title(
+        f"Posterior means of {what} for {n} images, {how} ({_model_name(model)})", fontsize="medium"
+    )
     return figure
 
 
@@ -331,8 +385,10 @@ def class_grid(model, samples=10, seed=0, class_names=None):
       ValueError: the model is not class-conditional (see `is_class_conditional`).
     """
     if not is_class_conditional(model):
-        raise ValueError(f"class_grid needs a class-conditional model (ssvae, m1m2); a "
-                         f"{type(model).__name__} has no classes.")
+        raise ValueError(
+            f"class_grid needs a class-conditional model (ssvae, m1m2); a "
+            f"{type(model).__name__} has no classes."
+        )
     if int(samples) < 1:
         raise ValueError(f"samples must be >= 1; got {samples}.")
     k, samples, side = model.num_classes, int(samples), _side(model)
@@ -342,12 +398,18 @@ def class_grid(model, samples=10, seed=0, class_names=None):
     names = class_names if class_names is not None else [str(c) for c in range(k)]
     figure = _figure(CELL_INCHES * samples + 1.8, CELL_INCHES * k + 1.0)
     ax = figure.subplots()
-    _show(ax, decoded, k, samples, side, row_labels=list(names)[:k],
-          col_labels=[str(i + 1) for i in range(samples)])
+    _show(
+        ax,
+        decoded,
+        k,
+        samples,
+        side,
+        row_labels=list(names)[:k],
+        col_labels=[str(i + 1) for i in range(samples)],
+    )
     ax.set_ylabel("class y")
     ax.set_xlabel("z ~ p(z): one per column, the same down each column")
-    ax.set_title(f"Class-conditional samples p(x|y, z) ({_model_name(model)})",
-                 fontsize="medium")
+    ax.set_title(f"Class-conditional samples p(x|y, z) ({_model_name(model)})", fontsize="medium")
     return figure
 
 
@@ -371,7 +433,10 @@ def reconstructions(model, x, columns=8):
     _show(outputs, recon, rows, columns, side)
     inputs.set_title("input")
     outputs.set_title("reconstruction")
-    how = ("at the mean of q(z|x, \u0177), \u0177 the predicted class"
-           if is_class_conditional(model) else "at the posterior mean")
+    how = (
+        "at the mean of q(z|x, \u0177), \u0177 the predicted class"
+        if is_class_conditional(model)
+        else "at the posterior mean"
+    )
     figure.suptitle(f"Reconstructions: p(x|z) {how} ({_model_name(model)})")
     return figure

@@ -24,7 +24,8 @@ def directory():
     """The folder of the shipped models: $TFP_VAE_SAVEDMODELS, else the repository's
     `savedmodels/`."""
     return os.environ.get(ENV_VAR) or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "savedmodels")
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "savedmodels"
+    )
 
 
 def list():  # noqa: A001  The name the issue and users ask for: tfp_vae.pretrained.list().
@@ -33,12 +34,20 @@ def list():  # noqa: A001  The name the issue and users ask for: tfp_vae.pretrai
     `savedmodel` and `keras` (absolute paths)."""
     path = os.path.join(directory(), INDEX)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No {INDEX} in {directory()}: the shipped models are in the "
-                                f"repository's savedmodels/ (or set {ENV_VAR}).")
+        raise FileNotFoundError(
+            f"No {INDEX} in {directory()}: the shipped models are in the "
+            f"repository's savedmodels/ (or set {ENV_VAR})."
+        )
     with open(path) as f:
         entries = json.load(f)["models"]
-    return [{**entry, "savedmodel": os.path.join(directory(), entry["name"]),
-             "keras": os.path.join(directory(), entry["name"] + ".keras")} for entry in entries]
+    return [
+        {
+            **entry,
+            "savedmodel": os.path.join(directory(), entry["name"]),
+            "keras": os.path.join(directory(), entry["name"] + ".keras"),
+        }
+        for entry in entries
+    ]
 
 
 def names():
@@ -54,8 +63,10 @@ def load(name, compile=True):  # noqa: A002  Keras' own argument name.
 
     known = names()
     if name not in known:
-        raise ValueError(f"No shipped model {name!r}; the shipped ones are "
-                         f"{', '.join(sorted(known))} (tfp_vae.pretrained.list()).")
+        raise ValueError(
+            f"No shipped model {name!r}; the shipped ones are "
+            f"{', '.join(sorted(known))} (tfp_vae.pretrained.list())."
+        )
     return keras.models.load_model(os.path.join(directory(), name + ".keras"), compile=compile)
 
 

@@ -38,8 +38,9 @@ class RunDirectory:
     def __enter__(self):
         path = self.path
         if os.path.exists(path) and not os.path.isdir(path):
-            raise RunDirectoryError(f"--out_dir {path} is a file, not a directory; choose "
-                                    "another --out_dir.")
+            raise RunDirectoryError(
+                f"--out_dir {path} is a file, not a directory; choose another --out_dir."
+            )
         self._created = not os.path.exists(path)
         try:
             os.makedirs(path, exist_ok=True)
@@ -52,15 +53,18 @@ class RunDirectory:
                 reason = f"a part of the path ({where}) is a file"
             else:
                 reason = _os_reason(e)
-            raise RunDirectoryError(f"Cannot write the run directory {path}: {reason}; choose "
-                                    "another --out_dir.") from None
+            raise RunDirectoryError(
+                f"Cannot write the run directory {path}: {reason}; choose another --out_dir."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunDirectoryError(f"{path} is in use by another training run ({holder}); "
-                                    "wait for it to end or choose another --out_dir.") from None
+            raise RunDirectoryError(
+                f"{path} is in use by another training run ({holder}); "
+                "wait for it to end or choose another --out_dir."
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self._fd = fd

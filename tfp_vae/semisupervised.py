@@ -21,13 +21,19 @@ def check_label_array(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Labels must be integers; got dtype {labels.dtype}.")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"Labels must be class indices in 0..{num_classes - 1}; got values "
-                         f"from {labels.min()} to {labels.max()}.")
+        raise ValueError(
+            f"Labels must be class indices in 0..{num_classes - 1}; got values "
+            f"from {labels.min()} to {labels.max()}."
+        )
     return labels
 
 
-def split_labelled(labels: np.ndarray, labels_per_class: int = 10, label_seed: int = 0,
-                   num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def split_labelled(
+    labels: np.ndarray,
+    labels_per_class: int = 10,
+    label_seed: int = 0,
+    num_classes: int = NUM_CLASSES,
+) -> tuple[np.ndarray, np.ndarray]:
     """(labelled, unlabelled) index arrays: `labels_per_class` of each class, chosen by seed.
 
     A checked front end to `data.labelled_subset`: raises ValueError naming the problem when
@@ -40,18 +46,23 @@ def split_labelled(labels: np.ndarray, labels_per_class: int = 10, label_seed: i
     counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
     missing = [c for c in range(num_classes) if counts[c] == 0]
     if missing:
-        raise ValueError(f"The labels contain no examples of class(es) {missing}; the "
-                         f"semi-supervised split needs {labels_per_class} labelled examples of "
-                         f"each of the {num_classes} classes.")
+        raise ValueError(
+            f"The labels contain no examples of class(es) {missing}; the "
+            f"semi-supervised split needs {labels_per_class} labelled examples of "
+            f"each of the {num_classes} classes."
+        )
     short = [c for c in range(num_classes) if counts[c] < labels_per_class]
     if short:
-        raise ValueError(f"Class(es) {short} have fewer than labels_per_class="
-                         f"{labels_per_class} examples ({[int(counts[c]) for c in short]}).")
+        raise ValueError(
+            f"Class(es) {short} have fewer than labels_per_class="
+            f"{labels_per_class} examples ({[int(counts[c]) for c in short]})."
+        )
     return data.labelled_subset(labels, int(labels_per_class), label_seed, num_classes)
 
 
-def split_by_indices(labels: np.ndarray, indices: Sequence[int] | np.ndarray,
-                     num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def split_by_indices(
+    labels: np.ndarray, indices: Sequence[int] | np.ndarray, num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """(labelled, unlabelled) index arrays from a chosen labelled set (training-set indices).
 
     For a labelled set picked by hand (or by another codebase) rather than drawn by seed.
@@ -61,22 +72,28 @@ def split_by_indices(labels: np.ndarray, indices: Sequence[int] | np.ndarray,
     labels = check_label_array(labels, num_classes)
     indices = np.asarray(indices)
     if indices.ndim != 1 or indices.size == 0:
-        raise ValueError(f"Labelled indices must be a non-empty 1-D list; got shape "
-                         f"{indices.shape}.")
+        raise ValueError(
+            f"Labelled indices must be a non-empty 1-D list; got shape {indices.shape}."
+        )
     if not np.issubdtype(indices.dtype, np.integer):
         raise ValueError(f"Labelled indices must be integers; got dtype {indices.dtype}.")
     bad = indices[(indices < 0) | (indices >= len(labels))]
     if bad.size:
-        raise ValueError(f"Labelled indices must lie in 0..{len(labels) - 1} (the training "
-                         f"set); got {bad[:5].tolist()}.")
+        raise ValueError(
+            f"Labelled indices must lie in 0..{len(labels) - 1} (the training "
+            f"set); got {bad[:5].tolist()}."
+        )
     values, counts = np.unique(indices, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"Labelled indices repeat: {values[counts > 1][:5].tolist()}; list each "
-                         "example once.")
+        raise ValueError(
+            f"Labelled indices repeat: {values[counts > 1][:5].tolist()}; list each example once."
+        )
     missing = np.setdiff1d(np.arange(num_classes), labels[values])
     if missing.size:
-        raise ValueError(f"The labelled indices contain no examples of class(es) "
-                         f"{missing.tolist()}; every class needs at least one.")
+        raise ValueError(
+            f"The labelled indices contain no examples of class(es) "
+            f"{missing.tolist()}; every class needs at least one."
+        )
     return values, np.setdiff1d(np.arange(len(labels)), values)
 
 
@@ -94,22 +111,31 @@ def read_indices(path: str) -> np.ndarray:
 def _check_uint8_images(images, labels):
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise ValueError(f"Images must be uint8 (as tfp_vae.data.load returns them); got "
-                         f"{images.dtype}.")
+        raise ValueError(
+            f"Images must be uint8 (as tfp_vae.data.load returns them); got {images.dtype}."
+        )
     if not (images.ndim == 3 and images.shape[1:] == data.IMAGE_SHAPE) and not (
-            images.ndim == 2 and images.shape[1] == data.NUM_PIXELS):
+        images.ndim == 2 and images.shape[1] == data.NUM_PIXELS
+    ):
         raise ValueError(f"Expected images of shape [N, 28, 28] or [N, 784]; got {images.shape}.")
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels.")
     return images.reshape(len(images), data.NUM_PIXELS)
 
 
-def make_train_dataset(images: np.ndarray, labels: np.ndarray, labels_per_class: int = 10,
-                       label_seed: int = 0, batch_size: int = 97, seed: int = 0,
-                       binarization: str = "dynamic", labelled_binarization: str | None = None,
-                       labelled_indices: Sequence[int] | np.ndarray | None = None,
-                       labelled_batch_size: int | None = None,
-                       start_step: int = 0) -> tf.data.Dataset:
+def make_train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    labels_per_class: int = 10,
+    label_seed: int = 0,
+    batch_size: int = 97,
+    seed: int = 0,
+    binarization: str = "dynamic",
+    labelled_binarization: str | None = None,
+    labelled_indices: Sequence[int] | np.ndarray | None = None,
+    labelled_batch_size: int | None = None,
+    start_step: int = 0,
+) -> tf.data.Dataset:
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
     `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
@@ -138,9 +164,12 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, labels_per_class:
       len(labelled_indices)).
     """
     if labelled_batch_size is not None and (
-            int(labelled_batch_size) != labelled_batch_size or labelled_batch_size < 1):
-        raise ValueError(f"labelled_batch_size must be >= 1, a whole number (or None for the "
-                         f"whole labelled set); got {labelled_batch_size}.")
+        int(labelled_batch_size) != labelled_batch_size or labelled_batch_size < 1
+    ):
+        raise ValueError(
+            f"labelled_batch_size must be >= 1, a whole number (or None for the "
+            f"whole labelled set); got {labelled_batch_size}."
+        )
     labels = np.asarray(labels)
     if labelled_indices is None:
         labelled, unlabelled = split_labelled(labels, labels_per_class, label_seed)
@@ -151,13 +180,15 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, labels_per_class:
         raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
-    unlabelled_ds = data.train_dataset(images[unlabelled], batch_size, binarization, seed=seed,
-                                       start_step=start_step)
+    unlabelled_ds = data.train_dataset(
+        images[unlabelled], batch_size, binarization, seed=seed, start_step=start_step
+    )
     x_l, y_l = images[labelled], labels[labelled].astype(np.int32)
     binarization = labelled_binarization or binarization
     if binarization not in ("dynamic", "static", "none"):
-        raise ValueError(f"labelled_binarization must be dynamic, static or none; got "
-                         f"{binarization!r}.")
+        raise ValueError(
+            f"labelled_binarization must be dynamic, static or none; got {binarization!r}."
+        )
     if binarization != "dynamic":
         x_l = data.binarize_static(x_l) if binarization == "static" else data.flatten(x_l)
     table_x, table_y = tf.constant(x_l), tf.constant(y_l)
@@ -167,9 +198,9 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, labels_per_class:
         if labelled_batch_size is None:
             x, y = table_x, table_y
         else:
-            idx = tf.random.stateless_uniform([int(labelled_batch_size)],
-                                              tf.stack([seed + 2, step]), 0, len(y_l),
-                                              dtype=tf.int64)
+            idx = tf.random.stateless_uniform(
+                [int(labelled_batch_size)], tf.stack([seed + 2, step]), 0, len(y_l), dtype=tf.int64
+            )
             x, y = tf.gather(table_x, idx), tf.gather(table_y, idx)
         if binarization == "dynamic":
             # Keys apart from the unlabelled stream's (step, seed + 1) and the draw's.
@@ -180,8 +211,9 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, labels_per_class:
     return tf.data.Dataset.zip((unlabelled_ds, labelled_ds)).prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(images: np.ndarray, labels: np.ndarray,
-                      batch_size: int = 1000) -> tf.data.Dataset:
+def make_eval_dataset(
+    images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
+) -> tf.data.Dataset:
     """A finite labelled dataset for `evaluate` / `validation_data`: ((x_binary, x_gray), y).
 
     The bound is computed on the statically binarised images (`data.binarize_static`), the
@@ -191,6 +223,10 @@ def make_eval_dataset(images: np.ndarray, labels: np.ndarray,
     images = _check_uint8_images(images, labels)
     if len(images) == 0:
         raise ValueError("The evaluation set is empty.")
-    return tf.data.Dataset.from_tensor_slices(
-        ((data.binarize_static(images), data.flatten(images)), labels)).batch(
-            batch_size).prefetch(tf.data.AUTOTUNE)
+    return (
+        tf.data.Dataset.from_tensor_slices(
+            ((data.binarize_static(images), data.flatten(images)), labels)
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )

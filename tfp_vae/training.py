@@ -51,16 +51,20 @@ def make_strategy(name="default"):
     if name == "multi_worker":
         config = os.environ.get("TF_CONFIG")
         if not config:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                             "(the cluster's worker addresses and this worker's task), e.g. "
-                             'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                             '"task": {"type": "worker", "index": 0}}\'.')
+            raise ValueError(
+                "--strategy=multi_worker needs the TF_CONFIG environment variable "
+                "(the cluster's worker addresses and this worker's task), e.g. "
+                'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}\'.'
+            )
         try:
             parsed = json.loads(config)
             parsed["cluster"], parsed["task"]["type"], parsed["task"]["index"]
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"TF_CONFIG must be JSON with 'cluster' and 'task' (with 'type' and "
-                             f"'index'); got {config!r} ({e!r}).") from None
+            raise ValueError(
+                f"TF_CONFIG must be JSON with 'cluster' and 'task' (with 'type' and "
+                f"'index'); got {config!r} ({e!r})."
+            ) from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}; got {name!r}.")
 
@@ -187,8 +191,8 @@ def checkpoints(directory):
     found = []
     if os.path.isdir(directory):
         for name in os.listdir(directory):
-            if name.startswith(_PREFIX) and name[len(_PREFIX):].isdigit():
-                found.append((int(name[len(_PREFIX):]), os.path.join(directory, name)))
+            if name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit():
+                found.append((int(name[len(_PREFIX) :]), os.path.join(directory, name)))
         legacy = os.path.join(directory, _STATE)
         if os.path.isfile(legacy) and os.path.isfile(os.path.join(directory, _LEGACY_WEIGHTS)):
             try:
@@ -234,8 +238,12 @@ def save_checkpoint(model, directory, settings=None):
             weights, state = _files_of(staging)
             model.save_weights(weights)
             with open(state, "w") as f:
-                json.dump({"step": step, "weights_sha256": _sha256(weights),
-                           "settings": settings}, f, indent=1, sort_keys=True)
+                json.dump(
+                    {"step": step, "weights_sha256": _sha256(weights), "settings": settings},
+                    f,
+                    indent=1,
+                    sort_keys=True,
+                )
             for path in (weights, state, staging):
                 _fsync(path)
             os.rename(staging, final)
@@ -279,20 +287,24 @@ def restore(model, directory):
         state = read_state(path)
         weights = _files_of(path)[0]
         if "weights_sha256" in state and _sha256(weights) != state["weights_sha256"]:
-            raise ValueError(f"{weights} is damaged: its SHA-256 is not the one recorded when "
-                             "it was written")
+            raise ValueError(
+                f"{weights} is damaged: its SHA-256 is not the one recorded when it was written"
+            )
         model.load_weights(weights)
         if not _weights_finite(model, with_optimizer=True):
             raise ValueError("it holds NaN or Inf values")
     except Exception as e:  # noqa: BLE001  h5py, Keras and JSON raise many kinds.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if older:
-            advice = (f"the previous checkpoint, {older[0][1]} (step {older[0][0]}), is intact: "
-                      f"move {path} out of {directory} and resume again to continue from it.")
+            advice = (
+                f"the previous checkpoint, {older[0][1]} (step {older[0][0]}), is intact: "
+                f"move {path} out of {directory} and resume again to continue from it."
+            )
         else:
             advice = "there is no earlier checkpoint; start a new run in another directory."
-        raise CheckpointError(f"The checkpoint {path} cannot be restored ({reason}); "
-                              f"{advice}") from None
+        raise CheckpointError(
+            f"The checkpoint {path} cannot be restored ({reason}); {advice}"
+        ) from None
     state.setdefault("settings", None)
     return state
 
@@ -365,8 +377,7 @@ class SampleImages(keras.callbacks.Callback):
         with self.writer.as_default(), tf.summary.record_if(True):
             tf.summary.image("samples", self._samples()[None], step=epoch + 1)
             if self.images is not None and len(self.images):
-                tf.summary.image("reconstructions", self._reconstructions()[None],
-                                 step=epoch + 1)
+                tf.summary.image("reconstructions", self._reconstructions()[None], step=epoch + 1)
 
     def _samples(self):
         seed = tf.constant([self.seed, 0])
@@ -386,8 +397,8 @@ class SampleImages(keras.callbacks.Callback):
         blank = np.ones((cols, x.shape[1]), np.float32)
         rows = []
         for start in range(0, len(x), cols):
-            for part in (x[start:start + cols], recon[start:start + cols]):
-                rows.append(np.concatenate([part, blank[len(part):]]))
+            for part in (x[start : start + cols], recon[start : start + cols]):
+                rows.append(np.concatenate([part, blank[len(part) :]]))
         return self._grid(np.concatenate(rows), len(rows), cols)
 
     @staticmethod
@@ -396,8 +407,18 @@ class SampleImages(keras.callbacks.Callback):
         return images.grid(x, rows, cols, side=math.isqrt(x.shape[-1]))
 
 
-def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data=None,
-        resume=False, verbose=1, extra_callbacks=(), settings=None):
+def fit(
+    model,
+    train_data,
+    steps,
+    out_dir,
+    steps_per_epoch=1000,
+    validation_data=None,
+    resume=False,
+    verbose=1,
+    extra_callbacks=(),
+    settings=None,
+):
     """Trains `model` (compiled) up to `steps` gradient steps in all with model.fit.
 
     `steps` is rounded up to whole epochs of `steps_per_epoch` steps. At each epoch end a
@@ -434,48 +455,70 @@ def fit(model, train_data, steps, out_dir, steps_per_epoch=1000, validation_data
         # A fixed learning rate is a variable of the optimizer (a schedule is not), so the
         # checkpoint holds one: put the compiled one back after restoring.
         lr = model.optimizer.learning_rate
-        compiled_lr = (float(keras.ops.convert_to_numpy(lr)) if isinstance(lr, keras.Variable)
-                       else None)
+        compiled_lr = (
+            float(keras.ops.convert_to_numpy(lr)) if isinstance(lr, keras.Variable) else None
+        )
         with model.distribute_strategy.scope():  # The optimizer's variables.
             start = restore(model, ckpt_dir)["step"]
         if compiled_lr is not None:
             model.optimizer.learning_rate = compiled_lr
         if start % steps_per_epoch:
-            raise ValueError(f"The checkpoint is at step {start}, not a whole number of epochs "
-                             f"of {steps_per_epoch} steps: resume with a steps_per_epoch that "
-                             f"divides {start}.")
+            raise ValueError(
+                f"The checkpoint is at step {start}, not a whole number of epochs "
+                f"of {steps_per_epoch} steps: resume with a steps_per_epoch that "
+                f"divides {start}."
+            )
     if callable(train_data):
         train_data = train_data(start)
     elif start:
         if not isinstance(train_data, tf.data.Dataset):
-            raise ValueError("Resuming needs the training data as a tf.data.Dataset, or as a "
-                             "function start_step -> Dataset, to go on from the checkpoint's "
-                             f"step ({start}); got {type(train_data).__name__}.")
+            raise ValueError(
+                "Resuming needs the training data as a tf.data.Dataset, or as a "
+                "function start_step -> Dataset, to go on from the checkpoint's "
+                f"step ({start}); got {type(train_data).__name__}."
+            )
         train_data = train_data.skip(start)
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         train_data, validation_data = _shard_by_data(train_data), _shard_by_data(validation_data)
     guard = NaNGuard()
     log_dir = os.path.join(out_dir, "logs")
-    callbacks = [guard, Checkpoint(ckpt_dir, guard, settings),
-                 # Batch-level scalars (batch_loss, ...) every ~100 steps (about 10 points per
-                 # epoch in short epochs). Keras counts calls, one per steps_per_execution steps:
-                 # update_freq and the scalars' step are in those units.
-                 keras.callbacks.TensorBoard(log_dir, write_graph=False, update_freq=max(
-                     1, min(100, steps_per_epoch // 10) // model.steps_per_execution)),
-                 SampleImages(log_dir, images=SampleImages.first_images(validation_data,
-                                                                        train_data)),
-                 *extra_callbacks]
-    history = model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        initial_epoch=start // steps_per_epoch, validation_data=validation_data,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
+    callbacks = [
+        guard,
+        Checkpoint(ckpt_dir, guard, settings),
+        # Batch-level scalars (batch_loss, ...) every ~100 steps (about 10 points per
+        # epoch in short epochs). Keras counts calls, one per steps_per_execution steps:
+        # update_freq and the scalars' step are in those units.
+        keras.callbacks.TensorBoard(
+            log_dir,
+            write_graph=False,
+            update_freq=max(1, min(100, steps_per_epoch // 10) // model.steps_per_execution),
+        ),
+        SampleImages(log_dir, images=SampleImages.first_images(validation_data, train_data)),
+        *extra_callbacks,
+    ]
+    history = model.fit(
+        train_data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        initial_epoch=start // steps_per_epoch,
+        validation_data=validation_data,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )
     if guard.bad_step is not None:
         found = checkpoints(ckpt_dir)
         if found:
-            where = (f"The last good checkpoint is {found[0][1]} (step {found[0][0]}): resume "
-                     "from it with a lower learning rate (--resume --learning_rate=...).")
+            where = (
+                f"The last good checkpoint is {found[0][1]} (step {found[0][0]}): resume "
+                "from it with a lower learning rate (--resume --learning_rate=...)."
+            )
         else:
-            where = (f"No checkpoint exists yet (the first comes after {steps_per_epoch} "
-                     "steps): start again with a lower learning rate (--learning_rate=...).")
-        raise NonFiniteLossError(f"The loss became NaN/Inf at step {guard.bad_step}; training "
-                                 f"stopped. {where}")
+            where = (
+                f"No checkpoint exists yet (the first comes after {steps_per_epoch} "
+                "steps): start again with a lower learning rate (--learning_rate=...)."
+            )
+        raise NonFiniteLossError(
+            f"The loss became NaN/Inf at step {guard.bad_step}; training stopped. {where}"
+        )
     return history

@@ -37,8 +37,6 @@ def run_main(main):
     def wrapped(argv):
         from absl import logging
 
-
-
         if not flags.FLAGS["verbosity"].present:
             # TF's SavedModel writer logs every function at INFO; keep the console readable.
             logging.set_verbosity(logging.WARNING)
@@ -66,8 +64,11 @@ def _user_errors():
     import sys
 
     types = [UserError, OSError]
-    for module, name in (("tfp_vae.data", "DataError"), ("tfp_vae.rundir", "RunDirectoryError"),
-                         ("tfp_vae.training", "CheckpointError")):
+    for module, name in (
+        ("tfp_vae.data", "DataError"),
+        ("tfp_vae.rundir", "RunDirectoryError"),
+        ("tfp_vae.training", "CheckpointError"),
+    ):
         if module in sys.modules:
             types.append(getattr(sys.modules[module], name))
     return tuple(types)
@@ -102,24 +103,29 @@ def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
         beside = os.path.normpath(path) + ".keras"
         if not os.path.isfile(beside):
-            raise FileNotFoundError(f"{path} is a SavedModel without its Keras model beside it "
-                                    f"({beside}, which bin/export writes); pass a run's "
-                                    "--out_dir or a .keras file.")
+            raise FileNotFoundError(
+                f"{path} is a SavedModel without its Keras model beside it "
+                f"({beside}, which bin/export writes); pass a run's "
+                "--out_dir or a .keras file."
+            )
         path = beside
     elif os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No saved model at {path}: pass a .keras file, the --out_dir "
-                                "of a finished `train` run or an exported SavedModel.")
+        raise FileNotFoundError(
+            f"No saved model at {path}: pass a .keras file, the --out_dir "
+            "of a finished `train` run or an exported SavedModel."
+        )
     import keras
 
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # zipfile, h5py, JSON and Keras raise many kinds.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path} is not a model this package can load ({reason}); pass a "
-                        ".keras file written by `train` or model.save, or a run's --out_dir."
-                        ) from e
+        raise UserError(
+            f"{path} is not a model this package can load ({reason}); pass a "
+            ".keras file written by `train` or model.save, or a run's --out_dir."
+        ) from e
 
 
 def check_png_output(path, flag, what, hint=""):
@@ -128,8 +134,9 @@ def check_png_output(path, flag, what, hint=""):
 
     check_output_file(path, flag)
     if not path.lower().endswith(".png"):
-        raise app.UsageError(f"--{flag}={path}: {what} is written as PNG; give a name ending in "
-                             f".png{hint}.")
+        raise app.UsageError(
+            f"--{flag}={path}: {what} is written as PNG; give a name ending in .png{hint}."
+        )
 
 
 def check_output_file(path, flag):
@@ -163,13 +170,13 @@ def test_metrics(model, dataset, batch_size=1000):
     statically binarised ones."""
     from tfp_vae import data
 
-    results = model.evaluate(eval_dataset(model, dataset, batch_size), verbose=0,
-                             return_dict=True)
+    results = model.evaluate(eval_dataset(model, dataset, batch_size), verbose=0, return_dict=True)
     results = {k: float(v) for k, v in results.items()}
     if model.class_conditional:
         binary = data.eval_dataset(dataset.x_test, batch_size, labels=dataset.y_test)
         results["accuracy_binarized"] = float(
-            model.evaluate(binary, verbose=0, return_dict=True)["accuracy"])
+            model.evaluate(binary, verbose=0, return_dict=True)["accuracy"]
+        )
     return results
 
 
@@ -184,7 +191,7 @@ def write_images(model, dataset, out_dir, seed):
     images.write_grid(os.path.join(out_dir, "samples.png"), samples, 10, 10)
     x = data.binarize_static(dataset.x_test[:50])
     recon = np.asarray(model.reconstruct(x))
-    pairs = np.concatenate([np.stack([x[i:i + 10], recon[i:i + 10]]) for i in range(0, 50, 10)])
+    pairs = np.concatenate([np.stack([x[i : i + 10], recon[i : i + 10]]) for i in range(0, 50, 10)])
     images.write_grid(os.path.join(out_dir, "reconstructions.png"), pairs.reshape(-1, 784), 10, 10)
 
 
@@ -209,8 +216,9 @@ def _number(v):
 
 def format_table(rows, headers):
     """Plain-text table: rows of values under headers."""
-    cells = [[str(h) for h in headers]] + [[_number(v) if isinstance(v, float) else str(v)
-                                             for v in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [
+        [_number(v) if isinstance(v, float) else str(v) for v in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -15,27 +15,47 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `train` run.",
-                    required=True)
-flags.DEFINE_string("dataset", "mnist", "Evaluation data: mnist, fashion_mnist (their files' "
-                    "checksums are checked), or npz:PATH, your own .npz with arrays x_train and "
-                    "x_test (and y_train, y_test for an ssvae or m1m2 model); see `train "
-                    "--help`. The results record the files read and their SHA-256.")
+flags.DEFINE_string(
+    "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
+)
+flags.DEFINE_string(
+    "dataset",
+    "mnist",
+    "Evaluation data: mnist, fashion_mnist (their files' "
+    "checksums are checked), or npz:PATH, your own .npz with arrays x_train and "
+    "x_test (and y_train, y_test for an ssvae or m1m2 model); see `train "
+    "--help`. The results record the files read and their SHA-256.",
+)
 
 flags.register_validator("dataset", common.check_dataset_flag)
 
 
-flags.DEFINE_string("data_dir", None, "Directory holding the dataset files; default: "
-                    "$TFP_VAE_DATA_DIR, /usr/share/datasets, the Keras cache, download.")
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Directory holding the dataset files; default: "
+    "$TFP_VAE_DATA_DIR, /usr/share/datasets, the Keras cache, download.",
+)
 flags.DEFINE_list("iw", [], "Numbers of importance samples for the IWAE bound, e.g. 1,10,100.")
-flags.DEFINE_integer("examples", 0, "Evaluate on the first N test images only (0 = all).",
-                     lower_bound=0)
-flags.DEFINE_integer("max_rows", 20000, "Decoder rows (images x samples) per chunk: bounds "
-                     "the memory of the IWAE evaluation whatever m is.", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seed of the posterior samples.", lower_bound=0,
-                     upper_bound=2**31 - 1)
-flags.DEFINE_bool("xla", False, "Compile each IWAE chunk whole with XLA. Off by default: on "
-                  "CPU, XLA's large matmuls are slower than TensorFlow's (see benchmarks/).")
+flags.DEFINE_integer(
+    "examples", 0, "Evaluate on the first N test images only (0 = all).", lower_bound=0
+)
+flags.DEFINE_integer(
+    "max_rows",
+    20000,
+    "Decoder rows (images x samples) per chunk: bounds "
+    "the memory of the IWAE evaluation whatever m is.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "seed", 0, "Seed of the posterior samples.", lower_bound=0, upper_bound=2**31 - 1
+)
+flags.DEFINE_bool(
+    "xla",
+    False,
+    "Compile each IWAE chunk whole with XLA. Off by default: on "
+    "CPU, XLA's large matmuls are slower than TensorFlow's (see benchmarks/).",
+)
 flags.DEFINE_string("output_json", None, "Where to write the results (default: print only).")
 
 
@@ -44,7 +64,8 @@ def _iw_values():
         values = [int(v) for v in FLAGS.iw]
     except ValueError:
         raise app.UsageError(
-            f"--iw takes positive integers, e.g. 1,10,100; got {FLAGS.iw}.") from None
+            f"--iw takes positive integers, e.g. 1,10,100; got {FLAGS.iw}."
+        ) from None
     if any(v < 1 for v in values):
         raise app.UsageError(f"--iw takes positive integers; got {FLAGS.iw}.")
     return values
@@ -61,25 +82,35 @@ def main(argv):
     model = common.load_model(FLAGS.model_path)
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.examples > len(dataset.x_test):
-        raise app.UsageError(f"--examples={FLAGS.examples}: the test set has only "
-                             f"{len(dataset.x_test)} images.")
+        raise app.UsageError(
+            f"--examples={FLAGS.examples}: the test set has only {len(dataset.x_test)} images."
+        )
     if FLAGS.examples:
         dataset = data.take_first(dataset, n_test=FLAGS.examples)
     if model.class_conditional and not dataset.has_labels:
-        raise app.UsageError(f"{FLAGS.model_path} is a semi-supervised model: its metrics need "
-                             f"labels, and {dataset.source} has no y_train and y_test arrays.")
-    results = {"test_examples": len(dataset.x_test), "model_path": FLAGS.model_path,
-               "dataset": FLAGS.dataset, "data_source": dataset.source,
-               "data_files": dataset.files, "data_identified_as": dataset.identified_as}
+        raise app.UsageError(
+            f"{FLAGS.model_path} is a semi-supervised model: its metrics need "
+            f"labels, and {dataset.source} has no y_train and y_test arrays."
+        )
+    results = {
+        "test_examples": len(dataset.x_test),
+        "model_path": FLAGS.model_path,
+        "dataset": FLAGS.dataset,
+        "data_source": dataset.source,
+        "data_files": dataset.files,
+        "data_identified_as": dataset.identified_as,
+    }
     results.update(common.test_metrics(model, dataset))
     if iw and not hasattr(model, "iwae"):
-        raise app.UsageError("--iw: the IWAE bound is defined for vae and gmvae models, not for "
-                             "the ssvae.")
+        raise app.UsageError(
+            "--iw: the IWAE bound is defined for vae and gmvae models, not for the ssvae."
+        )
     x = data.binarize_static(dataset.x_test)
     for m in iw:
         start = time.time()
         results[f"niwae_{m}"] = evaluation.negative_iwae(
-            model, x, m, FLAGS.max_rows, FLAGS.seed, jit_compile=FLAGS.xla)
+            model, x, m, FLAGS.max_rows, FLAGS.seed, jit_compile=FLAGS.xla
+        )
         results[f"niwae_{m}_seconds"] = round(time.time() - start, 1)
     rows = [[k, v] for k, v in results.items() if isinstance(v, float) and "seconds" not in k]
     print(common.format_table(rows, ["test metric (nats)", "value"]))

@@ -21,13 +21,22 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `train` run.",
-                    required=True)
+flags.DEFINE_string(
+    "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
+)
 flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel to.", required=True)
-flags.DEFINE_bool("overwrite", False, "Replace --export_dir if it already holds a SavedModel "
-                  "(and nothing else; a training run or other files are never replaced).")
-flags.DEFINE_bool("trainable", False, "Also export a train_step signature and the optimizer "
-                  "state, so that the SavedModel can be trained further with TensorFlow alone.")
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace --export_dir if it already holds a SavedModel "
+    "(and nothing else; a training run or other files are never replaced).",
+)
+flags.DEFINE_bool(
+    "trainable",
+    False,
+    "Also export a train_step signature and the optimizer "
+    "state, so that the SavedModel can be trained further with TensorFlow alone.",
+)
 
 
 def main(argv):
@@ -45,16 +54,24 @@ def main(argv):
     export.check_target(FLAGS.export_dir, FLAGS.overwrite)  # Before the slow load.
     model = common.load_model(FLAGS.model_path)
     if FLAGS.trainable and getattr(model, "optimizer", None) is None:
-        raise app.UsageError(f"{FLAGS.model_path} has no optimizer (it was saved uncompiled); "
-                             "--trainable needs one.")
-    export.export(model, FLAGS.export_dir, overwrite=FLAGS.overwrite, trainable=FLAGS.trainable,
-                  with_keras=True)
+        raise app.UsageError(
+            f"{FLAGS.model_path} has no optimizer (it was saved uncompiled); --trainable needs one."
+        )
+    export.export(
+        model,
+        FLAGS.export_dir,
+        overwrite=FLAGS.overwrite,
+        trainable=FLAGS.trainable,
+        with_keras=True,
+    )
     names = list(model.serving_functions())
     if FLAGS.trainable:
         names += list(export.training_functions(model))
     names = sorted(names)
-    print(f"Wrote SavedModel {FLAGS.export_dir} with signatures: {', '.join(names)}, and its "
-          f"Keras model {export.keras_path(FLAGS.export_dir)}")
+    print(
+        f"Wrote SavedModel {FLAGS.export_dir} with signatures: {', '.join(names)}, and its "
+        f"Keras model {export.keras_path(FLAGS.export_dir)}"
+    )
 
 
 def run():

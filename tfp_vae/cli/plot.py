@@ -24,28 +24,51 @@ from tfp_vae import plots  # NumPy only; matplotlib and TensorFlow come later.
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `train` run.",
-                    required=True)
+flags.DEFINE_string(
+    "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
+)
 flags.DEFINE_enum("kind", "all", plots.KINDS + ("all",), "The figure to draw (see above).")
-flags.DEFINE_string("output", None, "The PNG file to write; with --kind=all a directory "
-                    "(created if its parent exists) that receives <kind>.png for each kind.",
-                    required=True)
-flags.DEFINE_string("dataset", "mnist", "Test images: mnist, fashion_mnist (its class names "
-                    "label the figures), or npz:PATH, your own .npz with arrays x_train and "
-                    "x_test (and y_train, y_test to colour the latent map); see `train --help`.")
+flags.DEFINE_string(
+    "output",
+    None,
+    "The PNG file to write; with --kind=all a directory "
+    "(created if its parent exists) that receives <kind>.png for each kind.",
+    required=True,
+)
+flags.DEFINE_string(
+    "dataset",
+    "mnist",
+    "Test images: mnist, fashion_mnist (its class names "
+    "label the figures), or npz:PATH, your own .npz with arrays x_train and "
+    "x_test (and y_train, y_test to colour the latent map); see `train --help`.",
+)
 
 flags.register_validator("dataset", common.check_dataset_flag)
 
 
-flags.DEFINE_string("data_dir", None, "Directory holding the dataset files; default: "
-                    "$TFP_VAE_DATA_DIR, /usr/share/datasets, the Keras cache, download.")
-flags.DEFINE_integer("examples", 2000, "Test images used (the first N): the latent map shows "
-                     "them all, the other figures draw theirs from them.", lower_bound=2)
-flags.DEFINE_integer("seed", 0, "Seed of the choice of test images and of the latent draws.",
-                     lower_bound=0, upper_bound=2**31 - 1)
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Directory holding the dataset files; default: "
+    "$TFP_VAE_DATA_DIR, /usr/share/datasets, the Keras cache, download.",
+)
+flags.DEFINE_integer(
+    "examples",
+    2000,
+    "Test images used (the first N): the latent map shows "
+    "them all, the other figures draw theirs from them.",
+    lower_bound=2,
+)
+flags.DEFINE_integer(
+    "seed",
+    0,
+    "Seed of the choice of test images and of the latent draws.",
+    lower_bound=0,
+    upper_bound=2**31 - 1,
+)
 
-PAIRS = 8            # Interpolation rows.
-RECONSTRUCTED = 32   # Images in the reconstruction figure.
+PAIRS = 8  # Interpolation rows.
+RECONSTRUCTED = 32  # Images in the reconstruction figure.
 
 
 def _check_output():
@@ -55,8 +78,9 @@ def _check_output():
         common.check_png_output(path, "output", "the figure", " (or --kind=all and a directory)")
         return
     if os.path.exists(path) and not os.path.isdir(path):
-        raise app.UsageError(f"--output={path} is a file; --kind=all writes one PNG per kind "
-                             "into a directory.")
+        raise app.UsageError(
+            f"--output={path} is a file; --kind=all writes one PNG per kind into a directory."
+        )
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise app.UsageError(f"--output={path}: the folder {parent} does not exist.")
@@ -98,7 +122,8 @@ def main(argv):
         raise common.UserError(
             f"--kind={FLAGS.kind} does not apply to {FLAGS.model_path}: a "
             f"{type(model).__name__} has no classes (class_grid is for the ssvae and m1m2 "
-            f"models); choose one of {', '.join(applicable)}, or all.")
+            f"models); choose one of {', '.join(applicable)}, or all."
+        )
     kinds = applicable if FLAGS.kind == "all" else (FLAGS.kind,)
     x = y = None
     if any(kind != "class_grid" for kind in kinds):
@@ -107,8 +132,9 @@ def main(argv):
         # that the test set cannot meet is refused.
         n = min(FLAGS.examples, len(dataset.x_test))
         if FLAGS["examples"].present and FLAGS.examples > n:
-            raise app.UsageError(f"--examples={FLAGS.examples}: the test set has only "
-                                 f"{len(dataset.x_test)} images.")
+            raise app.UsageError(
+                f"--examples={FLAGS.examples}: the test set has only {len(dataset.x_test)} images."
+            )
         x = data.binarize_static(dataset.x_test[:n])
         y = dataset.y_test[:n] if dataset.has_labels else None
     names = plots.class_names(FLAGS.dataset, getattr(model, "num_classes", data.NUM_CLASSES))

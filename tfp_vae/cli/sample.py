@@ -13,14 +13,18 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", None, "A .keras file or the --out_dir of a `train` run.",
-                    required=True)
+flags.DEFINE_string(
+    "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
+)
 flags.DEFINE_string("output", None, "PNG file to write.", required=True)
 flags.DEFINE_integer("rows", 10, "Grid rows (each of 10 images).", lower_bound=1, upper_bound=100)
-flags.DEFINE_integer("y", None, "ssvae only: draw every image from this class (0-9) instead of "
-                     "the style/content grid.", lower_bound=0)
-flags.DEFINE_integer("seed", 0, "Seed of the latent draws.", lower_bound=0,
-                     upper_bound=2**31 - 1)
+flags.DEFINE_integer(
+    "y",
+    None,
+    "ssvae only: draw every image from this class (0-9) instead of the style/content grid.",
+    lower_bound=0,
+)
+flags.DEFINE_integer("seed", 0, "Seed of the latent draws.", lower_bound=0, upper_bound=2**31 - 1)
 
 
 def main(argv):
@@ -35,13 +39,15 @@ def main(argv):
     if FLAGS.y is None:
         pixels = common.grid_images(model, FLAGS.rows, FLAGS.seed)
     elif not model.class_conditional:
-        raise app.UsageError("--y: only a class-conditional model (ssvae, m1m2) generates from "
-                             "a class.")
+        raise app.UsageError(
+            "--y: only a class-conditional model (ssvae, m1m2) generates from a class."
+        )
     elif FLAGS.y >= model.num_classes:
         raise app.UsageError(f"--y must be a class in 0..{model.num_classes - 1}; got {FLAGS.y}.")
     else:
-        pixels = np.asarray(model.sample(FLAGS.rows * 10, FLAGS.y,
-                                         seed=np.array([FLAGS.seed, 3], np.int32)))
+        pixels = np.asarray(
+            model.sample(FLAGS.rows * 10, FLAGS.y, seed=np.array([FLAGS.seed, 3], np.int32))
+        )
     images.write_grid(FLAGS.output, pixels, FLAGS.rows, 10)
     print(f"Wrote {FLAGS.output}")
 

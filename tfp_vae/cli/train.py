@@ -22,123 +22,261 @@ from tfp_vae import rundir
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "vae", ["vae", "gmvae", "ssvae", "m1m2"],
-                  "Which model: vae (N(0, I) prior), gmvae (learned mixture-of-Gaussians prior), "
-                  "ssvae (semi-supervised M2: classifier + conditional VAE) or m1m2 (M2 on the "
-                  "latent features of the VAE at --m1_path, which stays fixed).")
-flags.DEFINE_string("m1_path", None, "m1m2: the trained VAE (M1) whose latent features M2 "
-                    "models: a .keras file or a `train` --out_dir, e.g. from "
-                    "`train --model=vae --z_dim=50 --hidden=600,600 --steps=50000`.")
+flags.DEFINE_enum(
+    "model",
+    "vae",
+    ["vae", "gmvae", "ssvae", "m1m2"],
+    "Which model: vae (N(0, I) prior), gmvae (learned mixture-of-Gaussians prior), "
+    "ssvae (semi-supervised M2: classifier + conditional VAE) or m1m2 (M2 on the "
+    "latent features of the VAE at --m1_path, which stays fixed).",
+)
+flags.DEFINE_string(
+    "m1_path",
+    None,
+    "m1m2: the trained VAE (M1) whose latent features M2 "
+    "models: a .keras file or a `train` --out_dir, e.g. from "
+    "`train --model=vae --z_dim=50 --hidden=600,600 --steps=50000`.",
+)
 flags.DEFINE_integer("k", 500, "gmvae: number of mixture components of the prior.", lower_bound=1)
-flags.DEFINE_bool("learn_mixture_weights", False,
-                  "gmvae: train the mixture weights too (default: uniform, fixed).")
-flags.DEFINE_float("active_threshold", 0.1, "m1m2: M2 models only the units of M1's z whose "
-                   "posterior mean has a std above this over 1000 training images (0.1, as the "
-                   "paper's code); the others keep the prior N(0, 1). 0 models every unit.",
-                   lower_bound=0.0)
-flags.DEFINE_integer("labels_per_class", 10, "ssvae/m1m2: labelled training examples per "
-                     "class; the rest of the training set is used unlabelled.", lower_bound=1)
-flags.DEFINE_integer("label_seed", 0, "ssvae/m1m2: seed that picks the labelled examples.",
-                     lower_bound=0, upper_bound=2**31 - 1)
-flags.DEFINE_string("labelled_indices", None, "ssvae/m1m2: text file of training-set indices "
-                    "to use as the labelled set (whitespace or comma separated, '#' comments) "
-                    "instead of drawing --labels_per_class by --label_seed.")
-flags.DEFINE_integer("labelled_batch_size", None, "ssvae/m1m2: draw this many labelled examples "
-                     "with replacement at every step instead of taking the whole labelled set "
-                     "(the recipe); for large --batch_size runs.", lower_bound=1)
-flags.DEFINE_float("gen_weight", 1.0, "ssvae/m1m2: weight on the labelled and unlabelled bounds "
-                   "(0 trains the classifier alone).", lower_bound=0.0)
-flags.DEFINE_float("class_weight", 100.0, "ssvae/m1m2: weight on the labelled cross-entropy.",
-                   lower_bound=0.0)
-flags.DEFINE_bool("labelled_bound", True, "ssvae/m1m2: include the labelled bound in the loss; "
-                  "--nolabelled_bound gives the course reference's loss (unlabelled bound + "
-                  "weighted cross-entropy).")
-flags.DEFINE_enum("labelled_binarization", None, ["dynamic", "static", "none"],
-                  "ssvae/m1m2: binarisation of the labelled set (default: --binarization); 'none' "
-                  "(grayscale) needs --nolabelled_bound.")
-flags.DEFINE_integer("z_dim", None, "Latent dimension (default: the recipe's, 10 for vae and "
-                     "gmvae, 64 for ssvae and m1m2).", lower_bound=1)
-flags.DEFINE_list("hidden", None, "vae/gmvae: hidden layer sizes of the encoder and decoder "
-                  "MLPs, comma separated (default: the recipe's 300,300). An M1 feature extractor "
-                  "for --model=m1m2 uses 600,600 with --z_dim=50.")
-flags.DEFINE_enum("arch", "mlp", ["mlp", "conv"], "vae/gmvae: the encoder and decoder networks: "
-                  "mlp (the recipe's MLPs, sized by --hidden) or conv (networks.conv_encoder/"
-                  "conv_decoder on the dataset's image shape, (28, 28, 1) for MNIST and "
-                  "Fashion-MNIST: two stride-2 convolutions each way). Without a GPU conv trains "
-                  "without XLA unless --xla is given: XLA's CPU convolutions are ~20x slower than "
-                  "TensorFlow's (benchmarks/conv_throughput.py).")
-flags.DEFINE_float("beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.",
-                   lower_bound=0.0)
-flags.DEFINE_enum("objective", "elbo", ["elbo", "iwae"],
-                  "Training objective: the ELBO, or the importance-weighted bound with --iw "
-                  "samples.")
+flags.DEFINE_bool(
+    "learn_mixture_weights",
+    False,
+    "gmvae: train the mixture weights too (default: uniform, fixed).",
+)
+flags.DEFINE_float(
+    "active_threshold",
+    0.1,
+    "m1m2: M2 models only the units of M1's z whose "
+    "posterior mean has a std above this over 1000 training images (0.1, as the "
+    "paper's code); the others keep the prior N(0, 1). 0 models every unit.",
+    lower_bound=0.0,
+)
+flags.DEFINE_integer(
+    "labels_per_class",
+    10,
+    "ssvae/m1m2: labelled training examples per "
+    "class; the rest of the training set is used unlabelled.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "label_seed",
+    0,
+    "ssvae/m1m2: seed that picks the labelled examples.",
+    lower_bound=0,
+    upper_bound=2**31 - 1,
+)
+flags.DEFINE_string(
+    "labelled_indices",
+    None,
+    "ssvae/m1m2: text file of training-set indices "
+    "to use as the labelled set (whitespace or comma separated, '#' comments) "
+    "instead of drawing --labels_per_class by --label_seed.",
+)
+flags.DEFINE_integer(
+    "labelled_batch_size",
+    None,
+    "ssvae/m1m2: draw this many labelled examples "
+    "with replacement at every step instead of taking the whole labelled set "
+    "(the recipe); for large --batch_size runs.",
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    "gen_weight",
+    1.0,
+    "ssvae/m1m2: weight on the labelled and unlabelled bounds (0 trains the classifier alone).",
+    lower_bound=0.0,
+)
+flags.DEFINE_float(
+    "class_weight", 100.0, "ssvae/m1m2: weight on the labelled cross-entropy.", lower_bound=0.0
+)
+flags.DEFINE_bool(
+    "labelled_bound",
+    True,
+    "ssvae/m1m2: include the labelled bound in the loss; "
+    "--nolabelled_bound gives the course reference's loss (unlabelled bound + "
+    "weighted cross-entropy).",
+)
+flags.DEFINE_enum(
+    "labelled_binarization",
+    None,
+    ["dynamic", "static", "none"],
+    "ssvae/m1m2: binarisation of the labelled set (default: --binarization); 'none' "
+    "(grayscale) needs --nolabelled_bound.",
+)
+flags.DEFINE_integer(
+    "z_dim",
+    None,
+    "Latent dimension (default: the recipe's, 10 for vae and gmvae, 64 for ssvae and m1m2).",
+    lower_bound=1,
+)
+flags.DEFINE_list(
+    "hidden",
+    None,
+    "vae/gmvae: hidden layer sizes of the encoder and decoder "
+    "MLPs, comma separated (default: the recipe's 300,300). An M1 feature extractor "
+    "for --model=m1m2 uses 600,600 with --z_dim=50.",
+)
+flags.DEFINE_enum(
+    "arch",
+    "mlp",
+    ["mlp", "conv"],
+    "vae/gmvae: the encoder and decoder networks: "
+    "mlp (the recipe's MLPs, sized by --hidden) or conv (networks.conv_encoder/"
+    "conv_decoder on the dataset's image shape, (28, 28, 1) for MNIST and "
+    "Fashion-MNIST: two stride-2 convolutions each way). Without a GPU conv trains "
+    "without XLA unless --xla is given: XLA's CPU convolutions are ~20x slower than "
+    "TensorFlow's (benchmarks/conv_throughput.py).",
+)
+flags.DEFINE_float(
+    "beta", 1.0, "Weight on KL in the ELBO (beta-VAE); 1 is the true bound.", lower_bound=0.0
+)
+flags.DEFINE_enum(
+    "objective",
+    "elbo",
+    ["elbo", "iwae"],
+    "Training objective: the ELBO, or the importance-weighted bound with --iw samples.",
+)
 flags.DEFINE_integer("iw", 1, "Importance samples for --objective=iwae.", lower_bound=1)
-flags.DEFINE_integer("steps", None, "Gradient steps, rounded up to whole --steps_per_epoch "
-                     "(default: the recipe's, 20000 for vae and gmvae, 30000 for ssvae and m1m2).",
-                     lower_bound=1)
-flags.DEFINE_integer("steps_per_epoch", 1000,
-                     "Steps between checkpoints, validation and TensorBoard points.", lower_bound=1)
+flags.DEFINE_integer(
+    "steps",
+    None,
+    "Gradient steps, rounded up to whole --steps_per_epoch "
+    "(default: the recipe's, 20000 for vae and gmvae, 30000 for ssvae and m1m2).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "steps_per_epoch",
+    1000,
+    "Steps between checkpoints, validation and TensorBoard points.",
+    lower_bound=1,
+)
 flags.DEFINE_integer("batch_size", 97, "Training batch size.", lower_bound=1)
-flags.DEFINE_bool("xla", True, "Compile each update with XLA (the pixel and label checks stay "
-                  "outside it); the fastest setting on CPU (see benchmarks/). Unless given, off "
-                  "for --arch=conv on a machine without a GPU (XLA's CPU convolutions are ~20x "
-                  "slower). Not used with --strategy other than default.")
-flags.DEFINE_integer("steps_per_execution", None, "Training steps per call into the TF graph "
-                     "(Keras steps_per_execution); must divide --steps_per_epoch. Progress, "
-                     "the NaN check and callbacks see every this many steps. Default: the "
-                     "largest divisor of --steps_per_epoch up to 25 (1 with a --strategy).",
-                     lower_bound=1)
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (at the recipe's batch of 97; see "
-                   "--lr_scaling).", lower_bound=0.0)
-flags.DEFINE_enum("lr_scaling", "none", ["none", "sqrt"], "How the learning rate follows "
-                  "--batch_size: none (--learning_rate as given) or sqrt (--learning_rate * "
-                  "sqrt(batch_size / 97), the square-root rule for Adam, for large batches).")
-flags.DEFINE_float("clip_norm", None, "Clip each step's gradient to this global norm (the whole "
-                   "batch's gradient, also under --strategy); default: no clipping. Takes effect "
-                   "on --resume.")
-flags.register_validator("clip_norm", lambda v: v is None or 0 < v < float("inf"),
-                         message="--clip_norm must be > 0 and finite (leave it out for no "
-                                 "clipping).")
-flags.DEFINE_float("ema_momentum", 0.0, "If > 0, keep an exponential moving average of the "
-                   "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
-                   "with the averaged weights. 0 (the recipe) turns it off.",
-                   lower_bound=0.0, upper_bound=0.999999)
-flags.DEFINE_string("dataset", "mnist", "Training data: mnist or fashion_mnist (found as "
-                    "--data_dir says, and never one for the other: their files' checksums are "
-                    "checked), or npz:PATH, your own .npz with arrays x_train and x_test (uint8 "
-                    "[N, 28, 28] or [N, 784], or floats in [0, 1]) and optional y_train and "
-                    "y_test (labels 0..9, needed by ssvae and m1m2). metrics.json records the "
-                    "files read and their SHA-256.")
+flags.DEFINE_bool(
+    "xla",
+    True,
+    "Compile each update with XLA (the pixel and label checks stay "
+    "outside it); the fastest setting on CPU (see benchmarks/). Unless given, off "
+    "for --arch=conv on a machine without a GPU (XLA's CPU convolutions are ~20x "
+    "slower). Not used with --strategy other than default.",
+)
+flags.DEFINE_integer(
+    "steps_per_execution",
+    None,
+    "Training steps per call into the TF graph "
+    "(Keras steps_per_execution); must divide --steps_per_epoch. Progress, "
+    "the NaN check and callbacks see every this many steps. Default: the "
+    "largest divisor of --steps_per_epoch up to 25 (1 with a --strategy).",
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    "learning_rate",
+    1e-3,
+    "Adam learning rate (at the recipe's batch of 97; see --lr_scaling).",
+    lower_bound=0.0,
+)
+flags.DEFINE_enum(
+    "lr_scaling",
+    "none",
+    ["none", "sqrt"],
+    "How the learning rate follows "
+    "--batch_size: none (--learning_rate as given) or sqrt (--learning_rate * "
+    "sqrt(batch_size / 97), the square-root rule for Adam, for large batches).",
+)
+flags.DEFINE_float(
+    "clip_norm",
+    None,
+    "Clip each step's gradient to this global norm (the whole "
+    "batch's gradient, also under --strategy); default: no clipping. Takes effect "
+    "on --resume.",
+)
+flags.register_validator(
+    "clip_norm",
+    lambda v: v is None or 0 < v < float("inf"),
+    message="--clip_norm must be > 0 and finite (leave it out for no clipping).",
+)
+flags.DEFINE_float(
+    "ema_momentum",
+    0.0,
+    "If > 0, keep an exponential moving average of the "
+    "weights with this momentum (Polyak averaging, e.g. 0.999) and end training "
+    "with the averaged weights. 0 (the recipe) turns it off.",
+    lower_bound=0.0,
+    upper_bound=0.999999,
+)
+flags.DEFINE_string(
+    "dataset",
+    "mnist",
+    "Training data: mnist or fashion_mnist (found as "
+    "--data_dir says, and never one for the other: their files' checksums are "
+    "checked), or npz:PATH, your own .npz with arrays x_train and x_test (uint8 "
+    "[N, 28, 28] or [N, 784], or floats in [0, 1]) and optional y_train and "
+    "y_test (labels 0..9, needed by ssvae and m1m2). metrics.json records the "
+    "files read and their SHA-256.",
+)
 
 flags.register_validator("dataset", common.check_dataset_flag)
 
 
-flags.DEFINE_string("data_dir", None, "Directory holding the dataset files (IDX .gz or .npz); "
-                    "default: $TFP_VAE_DATA_DIR, then /usr/share/datasets, the Keras cache, "
-                    "download.")
-flags.DEFINE_enum("binarization", "dynamic", ["dynamic", "static"],
-                  "Training binarisation: a fresh Bernoulli draw per batch (recipe) or fixed.")
-flags.DEFINE_string("out_dir", None, "Where to write checkpoints, logs, the model and images.",
-                    required=True)
-flags.DEFINE_integer("seed", 0, "Random seed for initialisation, shuffling and sampling.",
-                     lower_bound=0, upper_bound=2**31 - 1)
-flags.DEFINE_bool("resume", False, "Continue from the checkpoint in --out_dir (weights, optimizer "
-                  "state and step) instead of refusing to touch an existing run.")
-flags.DEFINE_integer("validation_examples", 1000,
-                     "Test images used for validation at each epoch end (0 = none).", lower_bound=0)
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "tf.distribute strategy: default (one device), mirrored (every local GPU, "
-                  "synchronous data parallelism) or multi_worker (MultiWorkerMirroredStrategy "
-                  "across hosts, configured by the TF_CONFIG environment variable; run the same "
-                  "command on every worker, and the non-chief workers write to "
-                  "OUT_DIR/worker-<index>). --batch_size is the global batch, split across the "
-                  "replicas; the update is the single-device one on the whole batch.")
-flags.DEFINE_bool("mixed_precision", False,
-                  "Mixed precision: the networks compute in bfloat16 (CPUs, GPUs from compute "
-                  "capability 8.0) or float16 with loss scaling (older GPUs) with float32 "
-                  "weights; every log-probability, log-sum-exp and loss stays float32.")
-flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line/epoch.",
-                     lower_bound=0, upper_bound=2)
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Directory holding the dataset files (IDX .gz or .npz); "
+    "default: $TFP_VAE_DATA_DIR, then /usr/share/datasets, the Keras cache, "
+    "download.",
+)
+flags.DEFINE_enum(
+    "binarization",
+    "dynamic",
+    ["dynamic", "static"],
+    "Training binarisation: a fresh Bernoulli draw per batch (recipe) or fixed.",
+)
+flags.DEFINE_string(
+    "out_dir", None, "Where to write checkpoints, logs, the model and images.", required=True
+)
+flags.DEFINE_integer(
+    "seed",
+    0,
+    "Random seed for initialisation, shuffling and sampling.",
+    lower_bound=0,
+    upper_bound=2**31 - 1,
+)
+flags.DEFINE_bool(
+    "resume",
+    False,
+    "Continue from the checkpoint in --out_dir (weights, optimizer "
+    "state and step) instead of refusing to touch an existing run.",
+)
+flags.DEFINE_integer(
+    "validation_examples",
+    1000,
+    "Test images used for validation at each epoch end (0 = none).",
+    lower_bound=0,
+)
+flags.DEFINE_enum(
+    "strategy",
+    "default",
+    ["default", "mirrored", "multi_worker"],
+    "tf.distribute strategy: default (one device), mirrored (every local GPU, "
+    "synchronous data parallelism) or multi_worker (MultiWorkerMirroredStrategy "
+    "across hosts, configured by the TF_CONFIG environment variable; run the same "
+    "command on every worker, and the non-chief workers write to "
+    "OUT_DIR/worker-<index>). --batch_size is the global batch, split across the "
+    "replicas; the update is the single-device one on the whole batch.",
+)
+flags.DEFINE_bool(
+    "mixed_precision",
+    False,
+    "Mixed precision: the networks compute in bfloat16 (CPUs, GPUs from compute "
+    "capability 8.0) or float16 with loss scaling (older GPUs) with float32 "
+    "weights; every log-probability, log-sum-exp and loss stays float32.",
+)
+flags.DEFINE_integer(
+    "verbose",
+    1,
+    "Keras verbosity: 0 silent, 1 progress bar, 2 one line/epoch.",
+    lower_bound=0,
+    upper_bound=2,
+)
 
 
 RECIPE_STEPS = {"vae": 20000, "gmvae": 20000, "ssvae": 30000, "m1m2": 30000}
@@ -172,16 +310,34 @@ def image_shape(dataset):
     elif shape == (784,):
         shape = (28, 28, 1)
     if len(shape) != 3 or shape[0] % 4 or shape[1] % 4:
-        raise app.UsageError(f"--arch=conv needs images of shape (H, W) or (H, W, C) with H "
-                             f"and W divisible by 4; {dataset.source} has training images of "
-                             f"shape {list(shape)}.")
+        raise app.UsageError(
+            f"--arch=conv needs images of shape (H, W) or (H, W, C) with H "
+            f"and W divisible by 4; {dataset.source} has training images of "
+            f"shape {list(shape)}."
+        )
     return shape
 
 
 # The flags `build_model` reads (its `settings`).
-MODEL_FLAGS = ("model", "seed", "clip_norm", "z_dim", "hidden", "arch", "beta", "objective", "iw",
-               "k", "learn_mixture_weights", "gen_weight", "class_weight", "labelled_bound",
-               "m1_path", "active_threshold", "ema_momentum")
+MODEL_FLAGS = (
+    "model",
+    "seed",
+    "clip_norm",
+    "z_dim",
+    "hidden",
+    "arch",
+    "beta",
+    "objective",
+    "iw",
+    "k",
+    "learn_mixture_weights",
+    "gen_weight",
+    "class_weight",
+    "labelled_bound",
+    "m1_path",
+    "active_threshold",
+    "ema_momentum",
+)
 
 
 def model_settings():
@@ -209,8 +365,9 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
     if s.z_dim is not None:
         kwargs["z_dim"] = s.z_dim
     if s.model in SEMI_SUPERVISED:
-        kwargs.update(gen_weight=s.gen_weight, class_weight=s.class_weight,
-                      labelled_bound=s.labelled_bound)
+        kwargs.update(
+            gen_weight=s.gen_weight, class_weight=s.class_weight, labelled_bound=s.labelled_bound
+        )
     else:
         kwargs.update(beta=s.beta, objective=s.objective, iw=s.iw)
         if s.hidden:
@@ -218,8 +375,11 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
         if s.arch == "conv":
             shape = image_shape(dataset)
             z_dim = kwargs.get("z_dim", inspect.signature(models.VAE).parameters["z_dim"].default)
-            kwargs.update(input_shape=shape, encoder=networks.conv_encoder(shape, 2 * z_dim),
-                          decoder=networks.conv_decoder(z_dim, shape))
+            kwargs.update(
+                input_shape=shape,
+                encoder=networks.conv_encoder(shape, 2 * z_dim),
+                decoder=networks.conv_decoder(z_dim, shape),
+            )
     if s.model == "gmvae":
         kwargs.update(k=s.k, learn_mixture_weights=s.learn_mixture_weights)
     if s.model == "m1m2":
@@ -228,12 +388,15 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
         try:
             m1 = common.load_model(s.m1_path, compile=False)
             if s.active_threshold > 0:
-                units = models.M1M2.active_units(m1, data.binarize_static(dataset.x_train[:1000]),
-                                                 s.active_threshold)
+                units = models.M1M2.active_units(
+                    m1, data.binarize_static(dataset.x_train[:1000]), s.active_threshold
+                )
                 if not units:
-                    raise app.UsageError(f"No unit of M1's z has a posterior-mean std above "
-                                         f"--active_threshold={s.active_threshold}; lower "
-                                         "it (0 models every unit).")
+                    raise app.UsageError(
+                        f"No unit of M1's z has a posterior-mean std above "
+                        f"--active_threshold={s.active_threshold}; lower "
+                        "it (0 models every unit)."
+                    )
                 print(f"M2 models {len(units)} of M1's {m1.z_dim} latent units: {units}")
                 kwargs["feature_indices"] = units
             model = models.M1M2(m1, **kwargs)
@@ -242,10 +405,13 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
     else:
         model = models.MODELS[s.model](**kwargs)
     ema = {"use_ema": True, "ema_momentum": s.ema_momentum} if s.ema_momentum else {}
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, **ema),
-                  # XLA for the fused update only; replicated steps never use it (see the
-                  # models' compile).
-                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate, **ema),
+        # XLA for the fused update only; replicated steps never use it (see the
+        # models' compile).
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
     return model
 
 
@@ -263,34 +429,46 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.strategy == "multi_worker" and (FLAGS.steps_per_execution or 1) > 1:
-        raise app.UsageError("--strategy=multi_worker runs one step per execution; leave "
-                             "--steps_per_execution unset or 1.")
+        raise app.UsageError(
+            "--strategy=multi_worker runs one step per execution; leave "
+            "--steps_per_execution unset or 1."
+        )
     if (FLAGS.model == "m1m2") != (FLAGS.m1_path is not None):
-        raise app.UsageError("--m1_path (the trained VAE whose features M2 models) goes with "
-                             "--model=m1m2, and --model=m1m2 needs it.")
+        raise app.UsageError(
+            "--m1_path (the trained VAE whose features M2 models) goes with "
+            "--model=m1m2, and --model=m1m2 needs it."
+        )
     if FLAGS["hidden"].present and not FLAGS.hidden:
-        raise app.UsageError("--hidden is empty; give layer sizes (e.g. --hidden=300,300) or "
-                             "leave it out for the recipe's.")
+        raise app.UsageError(
+            "--hidden is empty; give layer sizes (e.g. --hidden=300,300) or "
+            "leave it out for the recipe's."
+        )
     if not math.isfinite(FLAGS.learning_rate):
-        raise app.UsageError(f"--learning_rate must be a finite number; got "
-                             f"{FLAGS.learning_rate}.")
+        raise app.UsageError(f"--learning_rate must be a finite number; got {FLAGS.learning_rate}.")
     if FLAGS.hidden and not all(h.isdigit() and int(h) > 0 for h in FLAGS.hidden):
-        raise app.UsageError(f"--hidden must be positive integers, comma separated; got "
-                             f"{','.join(FLAGS.hidden)}.")
+        raise app.UsageError(
+            f"--hidden must be positive integers, comma separated; got {','.join(FLAGS.hidden)}."
+        )
     if FLAGS.hidden and FLAGS.model not in ("vae", "gmvae"):
-        raise app.UsageError("--hidden sets the VAE and GMVAE networks; the ssvae and m1m2 keep "
-                             "the recipe's.")
+        raise app.UsageError(
+            "--hidden sets the VAE and GMVAE networks; the ssvae and m1m2 keep the recipe's."
+        )
     if FLAGS.arch == "conv" and FLAGS.model not in ("vae", "gmvae"):
-        raise app.UsageError("--arch=conv sets the VAE and GMVAE networks; the ssvae and m1m2 "
-                             "keep the recipe's MLPs.")
+        raise app.UsageError(
+            "--arch=conv sets the VAE and GMVAE networks; the ssvae and m1m2 "
+            "keep the recipe's MLPs."
+        )
     if FLAGS.arch == "conv" and FLAGS.hidden:
-        raise app.UsageError("--hidden sizes the MLPs of --arch=mlp; the --arch=conv networks "
-                             "have fixed sizes.")
+        raise app.UsageError(
+            "--hidden sizes the MLPs of --arch=mlp; the --arch=conv networks have fixed sizes."
+        )
     if FLAGS.labelled_batch_size and FLAGS.model not in SEMI_SUPERVISED:
         raise app.UsageError("--labelled_batch_size goes with --model=ssvae or m1m2.")
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
-        raise app.UsageError(f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
-                             f"--steps_per_epoch={FLAGS.steps_per_epoch}.")
+        raise app.UsageError(
+            f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
+            f"--steps_per_epoch={FLAGS.steps_per_epoch}."
+        )
     from tfp_vae import training
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).
@@ -314,11 +492,33 @@ def main(argv):
 
 # The flags that define a run: a resumed run must have the values it was started with (the
 # others, e.g. --steps, --learning_rate, --steps_per_epoch, --xla, take effect on resume).
-RUN_FLAGS = ("model", "m1_path", "k", "learn_mixture_weights", "active_threshold",
-             "labels_per_class", "label_seed", "labelled_indices", "labelled_batch_size",
-             "gen_weight", "class_weight", "labelled_bound", "labelled_binarization", "z_dim",
-             "hidden", "arch", "beta", "objective", "iw", "batch_size", "binarization", "dataset",
-             "seed", "mixed_precision", "ema_momentum")
+RUN_FLAGS = (
+    "model",
+    "m1_path",
+    "k",
+    "learn_mixture_weights",
+    "active_threshold",
+    "labels_per_class",
+    "label_seed",
+    "labelled_indices",
+    "labelled_batch_size",
+    "gen_weight",
+    "class_weight",
+    "labelled_bound",
+    "labelled_binarization",
+    "z_dim",
+    "hidden",
+    "arch",
+    "beta",
+    "objective",
+    "iw",
+    "batch_size",
+    "binarization",
+    "dataset",
+    "seed",
+    "mixed_precision",
+    "ema_momentum",
+)
 # The values of RUN_FLAGS added since checkpoints first recorded their settings, as the runs
 # before them had them: an older run resumes with these, and is refused other values.
 SETTINGS_BEFORE_FLAG = {"arch": "mlp"}
@@ -343,7 +543,7 @@ def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
     --steps_per_epoch that does not divide its checkpoint's step. Returns that step."""
     from tfp_vae import training
 
-    (step, path), = training.checkpoints(ckpt_dir)[:1]
+    ((step, path),) = training.checkpoints(ckpt_dir)[:1]
     try:
         saved = training.read_state(path).get("settings")
     except (OSError, ValueError):
@@ -352,20 +552,28 @@ def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
         print(f"Note: {path} predates recorded settings; resuming without checking the flags.")
     else:
         saved = {**SETTINGS_BEFORE_FLAG, **saved}
-        differ = [f"--{name}={_flag_text(settings.get(name))} (the run has "
-                  f"{_flag_text(saved.get(name))})"
-                  for name in RUN_FLAGS if settings.get(name) != saved.get(name)]
+        differ = [
+            f"--{name}={_flag_text(settings.get(name))} (the run has {_flag_text(saved.get(name))})"
+            for name in RUN_FLAGS
+            if settings.get(name) != saved.get(name)
+        ]
         if differ:
-            raise app.UsageError(f"--resume with other settings than the run in "
-                                 f"{os.path.dirname(ckpt_dir)} was started with: "
-                                 f"{'; '.join(differ)}. Resume with the run's values, or start "
-                                 "a new run in another --out_dir.")
+            raise app.UsageError(
+                f"--resume with other settings than the run in "
+                f"{os.path.dirname(ckpt_dir)} was started with: "
+                f"{'; '.join(differ)}. Resume with the run's values, or start "
+                "a new run in another --out_dir."
+            )
     if step % steps_per_epoch:
-        raise app.UsageError(f"The run's checkpoint is at step {step}: --steps_per_epoch must "
-                             f"divide it (it is {steps_per_epoch}).")
+        raise app.UsageError(
+            f"The run's checkpoint is at step {step}: --steps_per_epoch must "
+            f"divide it (it is {steps_per_epoch})."
+        )
     if step > total_steps:
-        raise app.UsageError(f"The run is already at step {step}, past --steps={total_steps}; "
-                             f"pass --steps={step} (or more) to finish or extend it.")
+        raise app.UsageError(
+            f"The run is already at step {step}, past --steps={total_steps}; "
+            f"pass --steps={step} (or more) to finish or extend it."
+        )
     return step
 
 
@@ -381,17 +589,22 @@ def _train(run, out_dir, strategy, distributed):
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     resuming = training.has_checkpoint(ckpt_dir)
     if resuming and not FLAGS.resume:
-        raise app.UsageError(f"{out_dir} already holds a training run; pass --resume to continue "
-                             "it or choose another --out_dir.")
+        raise app.UsageError(
+            f"{out_dir} already holds a training run; pass --resume to continue "
+            "it or choose another --out_dir."
+        )
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     print(f"Data: {dataset.source}")
     if FLAGS.model in SEMI_SUPERVISED and not dataset.has_labels:
-        raise app.UsageError(f"--model={FLAGS.model} needs labels, and {dataset.source} has no "
-                             "y_train and y_test arrays.")
+        raise app.UsageError(
+            f"--model={FLAGS.model} needs labels, and {dataset.source} has no "
+            "y_train and y_test arrays."
+        )
     # The model and its optimizer are created in the strategy's scope (mirrored variables).
     with strategy.scope() if distributed else contextlib.nullcontext():
-        model = build_model(dataset, model_settings(), learning_rate(), use_xla(),
-                            steps_per_execution())
+        model = build_model(
+            dataset, model_settings(), learning_rate(), use_xla(), steps_per_execution()
+        )
     steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     settings = run_settings(model)
     start_step = 0
@@ -403,54 +616,91 @@ def _train(run, out_dir, strategy, distributed):
 
         def build(start):
             return semisupervised.make_train_dataset(
-                dataset.x_train, dataset.y_train, FLAGS.labels_per_class, FLAGS.label_seed,
-                FLAGS.batch_size, FLAGS.seed, FLAGS.binarization, FLAGS.labelled_binarization,
-                labelled_indices, FLAGS.labelled_batch_size, start_step=start)
+                dataset.x_train,
+                dataset.y_train,
+                FLAGS.labels_per_class,
+                FLAGS.label_seed,
+                FLAGS.batch_size,
+                FLAGS.seed,
+                FLAGS.binarization,
+                FLAGS.labelled_binarization,
+                labelled_indices,
+                FLAGS.labelled_batch_size,
+                start_step=start,
+            )
 
         try:
-            labelled_indices = (None if FLAGS.labelled_indices is None
-                                else semisupervised.read_indices(FLAGS.labelled_indices))
+            labelled_indices = (
+                None
+                if FLAGS.labelled_indices is None
+                else semisupervised.read_indices(FLAGS.labelled_indices)
+            )
             first = build(start_step)
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
             raise app.UsageError(str(e)) from e
     else:
+
         def build(start):
-            return data.train_dataset(dataset.x_train, FLAGS.batch_size, FLAGS.binarization,
-                                      seed=FLAGS.seed, start_step=start)
+            return data.train_dataset(
+                dataset.x_train,
+                FLAGS.batch_size,
+                FLAGS.binarization,
+                seed=FLAGS.seed,
+                start_step=start,
+            )
 
         first = build(start_step)
 
     def train_ds(start):
         # Built (and checked) once above at the step the checkpoint says; fit asks for that one.
         return first if start == start_step else build(start)
+
     n_val = FLAGS.validation_examples
-    val_ds = (common.eval_dataset(model, data.take_first(dataset, n_test=n_val))
-              if n_val else None)
+    val_ds = common.eval_dataset(model, data.take_first(dataset, n_test=n_val)) if n_val else None
     run.started()
     start = time.time()
     try:
-        training.fit(model, train_ds, steps, out_dir, FLAGS.steps_per_epoch, val_ds,
-                     resume=FLAGS.resume, verbose=FLAGS.verbose, settings=settings)
+        training.fit(
+            model,
+            train_ds,
+            steps,
+            out_dir,
+            FLAGS.steps_per_epoch,
+            val_ds,
+            resume=FLAGS.resume,
+            verbose=FLAGS.verbose,
+            settings=settings,
+        )
     except training.NonFiniteLossError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     train_seconds = time.time() - start
     model.save(os.path.join(out_dir, common.MODEL_FILE))
     metrics = common.test_metrics(model, dataset)
-    metrics.update(train_seconds=round(train_seconds, 1),
-                   steps=int(model.optimizer.iterations.numpy()), model=FLAGS.model,
-                   dataset=FLAGS.dataset, test_examples=len(dataset.x_test),
-                   data_source=dataset.source, data_files=dataset.files,
-                   data_identified_as=dataset.identified_as,
-                   strategy=FLAGS.strategy, replicas=int(strategy.num_replicas_in_sync),
-                   dtype_policy=model.dtype_policy.name,
-                   # The optimizer's own value: a resumed run keeps its checkpoint's.
-                   learning_rate=float(model.optimizer.learning_rate.numpy()),
-                   command=" ".join(["train"] + sys.argv[1:]))
+    metrics.update(
+        train_seconds=round(train_seconds, 1),
+        steps=int(model.optimizer.iterations.numpy()),
+        model=FLAGS.model,
+        dataset=FLAGS.dataset,
+        test_examples=len(dataset.x_test),
+        data_source=dataset.source,
+        data_files=dataset.files,
+        data_identified_as=dataset.identified_as,
+        strategy=FLAGS.strategy,
+        replicas=int(strategy.num_replicas_in_sync),
+        dtype_policy=model.dtype_policy.name,
+        # The optimizer's own value: a resumed run keeps its checkpoint's.
+        learning_rate=float(model.optimizer.learning_rate.numpy()),
+        command=" ".join(["train"] + sys.argv[1:]),
+    )
     common.write_json(os.path.join(out_dir, "metrics.json"), metrics)
     common.write_images(model, dataset, out_dir, FLAGS.seed)
-    print(common.format_table([[k, v] for k, v in sorted(metrics.items())
-                               if isinstance(v, float)], ["test metric", "value"]))
+    print(
+        common.format_table(
+            [[k, v] for k, v in sorted(metrics.items()) if isinstance(v, float)],
+            ["test metric", "value"],
+        )
+    )
     print(f"Wrote {out_dir}/{{model.keras,metrics.json,samples.png,reconstructions.png}}")
     return 0
 

@@ -11,7 +11,18 @@ from tfp_vae.models.vae import VAE
 MODELS = {"vae": VAE, "gmvae": GMVAE, "ssvae": SSVAE, "m1m2": M1M2}
 
 __all__ = [
-    "GMVAE", "M1M2", "MODELS", "SSVAE", "VAE", "LatentVariableModel", "check_images",
+    "GMVAE",
+    "M1M2",
+    "MODELS",
+    "SSVAE",
+    "VAE",
+    "LatentVariableModel",
+    "check_images",
     # The modules: the training step (core), the VAE family's base class (base), each model.
-    "core", "base", "vae", "gmvae", "ssvae", "stacked",
+    "core",
+    "base",
+    "vae",
+    "gmvae",
+    "ssvae",
+    "stacked",
 ]

@@ -65,10 +65,19 @@ class LatentVariableModel(Model):
 
     analytic_kl = False
 
-    def __init__(self, z_dim: int = 10, input_shape: Sequence[int] | None = None,
-                 beta: float = 1.0, objective: str = "elbo", iw: int = 1, seed: int | None = None,
-                 clip_norm: float | None = None, likelihood: str = "bernoulli",
-                 x_dim: int | None = None, **kwargs):
+    def __init__(
+        self,
+        z_dim: int = 10,
+        input_shape: Sequence[int] | None = None,
+        beta: float = 1.0,
+        objective: str = "elbo",
+        iw: int = 1,
+        seed: int | None = None,
+        clip_norm: float | None = None,
+        likelihood: str = "bernoulli",
+        x_dim: int | None = None,
+        **kwargs,
+    ):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
         self.likelihood_name = layers.check_likelihood(likelihood)
         if objective not in OBJECTIVES:
@@ -80,8 +89,9 @@ class LatentVariableModel(Model):
         self.input_shape = resolve_input_shape(input_shape, x_dim)
         self.z_dim, self.x_dim = int(z_dim), math.prod(self.input_shape)
         self.beta, self.objective, self.iw = float(beta), objective, int(iw)
-        self._make_metrics(["loss", "nelbo", "kl", "rec"]
-                           + (["niwae"] if objective == "iwae" else []))
+        self._make_metrics(
+            ["loss", "nelbo", "kl", "rec"] + (["niwae"] if objective == "iwae" else [])
+        )
 
     # ---- what a subclass provides -------------------------------------------------------------
 
@@ -104,8 +114,9 @@ class LatentVariableModel(Model):
         """The messages of `input_problem`'s codes (1-based): `checks.INPUT_PROBLEMS`."""
         return checks.INPUT_PROBLEMS
 
-    def check_inputs(self, x: tf.Tensor | np.ndarray, check_values: bool = True,
-                     bound: bool = True) -> tf.Tensor:
+    def check_inputs(
+        self, x: tf.Tensor | np.ndarray, check_values: bool = True, bound: bool = True
+    ) -> tf.Tensor:
         """Checks inputs x as the likelihood needs them and returns them as float32 [B, x_dim].
 
         Bernoulli: images (`check_images`, also [B, 28, 28]), binary when `bound` (the pixels
@@ -115,8 +126,9 @@ class LatentVariableModel(Model):
         `check_values=False` checks only the shape and dtype (the fused update checks the
         values with `input_problem` inside XLA instead).
         """
-        return checks.check_inputs(x, self.input_shape, self.likelihood_name, binary=bound,
-                                   check_values=check_values)
+        return checks.check_inputs(
+            x, self.input_shape, self.likelihood_name, binary=bound, check_values=check_values
+        )
 
     def input_problem(self, x: tf.Tensor, bound: bool = True) -> tf.Tensor:
         """int32 code (0: fine) of the values of checked-shape inputs x, float32 [B, x_dim], as
@@ -146,8 +158,9 @@ class LatentVariableModel(Model):
         x = self.check_inputs(x)
         return -self.elbo_terms(x, seed=seed)["nelbo"]
 
-    def iwae_log_weights(self, x: tf.Tensor, m: int | tf.Tensor, seed: tf.Tensor | None = None
-                         ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def iwae_log_weights(
+        self, x: tf.Tensor, m: int | tf.Tensor, seed: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """log p(x|z_i), log p(z_i), log q(z_i|x) for z_i ~ q(z|x), i < m: each [m, B]."""
         return self._importance_samples(x, m, seed)[2:]
 
@@ -157,8 +170,13 @@ class LatentVariableModel(Model):
         z = q.sample(m, seed=seed)
         return q, z, self.decode(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z)
 
-    def iwae(self, x: tf.Tensor | np.ndarray, m: int | tf.Tensor, seed: tf.Tensor | None = None,
-             chunk: int | None = None) -> tf.Tensor:
+    def iwae(
+        self,
+        x: tf.Tensor | np.ndarray,
+        m: int | tf.Tensor,
+        seed: tf.Tensor | None = None,
+        chunk: int | None = None,
+    ) -> tf.Tensor:
         """Per-example IWAE bound with m samples [B]; m = 1 is the ELBO with a sampled KL.
 
         Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory is
@@ -178,16 +196,19 @@ class LatentVariableModel(Model):
             size = tf.minimum(chunk, m - done)
             seed, this_seed = tfp.random.split_seed(seed)
             lse = tf.reduce_logsumexp(
-                objectives.log_weights(*self.iwae_log_weights(x, size, seed=this_seed)), axis=0)
+                objectives.log_weights(*self.iwae_log_weights(x, size, seed=this_seed)), axis=0
+            )
             return done + size, tf.reduce_logsumexp(tf.stack([acc, lse]), axis=0), seed
 
         acc = tf.fill([tf.shape(x)[0]], tf.constant(-np.inf, tf.float32))
-        _, acc, _ = tf.while_loop(lambda done, acc, seed: done < m, body,
-                                  (tf.constant(0), acc, seed))
+        _, acc, _ = tf.while_loop(
+            lambda done, acc, seed: done < m, body, (tf.constant(0), acc, seed)
+        )
         return acc - tf.math.log(tf.cast(m, tf.float32))
 
-    def compute_terms(self, x: tf.Tensor, training: bool = False,
-                      seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def compute_terms(
+        self, x: tf.Tensor, training: bool = False, seed: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         """Per-example [B] tensors: `loss` (minimised) and every reported metric. `seed`: a
         stateless seed (int32 [2]) for the posterior samples, or None (stateful)."""
         if self.objective == "elbo":
@@ -197,8 +218,11 @@ class LatentVariableModel(Model):
         # IWAE: one set of `iw` samples gives the bound; its first sample gives the ELBO terms.
         q, z, log_lik, log_prior, log_post = self._importance_samples(x, self.iw, seed)
         niwae = -objectives.iwae_bound(log_lik, log_prior, log_post)
-        kl = (self.kl(q, z[0]) if self.analytic_kl
-              else objectives.monte_carlo_kl(log_post[0], log_prior[0]))
+        kl = (
+            self.kl(q, z[0])
+            if self.analytic_kl
+            else objectives.monte_carlo_kl(log_post[0], log_prior[0])
+        )
         rec = -log_lik[0]
         return {"loss": niwae, "niwae": niwae, "nelbo": rec + kl, "kl": kl, "rec": rec}
 
@@ -240,17 +264,23 @@ class LatentVariableModel(Model):
         `fit` evaluates its validation data, which it checked)."""
         if not kwargs.get("_use_cached_eval_dataset"):
             self._check_image_arrays(
-                call_arguments(keras.Model.evaluate, self, args, kwargs).get("x"))
+                call_arguments(keras.Model.evaluate, self, args, kwargs).get("x")
+            )
         return super().evaluate(*args, **kwargs)
 
     def _check_image_arrays(self, x):
         check_array(self._images_of(x), lambda rows: self.check_inputs(rows))
 
     def get_config(self):
-        return {**super().get_config(), "z_dim": self.z_dim,
-                "input_shape": list(self.input_shape),
-                "beta": self.beta, "objective": self.objective, "iw": self.iw,
-                "likelihood": self.likelihood_name}
+        return {
+            **super().get_config(),
+            "z_dim": self.z_dim,
+            "input_shape": list(self.input_shape),
+            "beta": self.beta,
+            "objective": self.objective,
+            "iw": self.iw,
+            "likelihood": self.likelihood_name,
+        }
 
     # ---- uses -----------------------------------------------------------------------------------
 
@@ -330,14 +360,19 @@ class LatentVariableModel(Model):
             x = self.check_inputs(x)
             # An empty batch goes through as one row (see padded_batch): one sample will do.
             m = tf.where(tf.shape(x)[0] > 0, m, 1)
-            return padded_batch(lambda x, seed: {"log_likelihood": self.iwae(x, m, seed=seed)},
-                                x, check_seed(seed))
+            return padded_batch(
+                lambda x, seed: {"log_likelihood": self.iwae(x, m, seed=seed)}, x, check_seed(seed)
+            )
 
         # `sample` has two input signatures: the SavedModel's signature takes n; the loaded
         # object's function also takes a seed (`loaded.sample(n=..., seed=...)`, reproducible).
-        return {"encode": (encode, [x]), "decode": (decode, [z]),
-                "sample": (sample, [[n], [n, seed]]),
-                "elbo": (elbo, [x, seed]), "log_likelihood": (log_likelihood, [x, m, seed])}
+        return {
+            "encode": (encode, [x]),
+            "decode": (decode, [z]),
+            "sample": (sample, [[n], [n, seed]]),
+            "elbo": (elbo, [x, seed]),
+            "log_likelihood": (log_likelihood, [x, m, seed]),
+        }
 
     def training_functions(self):
         """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).

@@ -38,8 +38,7 @@ def global_counts(ctx, *sizes):
     divide a replica's mean by the number of replicas instead, which is exact only for even
     splits.)
     """
-    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                          tf.cast(tf.stack(list(sizes)), tf.float32))
+    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.stack(list(sizes)), tf.float32))
     return tf.unstack(sums, num=len(sizes))
 
 
@@ -52,15 +51,24 @@ def global_results(ctx, trackers):
     different numbers. One all-reduce of the totals and counts gives the exact pooled mean, the
     same on every replica.
     """
-    local = tf.stack([tf.cast(tf.convert_to_tensor(v), tf.float32)
-                      for t in trackers for v in (t.total.value, t.count.value)])
+    local = tf.stack(
+        [
+            tf.cast(tf.convert_to_tensor(v), tf.float32)
+            for t in trackers
+            for v in (t.total.value, t.count.value)
+        ]
+    )
     sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
-    results = {t.name: tf.math.divide_no_nan(sums[2 * i], sums[2 * i + 1])
-               for i, t in enumerate(trackers)}
+    results = {
+        t.name: tf.math.divide_no_nan(sums[2 * i], sums[2 * i + 1]) for i, t in enumerate(trackers)
+    }
     strategy = ctx.strategy
     resolver = getattr(strategy, "cluster_resolver", None)
-    if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None
-            and resolver.cluster_spec().as_dict()):
+    if (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and resolver is not None
+        and resolver.cluster_spec().as_dict()
+    ):
         # Keras 3 reduces a multi-worker step's outputs with strategy.reduce(MEAN, v, axis=0),
         # which fails on scalars (tensorflow/tensorflow#72388); as shape [1] they reduce to the
         # scalar value itself (it is the same on every replica).
@@ -172,8 +180,9 @@ def gradient_step(
     return values
 
 
-def clip_gradients(grads: list[tf.Tensor | None], clip_norm: float,
-                   optimizer: keras.optimizers.Optimizer) -> list[tf.Tensor | None]:
+def clip_gradients(
+    grads: list[tf.Tensor | None], clip_norm: float, optimizer: keras.optimizers.Optimizer
+) -> list[tf.Tensor | None]:
     """`grads` (a list; None entries kept) scaled so that the global norm of the *whole batch's*
     gradient is at most `clip_norm`.
 
@@ -204,8 +213,9 @@ def check_clip_norm(clip_norm: float | None) -> float | None:
         return None
     # Infinity too is refused: tf.clip_by_global_norm(g, inf) gives NaN, not g.
     if not 0 < float(clip_norm) < float("inf"):
-        raise ValueError(f"clip_norm must be > 0 and finite (or None: no clipping); got "
-                         f"{clip_norm}.")
+        raise ValueError(
+            f"clip_norm must be > 0 and finite (or None: no clipping); got {clip_norm}."
+        )
     return float(clip_norm)
 
 
@@ -215,6 +225,7 @@ def guarded_update(model, problem, losses, record):
 
     Plain tensor ops and a `tf.cond`, so it compiles under XLA, which drops assertion ops: the
     caller asserts on `problem` outside (`raise_on_problem`)."""
+
     def update():
         record(gradient_step(model, losses))
         return tf.constant(True)
@@ -242,11 +253,18 @@ def compiled_update(model, update):
     return model._xla_update_fn
 
 
-CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-                keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                keras.layers.Conv3DTranspose, keras.layers.SeparableConv1D,
-                keras.layers.SeparableConv2D, keras.layers.DepthwiseConv1D,
-                keras.layers.DepthwiseConv2D)
+CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+)
 
 
 def _sublayers(layer):
@@ -287,8 +305,9 @@ def batch_means(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return {name: tf.reduce_mean(value) for name, value in values.items()}
     names = list(values)
     counts = global_counts(ctx, *[tf.size(values[name]) for name in names])
-    return {name: tf.reduce_sum(values[name]) / count
-            for name, count in zip(names, counts, strict=True)}
+    return {
+        name: tf.reduce_sum(values[name]) / count for name, count in zip(names, counts, strict=True)
+    }
 
 
 class Model(keras.Model):
@@ -341,8 +360,9 @@ class Model(keras.Model):
         (it runs inside XLA, which drops assertions; the step asserts on it outside)."""
         raise NotImplementedError
 
-    def batch_losses(self, batch: dict[str, tf.Tensor],
-                     seed: tf.Tensor | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    def batch_losses(
+        self, batch: dict[str, tf.Tensor], seed: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """(loss, values): the scalar loss to minimise, made with `batch_means` (this replica's
         share under tf.distribute), and the train metrics' per-example [B] (or scalar) values,
         by name. `seed`: a stateless seed (int32 [2]) for the random draws, or None."""
@@ -392,8 +412,12 @@ class Model(keras.Model):
         `problem` is not 0. Compiled with XLA when `xla_update` (see `compile`)."""
         problem, batch = self.batch_problem(batch)
         names = self.train_metric_names()
-        guarded_update(self, problem, lambda: self._step_losses(batch),
-                       lambda values: self._record(values, names))
+        guarded_update(
+            self,
+            problem,
+            lambda: self._step_losses(batch),
+            lambda values: self._record(values, names),
+        )
         return problem, {name: self._trackers[name].result() for name in names}
 
     def train_step(self, data) -> dict[str, tf.Tensor]:
@@ -449,8 +473,12 @@ class Model(keras.Model):
     def metrics(self):
         return list(self._trackers.values())
 
-    def compile(self, optimizer: str | keras.optimizers.Optimizer = "adam",
-                jit_compile: bool | str = "auto", **kwargs):
+    def compile(
+        self,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        jit_compile: bool | str = "auto",
+        **kwargs,
+    ):
         """Keras' `compile`, except that `jit_compile` applies to the fused update only.
 
         XLA drops assertion ops, so under Keras' own `jit_compile` a bad batch (non-binary

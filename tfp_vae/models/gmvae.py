@@ -31,9 +31,16 @@ class GMVAE(VAE):
         super().__init__(**kwargs)
 
     def make_prior(self):
-        return layers.MixturePrior(self.z_dim, self.k, learn_weights=self.learn_mixture_weights,
-                                   min_variance=self.min_variance)
+        return layers.MixturePrior(
+            self.z_dim,
+            self.k,
+            learn_weights=self.learn_mixture_weights,
+            min_variance=self.min_variance,
+        )
 
     def get_config(self):
-        return {**super().get_config(), "k": self.k,
-                "learn_mixture_weights": self.learn_mixture_weights}
+        return {
+            **super().get_config(),
+            "k": self.k,
+            "learn_mixture_weights": self.learn_mixture_weights,
+        }

@@ -138,8 +138,16 @@ class SSVAE(Model):
     """
 
     class_conditional = True
-    TRAIN_METRICS = ("loss", "nelbo", "labelled_nelbo", "kl_z", "kl_y", "rec", "class_loss",
-                     "accuracy")
+    TRAIN_METRICS = (
+        "loss",
+        "nelbo",
+        "labelled_nelbo",
+        "kl_z",
+        "kl_y",
+        "rec",
+        "class_loss",
+        "accuracy",
+    )
     TEST_METRICS = ("accuracy", "nelbo", "kl_z", "kl_y", "rec")
     # A subclass that adds sub-layers after this __init__ sets False and builds itself (Keras
     # locks a built layer's state).
@@ -148,16 +156,29 @@ class SSVAE(Model):
     # cheaper); False tiles x and concatenates one-hots. Read when a step is traced.
     factorise_labels = True
 
-    def __init__(self, z_dim: int = 64, hidden: Sequence[int] = (300, 300),
-                 classifier_hidden: Sequence[int] = (300, 300), activation: str = "elu",
-                 classifier_activation: str = "relu", num_classes: int = NUM_CLASSES,
-                 gen_weight: float = 1.0, class_weight: float = 100.0,
-                 min_variance: float = 1e-8, init: str = "torch", x_dim: int | None = None,
-                 labelled_bound: bool = True, likelihood: str = "bernoulli",
-                 seed: int | None = None, clip_norm: float | None = None,
-                 encoder: keras.Layer | None = None, decoder: keras.Layer | None = None,
-                 classifier: keras.Layer | None = None,
-                 input_shape: Sequence[int] | None = None, **kwargs):
+    def __init__(
+        self,
+        z_dim: int = 64,
+        hidden: Sequence[int] = (300, 300),
+        classifier_hidden: Sequence[int] = (300, 300),
+        activation: str = "elu",
+        classifier_activation: str = "relu",
+        num_classes: int = NUM_CLASSES,
+        gen_weight: float = 1.0,
+        class_weight: float = 100.0,
+        min_variance: float = 1e-8,
+        init: str = "torch",
+        x_dim: int | None = None,
+        labelled_bound: bool = True,
+        likelihood: str = "bernoulli",
+        seed: int | None = None,
+        clip_norm: float | None = None,
+        encoder: keras.Layer | None = None,
+        decoder: keras.Layer | None = None,
+        classifier: keras.Layer | None = None,
+        input_shape: Sequence[int] | None = None,
+        **kwargs,
+    ):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
         if int(z_dim) < 1:
             raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
@@ -166,8 +187,9 @@ class SSVAE(Model):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {likelihood!r}.")
         if float(gen_weight) < 0 or float(class_weight) < 0:
-            raise ValueError(f"gen_weight and class_weight must be >= 0; got {gen_weight} and "
-                             f"{class_weight}.")
+            raise ValueError(
+                f"gen_weight and class_weight must be >= 0; got {gen_weight} and {class_weight}."
+            )
         self.input_shape = resolve_input_shape(input_shape, x_dim)
         self.x_dim = math.prod(self.input_shape)
         self.z_dim, self.num_classes = int(z_dim), int(num_classes)
@@ -180,39 +202,67 @@ class SSVAE(Model):
         self.min_variance, self.init = float(min_variance), init
         k = self.num_classes
         # The user's networks are kept in the config (`get_config`); the default MLPs are not.
-        self._user_networks = tuple(name for name, network in (
-            ("classifier", classifier), ("encoder", encoder), ("decoder", decoder))
-            if network is not None)
+        self._user_networks = tuple(
+            name
+            for name, network in (
+                ("classifier", classifier),
+                ("encoder", encoder),
+                ("decoder", decoder),
+            )
+            if network is not None
+        )
         # The recipe's MLP takes flat inputs; a user's classifier takes them shaped.
         self.classifier_input_shape = None if classifier is None else self.input_shape
         if classifier is None:
-            self.classifier = networks.mlp(self.x_dim, self.classifier_hidden, k,
-                                           classifier_activation, init, name="classifier")
+            self.classifier = networks.mlp(
+                self.x_dim,
+                self.classifier_hidden,
+                k,
+                classifier_activation,
+                init,
+                name="classifier",
+            )
         else:
-            self.classifier = networks.user_network(classifier, "classifier", self.input_shape,
-                                                    [k], output_formula="num_classes")
+            self.classifier = networks.user_network(
+                classifier, "classifier", self.input_shape, [k], output_formula="num_classes"
+            )
         if encoder is None:
-            self.encoder = networks.mlp(self.x_dim + k, self.hidden, 2 * self.z_dim, activation,
-                                        init, name="encoder")
+            self.encoder = networks.mlp(
+                self.x_dim + k, self.hidden, 2 * self.z_dim, activation, init, name="encoder"
+            )
         else:
-            self.encoder = networks.user_network(encoder, "encoder", self.x_dim + k,
-                                                 [2 * self.z_dim], "x_dim + num_classes",
-                                                 "2 * z_dim")
+            self.encoder = networks.user_network(
+                encoder,
+                "encoder",
+                self.x_dim + k,
+                [2 * self.z_dim],
+                "x_dim + num_classes",
+                "2 * z_dim",
+            )
         # A Gaussian likelihood needs a mean and a pre-softplus variance per feature.
         gaussian = likelihood == "gaussian"
         out_dim = self.x_dim * (2 if gaussian else 1)
         if decoder is None:
-            self.decoder = networks.mlp(self.z_dim + k, self.hidden, out_dim, activation, init,
-                                        name="decoder")
+            self.decoder = networks.mlp(
+                self.z_dim + k, self.hidden, out_dim, activation, init, name="decoder"
+            )
         else:
-            self.decoder = networks.user_network(decoder, "decoder", self.z_dim + k, [out_dim],
-                                                 "z_dim + num_classes",
-                                                 "2 * x_dim" if gaussian else "x_dim")
+            self.decoder = networks.user_network(
+                decoder,
+                "decoder",
+                self.z_dim + k,
+                [out_dim],
+                "z_dim + num_classes",
+                "2 * x_dim" if gaussian else "x_dim",
+            )
         self.label_posterior = CategoricalFromLogits()
         self.posterior = layers.GaussianPosterior(min_variance)
         # GaussianPosterior maps [mean, pre-variance] to a diagonal Gaussian, likelihood or not.
-        self.likelihood = (layers.GaussianPosterior(min_variance) if likelihood == "gaussian"
-                           else layers.BernoulliLikelihood())
+        self.likelihood = (
+            layers.GaussianPosterior(min_variance)
+            if likelihood == "gaussian"
+            else layers.BernoulliLikelihood()
+        )
         self.prior_layer = layers.StandardNormalPrior(self.z_dim)
         self._make_metrics(self.TRAIN_METRICS + self.TEST_METRICS)
         if type(self).build_at_init:
@@ -257,13 +307,19 @@ class SSVAE(Model):
 
     def _encode(self, x, labels):
         """q(z|x,y) for x [N, x_dim] and int labels [N] (not checked)."""
-        return self.posterior(networks.apply_labelled(self.encoder, x, labels, self.num_classes,
-                                                      self.factorise_labels))
+        return self.posterior(
+            networks.apply_labelled(
+                self.encoder, x, labels, self.num_classes, self.factorise_labels
+            )
+        )
 
     def _decode(self, z, labels):
         """p(x|y,z) for z [N, z_dim] and int labels [N] (not checked)."""
-        return self.likelihood(networks.apply_labelled(self.decoder, z, labels, self.num_classes,
-                                                       self.factorise_labels))
+        return self.likelihood(
+            networks.apply_labelled(
+                self.decoder, z, labels, self.num_classes, self.factorise_labels
+            )
+        )
 
     def _classifier_logits(self, x):
         """The classifier's logits [B, K] as float32 (the network may compute in bfloat16 or
@@ -282,19 +338,22 @@ class SSVAE(Model):
         """Class probabilities q(y|x), [B, K]; x may be grayscale in [0, 1]."""
         return tf.nn.softmax(self.class_logits(x), axis=-1)
 
-    def encode(self, x: tf.Tensor | np.ndarray,
-               y: int | tf.Tensor | np.ndarray) -> tfd.Distribution:
+    def encode(
+        self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray
+    ) -> tfd.Distribution:
         """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K]."""
         x = self._inputs(x, binary=False)
         return self._encode(x, labels_for(y, tf.shape(x)[0], self.num_classes))
 
-    def decode(self, z: tf.Tensor | np.ndarray,
-               y: int | tf.Tensor | np.ndarray) -> tfd.Distribution:
+    def decode(
+        self, z: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray
+    ) -> tfd.Distribution:
         """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`."""
         z = tf.convert_to_tensor(z, tf.float32)
         if z.shape.rank != 2 or z.shape[-1] != self.z_dim:
-            raise ValueError(f"Expected latents of shape [batch, {self.z_dim}]; got "
-                             f"{tuple(z.shape)}.")
+            raise ValueError(
+                f"Expected latents of shape [batch, {self.z_dim}]; got {tuple(z.shape)}."
+            )
         return self._decode(z, labels_for(y, tf.shape(z)[0], self.num_classes))
 
     # ---- bounds -----------------------------------------------------------------------------
@@ -306,8 +365,9 @@ class SSVAE(Model):
         rec = -self._decode(z, labels).log_prob(x)
         return rec, tfd.kl_divergence(q, self.prior())
 
-    def enumerated_terms(self, x: tf.Tensor,
-                         seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    def enumerated_terms(
+        self, x: tf.Tensor, seed: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """rec and kl_z for every label, in one batched pass: two [B, K] tensors.
 
         For x [B, x_dim] (binary, not checked), the networks run on K * B rows, class-major (row
@@ -317,15 +377,19 @@ class SSVAE(Model):
         with the same noise.
         """
         k = self.num_classes
-        q = self.posterior(networks.apply_enumerated(self.encoder, x, k, shared=True,
-                                                     factorise=self.factorise_labels))
-        z = q.sample(seed=seed)                                           # [K * B, z_dim]
-        out = networks.apply_enumerated(self.decoder, z, k, shared=False,
-                                        factorise=self.factorise_labels)  # [K * B, d_out]
+        q = self.posterior(
+            networks.apply_enumerated(
+                self.encoder, x, k, shared=True, factorise=self.factorise_labels
+            )
+        )
+        z = q.sample(seed=seed)  # [K * B, z_dim]
+        out = networks.apply_enumerated(
+            self.decoder, z, k, shared=False, factorise=self.factorise_labels
+        )  # [K * B, d_out]
         # As [K, B, d_out] the likelihood has batch [K, B], and x [B, x_dim] broadcasts against
         # it: no K copies of the images.
         p = self.likelihood(tf.reshape(out, [k, -1, out.shape[-1]]))
-        rec = -p.log_prob(x)                                              # [K, B]
+        rec = -p.log_prob(x)  # [K, B]
         kl_z = tf.reshape(tfd.kl_divergence(q, self.prior()), [k, -1])
         return tf.transpose(rec), tf.transpose(kl_z)
 
@@ -336,16 +400,24 @@ class SSVAE(Model):
         rec, kl_z = self.enumerated_terms(x, seed)
         return {**unlabelled_bound_terms(logits, rec, kl_z), "class_logits": logits}
 
-    def labelled_terms(self, x: tf.Tensor, labels: tf.Tensor,
-                       seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def labelled_terms(
+        self, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         """-L(x, y) (including log K) and its parts for binary x [B, x_dim] and int labels [B]
         (not checked): dict of [B] tensors `nelbo`, `rec`, `kl_z`."""
         rec, kl_z = self._class_terms(x, labels, seed)
-        return {"nelbo": labelled_negative_elbo(rec, kl_z, self.num_classes), "rec": rec,
-                "kl_z": kl_z}
+        return {
+            "nelbo": labelled_negative_elbo(rec, kl_z, self.num_classes),
+            "rec": rec,
+            "kl_z": kl_z,
+        }
 
-    def bound_terms(self, x: tf.Tensor | np.ndarray, labels: tf.Tensor | None = None,
-                    seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def bound_terms(
+        self,
+        x: tf.Tensor | np.ndarray,
+        labels: tf.Tensor | None = None,
+        seed: tf.Tensor | None = None,
+    ) -> dict[str, tf.Tensor]:
         """-U(x) (labels None) or -L(x, y) (int labels [B], not checked) with its parts, for
         inputs x that are checked first (binary images): dict of [B] tensors with `nelbo`,
         `rec`, `kl_z` (and `kl_y` for -U). The bound of every use (`elbo`, `test_step`,
@@ -359,8 +431,12 @@ class SSVAE(Model):
         """Per-example unlabelled ELBO U(x) <= log p(x) (nats) [B]; x must be binary."""
         return -self.bound_terms(x, seed=seed)["nelbo"]
 
-    def labelled_elbo(self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray,
-                      seed: tf.Tensor | None = None) -> tf.Tensor:
+    def labelled_elbo(
+        self,
+        x: tf.Tensor | np.ndarray,
+        y: int | tf.Tensor | np.ndarray,
+        seed: tf.Tensor | None = None,
+    ) -> tf.Tensor:
         """Per-example labelled ELBO L(x, y) <= log p(x, y) (nats) [B]; x must be binary."""
         labels = labels_for(y, tf.shape(x)[0], self.num_classes)
         return -self.bound_terms(x, labels, seed)["nelbo"]
@@ -369,8 +445,9 @@ class SSVAE(Model):
     LABELLED_TERMS = ("class_loss", "accuracy", "labelled_nelbo")
     UNLABELLED_TERMS = ("nelbo", "rec", "kl_z", "kl_y")
 
-    def per_example_losses(self, unlabelled_x, labelled_x, labelled_y, check_values=True,
-                           seed=None):
+    def per_example_losses(
+        self, unlabelled_x, labelled_x, labelled_y, check_values=True, seed=None
+    ):
         """The training terms per example, before averaging: dict of `class_loss`
         (-log q(y|x)), `accuracy` (0/1) and `labelled_nelbo` (-L(x, y)), each [L], and `nelbo`
         (-U(x)), `rec`, `kl_z`, `kl_y`, each [B]. The bound terms are left out when gen_weight
@@ -384,13 +461,21 @@ class SSVAE(Model):
         x_u = self._inputs(unlabelled_x, sample=True, seed=seeds[0], check_values=check_values)
         # Without the labelled bound the labelled images only feed the classifier: grayscale is
         # allowed then.
-        x_l = self._inputs(labelled_x, binary=self.labelled_bound, sample=True, seed=seeds[1],
-                           check_values=check_values)
+        x_l = self._inputs(
+            labelled_x,
+            binary=self.labelled_bound,
+            sample=True,
+            seed=seeds[1],
+            check_values=check_values,
+        )
         y_l = labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes, check_values)
         logits_l = self._classifier_logits(x_l)
-        out = {"class_loss": classification_loss(logits_l, y_l),
-               "accuracy": tf.cast(tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l),
-                                   tf.float32)}
+        out = {
+            "class_loss": classification_loss(logits_l, y_l),
+            "accuracy": tf.cast(
+                tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l), tf.float32
+            ),
+        }
         if self.gen_weight == 0:
             return out
         unlabelled = self.unlabelled_terms(x_u, seeds[2])
@@ -420,29 +505,38 @@ class SSVAE(Model):
         try:
             unlabelled_x, (labelled_x, labelled_y) = data
         except (TypeError, ValueError):
-            raise ValueError("SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
-                             "build the dataset with tfp_vae.semisupervised.make_train_dataset."
-                             ) from None
+            raise ValueError(
+                "SSVAE trains on elements (unlabelled_x, (labelled_x, labelled_y)); "
+                "build the dataset with tfp_vae.semisupervised.make_train_dataset."
+            ) from None
         x_u, x_l = self._raw_inputs(unlabelled_x), self._raw_inputs(labelled_x)
         # One label per labelled input: a ValueError when traced with static shapes.
         n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
-        batch = {"unlabelled_x": x_u, "labelled_x": x_l,
-                 "labels": labels_for(labelled_y, n_l, self.num_classes, check_values)}
+        batch = {
+            "unlabelled_x": x_u,
+            "labelled_x": x_l,
+            "labels": labels_for(labelled_y, n_l, self.num_classes, check_values),
+        }
         if check_values:
             problems = self.input_problems
             batch["unlabelled_x"] = raise_on_problem(x_u, self._value_problem(x_u), problems)
             batch["labelled_x"] = raise_on_problem(
-                x_l, self._value_problem(x_l, binary=self.labelled_bound), problems)
+                x_l, self._value_problem(x_l, binary=self.labelled_bound), problems
+            )
         else:
-            batch["label_problem"] = label_problem(labelled_y, self.num_classes,
-                                                   offset=len(IMAGE_PROBLEMS) + 1)
+            batch["label_problem"] = label_problem(
+                labelled_y, self.num_classes, offset=len(IMAGE_PROBLEMS) + 1
+            )
         return batch
 
     def batch_problem(self, batch):
-        problem = first_problem([self._value_problem(batch["unlabelled_x"]),
-                                 self._value_problem(batch["labelled_x"],
-                                                     binary=self.labelled_bound),
-                                 batch["label_problem"]])
+        problem = first_problem(
+            [
+                self._value_problem(batch["unlabelled_x"]),
+                self._value_problem(batch["labelled_x"], binary=self.labelled_bound),
+                batch["label_problem"],
+            ]
+        )
         # Kept in range even when the batch is refused: TF may run the cross-entropy op (whose
         # CPU kernel raises on a label out of range) although the update's branch is not taken,
         # and its error would hide ours.
@@ -453,8 +547,13 @@ class SSVAE(Model):
         """The training loss (see the module's docstring) from the set means of
         `per_example_losses` (each over its own set: unlabelled batch or labelled set), and the
         per-example terms (the train metrics)."""
-        terms = self.per_example_losses(batch["unlabelled_x"], batch["labelled_x"],
-                                        batch["labels"], check_values=False, seed=seed)
+        terms = self.per_example_losses(
+            batch["unlabelled_x"],
+            batch["labelled_x"],
+            batch["labels"],
+            check_values=False,
+            seed=seed,
+        )
         return self._loss_of(batch_means(terms)), terms
 
     def train_metric_names(self):
@@ -476,8 +575,10 @@ class SSVAE(Model):
 
     def test_terms(self, data):
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
-            raise ValueError("SSVAE evaluates on (x, y) or ((x_binary, x_for_classifier), y); "
-                             "build the dataset with tfp_vae.semisupervised.make_eval_dataset.")
+            raise ValueError(
+                "SSVAE evaluates on (x, y) or ((x_binary, x_for_classifier), y); "
+                "build the dataset with tfp_vae.semisupervised.make_eval_dataset."
+            )
         inputs, y = data
         if isinstance(inputs, (tuple, list)):
             x_bound, x_class = inputs
@@ -488,7 +589,8 @@ class SSVAE(Model):
         terms = self.bound_terms(x_bound)
         values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
         values["accuracy"] = tf.cast(
-            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32
+        )
         return values
 
     def evaluate(self, *args, **kwargs):
@@ -502,8 +604,12 @@ class SSVAE(Model):
         x = arguments.get("x")
         x_bound, x_class = x if isinstance(x, (tuple, list)) and len(x) == 2 else (x, x)
         for inputs, binary in ((x_bound, True), (x_class, False)):
-            check_array(inputs, lambda rows, binary=binary: raise_on_problem(
-                None, self._value_problem(self._raw_inputs(rows), binary), self.input_problems))
+            check_array(
+                inputs,
+                lambda rows, binary=binary: raise_on_problem(
+                    None, self._value_problem(self._raw_inputs(rows), binary), self.input_problems
+                ),
+            )
         check_array(arguments.get("y"), lambda rows: check_labels(rows, self.num_classes))
         return super().evaluate(*args, **kwargs)
 
@@ -512,27 +618,39 @@ class SSVAE(Model):
         return self.classify(x)
 
     def get_config(self):
-        config = {**super().get_config(), "z_dim": self.z_dim, "hidden": list(self.hidden),
-                  "classifier_hidden": list(self.classifier_hidden),
-                  "activation": self.activation,
-                  "classifier_activation": self.classifier_activation,
-                  "num_classes": self.num_classes, "gen_weight": self.gen_weight,
-                  "class_weight": self.class_weight, "min_variance": self.min_variance,
-                  "labelled_bound": self.labelled_bound,
-                  "init": self.init, "input_shape": list(self.input_shape),
-                  "likelihood": self.likelihood_name}
+        config = {
+            **super().get_config(),
+            "z_dim": self.z_dim,
+            "hidden": list(self.hidden),
+            "classifier_hidden": list(self.classifier_hidden),
+            "activation": self.activation,
+            "classifier_activation": self.classifier_activation,
+            "num_classes": self.num_classes,
+            "gen_weight": self.gen_weight,
+            "class_weight": self.class_weight,
+            "min_variance": self.min_variance,
+            "labelled_bound": self.labelled_bound,
+            "init": self.init,
+            "input_shape": list(self.input_shape),
+            "likelihood": self.likelihood_name,
+        }
         return networks.serialize_networks(config, self, self._user_networks)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = networks.deserialize_networks(config, ("classifier", "encoder", "decoder"),
-                                               custom_objects)
+        config = networks.deserialize_networks(
+            config, ("classifier", "encoder", "decoder"), custom_objects
+        )
         return super().from_config(config, custom_objects)
 
     # ---- uses -------------------------------------------------------------------------------
 
-    def sample(self, n: int | tf.Tensor, y: int | tf.Tensor | np.ndarray | None = None,
-               seed: tf.Tensor | None = None) -> tf.Tensor:
+    def sample(
+        self,
+        n: int | tf.Tensor,
+        y: int | tf.Tensor | np.ndarray | None = None,
+        seed: tf.Tensor | None = None,
+    ) -> tf.Tensor:
         """Pixel probabilities [n, x_dim] of p(x|y,z), z ~ p(z), for digits of class y.
 
         y: one class for all (scalar), one per sample ([n], ints or one-hot), or None for the
@@ -566,8 +684,9 @@ class SSVAE(Model):
         stacked model maps its features to pixels."""
         return p.mean()
 
-    def reconstruct(self, x: tf.Tensor | np.ndarray,
-                    y: int | tf.Tensor | np.ndarray | None = None) -> tf.Tensor:
+    def reconstruct(
+        self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray | None = None
+    ) -> tf.Tensor:
         """Pixel probabilities [B, x_dim] of p(x|y,z) at the mean of q(z|x,y); y defaults to
         the classifier's prediction argmax q(y|x). x may be grayscale."""
         x = self._inputs(x, binary=False)
@@ -629,21 +748,36 @@ class SSVAE(Model):
             # y: one label per sample, or a single label ([1]) for all n.
             seed = None if seed is None else check_seed(seed)
             n = check_count(n)
-            y = assert_that(y, (tf.size(y) == 1) | (tf.size(y) == n),
-                            ["y must hold one label per sample (n = ", n,
-                             (") or a single label for all of them; got "), tf.size(y),
-                             " labels."])
+            y = assert_that(
+                y,
+                (tf.size(y) == 1) | (tf.size(y) == n),
+                [
+                    "y must hold one label per sample (n = ",
+                    n,
+                    (") or a single label for all of them; got "),
+                    tf.size(y),
+                    " labels.",
+                ],
+            )
             return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])), seed=seed)}
 
         def elbo(x, seed):
             def bound(x, seed):
                 terms = self.bound_terms(x, seed=seed)
-                return {"elbo": -terms["nelbo"], "kl_z": terms["kl_z"], "kl_y": terms["kl_y"],
-                        "rec": terms["rec"]}
+                return {
+                    "elbo": -terms["nelbo"],
+                    "kl_z": terms["kl_z"],
+                    "kl_y": terms["kl_y"],
+                    "rec": terms["rec"],
+                }
 
             # The shape is checked here (for the padding), the values by bound_terms.
             return padded_batch(bound, self._raw_inputs(x), check_seed(seed))
 
-        return {"classify": (classify, [x]), "encode": (encode, [x, y]),
-                "decode": (decode, [z, y]), "sample": (sample, [[n, y], [n, y, seed]]),
-                "elbo": (elbo, [x, seed])}
+        return {
+            "classify": (classify, [x]),
+            "encode": (encode, [x, y]),
+            "decode": (decode, [z, y]),
+            "sample": (sample, [[n, y], [n, y, seed]]),
+            "elbo": (elbo, [x, seed]),
+        }

@@ -46,8 +46,9 @@ tfd = tfp.distributions
 
 def _check_m1(m1):
     if not isinstance(m1, LatentVariableModel):
-        raise ValueError(f"m1 must be a trained VAE (a tfp_vae LatentVariableModel); got "
-                         f"{type(m1).__name__}.")
+        raise ValueError(
+            f"m1 must be a trained VAE (a tfp_vae LatentVariableModel); got {type(m1).__name__}."
+        )
 
 
 @keras.saving.register_keras_serializable("tfp_vae")
@@ -70,8 +71,9 @@ class M1M2(SSVAE):
 
     build_at_init = False
 
-    def __init__(self, m1: LatentVariableModel | dict,
-                 feature_indices: Sequence[int] | None = None, **kwargs):
+    def __init__(
+        self, m1: LatentVariableModel | dict, feature_indices: Sequence[int] | None = None, **kwargs
+    ):
         if isinstance(m1, dict):
             m1 = keras.saving.deserialize_keras_object(m1)
         _check_m1(m1)
@@ -81,10 +83,16 @@ class M1M2(SSVAE):
         if feature_indices is None:
             feature_indices = range(m1.z_dim)
         self.feature_indices = [int(i) for i in feature_indices]
-        if (not self.feature_indices or self.feature_indices != sorted(set(self.feature_indices))
-                or self.feature_indices[0] < 0 or self.feature_indices[-1] >= m1.z_dim):
-            raise ValueError(f"feature_indices must be distinct sorted units of M1's z "
-                             f"(0..{m1.z_dim - 1}), at least one; got {self.feature_indices}.")
+        if (
+            not self.feature_indices
+            or self.feature_indices != sorted(set(self.feature_indices))
+            or self.feature_indices[0] < 0
+            or self.feature_indices[-1] >= m1.z_dim
+        ):
+            raise ValueError(
+                f"feature_indices must be distinct sorted units of M1's z "
+                f"(0..{m1.z_dim - 1}), at least one; got {self.feature_indices}."
+            )
         super().__init__(x_dim=len(self.feature_indices), likelihood="gaussian", **kwargs)
         self.m1 = m1
         self.m1.trainable = False
@@ -100,15 +108,17 @@ class M1M2(SSVAE):
     def _value_problem(self, x, binary=True):
         return image_problem(x, binary)
 
-    def features(self, x: tf.Tensor | np.ndarray, sample: bool = False,
-                 seed: tf.Tensor | None = None) -> tf.Tensor:
+    def features(
+        self, x: tf.Tensor | np.ndarray, sample: bool = False, seed: tf.Tensor | None = None
+    ) -> tf.Tensor:
         """M1's latent z1 for images x [B, pixels] (checked, grayscale allowed): the mean of
         q(z1|x), or one draw when `sample`. [B, m1.z_dim]."""
         return self._inputs(x, binary=False, sample=sample, seed=seed)
 
     @staticmethod
-    def active_units(m1: LatentVariableModel, images: tf.Tensor | np.ndarray,
-                     threshold: float = 0.1) -> list[int]:
+    def active_units(
+        m1: LatentVariableModel, images: tf.Tensor | np.ndarray, threshold: float = 0.1
+    ) -> list[int]:
         """The units of M1's z whose posterior mean varies across `images` (binary [N, pixels]):
         std over the images > threshold, as in the paper's code. A sorted list of ints."""
         _check_m1(m1)
@@ -122,8 +132,9 @@ class M1M2(SSVAE):
     def _inputs(self, x, binary=True, sample=False, seed=None, check_values=True):
         """Images (checked as the SSVAE checks them; only their shape unless `check_values`)
         -> z1 ~ q(z1|x), or its mean (the units M2 models)."""
-        q = self.m1.encode(check_images(x, self.m1.input_shape, binary=binary,
-                                        check_pixels=check_values))
+        q = self.m1.encode(
+            check_images(x, self.m1.input_shape, binary=binary, check_pixels=check_values)
+        )
         # M1 is fixed; no gradient flows into it (its variables are not trainable anyway).
         return tf.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
 
@@ -153,8 +164,11 @@ class M1M2(SSVAE):
         q = self.m1.encode(x)
         z1 = q.sample(seed=seed_z1)
         features = self._modelled(z1)
-        m2 = (self.unlabelled_terms(features, seed_m2) if labels is None
-              else self.labelled_terms(features, labels, seed_m2))
+        m2 = (
+            self.unlabelled_terms(features, seed_m2)
+            if labels is None
+            else self.labelled_terms(features, labels, seed_m2)
+        )
         rec = -self.m1.decode(z1).log_prob(x)
         kl_z1 = q.log_prob(z1) + m2["nelbo"] - self._unmodelled_log_prior(z1)
         out = {"nelbo": rec + kl_z1, "rec": rec, "kl_z1": kl_z1, "kl_z": m2["kl_z"]}
@@ -166,5 +180,8 @@ class M1M2(SSVAE):
         config = super().get_config()
         for fixed in ("input_shape", "likelihood"):
             config.pop(fixed)
-        return {**config, "m1": keras.saving.serialize_keras_object(self.m1),
-                "feature_indices": list(self.feature_indices)}
+        return {
+            **config,
+            "m1": keras.saving.serialize_keras_object(self.m1),
+            "feature_indices": list(self.feature_indices),
+        }

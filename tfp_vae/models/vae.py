@@ -36,32 +36,44 @@ class VAE(LatentVariableModel):
 
     analytic_kl = True
 
-    def __init__(self, z_dim: int = 10, hidden: Sequence[int] = (300, 300),
-                 activation: str = "elu", min_variance: float = 1e-8, init: str = "torch",
-                 encoder: keras.Layer | None = None, decoder: keras.Layer | None = None,
-                 **kwargs):
+    def __init__(
+        self,
+        z_dim: int = 10,
+        hidden: Sequence[int] = (300, 300),
+        activation: str = "elu",
+        min_variance: float = 1e-8,
+        init: str = "torch",
+        encoder: keras.Layer | None = None,
+        decoder: keras.Layer | None = None,
+        **kwargs,
+    ):
         super().__init__(z_dim=z_dim, **kwargs)
         self.hidden, self.activation = tuple(int(h) for h in hidden), activation
         self.min_variance, self.init = float(min_variance), init
         # The user's networks are kept in the config (`get_config`); the default MLPs are not.
-        self._user_networks = tuple(name for name, network in
-                                   (("encoder", encoder), ("decoder", decoder))
-                                   if network is not None)
+        self._user_networks = tuple(
+            name
+            for name, network in (("encoder", encoder), ("decoder", decoder))
+            if network is not None
+        )
         # The recipe's MLP takes flat inputs; a user's encoder takes them shaped (input_shape).
         self.encoder_input_shape = None if encoder is None else self.input_shape
         if encoder is None:
-            self.encoder = networks.mlp(self.x_dim, self.hidden, 2 * self.z_dim, activation,
-                                        init, name="encoder")
+            self.encoder = networks.mlp(
+                self.x_dim, self.hidden, 2 * self.z_dim, activation, init, name="encoder"
+            )
         else:
-            self.encoder = networks.user_network(encoder, "encoder", self.input_shape,
-                                                 [2 * self.z_dim], output_formula="2 * z_dim")
+            self.encoder = networks.user_network(
+                encoder, "encoder", self.input_shape, [2 * self.z_dim], output_formula="2 * z_dim"
+            )
         if decoder is None:
-            self.decoder = networks.mlp(self.z_dim, self.hidden, self.x_dim, activation, init,
-                                        name="decoder")
+            self.decoder = networks.mlp(
+                self.z_dim, self.hidden, self.x_dim, activation, init, name="decoder"
+            )
         else:
-            self.decoder = networks.user_network(decoder, "decoder", self.z_dim,
-                                                 [self.input_shape, self.x_dim], "z_dim",
-                                                 "x_dim")
+            self.decoder = networks.user_network(
+                decoder, "decoder", self.z_dim, [self.input_shape, self.x_dim], "z_dim", "x_dim"
+            )
         self.posterior = layers.GaussianPosterior(min_variance)
         self.likelihood = layers.likelihood_layer(self.likelihood_name, self.x_dim)
         self.prior_layer = self.make_prior()
@@ -80,9 +92,13 @@ class VAE(LatentVariableModel):
         return self.prior_layer()
 
     def get_config(self):
-        config = {**super().get_config(), "hidden": list(self.hidden),
-                  "activation": self.activation, "min_variance": self.min_variance,
-                  "init": self.init}
+        config = {
+            **super().get_config(),
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "min_variance": self.min_variance,
+            "init": self.init,
+        }
         return networks.serialize_networks(config, self, self._user_networks)
 
     @classmethod
