@@ -79,6 +79,19 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 90
+    # Resumed again with nothing left to train: the finished run's record stays as it is.
+    record = (out / "metrics.json").read_bytes(), (out / "model.keras").stat().st_mtime_ns
+    done = _run(
+        "train",
+        "--model=gmvae",
+        "--k=5",
+        "--steps=90",
+        "--steps_per_epoch=30",
+        "--resume",
+        f"--out_dir={out}",
+    )
+    assert done.returncode == 0 and "is complete: it has trained 90 steps" in done.stdout
+    assert record == ((out / "metrics.json").read_bytes(), (out / "model.keras").stat().st_mtime_ns)
 
 
 def test_evaluate_and_export(trained_run, tmp_path):

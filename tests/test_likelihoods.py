@@ -12,7 +12,10 @@ from tfp_vae import export, layers
 from tfp_vae.models import GMVAE, VAE
 
 TINY = dict(z_dim=3, hidden=(8,), x_dim=784)
-PIXELS = "Pixel values must lie in [0, 1]; divide uint8 images by 255."
+PIXELS = (
+    "Pixel values must lie in [0, 1]; divide uint8 images by 255 (and binarise them for a "
+    "Bernoulli likelihood: tfp_vae.data.binarize_static)."
+)
 BINARY = "Pixels must be binary (0 or 1)"
 NAN_FEATURES = "Features contain NaN or Inf values; clean the input."
 

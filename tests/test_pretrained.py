@@ -36,6 +36,13 @@ def test_export_writes_the_keras_model_beside_and_the_binaries_load_it(tmp_path)
     with pytest.raises(FileExistsError, match=r"vae(\.keras)? already exists"):
         export.export(model, path, with_keras=True)
     export.export(model, path, with_keras=True, overwrite=True)
+    # Overwrite replaces only the Keras model of an earlier export, never a user's file.
+    other = str(tmp_path / "mine")
+    with open(other + ".keras", "w") as f:
+        f.write("my notes")
+    with pytest.raises(FileExistsError, match="is not the Keras model of an earlier export"):
+        export.export(model, other, with_keras=True, overwrite=True)
+    assert open(other + ".keras").read() == "my notes" and not os.path.exists(other)
     os.remove(path + ".keras")
     with pytest.raises(
         FileNotFoundError,
@@ -106,3 +113,20 @@ def test_the_binaries_take_a_shipped_savedmodel(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert os.path.getsize(out) > 0
+
+
+def test_evaluation_gives_the_same_numbers_every_time():
+    """The test step's posterior draws are seeded by the model's seed and the batch
+    (`core.evaluation_seed`): the same weights and data give the same NELBO."""
+    x = binary(64)
+    vae = tfp_vae.VAE(z_dim=3, hidden=(16,), seed=1)
+    vae.compile(keras.optimizers.Adam(1e-3))
+    first, second = (vae.evaluate(x, batch_size=32, verbose=0, return_dict=True) for _ in range(2))
+    assert first == second
+    ssvae = tfp_vae.SSVAE(z_dim=3, hidden=(8,), classifier_hidden=(8,), seed=1)
+    ssvae.compile(keras.optimizers.Adam(1e-3))
+    y = np.arange(64) % 10
+    first, second = (
+        ssvae.evaluate(x, y, batch_size=32, verbose=0, return_dict=True) for _ in range(2)
+    )
+    assert first == second

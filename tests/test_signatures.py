@@ -44,7 +44,10 @@ SIGNATURES["gmvae"] = SIGNATURES["vae"]
 SIGNATURES["m1m2"] = {**SIGNATURES["ssvae"], "decode": {"mean", "variance", "observed"}}
 MODELS = list(SIGNATURES)
 
-PIXELS = "Pixel values must lie in [0, 1]; divide uint8 images by 255."
+PIXELS = (
+    "Pixel values must lie in [0, 1]; divide uint8 images by 255 (and binarise them for a "
+    "Bernoulli likelihood: tfp_vae.data.binarize_static)."
+)
 NAN_PIXELS = "Images contain NaN or Inf values; clean the input."
 BINARY = "Pixels must be binary (0 or 1)"
 IMAGE_SHAPE = (

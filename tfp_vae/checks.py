@@ -276,7 +276,10 @@ def check_features(
 
 IMAGE_PROBLEMS = (
     "Images contain NaN or Inf values; clean the input.",
-    "Pixel values must lie in [0, 1]; divide uint8 images by 255.",
+    (
+        "Pixel values must lie in [0, 1]; divide uint8 images by 255 (and binarise them for a "
+        "Bernoulli likelihood: tfp_vae.data.binarize_static)."
+    ),
     (
         "Pixels must be binary (0 or 1) for a Bernoulli likelihood; binarise with "
         "tfp_vae.data.binarize_static (evaluation) or dynamic_binarize (training)."

@@ -25,6 +25,7 @@ the collection `optimizer_variables`; a fixed learning rate as the variable `lea
 import os
 import shutil
 import tempfile
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -67,15 +68,8 @@ def export(model, path, overwrite=False, trainable=False, verbose=False, with_ke
     """
     path = os.fspath(path)
     check_target(path, overwrite)
-    if (
-        with_keras
-        and os.path.lexists(keras_path(path))
-        and (not overwrite or not os.path.isfile(keras_path(path)))
-    ):
-        raise FileExistsError(
-            f"{keras_path(path)} already exists; choose another path or pass "
-            "overwrite=True (--overwrite) to replace it."
-        )
+    if with_keras:
+        check_keras_target(path, overwrite)
     archive = keras.export.ExportArchive()
     archive.track(model)
     # `_tf_trackable` (private: what write_out saves) is checked by tests/test_framework_api.py,
@@ -165,6 +159,33 @@ SAVEDMODEL_ENTRIES = frozenset(
         "keras_metadata.pb",
     }
 )
+
+
+def check_keras_target(path, overwrite=False):
+    """FileExistsError unless the Keras model beside a SavedModel at `path` may be written at
+    `keras_path(path)`: nothing is there, or (with `overwrite`) the Keras model an earlier export
+    wrote beside the SavedModel that is there. A .keras file with no SavedModel beside it, or
+    anything that is not a Keras model file, is the user's and is never replaced."""
+    target = keras_path(path)
+    if not os.path.lexists(target):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{target} already exists; choose another export path or pass "
+            "overwrite=True (--overwrite) to replace an earlier export."
+        )
+    ours = (
+        os.path.isfile(target)
+        and not os.path.islink(target)
+        and zipfile.is_zipfile(target)
+        and os.path.isfile(os.path.join(path, "saved_model.pb"))
+    )
+    if not ours:
+        raise FileExistsError(
+            f"{target} exists and is not the Keras model of an earlier export "
+            f"to {path}; overwrite replaces only that: choose another export "
+            "path."
+        )
 
 
 def check_target(path, overwrite=False):

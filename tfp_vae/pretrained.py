@@ -35,8 +35,8 @@ def list():  # noqa: A001  The name the issue and users ask for: tfp_vae.pretrai
     path = os.path.join(directory(), INDEX)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"No {INDEX} in {directory()}: the shipped models are in the "
-            f"repository's savedmodels/ (or set {ENV_VAR})."
+            f"No {INDEX} in {directory()}, which lists the shipped models: use a checkout of "
+            f"the repository (its savedmodels/ folder) or set {ENV_VAR} to such a folder."
         )
     with open(path) as f:
         entries = json.load(f)["models"]

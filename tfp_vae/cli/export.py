@@ -52,6 +52,7 @@ def main(argv):
     from tfp_vae import export
 
     export.check_target(FLAGS.export_dir, FLAGS.overwrite)  # Before the slow load.
+    export.check_keras_target(FLAGS.export_dir, FLAGS.overwrite)
     model = common.load_model(FLAGS.model_path)
     if FLAGS.trainable and getattr(model, "optimizer", None) is None:
         raise app.UsageError(

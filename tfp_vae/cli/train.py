@@ -610,7 +610,15 @@ def _train(run, out_dir, strategy, distributed):
     start_step = 0
     if resuming:
         spe = min(FLAGS.steps_per_epoch, steps)
-        start_step = check_resume(ckpt_dir, settings, spe, -(-steps // spe) * spe)
+        total = -(-steps // spe) * spe
+        start_step = check_resume(ckpt_dir, settings, spe, total)
+        if start_step >= total and os.path.isfile(os.path.join(out_dir, "metrics.json")):
+            # A finished run: its model, metrics and pictures stay as they are.
+            print(
+                f"{out_dir} is complete: it has trained {start_step} steps. Nothing to do "
+                "(a larger --steps trains it on)."
+            )
+            return 0
     if model.class_conditional:
         from tfp_vae import semisupervised
 

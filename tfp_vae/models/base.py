@@ -25,7 +25,7 @@ from tfp_vae.checks import (
     resolve_input_shape,
     validation_inputs,
 )
-from tfp_vae.models.core import Model, batch_means
+from tfp_vae.models.core import Model, batch_means, evaluation_seed
 
 tfd = tfp.distributions
 
@@ -247,7 +247,9 @@ class LatentVariableModel(Model):
         return batch_means({"loss": terms["loss"]})["loss"], terms
 
     def test_terms(self, data):
-        return self.compute_terms(self.check_inputs(self._images_of(data)), training=False)
+        x = self.check_inputs(self._images_of(data))
+        # Seeded by the batch (`evaluation_seed`): the same weights and data, the same numbers.
+        return self.compute_terms(x, training=False, seed=evaluation_seed(self, x))
 
     def fit(self, *args, **kwargs):
         """Keras' `fit`. Images given as arrays (x, validation_data's x; NumPy or eager tensors)

@@ -61,7 +61,7 @@ from tfp_vae.checks import (
     raise_on_problem,
     resolve_input_shape,
 )
-from tfp_vae.models.core import Model, batch_means
+from tfp_vae.models.core import Model, batch_means, evaluation_seed
 from tfp_vae.objectives import classification_loss, labelled_negative_elbo, unlabelled_bound_terms
 
 tfd = tfp.distributions
@@ -586,7 +586,8 @@ class SSVAE(Model):
             x_bound = x_class = inputs
         logits = self.class_logits(x_class)
         labels = labels_for(y, tf.shape(logits)[0], self.num_classes)
-        terms = self.bound_terms(x_bound)
+        # Seeded by the batch (`evaluation_seed`): the same weights and data, the same numbers.
+        terms = self.bound_terms(x_bound, seed=evaluation_seed(self, x_bound))
         values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
         values["accuracy"] = tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32
