@@ -17,13 +17,14 @@ from tfp_vae.checks import raise_on_problem
 
 
 def replica_context() -> tf.distribute.ReplicaContext | None:
-    """The replica context when a step runs replicated (under a tf.distribute strategy with more
-    than one replica in sync), else None.
+    """The replica context when a step runs under a tf.distribute strategy (any, also one with a
+    single replica: its optimizer synchronises through `merge_call`, which the single-device
+    update's tf.cond and XLA function cannot hold), else None.
 
     Decided when the step is traced, so the single-device graph has no distribution ops at all.
     """
     ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
+    if ctx is None or not tf.distribute.has_strategy():
         return None
     return ctx
 
