@@ -377,8 +377,11 @@ def test_serving_functions_trace_and_run():
         "sample": (tf.constant(3), tf.constant([7], tf.int32)),
         "elbo": (x, tf.constant([1, 2], tf.int32)),
     }
+    # `sample` has two input signatures (with and without a seed): the first is the signature's.
     out = {
-        name: tf.function(fn, input_signature=sig).get_concrete_function()(*args[name])
+        name: tf.function(
+            fn, input_signature=sig[0] if isinstance(sig[0], list) else sig
+        ).get_concrete_function()(*args[name])
         for name, (fn, sig) in fns.items()
     }
     assert out["classify"]["probs"].shape == (3, K)
