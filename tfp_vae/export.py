@@ -31,19 +31,26 @@ import keras
 import tensorflow as tf
 
 
-def _umask():
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
 
 
-def keras_path(path):
+def keras_path(path: str | os.PathLike) -> str:
     """Where the Keras model beside the SavedModel at `path` goes: `path` + ".keras"
     (savedmodels/vae -> savedmodels/vae.keras)."""
     return os.path.normpath(os.fspath(path)) + ".keras"
 
 
-def export(model, path, overwrite=False, trainable=False, verbose=False, with_keras=False):
+def export(
+    model: keras.Model,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    trainable: bool = False,
+    verbose: bool = False,
+    with_keras: bool = False,
+) -> str:
     """Writes `model.serving_functions()` as SavedModel signatures at `path`.
 
     The first signature is also `serving_default`. The directory is written next to `path`
@@ -161,7 +168,7 @@ SAVEDMODEL_ENTRIES = frozenset(
 )
 
 
-def check_keras_target(path, overwrite=False):
+def check_keras_target(path: str | os.PathLike, overwrite: bool = False) -> None:
     """FileExistsError unless the Keras model beside a SavedModel at `path` may be written at
     `keras_path(path)`: nothing is there, or (with `overwrite`) the Keras model an earlier export
     wrote beside the SavedModel that is there. A .keras file with no SavedModel beside it, or
@@ -188,7 +195,7 @@ def check_keras_target(path, overwrite=False):
         )
 
 
-def check_target(path, overwrite=False):
+def check_target(path: str | os.PathLike, overwrite: bool = False) -> None:
     """FileExistsError unless a SavedModel may be written at `path`: nothing is there, or
     (with `overwrite`) a SavedModel directory that holds nothing else."""
     if not os.path.lexists(path):
@@ -213,7 +220,7 @@ def check_target(path, overwrite=False):
         )
 
 
-def training_functions(model):
+def training_functions(model: keras.Model) -> dict:
     """name -> (function, input_signature) of the training signatures of `model`
     (`model.training_functions()`: LatentVariableModel's `train_step(x)`, the SSVAE's
     `train_step(unlabelled_x, labelled_x, labelled_y)`)."""
@@ -225,7 +232,7 @@ def training_functions(model):
     )
 
 
-def _built_optimizer(model):
+def _built_optimizer(model: keras.Model) -> keras.optimizers.Optimizer:
     """The model's optimizer, built on its trainable variables (so that its state exists before
     the train step is traced), or a ValueError saying how to get one."""
     optimizer = getattr(model, "optimizer", None)

@@ -13,6 +13,7 @@ The folder is the repository's `savedmodels/` (beside the package); the environm
 TFP_VAE_SAVEDMODELS names another.
 """
 
+import builtins
 import json
 import os
 
@@ -20,7 +21,7 @@ ENV_VAR = "TFP_VAE_SAVEDMODELS"
 INDEX = "index.json"
 
 
-def directory():
+def directory() -> str:
     """The folder of the shipped models: $TFP_VAE_SAVEDMODELS, else the repository's
     `savedmodels/`."""
     return os.environ.get(ENV_VAR) or os.path.join(
@@ -28,7 +29,7 @@ def directory():
     )
 
 
-def list():  # noqa: A001  The name the issue and users ask for: tfp_vae.pretrained.list().
+def list() -> builtins.list[dict]:  # noqa: A001  The name the issue and users ask for: tfp_vae.pretrained.list().
     """The shipped models: a list of dicts with `name`, `model` (its class), `description`,
     `scores` (name -> value, as measured), `trained_with` and `measured_with` (commands),
     `savedmodel` and `keras` (absolute paths)."""
@@ -50,12 +51,12 @@ def list():  # noqa: A001  The name the issue and users ask for: tfp_vae.pretrai
     ]
 
 
-def names():
+def names() -> builtins.list[str]:
     """The names `load` takes."""
     return [entry["name"] for entry in list()]
 
 
-def load(name, compile=True):  # noqa: A002  Keras' own argument name.
+def load(name: str, compile: bool = True):  # noqa: A002  Keras' own argument name.
     """The shipped Keras model `name` (see `list`), compiled unless `compile` is False."""
     import keras
 
@@ -70,7 +71,7 @@ def load(name, compile=True):  # noqa: A002  Keras' own argument name.
     return keras.models.load_model(os.path.join(directory(), name + ".keras"), compile=compile)
 
 
-def load_savedmodel(name):
+def load_savedmodel(name: str):
     """The shipped SavedModel `name`, loaded with `tf.saved_model.load` (its signatures)."""
     import tensorflow as tf
 
