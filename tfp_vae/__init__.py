@@ -52,22 +52,26 @@ def _import_tensorflow():
             _sys.stderr.write("".join(kept))
 
 
-_import_tensorflow()
+# The binaries in bin/ set TFP_VAE_DEFER_IMPORT=1, so that their flags are parsed (and a mistake
+# reported) before TensorFlow's seconds of start-up; they import the rest after
+# (`tfp_vae.cli.common.import_library`).
+if _os.environ.get("TFP_VAE_DEFER_IMPORT") != "1":
+    _import_tensorflow()
 
-# After TensorFlow's quiet start-up. Importing the models registers every class with Keras; the
-# modules become attributes of the package (`tfp_vae.data`, ...).
-from tfp_vae import (
-    checks,
-    data,
-    evaluation,
-    export,
-    layers,
-    networks,
-    objectives,
-    pretrained,
-    semisupervised,
-)
-from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
+    # After TensorFlow's quiet start-up. Importing the models registers every class with Keras; the
+    # modules become attributes of the package (`tfp_vae.data`, ...).
+    from tfp_vae import (
+        checks,
+        data,
+        evaluation,
+        export,
+        layers,
+        networks,
+        objectives,
+        pretrained,
+        semisupervised,
+    )
+    from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
 
 __all__ = [
     # The models.

@@ -97,6 +97,16 @@ def check_dataset_flag(value):
     return True
 
 
+def import_library():
+    """TensorFlow (its C++ start-up INFO lines dropped, see tfp_vae/__init__.py) and the models
+    (which registers their classes with Keras). The launchers in bin/ defer both until the flags
+    are parsed (TFP_VAE_DEFER_IMPORT=1)."""
+    import tfp_vae
+
+    tfp_vae._import_tensorflow()
+    import tfp_vae.models  # Registers the model classes with Keras.
+
+
 def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
     """Loads a model from a .keras file, a training run's out_dir, or a SavedModel directory
     with its Keras model beside it (DIR.keras, as `bin/export` and savedmodels/ have it)."""
@@ -116,6 +126,7 @@ def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
             f"No saved model at {path}: pass a .keras file, the --out_dir "
             "of a finished `train` run or an exported SavedModel."
         )
+    import_library()
     import keras
 
     try:

@@ -77,6 +77,7 @@ def main(argv):
     iw = _iw_values()
     if FLAGS.output_json:
         common.check_output_file(FLAGS.output_json, "output_json")
+    common.import_library()
     from tfp_vae import data, evaluation
 
     model = common.load_model(FLAGS.model_path)

@@ -44,11 +44,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import os
 
-    from tfp_vae.export import keras_path
-
-    for target in (FLAGS.export_dir, keras_path(FLAGS.export_dir)):
+    # export.keras_path, without importing TensorFlow before the flags are checked.
+    for target in (FLAGS.export_dir, os.path.normpath(FLAGS.export_dir) + ".keras"):
         if os.path.lexists(target) and not FLAGS.overwrite:
             raise app.UsageError(f"{target} already exists; pass --overwrite to replace it.")
+    common.import_library()
     from tfp_vae import export
 
     export.check_target(FLAGS.export_dir, FLAGS.overwrite)  # Before the slow load.

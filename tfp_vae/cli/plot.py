@@ -112,6 +112,7 @@ def main(argv):
         plots.require_matplotlib()
     except ImportError as e:
         raise common.UserError(str(e)) from e
+    common.import_library()
     import numpy as np
 
     from tfp_vae import data

@@ -31,6 +31,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.check_png_output(FLAGS.output, "output", "the grid")
+    common.import_library()
     import numpy as np
 
     from tfp_vae import images

@@ -469,6 +469,7 @@ def main(argv):
             f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
             f"--steps_per_epoch={FLAGS.steps_per_epoch}."
         )
+    common.import_library()
     from tfp_vae import training
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).
