@@ -3,33 +3,19 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
+from binaries import run as run_binary
 
 from tfp_vae import data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(binary, *args, env_extra=None, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", binary), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trainedrun_binary(tmp_path_factory):
     if not os.environ.get(data.ENV_VAR):
         pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
     out = tmp_path_factory.mktemp("run")
-    result = _run(
+    result = run_binary(
         "train",
         "--model=gmvae",
         "--k=5",
@@ -64,9 +50,9 @@ def test_train_writes_everything(trained_run):
 
 def test_train_refuses_existing_run_then_resumes(trained_run):
     out, _ = trained_run
-    refused = _run("train", "--model=gmvae", "--k=5", "--steps=60", f"--out_dir={out}")
+    refused = run_binary("train", "--model=gmvae", "--k=5", "--steps=60", f"--out_dir={out}")
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    resumed = _run(
+    resumed = run_binary(
         "train",
         "--model=gmvae",
         "--k=5",
@@ -81,7 +67,7 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
     assert json.loads((out / "metrics.json").read_text())["steps"] == 90
     # Resumed again with nothing left to train: the finished run's record stays as it is.
     record = (out / "metrics.json").read_bytes(), (out / "model.keras").stat().st_mtime_ns
-    done = _run(
+    done = run_binary(
         "train",
         "--model=gmvae",
         "--k=5",
@@ -97,7 +83,7 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
 def test_evaluate_and_export(trained_run, tmp_path):
     out, _ = trained_run
     report = tmp_path / "eval.json"
-    result = _run(
+    result = run_binary(
         "evaluate", f"--model_path={out}", "--iw=1,20", "--examples=200", f"--output_json={report}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -106,14 +92,14 @@ def test_evaluate_and_export(trained_run, tmp_path):
     # The bound tightens with more samples (200 examples average out the noise).
     assert values["niwae_20"] < values["niwae_1"]
     saved = tmp_path / "saved"
-    assert _run("export", f"--model_path={out}", f"--export_dir={saved}").returncode == 0
-    again = _run("export", f"--model_path={out}", f"--export_dir={saved}")
+    assert run_binary("export", f"--model_path={out}", f"--export_dir={saved}").returncode == 0
+    again = run_binary("export", f"--model_path={out}", f"--export_dir={saved}")
     assert again.returncode != 0 and "--overwrite" in again.stderr
 
 
 @pytest.mark.parametrize("binary", ["train", "evaluate", "export", "sample", "plot"])
 def test_help_explains_every_flag(binary):
-    result = _run(binary, "--help")
+    result = run_binary(binary, "--help")
     assert "Traceback" not in result.stderr  # absl's --help exits with status 1 by design.
     text = result.stdout
     module = {
@@ -168,7 +154,7 @@ def test_help_explains_every_flag(binary):
     ],
 )
 def test_bad_flags_give_a_one_line_error(args, expected):
-    result = _run("train", *args)
+    result = run_binary("train", *args)
     assert result.returncode == 1
     # One line: the reason, not a page of --help (nor TensorFlow's start-up lines).
     lines = result.stderr.strip().splitlines()
@@ -200,17 +186,17 @@ def test_outputs_and_models_that_cannot_be_are_one_line(tmp_path):
             "does not exist",
         ),
     ]:
-        result = _run(binary, *args)
+        result = run_binary(binary, *args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], lines
 
 
 def test_missing_data_names_every_place(tmp_path):
-    result = _run("train", f"--data_dir={tmp_path}", "--steps=1", f"--out_dir={tmp_path}/o")
+    result = run_binary("train", f"--data_dir={tmp_path}", "--steps=1", f"--out_dir={tmp_path}/o")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert str(tmp_path) in result.stderr and "train-images-idx3-ubyte.gz" in result.stderr
     env = {data.ENV_VAR: str(tmp_path / "nowhere"), "KERAS_HOME": str(tmp_path / "keras")}
-    result = _run("evaluate", f"--model_path={tmp_path}", env_extra=env)
+    result = run_binary("evaluate", f"--model_path={tmp_path}", env_extra=env)
     assert result.returncode != 0 and "No saved model" in result.stderr
 
 
@@ -219,7 +205,7 @@ def test_bad_labelled_indices_file_is_one_line(tmp_path):
         pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
     idx = tmp_path / "idx.txt"
     idx.write_text("0 1 2 3\n")  # Four examples cannot cover ten classes.
-    result = _run(
+    result = run_binary(
         "train",
         "--model=ssvae",
         f"--labelled_indices={idx}",
@@ -231,11 +217,11 @@ def test_bad_labelled_indices_file_is_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "o" / "checkpoints")
 
 
-def test_m1m2_on_a_trained_run(trained_run, tmp_path):
+def test_m1m2_on_a_trainedrun_binary(trained_run, tmp_path):
     """M2 on the features of the module's trained GMVAE: trains, reports accuracy, exports."""
     m1, _ = trained_run
     out = tmp_path / "m1m2"
-    result = _run(
+    result = run_binary(
         "train",
         "--model=m1m2",
         f"--m1_path={m1}",
@@ -251,10 +237,10 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "m1m2" and 0 <= metrics["accuracy"] <= 1
     assert metrics["steps"] == 20 and metrics["nelbo"] > 0
-    result = _run("export", f"--model_path={out}", f"--export_dir={tmp_path}/sm")
+    result = run_binary("export", f"--model_path={out}", f"--export_dir={tmp_path}/sm")
     assert result.returncode == 0, result.stderr[-3000:]
     # A threshold no unit passes, and an M1 that is not a VAE, are refused in one line.
-    refused = _run(
+    refused = run_binary(
         "train",
         "--model=m1m2",
         f"--m1_path={m1}",
@@ -265,7 +251,7 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "--active_threshold=1000" in refused.stderr
     # An M1 that is not a VAE is refused in one line.
-    refused = _run(
+    refused = run_binary(
         "train", "--model=m1m2", f"--m1_path={out}", "--steps=1", f"--out_dir={tmp_path}/again"
     )
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
@@ -275,10 +261,10 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
 def test_sample_writes_grids(trained_run, tmp_path):
     out, _ = trained_run
     png = tmp_path / "s.png"
-    result = _run("sample", f"--model_path={out}", f"--output={png}", "--rows=2")
+    result = run_binary("sample", f"--model_path={out}", f"--output={png}", "--rows=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    refused = _run("sample", f"--model_path={out}", f"--output={png}", "--y=3")
+    refused = run_binary("sample", f"--model_path={out}", f"--output={png}", "--y=3")
     assert refused.returncode != 0 and "ssvae" in refused.stderr
 
 
@@ -294,12 +280,12 @@ def test_sample_ssvae_style_grid(tmp_path):
     path = tmp_path / "ss.keras"
     model.save(path)
     png = tmp_path / "style.png"
-    result = _run("sample", f"--model_path={path}", f"--output={png}", "--rows=3")
+    result = run_binary("sample", f"--model_path={path}", f"--output={png}", "--rows=3")
     assert result.returncode == 0, result.stderr[-3000:]
     image = tf.io.decode_png(png.read_bytes()).numpy()
     assert image.shape == (3 * 29 + 1, 10 * 29 + 1, 1)
     for args in (["--y=7"], ["--y=12"]):
-        result = _run("sample", f"--model_path={path}", f"--output={png}", *args)
+        result = run_binary("sample", f"--model_path={path}", f"--output={png}", *args)
         assert (result.returncode == 0) == (args == ["--y=7"]), result.stderr[-2000:]
     assert np.any(image < 255)
 

@@ -4,18 +4,15 @@ round trip), a conv VAE that learns on real MNIST, and `bin/train --arch=conv`."
 import json
 import os
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from binaries import run as run_binary
 
 from tfp_vae import data, networks
 from tfp_vae.models import VAE
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SHAPES = [(28, 28, 1), (32, 32, 3)]
 
@@ -130,17 +127,6 @@ def test_conv_vae_learns_on_mnist(mnist):
     assert abs(sampled - metrics["nelbo"]) < 3.0, (sampled, metrics)
 
 
-def _run(binary, *args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", binary), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
 def _one_line_error(result, expected):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, result.stderr[-3000:]
@@ -151,7 +137,7 @@ def test_train_binary_with_arch_conv(tmp_path):
     if not os.environ.get(data.ENV_VAR):
         pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
     out = tmp_path / "run"
-    result = _run(
+    result = run_binary(
         "train",
         "--model=vae",
         "--arch=conv",
@@ -170,7 +156,7 @@ def test_train_binary_with_arch_conv(tmp_path):
     assert [type(layer).__name__ for layer in model.encoder.layers][:2] == ["Conv2D", "Conv2D"]
     assert type(model.decoder.layers[-1]).__name__ == "Conv2DTranspose"
     # --arch defines the run: resuming with the other one is refused, naming it.
-    resumed = _run(
+    resumed = run_binary(
         "train",
         "--model=vae",
         "--arch=mlp",
@@ -185,7 +171,7 @@ def test_train_binary_with_arch_conv(tmp_path):
         saved = json.loads(state.read_text())
         del saved["settings"]["arch"]
         state.write_text(json.dumps(saved))
-    resumed = _run(
+    resumed = run_binary(
         "train",
         "--model=vae",
         "--arch=conv",
@@ -207,5 +193,5 @@ def test_train_binary_with_arch_conv(tmp_path):
     ],
 )
 def test_arch_conv_refusals_are_one_line(tmp_path, args, expected):
-    _one_line_error(_run("train", *args, f"--out_dir={tmp_path}/o"), expected)
+    _one_line_error(run_binary("train", *args, f"--out_dir={tmp_path}/o"), expected)
     assert not (tmp_path / "o").exists()

@@ -4,13 +4,11 @@ metrics.json records the files read with their SHA-256."""
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from binaries import run as run_binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 STEMS = (
     "train-images-idx3-ubyte",
@@ -28,19 +26,8 @@ SMALL = (
 )
 
 
-def _run(binary, *args, env_extra=None, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", binary), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
 def _train(*args, **kwargs):
-    return _run("train", *args, **kwargs)
+    return run_binary("train", *args, **kwargs)
 
 
 def _sha256(path):
@@ -97,7 +84,7 @@ def test_train_on_a_user_npz(tmp_path):
     assert metrics["data_identified_as"] is None
     assert np.isfinite(metrics["nelbo"])
     report = tmp_path / "eval.json"
-    result = _run(
+    result = run_binary(
         "evaluate",
         f"--model_path={out}",
         f"--dataset=npz:{path}",

@@ -3,19 +3,17 @@ SavedModel (`export(..., with_keras=True)`, `bin/export`), SavedModel directorie
 --model_path, and the `sample` function's optional seed."""
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from binaries import ROOT
+from binaries import run as run_binary
 
 import tfp_vae
 from tfp_vae import export, pretrained
 from tfp_vae.cli import common
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def binary(n, seed=0):
@@ -96,22 +94,10 @@ def test_a_shipped_keras_model_is_its_savedmodel_and_trains_on(name):
 
 
 def test_the_binaries_take_a_shipped_savedmodel(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = str(tmp_path / "s.png")
-    run = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bin", "sample"),
-            f"--model_path={os.path.join(ROOT, 'savedmodels', 'gmvae')}",
-            f"--output={out}",
-            "--rows=2",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr
+    gmvae = os.path.join(ROOT, "savedmodels", "gmvae")
+    result = run_binary("sample", f"--model_path={gmvae}", f"--output={out}", "--rows=2")
+    assert result.returncode == 0, result.stderr
     assert os.path.getsize(out) > 0
 
 

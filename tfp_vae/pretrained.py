@@ -60,7 +60,7 @@ def load(name: str, compile: bool = True):  # noqa: A002  Keras' own argument na
     """The shipped Keras model `name` (see `list`), compiled unless `compile` is False."""
     import keras
 
-    import tfp_vae  # noqa: F401  (registers the model classes with Keras)
+    import tfp_vae.models  # noqa: F401  Registers the model classes with Keras.
 
     known = names()
     if name not in known:
