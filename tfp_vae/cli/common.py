@@ -234,9 +234,3 @@ def format_table(rows, headers):
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def seeded_images(model, n, seed):
-    import numpy as np
-
-    return np.asarray(model.sample(n, seed=np.array([seed, 1], np.int32)))
