@@ -11,7 +11,7 @@ from tfp_vae import data
 
 
 @pytest.fixture(scope="module")
-def trainedrun_binary(tmp_path_factory):
+def trained_run(tmp_path_factory):
     if not os.environ.get(data.ENV_VAR):
         pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
     out = tmp_path_factory.mktemp("run")
@@ -217,7 +217,7 @@ def test_bad_labelled_indices_file_is_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "o" / "checkpoints")
 
 
-def test_m1m2_on_a_trainedrun_binary(trained_run, tmp_path):
+def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     """M2 on the features of the module's trained GMVAE: trains, reports accuracy, exports."""
     m1, _ = trained_run
     out = tmp_path / "m1m2"
