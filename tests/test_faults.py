@@ -166,6 +166,40 @@ def test_resume_refuses_changed_run_flags_and_applies_a_new_learning_rate(
     assert metrics["steps"] == 50 and metrics["learning_rate"] == pytest.approx(2e-4)
 
 
+def test_a_cosine_schedule_resumes_where_it_was_and_keeps_its_setting(
+    whole_run, data_dir, tmp_path, h5_arrays
+):
+    """--lr_schedule=cosine follows the optimizer's step: a run killed half-way and resumed
+    ends with the weights of the run never interrupted, at a learning rate of 0. A run keeps
+    the schedule it was started with (the optimizers' variables differ)."""
+    cosine = (*_FLAGS, "--lr_schedule=cosine", "--steps=40", f"--data_dir={data_dir}")
+    whole, out = str(tmp_path / "whole"), str(tmp_path / "run")
+    assert _train(*cosine, f"--out_dir={whole}").returncode == 0
+    assert _train(*cosine, f"--out_dir={out}", kill=("after", 20)).returncode == -signal.SIGKILL
+    result = _train(*cosine, f"--out_dir={out}", "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (h5_arrays(_weights_file(d, 40)) for d in (whole, out))
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        np.testing.assert_allclose(b[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert json.load(open(os.path.join(out, "metrics.json")))["learning_rate"] == 0.0
+    # The constant-rate run refuses the schedule, and the cosine run the constant rate.
+    for run_dir, flag, had in ((whole_run, "cosine", "constant"), (out, "constant", "cosine")):
+        copy = str(tmp_path / f"copy_{flag}")
+        subprocess.run(["cp", "-r", run_dir, copy], check=True)
+        line = _one_line_error(
+            _train(
+                *_FLAGS,
+                f"--lr_schedule={flag}",
+                "--steps=50",
+                f"--data_dir={data_dir}",
+                f"--out_dir={copy}",
+                "--resume",
+            )
+        )
+        assert f"--lr_schedule={flag} (the run has {had})" in line
+
+
 def test_a_damaged_checkpoint_is_a_clear_error_and_the_previous_one_still_works(
     whole_run, tmp_path
 ):

@@ -182,6 +182,15 @@ flags.DEFINE_enum(
     "--batch_size: none (--learning_rate as given) or sqrt (--learning_rate * "
     "sqrt(batch_size / 97), the square-root rule for Adam, for large batches).",
 )
+flags.DEFINE_enum(
+    "lr_schedule",
+    "constant",
+    ["constant", "cosine"],
+    "Learning rate over the run: constant (the recipe) or cosine (from --learning_rate "
+    "down to 0 at --steps, keras.optimizers.schedules.CosineDecay; it follows the "
+    "optimizer's step count, so a resumed run goes on where it was, and a larger --steps "
+    "on resume stretches it). A run resumes with the setting it was started with.",
+)
 flags.DEFINE_float(
     "clip_norm",
     None,
@@ -418,11 +427,17 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
 RECIPE_BATCH = 97
 
 
-def learning_rate():
-    """--learning_rate, scaled for --batch_size by --lr_scaling."""
+def learning_rate(total_steps):
+    """--learning_rate, scaled for --batch_size by --lr_scaling; with --lr_schedule=cosine, a
+    schedule from it down to 0 at `total_steps`."""
+    lr = FLAGS.learning_rate
     if FLAGS.lr_scaling == "sqrt":
-        return FLAGS.learning_rate * (FLAGS.batch_size / RECIPE_BATCH) ** 0.5
-    return FLAGS.learning_rate
+        lr *= (FLAGS.batch_size / RECIPE_BATCH) ** 0.5
+    if FLAGS.lr_schedule == "cosine":
+        import keras
+
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
+    return lr
 
 
 def main(argv):
@@ -519,10 +534,13 @@ RUN_FLAGS = (
     "seed",
     "mixed_precision",
     "ema_momentum",
+    # A schedule leaves no learning-rate variable in the optimizer, so the checkpoint of a run
+    # with the other setting would not load into it.
+    "lr_schedule",
 )
 # The values of RUN_FLAGS added since checkpoints first recorded their settings, as the runs
 # before them had them: an older run resumes with these, and is refused other values.
-SETTINGS_BEFORE_FLAG = {"arch": "mlp"}
+SETTINGS_BEFORE_FLAG = {"arch": "mlp", "lr_schedule": "constant"}
 
 
 def run_settings(model):
@@ -601,17 +619,17 @@ def _train(run, out_dir, strategy, distributed):
             f"--model={FLAGS.model} needs labels, and {dataset.source} has no "
             "y_train and y_test arrays."
         )
+    steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
+    spe = min(FLAGS.steps_per_epoch, steps)
+    total = -(-steps // spe) * spe  # training.fit trains whole epochs.
     # The model and its optimizer are created in the strategy's scope (mirrored variables).
     with strategy.scope() if distributed else contextlib.nullcontext():
         model = build_model(
-            dataset, model_settings(), learning_rate(), use_xla(), steps_per_execution()
+            dataset, model_settings(), learning_rate(total), use_xla(), steps_per_execution()
         )
-    steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     settings = run_settings(model)
     start_step = 0
     if resuming:
-        spe = min(FLAGS.steps_per_epoch, steps)
-        total = -(-steps // spe) * spe
         start_step = check_resume(ckpt_dir, settings, spe, total)
         if start_step >= total and os.path.isfile(os.path.join(out_dir, "metrics.json")):
             # A finished run: its model, metrics and pictures stay as they are.
