@@ -1,9 +1,9 @@
 """Tests for tfp_vae.objectives and the bounds a VAE computes with them.
 
-The reference numbers are brute-force NumPy (float64) computations: an MLP forward pass written
-out from the model's Dense kernels and biases, Gaussian/Bernoulli log-densities from their
-formulas, and log-mean-exp by direct exponentiation (or np.logaddexp.reduce where exp would
-overflow).
+The reference numbers are brute-force NumPy (float64) computations (tests/numpy_reference.py):
+an MLP forward pass written out from the model's Dense kernels and biases, Gaussian/Bernoulli
+log-densities from their formulas, and log-mean-exp by direct exponentiation (or
+np.logaddexp.reduce where exp would overflow).
 """
 
 import keras
@@ -11,62 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from numpy_reference import (
+    as64,
+    np_decoder_log_prob,
+    np_gaussian_log_prob,
+    np_log_mean_exp,
+    np_posterior,
+)
 
 from tfp_vae import evaluation, objectives
 from tfp_vae.models import VAE
 
 SEED = tf.constant([1, 2], tf.int32)
-
-
-# --------------------------------------------------------------------------------------------
-# NumPy reference
-
-
-def np_softplus(x):
-    return np.logaddexp(0.0, x)
-
-
-def np_elu(x):
-    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
-
-
-def np_mlp(network, x):
-    """Dense layers with ELU after every layer but the last (the model's architecture)."""
-    dense = [layer for layer in network.layers if isinstance(layer, keras.layers.Dense)]
-    h = np.asarray(x, np.float64)
-    for i, layer in enumerate(dense):
-        h = h @ np.asarray(layer.kernel, np.float64) + np.asarray(layer.bias, np.float64)
-        if i < len(dense) - 1:
-            h = np_elu(h)
-    return h
-
-
-def np_posterior(model, x, min_variance=1e-8):
-    out = np_mlp(model.encoder, x)
-    mean, pre = np.split(out, 2, axis=-1)
-    return mean, np_softplus(pre) + min_variance
-
-
-def np_gaussian_log_prob(z, mean, variance):
-    return -0.5 * np.sum(np.log(2 * np.pi * variance) + (z - mean) ** 2 / variance, axis=-1)
-
-
-def np_bernoulli_log_prob(x, logits):
-    return np.sum(-x * np_softplus(-logits) - (1 - x) * np_softplus(logits), axis=-1)
-
-
-def np_decoder_log_prob(model, z, x):
-    """log p(x|z) for z [..., B, z_dim] and x [B, x_dim]."""
-    return np_bernoulli_log_prob(np.asarray(x, np.float64), np_mlp(model.decoder, z))
-
-
-def np_log_mean_exp(values, axis=0):
-    """Direct: only for values whose exp is representable in float64."""
-    return np.log(np.mean(np.exp(np.asarray(values, np.float64)), axis=axis))
-
-
-def as64(t):
-    return np.asarray(t, np.float64)
 
 
 def binary(shape, seed=0, p=0.4):
