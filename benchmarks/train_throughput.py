@@ -58,13 +58,17 @@ flags.DEFINE_string("output_json", None, "Where to write the results.")
 BATCH = 97
 
 
-# The VAE family's settings (constructor arguments), at batch 97 (best_mnist: 100, as its command
-# in docs/results.md#the-best-mnist-model).
+# The VAE family's settings: name -> (model, constructor arguments, batch). best_mnist is the
+# best MNIST model's (docs/results.md#the-best-mnist-model).
 RECIPES = {
-    "vae": {},
-    "gmvae": {"k": 500},
-    "iwae10": {"objective": "iwae", "iw": 10},
-    "best_mnist": {"k": 500, "z_dim": 50, "hidden": (500, 500), "objective": "iwae", "iw": 3},
+    "vae": ("vae", {}, BATCH),
+    "gmvae": ("gmvae", {"k": 500}, BATCH),
+    "iwae10": ("vae", {"objective": "iwae", "iw": 10}, BATCH),
+    "best_mnist": (
+        "gmvae",
+        {"k": 500, "z_dim": 50, "hidden": (500, 500), "objective": "iwae", "iw": 3},
+        100,
+    ),
 }
 
 
@@ -99,12 +103,12 @@ def recipe(name):
         ) * (BATCH + labelled)
         examples = BATCH + labelled
     else:
-        model = models.MODELS["vae" if name in ("vae", "iwae10") else "gmvae"](**RECIPES[name])
-        batch = 100 if name == "best_mnist" else BATCH
+        model_name, kwargs, batch = RECIPES[name]
+        model = models.MODELS[model_name](**kwargs)
         ds = data.train_dataset(x_train, batch, seed=0)
         samples = model.iw if model.objective == "iwae" else 1
         macs = dense_macs(model.encoder) * batch + dense_macs(model.decoder) * batch * samples
-        if name != "vae" and name != "iwae10":
+        if isinstance(model, models.GMVAE):
             # The matmul-form mixture density, for each of the samples.
             macs += 2 * model.z_dim * model.k * batch * samples
         examples = batch
@@ -238,7 +242,7 @@ def main(argv):
     peak = matmul_peak_flops()
     results = {
         "matmul_peak_gflops": peak / 1e9,
-        "batch": BATCH,
+        "batch": {name: RECIPES.get(name, (None, None, BATCH))[2] for name in FLAGS.models},
         "steps": FLAGS.steps,
         "cpu_count": os.cpu_count(),
         "recipes": {},

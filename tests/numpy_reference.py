@@ -53,21 +53,26 @@ def as64(t):
     return np.asarray(t, np.float64)
 
 
+def np_mixture_log_prob(prior, z):
+    """log sum_j w_j N(z; mu_j, diag(v_j)) of a `layers.MixturePrior` for z [..., z_dim], written
+    out directly (the layer computes it in matmul form)."""
+    mean = as64(prior.loc)
+    variance = np_softplus(as64(prior.pre_variance)) + prior.min_variance
+    logits = as64(prior.mixture_logits)
+    log_w = logits - np.logaddexp.reduce(logits)
+    components = np_gaussian_log_prob(np.asarray(z, np.float64)[..., None, :], mean, variance)
+    return np.logaddexp.reduce(components + log_w, axis=-1)
+
+
 def np_iwae(model, x, m, seed):
     """Float64 NumPy IWAE-m of each row of x for a VAE or GMVAE with the MLP networks, from its
     weights and with its own random draws (the formulas above)."""
+    from tfp_vae import layers
+
     mean, variance = np_posterior(model, x, model.min_variance)
     z = mean + np.sqrt(variance) * np.random.default_rng(seed).standard_normal((m, *mean.shape))
-    prior = model.prior_layer
-    if hasattr(prior, "loc"):  # The mixture: log sum_j w_j N(z; mu_j, v_j), as matmuls.
-        mu, v = as64(prior.loc), np_softplus(as64(prior.pre_variance)) + prior.min_variance
-        log_w = as64(prior.mixture_logits) - np.logaddexp.reduce(as64(prior.mixture_logits))
-        components = -0.5 * (
-            (z**2) @ (1 / v).T
-            - 2 * z @ (mu / v).T
-            + np.sum(mu**2 / v + np.log(2 * np.pi * v), axis=-1)
-        )
-        log_prior = np.logaddexp.reduce(components + log_w, axis=-1)
+    if isinstance(model.prior_layer, layers.MixturePrior):
+        log_prior = np_mixture_log_prob(model.prior_layer, z)
     else:
         log_prior = np_gaussian_log_prob(z, 0.0, 1.0)
     log_weights = (
