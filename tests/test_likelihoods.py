@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import export, layers
+from tfp_vae import export, layers, likelihoods
 from tfp_vae.models import GMVAE, VAE
 
 TINY = dict(z_dim=3, hidden=(8,), x_dim=784)
@@ -101,8 +101,8 @@ def test_unknown_likelihood_is_refused():
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "likelihood must be one of ('bernoulli', 'continuous_bernoulli', 'gaussian'); "
-            "got 'poisson'."
+            "likelihood must be one of ('bernoulli', 'continuous_bernoulli', 'gaussian', "
+            "'heteroscedastic_gaussian'); got 'poisson'."
         ),
     ):
         layers.likelihood_layer("poisson", 4)
@@ -225,9 +225,10 @@ def test_savedmodel_of_a_continuous_bernoulli_vae_takes_grayscale(tmp_path):
 def test_likelihoods_are_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        for name in layers.LIKELIHOODS:
-            layer = layers.likelihood_layer(name, 4)
-            p = layer(tf.zeros([2, 4], tf.bfloat16))
+        for name in likelihoods.names():
+            layer = likelihoods.get(name, 4)
+            width = 4 * layer.outputs_per_dimension
+            p = layer(tf.zeros([2, width], tf.bfloat16))
             assert p.dtype == tf.float32 and p.log_prob(tf.zeros([2, 4])).dtype == tf.float32
             assert all(v.dtype == "float32" for v in layer.weights)
     finally:

@@ -26,6 +26,8 @@ def write_png(path: str, image: tf.Tensor | np.ndarray) -> None:
     tf.io.write_file(path, tf.io.encode_png(image))
 
 
-def write_grid(path: str, images: tf.Tensor | np.ndarray, rows: int, cols: int) -> None:
+def write_grid(
+    path: str, images: tf.Tensor | np.ndarray, rows: int, cols: int, side: int = 28
+) -> None:
     """Writes `images` ([N, side*side] values in [0, 1]) to path as one PNG grid (`grid`)."""
-    write_png(path, grid(images, rows, cols))
+    write_png(path, grid(images, rows, cols, side))

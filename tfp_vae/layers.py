@@ -14,9 +14,10 @@ parameter, log-probability, log-sum-exp and loss is float32.
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from tfp_vae import likelihoods
 
 tfd = tfp.distributions
 
@@ -69,102 +70,24 @@ class StandardNormalPrior(Float32Layer):
         return {**super().get_config(), "z_dim": self.z_dim}
 
 
-class LogitBernoulli(tfd.Bernoulli):
-    """`tfd.Bernoulli` whose log_prob is x * logits - softplus(logits): one softplus per pixel
-    instead of the parent's two plus two masked products, the same value for finite logits. The
-    pixel log-densities are the bulk of the elementwise work of the IWAE bound."""
-
-    def _log_prob(self, event):
-        logits = self._logits_parameter_no_checks()
-        return tf.cast(event, logits.dtype) * logits - tf.math.softplus(logits)
-
-
-@keras.saving.register_keras_serializable(_PACKAGE)
-class BernoulliLikelihood(Float32Layer):
-    """Logits [..., D] -> Independent(Bernoulli(logits), 1): batch [...], event [D].
-
-    Samples are float32 so they can be fed straight back into the encoder.
-    """
-
-    def call(self, logits):
-        logits = tf.cast(logits, tf.float32)
-        return tfd.Independent(
-            LogitBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1
-        )
-
-
-@keras.saving.register_keras_serializable(_PACKAGE)
-class ContinuousBernoulliLikelihood(Float32Layer):
-    """Logits [..., D] -> Independent(ContinuousBernoulli(logits), 1): batch [...], event [D].
-
-    For grayscale pixels in [0, 1] (Loaiza-Ganem & Cunningham, 2019): the Bernoulli term
-    x * logits - softplus(logits) plus log C(lambda), the normaliser that makes it a density on
-    [0, 1]. Its `mean()` is not the parameter lambda = sigmoid(logits) (it is nearer 1/2); the
-    models return the mean as the reconstruction.
-    """
-
-    def call(self, logits):
-        logits = tf.cast(logits, tf.float32)
-        return tfd.Independent(
-            tfd.ContinuousBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1
-        )
-
-
-@keras.saving.register_keras_serializable(_PACKAGE)
-class GaussianLikelihood(Float32Layer):
-    """Means [..., D] -> Independent(Normal(means, scale), 1): batch [...], event [D].
-
-    For real-valued data. The scale is learned per dimension and shared by all examples (the
-    decoder outputs only the means): scale = softplus(pre_scale) + min_scale, a trainable
-    variable pre_scale of shape [D] that starts at scale = 1 (the floor keeps log p finite when
-    a dimension is constant in the data).
-    """
-
-    def __init__(self, x_dim, min_scale=1e-3, **kwargs):
-        super().__init__(**kwargs)
-        self.x_dim, self.min_scale = int(x_dim), float(min_scale)
-        if not 0 <= self.min_scale < 1:  # The scale starts at 1 (above the floor).
-            raise ValueError(f"min_scale must lie in [0, 1); got {min_scale}.")
-        start = float(np.log(np.expm1(1.0 - self.min_scale)))  # softplus(start) + floor = 1
-        self.pre_scale = self.add_weight(
-            shape=(self.x_dim,), initializer=keras.initializers.Constant(start), name="pre_scale"
-        )
-
-    def scale(self):
-        """The current per-dimension scale, float32 [D]."""
-        return tf.nn.softplus(tf.convert_to_tensor(self.pre_scale)) + self.min_scale
-
-    def call(self, means):
-        means = tf.cast(means, tf.float32)
-        return tfd.Independent(
-            tfd.Normal(loc=means, scale=self.scale()), reinterpreted_batch_ndims=1
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "x_dim": self.x_dim, "min_scale": self.min_scale}
-
-
+# The likelihoods live in `tfp_vae.likelihoods` (with what depends on them); their names here
+# are kept for code written against earlier releases.
+LogitBernoulli = likelihoods.LogitBernoulli
+BernoulliLikelihood = likelihoods.BernoulliLikelihood
+ContinuousBernoulliLikelihood = likelihoods.ContinuousBernoulliLikelihood
+GaussianLikelihood = likelihoods.GaussianLikelihood
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 
 
 def check_likelihood(name):
-    """`name` if it is one of `LIKELIHOODS`, else a ValueError listing them."""
-    if name not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {name!r}.")
-    return name
+    """`name` if it is a registered likelihood family (`tfp_vae.likelihoods.names`), else a
+    ValueError listing them."""
+    return likelihoods.check_name(name)
 
 
 def likelihood_layer(name, x_dim):
-    """The distribution layer of likelihood `name` over x_dim dimensions; the decoder's output
-    [..., x_dim] is its input: logits for "bernoulli" (binary pixels) and
-    "continuous_bernoulli" (grayscale pixels in [0, 1]), means for "gaussian" (real values;
-    the per-dimension scale is the layer's own variable)."""
-    check_likelihood(name)
-    if name == "bernoulli":
-        return BernoulliLikelihood()
-    if name == "continuous_bernoulli":
-        return ContinuousBernoulliLikelihood()
-    return GaussianLikelihood(x_dim)
+    """The likelihood layer of family `name` over x_dim dimensions (`tfp_vae.likelihoods.get`)."""
+    return likelihoods.get(name, x_dim)
 
 
 class DiagonalGaussianMixture(tfd.MixtureSameFamily):

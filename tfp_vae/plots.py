@@ -70,8 +70,10 @@ def is_class_conditional(model):
 
 
 def kinds_for(model):
-    """The figure kinds (of `KINDS`) that apply to `model`."""
-    return tuple(k for k in KINDS if k != "class_grid" or is_class_conditional(model))
+    """The figure kinds (of `KINDS`) that apply to `model`: the model says which it can draw
+    (`figure_kinds`)."""
+    own = getattr(model, "figure_kinds", KINDS)
+    return tuple(k for k in KINDS if k in own)
 
 
 def class_names(dataset="mnist", num_classes=10):
@@ -117,13 +119,10 @@ def posterior_means(model, x, batch_size=1000):
     x = _pixels(model, x)
     means, labels = [], []
     for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        if is_class_conditional(model):
-            y = np.argmax(np.asarray(model.classify(chunk)), axis=-1).astype(np.int32)
-            means.append(np.asarray(model.encode(chunk, y).mean(), np.float32))
-            labels.append(y)
-        else:
-            means.append(np.asarray(model.encode(chunk).mean(), np.float32))
+        mean, y = model.latent_means(x[start : start + batch_size])  # The model says how.
+        means.append(np.asarray(mean, np.float32))
+        if y is not None:
+            labels.append(np.asarray(y, np.int32))
     return np.concatenate(means), (np.concatenate(labels) if labels else None)
 
 
@@ -131,9 +130,7 @@ def decode_means(model, z, y=None):
     """Pixel probabilities float32 [N, pixels] decoded from latents z [N, z_dim] (and, for a
     class-conditional model, classes y [N])."""
     z = np.asarray(z, np.float32)
-    if is_class_conditional(model):
-        return np.asarray(model.generate(z, np.asarray(y, np.int32)), np.float32)
-    return np.asarray(model.decode(z).mean(), np.float32)
+    return np.asarray(model.generate(z, None if y is None else np.asarray(y, np.int32)), np.float32)
 
 
 def _reconstructed(model, x, batch_size=1000):

@@ -212,20 +212,33 @@ def make_train_dataset(
 
 
 def make_eval_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
+    images: np.ndarray, labels: np.ndarray, batch_size: int = 1000, binarization: str = "static"
 ) -> tf.data.Dataset:
-    """A finite labelled dataset for `evaluate` / `validation_data`: ((x_binary, x_gray), y).
+    """A finite labelled dataset for `evaluate` / `validation_data`: ((x_bound, x_gray), y).
 
-    The bound is computed on the statically binarised images (`data.binarize_static`), the
+    The bound is computed on the statically binarised images (`data.binarize_static`; with
+    `binarization="none"`, for a likelihood of grayscale pixels, on the grayscale ones), the
     accuracy on the grayscale ones, as the reference evaluates it.
     """
+    if binarization not in ("static", "none"):
+        raise ValueError(
+            f"binarization must be static or none for evaluation; got {binarization!r}."
+        )
     labels = check_label_array(labels).astype(np.int32)
     images = _check_uint8_images(images, labels)
     if len(images) == 0:
         raise ValueError("The evaluation set is empty.")
     return (
         tf.data.Dataset.from_tensor_slices(
-            ((data.binarize_static(images), data.flatten(images)), labels)
+            (
+                (
+                    data.binarize_static(images)
+                    if binarization == "static"
+                    else data.flatten(images),
+                    data.flatten(images),
+                ),
+                labels,
+            )
         )
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)

@@ -328,10 +328,10 @@ class SampleImages(keras.callbacks.Callback):
     """Writes samples and reconstructions to TensorBoard (images "samples" and
     "reconstructions" under log_dir/samples) at each epoch end.
 
-    Samples: n images x ~ p(x|z), z ~ p(z) (pixel probabilities) in a square grid; for a
-    class-conditional model (it has `num_classes`: SSVAE, M1M2) a class grid instead, a row per
-    z ~ p(z) (n // num_classes of them) and a column per class. The same z every epoch, so the
-    grids show the model changing, not the draw.
+    Samples: the model's own grid (`sample_grid`) of about n images: for the VAE family rows of
+    10 samples x ~ p(x|z), z ~ p(z) (pixel probabilities); for a class-conditional model a row
+    per z ~ p(z) and a column per class. The same z every epoch, so the grids show the model
+    changing, not the draw.
 
     Reconstructions: rows of up to `columns` of the fixed `images` (binary [N, pixels]; see
     `first_images`), each followed by a row of their reconstructions; none without images.
@@ -380,15 +380,13 @@ class SampleImages(keras.callbacks.Callback):
                 tf.summary.image("reconstructions", self._reconstructions()[None], step=epoch + 1)
 
     def _samples(self):
+        # The model's own grid (`sample_grid`): for a class-conditional one a column per class.
         seed = tf.constant([self.seed, 0])
-        k = getattr(self.model, "num_classes", None)
-        if k is None:
-            side = int(math.sqrt(self.n))
-            x = keras.ops.convert_to_numpy(self.model.sample(side * side, seed=seed))
-            return self._grid(x, side, side)
-        rows = max(1, self.n // k)
-        x = self.model.style_grid(rows, seed=seed)
-        return self._grid(keras.ops.convert_to_numpy(x), rows, k)
+        x = keras.ops.convert_to_numpy(self.model.sample_grid(1, seed=seed))
+        cols = len(x)
+        rows = max(1, self.n // cols)
+        x = keras.ops.convert_to_numpy(self.model.sample_grid(rows, seed=seed))
+        return self._grid(x, rows, cols)
 
     def _reconstructions(self):
         x = self.images

@@ -97,14 +97,46 @@ def check_dataset_flag(value):
     return True
 
 
+def define_import_flag():
+    """Defines --import in the calling binary: the user's modules to import before a model is
+    built or loaded, so that the classes they register with Keras (a model subclass, a
+    network, a likelihood) can be saved, loaded, evaluated, plotted and exported."""
+    from absl import flags
+
+    flags.DEFINE_list(
+        "import",
+        [],
+        "Python modules to import first, comma separated (e.g. my_models): they register your "
+        "own Keras classes (keras.saving.register_keras_serializable) and likelihoods "
+        "(tfp_vae.likelihoods.register). The current directory is searched too.",
+    )
+
+
 def import_library():
-    """TensorFlow (its C++ start-up INFO lines dropped, see tfp_vae/__init__.py) and the models
-    (which registers their classes with Keras). The launchers in bin/ defer both until the flags
-    are parsed (TFP_VAE_DEFER_IMPORT=1)."""
+    """TensorFlow (its C++ start-up INFO lines dropped, see tfp_vae/__init__.py), the models
+    (which registers their classes with Keras) and the modules of --import, where the binary
+    has it. The launchers in bin/ defer all of them until the flags are parsed
+    (TFP_VAE_DEFER_IMPORT=1)."""
+    import importlib
+    import sys
+
+    from absl import flags
+
     import tfp_vae
 
     tfp_vae._import_tensorflow()
     import tfp_vae.models  # Registers the model classes with Keras.
+
+    modules = flags.FLAGS["import"].value if "import" in flags.FLAGS else []
+    if modules and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # A module beside the user, as `python -m` would find it.
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UserError(
+                f"--import={name}: {e}; give a module on PYTHONPATH or in the current directory."
+            ) from e
 
 
 def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
@@ -133,6 +165,13 @@ def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # zipfile, h5py, JSON and Keras raise many kinds.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "Could not locate class" in reason:
+            name = reason.split("'")[1] if reason.count("'") >= 2 else "a class"
+            raise UserError(
+                f"{path} holds {name}, a class this process does not know: pass the module that "
+                "defines and registers it with --import=MODULE (as "
+                "keras.saving.register_keras_serializable does)."
+            ) from e
         raise UserError(
             f"{path} is not a model this package can load ({reason}); pass a "
             ".keras file written by `train` or model.save, or a run's --out_dir."
@@ -164,46 +203,68 @@ def check_output_file(path, flag):
 
 
 def eval_dataset(model, dataset, batch_size=1000):
-    """The test split as the model's test_step takes it: statically binarised images, plus
-    labels and grayscale classifier inputs for the SSVAE."""
-    from tfp_vae import data
-
-    if model.class_conditional:
-        from tfp_vae import semisupervised
-
-        return semisupervised.make_eval_dataset(dataset.x_test, dataset.y_test, batch_size)
-    return data.eval_dataset(dataset.x_test, batch_size)
+    """The test split as the model's test_step takes it (the model says how:
+    `eval_dataset`, transformed as its likelihood needs)."""
+    return model.eval_dataset(dataset.x_test, dataset.y_test, batch_size)
 
 
 def test_metrics(model, dataset, batch_size=1000):
-    """The model's test metrics on the test split (dict of floats). For the SSVAE, `accuracy`
-    classifies grayscale images (as the reference does) and `accuracy_binarized` the
-    statically binarised ones."""
-    from tfp_vae import data
+    """The model's test metrics on the test split (dict of floats; `model.test_metrics`), and
+    the data transform they were computed on (`data_transform`, e.g. "static" binarisation for a
+    Bernoulli, "none" for grayscale)."""
+    results = model.test_metrics(dataset.x_test, dataset.y_test, batch_size)
+    return {**results, "data_transform": model.data_transforms["eval"]}
 
-    results = model.evaluate(eval_dataset(model, dataset, batch_size), verbose=0, return_dict=True)
-    results = {k: float(v) for k, v in results.items()}
-    if model.class_conditional:
-        binary = data.eval_dataset(dataset.x_test, batch_size, labels=dataset.y_test)
-        results["accuracy_binarized"] = float(
-            model.evaluate(binary, verbose=0, return_dict=True)["accuracy"]
-        )
-    return results
+
+def check_dataset(model, dataset):
+    """Refuses (UserError, one line) a dataset the model cannot be evaluated on."""
+    try:
+        model.check_dataset(dataset)
+    except ValueError as e:
+        raise UserError(str(e)) from e
 
 
 def write_images(model, dataset, out_dir, seed):
-    """samples.png (10x10; for the SSVAE a style/content grid: a row per z, a column per class)
-    and reconstructions.png (rows alternate 10 test images and their reconstructions)."""
+    """samples.png (10 rows; for the SSVAE a style/content grid: a row per z, a column per
+    class) and reconstructions.png (rows alternate up to 10 test images, prepared as the
+    model's evaluation prepares them, and their reconstructions). Returns the names written:
+    none for data that are not square one-channel images (features)."""
     import numpy as np
 
-    from tfp_vae import data, images
+    from tfp_vae import images
 
+    side = model_side(model)
+    if side is None:
+        return []
     samples = grid_images(model, 10, seed)
-    images.write_grid(os.path.join(out_dir, "samples.png"), samples, 10, 10)
-    x = data.binarize_static(dataset.x_test[:50])
-    recon = np.asarray(model.reconstruct(x))
-    pairs = np.concatenate([np.stack([x[i : i + 10], recon[i : i + 10]]) for i in range(0, 50, 10)])
-    images.write_grid(os.path.join(out_dir, "reconstructions.png"), pairs.reshape(-1, 784), 10, 10)
+    images.write_grid(os.path.join(out_dir, "samples.png"), samples, 10, len(samples) // 10, side)
+    x = model.eval_inputs(dataset.x_test[:50])
+    recon = np.asarray(model.reconstruct(x), np.float32)
+    blank = np.ones((10, x.shape[1]), np.float32)  # White cells after a short last row.
+    rows = [
+        np.concatenate([part[i : i + 10], blank[len(part[i : i + 10]) :]])
+        for i in range(0, len(x), 10)
+        for part in (x, recon)
+    ]
+    images.write_grid(
+        os.path.join(out_dir, "reconstructions.png"), np.concatenate(rows), len(rows), 10, side
+    )
+    return ["samples.png", "reconstructions.png"]
+
+
+def model_side(model):
+    """The side of the model's square images, or None when they are not square."""
+    import math
+
+    shape = tuple(model.data_shape)
+    if len(shape) == 3 and shape[-1] == 1:
+        shape = shape[:2]
+    if len(shape) == 2:
+        return shape[0] if shape[0] == shape[1] else None
+    pixels = int(shape[0])
+    side = math.isqrt(pixels)
+    # A flat vector is shown as an image only when it is MNIST's 784 pixels or a square.
+    return side if side * side == pixels and side > 2 else None
 
 
 def grid_images(model, rows, seed):

@@ -1,4 +1,6 @@
-"""Evaluates a trained model on the full, statically binarised test set.
+"""Evaluates a trained model on the full test set, prepared as the model's likelihood needs it
+(statically binarised for a Bernoulli, grayscale as it is otherwise; `data_transform` in the
+results says which).
 
 Prints a table and writes JSON: the test NELBO, KL and Rec (one posterior sample per image), and
 with --iw the negative IWAE bounds for each listed number of samples (IWAE-5000 is our reported
@@ -15,6 +17,7 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
+common.define_import_flag()
 flags.DEFINE_string(
     "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
 )
@@ -88,11 +91,7 @@ def main(argv):
         )
     if FLAGS.examples:
         dataset = data.take_first(dataset, n_test=FLAGS.examples)
-    if model.class_conditional and not dataset.has_labels:
-        raise app.UsageError(
-            f"{FLAGS.model_path} is a semi-supervised model: its metrics need "
-            f"labels, and {dataset.source} has no y_train and y_test arrays."
-        )
+    common.check_dataset(model, dataset)
     results = {
         "test_examples": len(dataset.x_test),
         "model_path": FLAGS.model_path,
@@ -104,9 +103,10 @@ def main(argv):
     results.update(common.test_metrics(model, dataset))
     if iw and not hasattr(model, "iwae"):
         raise app.UsageError(
-            "--iw: the IWAE bound is defined for vae and gmvae models, not for the ssvae."
+            f"--iw: a {type(model).__name__} has no IWAE bound (no `iwae` method); the VAE "
+            "family has one."
         )
-    x = data.binarize_static(dataset.x_test)
+    x = model.eval_inputs(dataset.x_test)
     for m in iw:
         start = time.time()
         results[f"niwae_{m}"] = evaluation.negative_iwae(

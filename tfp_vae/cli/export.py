@@ -21,6 +21,7 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
+common.define_import_flag()
 flags.DEFINE_string(
     "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
 )

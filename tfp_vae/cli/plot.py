@@ -24,6 +24,7 @@ from tfp_vae import plots  # NumPy only; matplotlib and TensorFlow come later.
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
+common.define_import_flag()
 flags.DEFINE_string(
     "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
 )
@@ -87,6 +88,8 @@ def _check_output():
 
 
 def _figure(kind, model, x, y, names, rng):
+    if kind == "class_grid":  # Drawn from p(z) alone: no test images (x is None).
+        return plots.class_grid(model, 10, FLAGS.seed, class_names=names)
     n = len(x)
     if kind == "interpolations":
         chosen = rng.choice(n, size=2 * min(PAIRS, n // 2), replace=False)
@@ -98,8 +101,6 @@ def _figure(kind, model, x, y, names, rng):
         return plots.traversals(model, x[order])
     if kind == "latent_map":
         return plots.latent_map(model, x, y, class_names=names)
-    if kind == "class_grid":
-        return plots.class_grid(model, 10, FLAGS.seed, class_names=names)
     chosen = sorted(rng.choice(n, size=min(RECONSTRUCTED, n), replace=False))
     return plots.reconstructions(model, x[chosen])
 
@@ -122,8 +123,7 @@ def main(argv):
     if FLAGS.kind != "all" and FLAGS.kind not in applicable:
         raise common.UserError(
             f"--kind={FLAGS.kind} does not apply to {FLAGS.model_path}: a "
-            f"{type(model).__name__} has no classes (class_grid is for the ssvae and m1m2 "
-            f"models); choose one of {', '.join(applicable)}, or all."
+            f"{type(model).__name__} draws {', '.join(applicable)}; choose one of them, or all."
         )
     kinds = applicable if FLAGS.kind == "all" else (FLAGS.kind,)
     x = y = None
@@ -136,7 +136,8 @@ def main(argv):
             raise app.UsageError(
                 f"--examples={FLAGS.examples}: the test set has only {len(dataset.x_test)} images."
             )
-        x = data.binarize_static(dataset.x_test[:n])
+        # Prepared as the model's evaluation prepares them (binarised only for a Bernoulli).
+        x = model.eval_inputs(dataset.x_test[:n])
         y = dataset.y_test[:n] if dataset.has_labels else None
     names = plots.class_names(FLAGS.dataset, getattr(model, "num_classes", data.NUM_CLASSES))
     if FLAGS.kind == "all":

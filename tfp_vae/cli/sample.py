@@ -13,6 +13,7 @@ from absl import app, flags
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
+common.define_import_flag()
 flags.DEFINE_string(
     "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
 )
@@ -41,7 +42,8 @@ def main(argv):
         pixels = common.grid_images(model, FLAGS.rows, FLAGS.seed)
     elif not model.class_conditional:
         raise app.UsageError(
-            "--y: only a class-conditional model (ssvae, m1m2) generates from a class."
+            f"--y: a {type(model).__name__} does not generate from a class; only a "
+            "class-conditional model (ssvae, m1m2) does."
         )
     elif FLAGS.y >= model.num_classes:
         raise app.UsageError(f"--y must be a class in 0..{model.num_classes - 1}; got {FLAGS.y}.")
@@ -49,7 +51,13 @@ def main(argv):
         pixels = np.asarray(
             model.sample(FLAGS.rows * 10, FLAGS.y, seed=np.array([FLAGS.seed, 3], np.int32))
         )
-    images.write_grid(FLAGS.output, pixels, FLAGS.rows, 10)
+    side = common.model_side(model)
+    if side is None:
+        raise common.UserError(
+            f"{FLAGS.model_path} models data of shape {model.data_shape}, not square "
+            "one-channel images: there is no grid to draw (use model.sample from Python)."
+        )
+    images.write_grid(FLAGS.output, pixels, FLAGS.rows, len(pixels) // FLAGS.rows, side)
     print(f"Wrote {FLAGS.output}")
 
 

@@ -235,10 +235,21 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum(
     "binarization",
-    "dynamic",
-    ["dynamic", "static"],
-    "Training binarisation: a fresh Bernoulli draw per batch (recipe) or fixed.",
+    None,
+    ["dynamic", "static", "none"],
+    "How the training images are prepared; default: the likelihood's (dynamic, a fresh "
+    "Bernoulli draw per batch, for bernoulli: the recipe; none, grayscale as it is, for the "
+    "others). static binarises once; a non-binary likelihood is never fed binarised images.",
 )
+flags.DEFINE_string(
+    "likelihood",
+    "bernoulli",
+    "p(x|z) by name: bernoulli (binary pixels, the recipe), continuous_bernoulli (grayscale "
+    "pixels in [0, 1]), gaussian (real values, a learned per-dimension scale), "
+    "heteroscedastic_gaussian (a variance per dimension and example), or one your --import "
+    "registered (tfp_vae.likelihoods.register). m1m2 takes M1's.",
+)
+common.define_import_flag()
 flags.DEFINE_string(
     "out_dir", None, "Where to write checkpoints, logs, the model and images.", required=True
 )
@@ -330,6 +341,7 @@ def image_shape(dataset):
 # The flags `build_model` reads (its `settings`).
 MODEL_FLAGS = (
     "model",
+    "likelihood",
     "seed",
     "clip_norm",
     "z_dim",
@@ -379,6 +391,8 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
         )
     else:
         kwargs.update(beta=s.beta, objective=s.objective, iw=s.iw)
+    if s.model != "m1m2":
+        kwargs["likelihood"] = s.likelihood
         if s.hidden:
             kwargs.update(hidden=[int(h) for h in s.hidden])
         if s.arch == "conv":
@@ -477,6 +491,8 @@ def main(argv):
         raise app.UsageError(
             "--hidden sizes the MLPs of --arch=mlp; the --arch=conv networks have fixed sizes."
         )
+    if FLAGS["likelihood"].present and FLAGS.model == "m1m2":
+        raise app.UsageError("--likelihood: m1m2 models M1's images with M1's likelihood.")
     if FLAGS.labelled_batch_size and FLAGS.model not in SEMI_SUPERVISED:
         raise app.UsageError("--labelled_batch_size goes with --model=ssvae or m1m2.")
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
@@ -485,7 +501,12 @@ def main(argv):
             f"--steps_per_epoch={FLAGS.steps_per_epoch}."
         )
     common.import_library()
-    from tfp_vae import training
+    from tfp_vae import likelihoods, training
+
+    try:
+        likelihoods.check_name(FLAGS.likelihood)
+    except ValueError as e:
+        raise app.UsageError(f"--likelihood={FLAGS.likelihood}: {e}") from e
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).
     try:
@@ -510,6 +531,7 @@ def main(argv):
 # others, e.g. --steps, --learning_rate, --steps_per_epoch, --xla, take effect on resume).
 RUN_FLAGS = (
     "model",
+    "likelihood",
     "m1_path",
     "k",
     "learn_mixture_weights",
@@ -540,7 +562,7 @@ RUN_FLAGS = (
 )
 # The values of RUN_FLAGS added since checkpoints first recorded their settings, as the runs
 # before them had them: an older run resumes with these, and is refused other values.
-SETTINGS_BEFORE_FLAG = {"arch": "mlp", "lr_schedule": "constant"}
+SETTINGS_BEFORE_FLAG = {"arch": "mlp", "lr_schedule": "constant", "likelihood": "bernoulli"}
 
 
 def run_settings(model):
@@ -548,6 +570,9 @@ def run_settings(model):
     own; paths: absolute)."""
     settings = {name: FLAGS[name].value for name in RUN_FLAGS}
     settings["z_dim"] = int(model.z_dim)
+    # As the model resolves them: the likelihood of its inputs, and its training transform.
+    settings["likelihood"] = model.data_likelihood.family
+    settings["binarization"] = FLAGS.binarization or model.data_transforms["train"]
     settings["hidden"] = [int(h) for h in getattr(model, "hidden", ())] or None
     for name in ("m1_path", "labelled_indices"):
         if settings[name] is not None:
@@ -614,11 +639,6 @@ def _train(run, out_dir, strategy, distributed):
         )
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     print(f"Data: {dataset.source}")
-    if FLAGS.model in SEMI_SUPERVISED and not dataset.has_labels:
-        raise app.UsageError(
-            f"--model={FLAGS.model} needs labels, and {dataset.source} has no "
-            "y_train and y_test arrays."
-        )
     steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     spe = min(FLAGS.steps_per_epoch, steps)
     total = -(-steps // spe) * spe  # training.fit trains whole epochs.
@@ -627,6 +647,7 @@ def _train(run, out_dir, strategy, distributed):
         model = build_model(
             dataset, model_settings(), learning_rate(total), use_xla(), steps_per_execution()
         )
+    common.check_dataset(model, dataset)  # Labels for a semi-supervised model, say.
     settings = run_settings(model)
     start_step = 0
     if resuming:
@@ -638,45 +659,36 @@ def _train(run, out_dir, strategy, distributed):
                 "(a larger --steps trains it on)."
             )
             return 0
+    # The model says how its data are prepared (its likelihood's transform; the labelled set
+    # of a semi-supervised model); the options it does not take are refused before this.
+    options = {}
     if model.class_conditional:
         from tfp_vae import semisupervised
 
-        def build(start):
-            return semisupervised.make_train_dataset(
-                dataset.x_train,
-                dataset.y_train,
-                FLAGS.labels_per_class,
-                FLAGS.label_seed,
-                FLAGS.batch_size,
-                FLAGS.seed,
-                FLAGS.binarization,
-                FLAGS.labelled_binarization,
-                labelled_indices,
-                FLAGS.labelled_batch_size,
-                start_step=start,
-            )
-
         try:
-            labelled_indices = (
-                None
-                if FLAGS.labelled_indices is None
-                else semisupervised.read_indices(FLAGS.labelled_indices)
+            options = dict(
+                labels_per_class=FLAGS.labels_per_class,
+                label_seed=FLAGS.label_seed,
+                labelled_binarization=FLAGS.labelled_binarization,
+                labelled_batch_size=FLAGS.labelled_batch_size,
+                labelled_indices=(
+                    None
+                    if FLAGS.labelled_indices is None
+                    else semisupervised.read_indices(FLAGS.labelled_indices)
+                ),
             )
-            first = build(start_step)
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
             raise app.UsageError(str(e)) from e
-    else:
 
-        def build(start):
-            return data.train_dataset(
-                dataset.x_train,
-                FLAGS.batch_size,
-                FLAGS.binarization,
-                seed=FLAGS.seed,
-                start_step=start,
-            )
+    def build(start):
+        return model.train_dataset(
+            dataset, FLAGS.batch_size, FLAGS.seed, start, FLAGS.binarization, **options
+        )
 
+    try:
         first = build(start_step)
+    except ValueError as e:  # A bad labelled set or transform: one line, nothing trained.
+        raise app.UsageError(str(e)) from e
 
     def train_ds(start):
         # Built (and checked) once above at the step the checkpoint says; fit asks for that one.
@@ -719,16 +731,18 @@ def _train(run, out_dir, strategy, distributed):
         # The optimizer's own value: a resumed run keeps its checkpoint's.
         learning_rate=float(model.optimizer.learning_rate.numpy()),
         command=" ".join(["train"] + sys.argv[1:]),
+        likelihood=model.data_likelihood.family,
+        data_transforms=model.data_transforms,
     )
     common.write_json(os.path.join(out_dir, "metrics.json"), metrics)
-    common.write_images(model, dataset, out_dir, FLAGS.seed)
+    pictures = common.write_images(model, dataset, out_dir, FLAGS.seed)
     print(
         common.format_table(
             [[k, v] for k, v in sorted(metrics.items()) if isinstance(v, float)],
             ["test metric", "value"],
         )
     )
-    print(f"Wrote {out_dir}/{{model.keras,metrics.json,samples.png,reconstructions.png}}")
+    print(f"Wrote {out_dir}/{{{','.join(['model.keras', 'metrics.json', *pictures])}}}")
     return 0
 
 

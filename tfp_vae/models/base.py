@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import checks, layers, objectives
+from tfp_vae import checks, data, likelihoods, objectives
 from tfp_vae.checks import (
     call_arguments,
     check_array,
@@ -43,12 +43,15 @@ class LatentVariableModel(Model):
         (`tfp_vae.checks.accepted_shapes`); the model works on them flat (`x_dim` values) and
         gives a user's encoder [B, *input_shape]. Every method returns flat [B, x_dim] images.
       x_dim: the older way to say input_shape=(x_dim,); give one or the other.
-      likelihood: p(x|z), by name (`tfp_vae.layers.LIKELIHOODS`): "bernoulli" (binary pixels,
-        the recipe), "continuous_bernoulli" (grayscale pixels in [0, 1]) or "gaussian"
-        (real-valued features, a learned per-dimension scale). The inputs are checked for it
-        (`check_inputs`): 0/1 pixels for the Bernoulli's bounds (grayscale in [0, 1] may still
-        be encoded), pixels in [0, 1] for the continuous Bernoulli, finite values of any range
-        for the Gaussian.
+      likelihood: p(x|z): a `tfp_vae.likelihoods.Likelihood`, or a registered family by name
+        (`tfp_vae.likelihoods.names()`): "bernoulli" (binary pixels, the recipe),
+        "continuous_bernoulli" (grayscale pixels in [0, 1]), "gaussian" (real-valued features,
+        a learned per-dimension scale) or "heteroscedastic_gaussian" (the decoder gives a
+        variance per dimension and example). It owns the input checks (`check_inputs`: 0/1
+        pixels for the Bernoulli's bounds, grayscale in [0, 1] may still be encoded; pixels in
+        [0, 1] for the continuous Bernoulli; finite values for the Gaussians) and the data
+        transforms of training and evaluation (`data_transforms`: binarisation only for the
+        Bernoulli).
       beta: weight on KL in the ELBO objective (beta-VAE); 1 gives the true bound.
       objective: "elbo" (the default) or "iwae" (the importance-weighted bound with `iw`
         samples, the IWAE paper's estimator).
@@ -74,12 +77,13 @@ class LatentVariableModel(Model):
         iw: int = 1,
         seed: int | None = None,
         clip_norm: float | None = None,
-        likelihood: str = "bernoulli",
+        likelihood: "str | likelihoods.Likelihood" = "bernoulli",
         x_dim: int | None = None,
         **kwargs,
     ):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
-        self.likelihood_name = layers.check_likelihood(likelihood)
+        if not isinstance(likelihood, (likelihoods.Likelihood, dict)):
+            likelihoods.check_name(likelihood)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
         if int(iw) < 1:
@@ -88,6 +92,8 @@ class LatentVariableModel(Model):
             raise ValueError(f"beta weights KL and must be >= 0; got {beta}.")
         self.input_shape = resolve_input_shape(input_shape, x_dim)
         self.z_dim, self.x_dim = int(z_dim), math.prod(self.input_shape)
+        # p(x|z)'s layer: the decoder's output [..., outputs_per_dimension * x_dim] is its input.
+        self.likelihood = likelihoods.get(likelihood, self.x_dim)
         self.beta, self.objective, self.iw = float(beta), objective, int(iw)
         self._make_metrics(
             ["loss", "nelbo", "kl", "rec"] + (["niwae"] if objective == "iwae" else [])
@@ -110,6 +116,11 @@ class LatentVariableModel(Model):
     # ---- inputs -------------------------------------------------------------------------------
 
     @property
+    def likelihood_name(self) -> str:
+        """The likelihood's registered family ("bernoulli", ...; see `tfp_vae.likelihoods`)."""
+        return self.likelihood.family
+
+    @property
     def input_problems(self):
         """The messages of `input_problem`'s codes (1-based): `checks.INPUT_PROBLEMS`."""
         return checks.INPUT_PROBLEMS
@@ -126,15 +137,13 @@ class LatentVariableModel(Model):
         `check_values=False` checks only the shape and dtype (the fused update checks the
         values with `input_problem` inside XLA instead).
         """
-        return checks.check_inputs(
-            x, self.input_shape, self.likelihood_name, binary=bound, check_values=check_values
-        )
+        return self.likelihood.check(x, self.input_shape, bound, check_values)
 
     def input_problem(self, x: tf.Tensor, bound: bool = True) -> tf.Tensor:
         """int32 code (0: fine) of the values of checked-shape inputs x, float32 [B, x_dim], as
         `check_inputs` checks them; the message is `input_problems[code - 1]`. Plain ops
         (XLA-safe)."""
-        return checks.input_problem(x, self.likelihood_name, binary=bound)
+        return self.likelihood.problem(x, bound)
 
     # ---- bounds -------------------------------------------------------------------------------
 
@@ -281,7 +290,7 @@ class LatentVariableModel(Model):
             "beta": self.beta,
             "objective": self.objective,
             "iw": self.iw,
-            "likelihood": self.likelihood_name,
+            "likelihood": likelihoods.serialize(self.likelihood, self.x_dim),
         }
 
     # ---- uses -----------------------------------------------------------------------------------
@@ -306,6 +315,38 @@ class LatentVariableModel(Model):
     def call(self, x: tf.Tensor | np.ndarray, training: bool = False) -> tf.Tensor:
         """Reconstructions [B, x_dim] (see `reconstruct`; `predict` calls it)."""
         return self.reconstruct(x)
+
+    # ---- data and figures (what the tools ask; see tfp_vae.models.core.Model) -----------------
+
+    def train_dataset(self, dataset, batch_size, seed=None, start_step=0, binarization=None):
+        """`tfp_vae.data.train_dataset` of the training images, transformed as the likelihood
+        needs them (`data_transforms["train"]`: fresh binarisation per batch for the Bernoulli,
+        grayscale as it is otherwise); `binarization` overrides it where the likelihood can
+        model the result (ValueError otherwise)."""
+        binarization = self.likelihood.check_transform(
+            binarization or self.data_transforms["train"]
+        )
+        return data.train_dataset(
+            dataset.x_train, batch_size, binarization, seed=seed, start_step=start_step
+        )
+
+    def eval_dataset(self, images, labels=None, batch_size=1000):
+        """`tfp_vae.data.eval_dataset` of `images`, transformed as the likelihood needs them
+        (`data_transforms["eval"]`); labels are not used."""
+        del labels
+        return data.eval_dataset(images, batch_size, self.data_transforms["eval"])
+
+    def latent_means(self, x: tf.Tensor | np.ndarray) -> tuple[tf.Tensor, None]:
+        """(the means [B, z_dim] of q(z|x), None): what the figures place in latent space (a
+        class-conditional model returns the classes it conditioned on instead of None)."""
+        return self.encode(self.check_inputs(x, bound=False)).mean(), None
+
+    def generate(self, z: tf.Tensor | np.ndarray, y=None) -> tf.Tensor:
+        """The data-space means [B, x_dim] of p(x|z) at latents z [B, z_dim] (`y` is for
+        class-conditional models and must be None here)."""
+        if y is not None:
+            raise ValueError(f"A {type(self).__name__} has no classes; pass y=None.")
+        return self.decode(check_features(z, self.z_dim, name="latents")).mean()
 
     def serving_functions(self):
         """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
@@ -339,11 +380,7 @@ class LatentVariableModel(Model):
 
         def decode(z):
             p = self.decode(check_features(z, self.z_dim, name="latents"))
-            if self.likelihood_name == "bernoulli":
-                return {"probs": p.mean(), "logits": p.distribution.logits}
-            if self.likelihood_name == "continuous_bernoulli":
-                return {"mean": p.mean(), "logits": p.distribution.logits}
-            return {"mean": p.mean(), "scale": p.stddev()}
+            return self.likelihood.parameters(p)
 
         def sample(n, seed=None):
             seed = None if seed is None else check_seed(seed)

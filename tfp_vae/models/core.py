@@ -396,6 +396,66 @@ class Model(keras.Model):
         and `bin/sample`); `seed`: a stateless seed (int32 [2]) or None."""
         raise NotImplementedError
 
+    # ---- what the tools ask the model (binaries, plots, the training loop) ----------------------
+    # A caller asks these instead of switching on the model's kind, so a user's subclass gets
+    # the binaries and figures by inheritance.
+
+    # The `tfp_vae.plots` figures the model can draw (`class_grid` needs classes).
+    figure_kinds = ("interpolations", "traversals", "latent_map", "reconstructions")
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one raw input, without the batch axis ((784,) for MNIST's flat images)."""
+        return tuple(self.input_shape)
+
+    @property
+    def data_likelihood(self):
+        """The `tfp_vae.likelihoods.Likelihood` of the model's raw inputs: it says how data are
+        prepared for training and evaluation (`data_transforms`, `eval_inputs`)."""
+        return self.likelihood
+
+    @property
+    def data_transforms(self) -> dict[str, str]:
+        """{"train": ..., "eval": ...}: how the raw data are prepared for training and for
+        evaluation ("dynamic"/"static" binarisation only for a Bernoulli; "none"), as the
+        binaries record them in `metrics.json`."""
+        return self.data_likelihood.transforms
+
+    def eval_inputs(self, images: np.ndarray) -> np.ndarray:
+        """Images (uint8 [N, ...] or floats) as the model's bounds and figures take them, float32
+        [N, pixels]: statically binarised for a Bernoulli, else scaled to [0, 1] (floats are
+        kept)."""
+        return self.data_likelihood.prepare(images)
+
+    def check_dataset(self, dataset) -> None:
+        """Raises ValueError (one line) when `dataset` (a `tfp_vae.data.ImageDataset`) lacks
+        what the model needs (labels for a class-conditional model)."""
+        if self.class_conditional and not dataset.has_labels:
+            raise ValueError(
+                f"A {type(self).__name__} needs labels, and {dataset.source} has no y_train "
+                "and y_test arrays."
+            )
+
+    def train_dataset(
+        self, dataset, batch_size: int, seed: int | None = None, start_step: int = 0, **options
+    ):
+        """The endless training stream for `fit` from `dataset`'s training split, prepared as
+        the model needs it, from the batch number `start_step` on (a resumed run)."""
+        raise NotImplementedError
+
+    def eval_dataset(self, images: np.ndarray, labels: np.ndarray | None = None, batch_size=1000):
+        """A finite `tf.data.Dataset` of `images` (and `labels`) as `evaluate` takes it."""
+        raise NotImplementedError
+
+    def test_metrics(
+        self, images: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 1000
+    ) -> dict[str, float]:
+        """The test metrics (`evaluate`) on `images` (and `labels`), as floats."""
+        results = self.evaluate(
+            self.eval_dataset(images, labels, batch_size), verbose=0, return_dict=True
+        )
+        return {k: float(v) for k, v in results.items()}
+
     # ---- the training step --------------------------------------------------------------------
 
     def compute_losses(

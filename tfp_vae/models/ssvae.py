@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import layers, networks
+from tfp_vae import layers, likelihoods, networks, semisupervised
 from tfp_vae.checks import (
     IMAGE_PROBLEMS,
     INPUT_PROBLEMS,
@@ -49,11 +49,9 @@ from tfp_vae.checks import (
     check_array,
     check_count,
     check_features,
-    check_inputs,
     check_labels,
     check_seed,
     first_problem,
-    input_problem,
     label_problem,
     label_problems,
     labels_for,
@@ -66,7 +64,8 @@ from tfp_vae.objectives import classification_loss, labelled_negative_elbo, unla
 
 tfd = tfp.distributions
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+# The likelihoods known by name (the SSVAE takes any `tfp_vae.likelihoods.Likelihood`).
+LIKELIHOODS = likelihoods.names()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,8 +183,8 @@ class SSVAE(Model):
             raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {likelihood!r}.")
+        if not isinstance(likelihood, (likelihoods.Likelihood, dict)):
+            likelihoods.check_name(likelihood)
         if float(gen_weight) < 0 or float(class_weight) < 0:
             raise ValueError(
                 f"gen_weight and class_weight must be >= 0; got {gen_weight} and {class_weight}."
@@ -198,7 +197,8 @@ class SSVAE(Model):
         self.activation, self.classifier_activation = activation, classifier_activation
         self.gen_weight, self.class_weight = float(gen_weight), float(class_weight)
         self.labelled_bound = bool(labelled_bound)
-        self.likelihood_name = likelihood
+        # p(x|y,z)'s layer: the decoder's output [..., outputs_per_dimension * x_dim] is its input.
+        self.likelihood = likelihoods.get(likelihood, self.x_dim, min_variance)
         self.min_variance, self.init = float(min_variance), init
         k = self.num_classes
         # The user's networks are kept in the config (`get_config`); the default MLPs are not.
@@ -239,9 +239,8 @@ class SSVAE(Model):
                 "x_dim + num_classes",
                 "2 * z_dim",
             )
-        # A Gaussian likelihood needs a mean and a pre-softplus variance per feature.
-        gaussian = likelihood == "gaussian"
-        out_dim = self.x_dim * (2 if gaussian else 1)
+        per = self.likelihood.outputs_per_dimension
+        out_dim = self.x_dim * per
         if decoder is None:
             self.decoder = networks.mlp(
                 self.z_dim + k, self.hidden, out_dim, activation, init, name="decoder"
@@ -253,16 +252,10 @@ class SSVAE(Model):
                 self.z_dim + k,
                 [out_dim],
                 "z_dim + num_classes",
-                "2 * x_dim" if gaussian else "x_dim",
+                f"{per} * x_dim" if per > 1 else "x_dim",
             )
         self.label_posterior = CategoricalFromLogits()
         self.posterior = layers.GaussianPosterior(min_variance)
-        # GaussianPosterior maps [mean, pre-variance] to a diagonal Gaussian, likelihood or not.
-        self.likelihood = (
-            layers.GaussianPosterior(min_variance)
-            if likelihood == "gaussian"
-            else layers.BernoulliLikelihood()
-        )
         self.prior_layer = layers.StandardNormalPrior(self.z_dim)
         self._make_metrics(self.TRAIN_METRICS + self.TEST_METRICS)
         if type(self).build_at_init:
@@ -279,6 +272,11 @@ class SSVAE(Model):
         return tfd.Categorical(logits=tf.zeros([self.num_classes]))
 
     @property
+    def likelihood_name(self) -> str:
+        """The likelihood's registered family ("bernoulli", ...; see `tfp_vae.likelihoods`)."""
+        return self.likelihood.family
+
+    @property
     def input_dim(self):
         """The width of the inputs every method takes: x_dim (a stacked model: its pixels)."""
         return self.x_dim
@@ -293,12 +291,12 @@ class SSVAE(Model):
         images to features (`sample` and `seed` say how; unused here).
         """
         del sample, seed
-        return check_inputs(x, self.input_shape, self.likelihood_name, binary, check_values)
+        return self.likelihood.check(x, self.input_shape, binary, check_values)
 
     def _value_problem(self, x, binary=True):
         """int32 code (0: fine) of the values of raw inputs x, float32 [B, input_dim], as
         `_inputs` checks them; a message of `input_problems`. Plain ops (XLA-safe)."""
-        return input_problem(x, self.likelihood_name, binary)
+        return self.likelihood.problem(x, binary)
 
     @property
     def input_problems(self):
@@ -633,7 +631,7 @@ class SSVAE(Model):
             "labelled_bound": self.labelled_bound,
             "init": self.init,
             "input_shape": list(self.input_shape),
-            "likelihood": self.likelihood_name,
+            "likelihood": likelihoods.serialize(self.likelihood, self.x_dim, self.min_variance),
         }
         return networks.serialize_networks(config, self, self._user_networks)
 
@@ -696,6 +694,77 @@ class SSVAE(Model):
         labels = labels_for(y, tf.shape(x)[0], self.num_classes)
         return self._observed(self._decode(self._encode(x, labels).mean(), labels))
 
+    # ---- data and figures (what the tools ask; see tfp_vae.models.core.Model) ---------------
+
+    figure_kinds = Model.figure_kinds + ("class_grid",)
+
+    def train_dataset(
+        self,
+        dataset,
+        batch_size,
+        seed=None,
+        start_step=0,
+        binarization=None,
+        labels_per_class=10,
+        label_seed=0,
+        labelled_binarization=None,
+        labelled_indices=None,
+        labelled_batch_size=None,
+    ):
+        """`tfp_vae.semisupervised.make_train_dataset` of `dataset`'s training split (images and
+        labels): unlabelled batches and the labelled set, transformed as the likelihood of the
+        inputs needs them (`data_transforms["train"]`, or `binarization` where it can model
+        the result; ValueError otherwise)."""
+        self.check_dataset(dataset)
+        likelihood = self.data_likelihood
+        binarization = likelihood.check_transform(binarization or self.data_transforms["train"])
+        if labelled_binarization is not None and not (
+            labelled_binarization == "none" and not self.labelled_bound
+        ):
+            # Grayscale labelled images go only to the classifier when there is no labelled bound.
+            likelihood.check_transform(labelled_binarization, "labelled_binarization")
+        return semisupervised.make_train_dataset(
+            dataset.x_train,
+            dataset.y_train,
+            labels_per_class,
+            label_seed,
+            batch_size,
+            seed,
+            binarization,
+            labelled_binarization,
+            labelled_indices,
+            labelled_batch_size,
+            start_step=start_step,
+        )
+
+    def eval_dataset(self, images, labels=None, batch_size=1000):
+        """`tfp_vae.semisupervised.make_eval_dataset`: the bound on `images` transformed as the
+        likelihood needs them (`data_transforms["eval"]`), the accuracy on grayscale ones."""
+        if labels is None:
+            raise ValueError(f"A {type(self).__name__} evaluates on labelled images; pass labels.")
+        return semisupervised.make_eval_dataset(
+            images, labels, batch_size, self.data_transforms["eval"]
+        )
+
+    def test_metrics(self, images, labels=None, batch_size=1000):
+        """The test metrics; `accuracy` classifies grayscale images (as the reference does) and,
+        for binary inputs, `accuracy_binarized` the statically binarised ones."""
+        results = super().test_metrics(images, labels, batch_size)
+        if self.data_likelihood.binary:
+            from tfp_vae import data
+
+            binary = data.eval_dataset(images, batch_size, labels=labels)
+            results["accuracy_binarized"] = float(
+                self.evaluate(binary, verbose=0, return_dict=True)["accuracy"]
+            )
+        return results
+
+    def latent_means(self, x):
+        """(the means [B, z_dim] of q(z|x, y), y [B]): y the classifier's prediction
+        argmax q(y|x), which the figures condition on."""
+        y = tf.argmax(self.class_logits(x), axis=-1, output_type=tf.int32)
+        return self.encode(x, y).mean(), y
+
     def training_functions(self):
         """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
 
@@ -741,9 +810,10 @@ class SSVAE(Model):
 
         def decode(z, y):
             p = self.decode(check_features(z, self.z_dim, name="latents"), y)
-            if self.likelihood_name == "bernoulli":
-                return {"probs": p.mean(), "logits": p.distribution.logits}
-            return {"mean": p.mean(), "variance": p.variance(), "observed": self._observed(p)}
+            out = self.likelihood.parameters(p)
+            if not self.likelihood.binary:  # Also the data-space mean (M1+M2: M1's pixels).
+                out["observed"] = self._observed(p)
+            return out
 
         def sample(n, y, seed=None):
             # y: one label per sample, or a single label ([1]) for all n.

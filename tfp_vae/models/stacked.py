@@ -37,7 +37,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae.checks import check_images, image_problem
 from tfp_vae.models.base import LatentVariableModel
 from tfp_vae.models.ssvae import SSVAE
 
@@ -93,7 +92,9 @@ class M1M2(SSVAE):
                 f"feature_indices must be distinct sorted units of M1's z "
                 f"(0..{m1.z_dim - 1}), at least one; got {self.feature_indices}."
             )
-        super().__init__(x_dim=len(self.feature_indices), likelihood="gaussian", **kwargs)
+        super().__init__(
+            x_dim=len(self.feature_indices), likelihood="heteroscedastic_gaussian", **kwargs
+        )
         self.m1 = m1
         self.m1.trainable = False
         self.build((None, self.input_dim))
@@ -102,11 +103,21 @@ class M1M2(SSVAE):
     def input_dim(self):
         return self.m1.x_dim
 
+    @property
+    def data_shape(self):
+        """M1's input shape: M1+M2 takes M1's images."""
+        return tuple(self.m1.input_shape)
+
+    @property
+    def data_likelihood(self):
+        """M1's likelihood: the inputs are M1's images (M2's own models M1's features)."""
+        return self.m1.likelihood
+
     def _raw_inputs(self, x):
-        return check_images(x, self.m1.input_shape, check_pixels=False)
+        return self.m1.likelihood.check(x, self.m1.input_shape, check_values=False)
 
     def _value_problem(self, x, binary=True):
-        return image_problem(x, binary)
+        return self.m1.likelihood.problem(x, binary)
 
     def features(
         self, x: tf.Tensor | np.ndarray, sample: bool = False, seed: tf.Tensor | None = None
@@ -122,7 +133,7 @@ class M1M2(SSVAE):
         """The units of M1's z whose posterior mean varies across `images` (binary [N, pixels]):
         std over the images > threshold, as in the paper's code. A sorted list of ints."""
         _check_m1(m1)
-        means = m1.encode(check_images(images, m1.input_shape)).mean()
+        means = m1.encode(m1.likelihood.check(images, m1.input_shape)).mean()
         return [int(i) for i in np.flatnonzero(np.std(np.asarray(means), axis=0) > threshold)]
 
     def _modelled(self, z1):
@@ -132,9 +143,7 @@ class M1M2(SSVAE):
     def _inputs(self, x, binary=True, sample=False, seed=None, check_values=True):
         """Images (checked as the SSVAE checks them; only their shape unless `check_values`)
         -> z1 ~ q(z1|x), or its mean (the units M2 models)."""
-        q = self.m1.encode(
-            check_images(x, self.m1.input_shape, binary=binary, check_pixels=check_values)
-        )
+        q = self.m1.encode(self.m1.likelihood.check(x, self.m1.input_shape, binary, check_values))
         # M1 is fixed; no gradient flows into it (its variables are not trainable anyway).
         return tf.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
 
@@ -159,7 +168,7 @@ class M1M2(SSVAE):
         """The stacked bound (module docstring) and its parts for binary images x, without
         labels (with M2's -U(z1)) or with int labels [B] (with M2's -L(z1, y)): dict of [B]
         tensors `nelbo`, `rec`, `kl_z1`, `kl_z` (and `kl_y` without labels)."""
-        x = check_images(x, self.m1.input_shape)
+        x = self.m1.likelihood.check(x, self.m1.input_shape)
         seed_z1, seed_m2 = (None, None) if seed is None else tfp.random.split_seed(seed, 2)
         q = self.m1.encode(x)
         z1 = q.sample(seed=seed_z1)

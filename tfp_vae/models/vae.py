@@ -1,6 +1,6 @@
 """The VAE: p(z) = N(0, I), Gaussian q(z|x) from an MLP, Bernoulli p(x|z) from an MLP (or from
 networks of the user's own: `encoder=`, `decoder=`; or another likelihood by name:
-`likelihood="continuous_bernoulli"` or `"gaussian"`)."""
+`likelihood="continuous_bernoulli"`, `"gaussian"`, ...: `tfp_vae.likelihoods`)."""
 
 from collections.abc import Sequence
 
@@ -66,16 +66,21 @@ class VAE(LatentVariableModel):
             self.encoder = networks.user_network(
                 encoder, "encoder", self.input_shape, [2 * self.z_dim], output_formula="2 * z_dim"
             )
+        # The likelihood's parameters: one per dimension of x (two for a heteroscedastic one).
+        per = self.likelihood.outputs_per_dimension
         if decoder is None:
             self.decoder = networks.mlp(
-                self.z_dim, self.hidden, self.x_dim, activation, init, name="decoder"
+                self.z_dim, self.hidden, per * self.x_dim, activation, init, name="decoder"
             )
-        else:
+        elif per == 1:
             self.decoder = networks.user_network(
                 decoder, "decoder", self.z_dim, [self.input_shape, self.x_dim], "z_dim", "x_dim"
             )
+        else:
+            self.decoder = networks.user_network(
+                decoder, "decoder", self.z_dim, [per * self.x_dim], "z_dim", f"{per} * x_dim"
+            )
         self.posterior = layers.GaussianPosterior(min_variance)
-        self.likelihood = layers.likelihood_layer(self.likelihood_name, self.x_dim)
         self.prior_layer = self.make_prior()
         self.build((None, self.x_dim))
 
