@@ -31,7 +31,7 @@ def tiny_m1m2(**overrides):
 
 def test_gaussian_m2_enumerated_bound_equals_class_by_class_loop():
     keras.utils.set_random_seed(0)
-    model = SSVAE(x_dim=5, likelihood="gaussian", min_variance=0.0, **TINY_M2)
+    model = SSVAE(x_dim=5, likelihood="heteroscedastic_gaussian", min_variance=0.0, **TINY_M2)
     _point_mass_posterior(model)
     x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
     probs = model.classify(x).numpy()

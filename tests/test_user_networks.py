@@ -124,7 +124,7 @@ def test_shapes_are_checked_once_with_a_clear_message():
         match=r"decoder must map .* to \[batch, 2 \* x_dim\] = "
         r"\[batch, 12\]; it gives \[batch, 6\]",
     ):
-        SSVAE(z_dim=Z_DIM, x_dim=6, likelihood="gaussian", decoder=seq(6))
+        SSVAE(z_dim=Z_DIM, x_dim=6, likelihood="heteroscedastic_gaussian", decoder=seq(6))
     with pytest.raises(
         ValueError,
         match=r"classifier must map \[batch, 784\] "

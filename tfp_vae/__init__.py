@@ -52,27 +52,38 @@ def _import_tensorflow():
             _sys.stderr.write("".join(kept))
 
 
+def _import_all():
+    """TensorFlow (quietly, see `_import_tensorflow`), then the library's modules and models as
+    attributes of the package (`tfp_vae.data`, `tfp_vae.VAE`, ...); importing the models
+    registers every class with Keras."""
+    import importlib
+
+    _import_tensorflow()
+    for name in _MODULES:
+        importlib.import_module(f"tfp_vae.{name}")  # Each becomes an attribute of the package.
+    models = importlib.import_module("tfp_vae.models")
+    globals().update({name: getattr(models, name) for name in _MODELS})
+
+
+_MODULES = (
+    "checks",
+    "data",
+    "evaluation",
+    "export",
+    "layers",
+    "likelihoods",
+    "networks",
+    "objectives",
+    "pretrained",
+    "semisupervised",
+)
+_MODELS = ("GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel")
+
 # The binaries in bin/ set TFP_VAE_DEFER_IMPORT=1, so that their flags are parsed (and a mistake
 # reported) before TensorFlow's seconds of start-up; they import the rest after
-# (`tfp_vae.cli.common.import_library`).
+# (`tfp_vae.cli.common.import_library`, which calls `_import_all`).
 if _os.environ.get("TFP_VAE_DEFER_IMPORT") != "1":
-    _import_tensorflow()
-
-    # After TensorFlow's quiet start-up. Importing the models registers every class with Keras; the
-    # modules become attributes of the package (`tfp_vae.data`, ...).
-    from tfp_vae import (
-        checks,
-        data,
-        evaluation,
-        export,
-        layers,
-        likelihoods,
-        networks,
-        objectives,
-        pretrained,
-        semisupervised,
-    )
-    from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE, LatentVariableModel
+    _import_all()
 
 __all__ = [
     # The models.

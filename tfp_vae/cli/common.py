@@ -124,8 +124,7 @@ def import_library():
 
     import tfp_vae
 
-    tfp_vae._import_tensorflow()
-    import tfp_vae.models  # Registers the model classes with Keras.
+    tfp_vae._import_all()  # The package whole, as a user's module may use it (tfp_vae.VAE).
 
     modules = flags.FLAGS["import"].value if "import" in flags.FLAGS else []
     if modules and os.getcwd() not in sys.path:
