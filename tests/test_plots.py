@@ -235,29 +235,34 @@ def test_tensorboard_images_and_per_step_scalars(semi_supervised, tmp_path):
 
         val = data.eval_dataset(images[:50], batch_size=25)
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=False, steps_per_execution=2)
-    training.fit(
-        model,
-        train,
-        steps=40,
-        out_dir=str(tmp_path),
-        steps_per_epoch=20,
-        validation_data=val,
-        verbose=0,
-    )
+    kwargs = dict(out_dir=str(tmp_path), steps_per_epoch=20, validation_data=val, verbose=0)
+    training.fit(model, train, steps=40, **kwargs)
     steps, sizes = _events(str(tmp_path / "logs" / "samples"))
-    assert steps["samples"] == [1, 2] and steps["reconstructions"] == [1, 2]
+    assert steps["samples"] == [20, 40] and steps["reconstructions"] == [20, 40]
     # Samples: 8 x 8, or a row per z and a column per class (6 x 10); reconstructions: the
     # first 32 validation images in rows of 8, each row followed by its reconstructions.
     assert sizes["samples"] == (
         (10 * 29 + 1, 6 * 29 + 1) if semi_supervised else (8 * 29 + 1, 8 * 29 + 1)
     )
     assert sizes["reconstructions"] == (8 * 29 + 1, 8 * 29 + 1)
-    # Per-step scalars: 20 steps an epoch, one point every 2 (update_freq: ~10 an epoch).
-    # Keras 3 calls batch callbacks once per execution (steps_per_execution=2 steps) and steps
-    # its batch scalars by its count of those calls: 1..20 for 40 steps.
+    # Per-step scalars: 20 steps an epoch, one point every 2 optimizer steps (~10 an epoch),
+    # though Keras calls the batch callbacks once per execution of 2 steps.
     scalars, _ = _events(str(tmp_path / "logs" / "train"))
-    assert scalars["batch_loss"] == list(range(1, 21))
-    assert scalars["epoch_loss"] == [0, 1]
+    assert scalars["batch_loss"] == list(range(2, 41, 2))
+    assert scalars["epoch_loss"] == scalars["epoch_learning_rate"] == [20, 40]
+    validation, _ = _events(str(tmp_path / "logs" / "validation"))
+    assert validation and all(s == [20, 40] for s in validation.values()), validation
+    # Resumed, the run goes on along the same axis.
+    training.fit(model, train, steps=60, resume=True, **kwargs)
+    every = {}
+    for folder in ("train", "validation", "samples"):
+        for tag, s in _events(str(tmp_path / "logs" / folder))[0].items():
+            every[f"{folder}/{tag}"] = s
+    assert every["train/batch_loss"] == list(range(2, 61, 2))
+    # Every scalar and image, of every writer, is stepped by the optimizer's step count.
+    for tag, s in every.items():
+        if not tag.startswith("train/batch_"):
+            assert s == [20, 40, 60], tag
 
 
 def test_fixed_images_come_from_validation_else_training_data():
