@@ -289,6 +289,33 @@ def test_sample_ssvae_style_grid(tmp_path):
         result = run_binary("sample", f"--model_path={path}", f"--output={png}", *args)
         assert (result.returncode == 0) == (args == ["--y=7"]), result.stderr[-2000:]
     assert np.any(image < 255)
+    # A PDF, labelled by default (through matplotlib); an unknown extension is refused at once.
+    pdf = tmp_path / "style.pdf"
+    result = run_binary("sample", f"--model_path={path}", f"--output={pdf}", "--dpi=72")
+    assert result.returncode == 0 and pdf.read_bytes()[:4] == b"%PDF", result.stderr[-2000:]
+    for args, expected in (
+        ([f"--output={tmp_path}/s.jpg"], "ending in .png, .pdf or .svg"),
+        ([f"--output={png}", "--dpi=300"], "one pixel per image pixel"),
+    ):
+        result = run_binary("sample", f"--model_path={path}", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], lines
+
+
+def test_sample_pdf_without_matplotlib_is_one_line(tmp_path):
+    """Without matplotlib, a .pdf (or --labels) is refused in one line naming the extra."""
+    (tmp_path / "matplotlib").mkdir()
+    (tmp_path / "matplotlib" / "__init__.py").write_text("raise ImportError('not here')\n")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    result = run_binary(
+        "sample",
+        f"--model_path={tmp_path}/none.keras",
+        f"--output={tmp_path}/s.pdf",
+        env_extra={"PYTHONPATH": path},
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, lines
+    assert 'pip install "tfp_vae[plots]"' in lines[0]
 
 
 def test_build_model_takes_its_settings_as_arguments():

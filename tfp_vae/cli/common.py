@@ -187,6 +187,21 @@ def check_png_output(path, flag, what, hint=""):
         )
 
 
+def check_figure_output(path, flag, what, hint=""):
+    """`check_output_file`, and the name must end in .png, .pdf or .svg (`plots.FORMATS`, the
+    formats `what` may be written in)."""
+    from absl import app
+
+    from tfp_vae import plots
+
+    check_output_file(path, flag)
+    if plots.format_of(path) is None:
+        raise app.UsageError(
+            f"--{flag}={path}: {what} is written as {', '.join(plots.FORMATS)}; give a name "
+            f"ending in .png, .pdf or .svg{hint}."
+        )
+
+
 def check_output_file(path, flag):
     """Refuses (UsageError) an output path that is a directory, or whose folder is missing."""
     from absl import app
