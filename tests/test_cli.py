@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+from binaries import ROOT
 from binaries import run as run_binary
 
 from tfp_vae import data
@@ -288,6 +289,33 @@ def test_sample_ssvae_style_grid(tmp_path):
         result = run_binary("sample", f"--model_path={path}", f"--output={png}", *args)
         assert (result.returncode == 0) == (args == ["--y=7"]), result.stderr[-2000:]
     assert np.any(image < 255)
+    # A PDF, labelled by default (through matplotlib); an unknown extension is refused at once.
+    pdf = tmp_path / "style.pdf"
+    result = run_binary("sample", f"--model_path={path}", f"--output={pdf}", "--dpi=72")
+    assert result.returncode == 0 and pdf.read_bytes()[:4] == b"%PDF", result.stderr[-2000:]
+    for args, expected in (
+        ([f"--output={tmp_path}/s.jpg"], "ending in .png, .pdf or .svg"),
+        ([f"--output={png}", "--dpi=300"], "one pixel per image pixel"),
+    ):
+        result = run_binary("sample", f"--model_path={path}", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], lines
+
+
+def test_sample_pdf_without_matplotlib_is_one_line(tmp_path):
+    """Without matplotlib, a .pdf (or --labels) is refused in one line naming the extra."""
+    (tmp_path / "matplotlib").mkdir()
+    (tmp_path / "matplotlib" / "__init__.py").write_text("raise ImportError('not here')\n")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    result = run_binary(
+        "sample",
+        f"--model_path={tmp_path}/none.keras",
+        f"--output={tmp_path}/s.pdf",
+        env_extra={"PYTHONPATH": path},
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, lines
+    assert 'pip install "tfp_vae[plots]"' in lines[0]
 
 
 def test_build_model_takes_its_settings_as_arguments():
@@ -318,3 +346,70 @@ def test_build_model_takes_its_settings_as_arguments():
     assert (type(model).__name__, model.z_dim, model.hidden, model.seed) == ("GMVAE", 3, (8,), 7)
     assert model.prior().components_distribution.batch_shape == [4]
     assert abs(float(model.optimizer.learning_rate) - 2e-3) < 1e-9
+
+
+# ---- what a log file or a pipe receives ---------------------------------------------------------
+
+
+def _unset_log_level():
+    """The environment without TF_CPP_MIN_LOG_LEVEL (conftest sets it for the tests' own TF)."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def test_piped_training_log_has_no_colour_codes_nor_tf_lines(tmp_path):
+    """bin/train with stdout and stderr to pipes and TF_CPP_MIN_LOG_LEVEL unset: the default
+    --verbose=1 writes one plain line an epoch, and stderr holds nothing (no cuInit error,
+    oneDNN or cuDNN-factory line of TensorFlow's start-up)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    images = (np.random.default_rng(0).random((60, 28, 28)) * 255).astype(np.uint8)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=images, x_test=images)  # The PNGs show 50 test images.
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "train"), "--model=vae", "--hidden=8",
+         f"--dataset=npz:{npz}", "--steps=4", "--steps_per_epoch=2", "--batch_size=10",
+         "--validation_examples=10", f"--out_dir={tmp_path}/run"],
+        capture_output=True, text=True, env=_unset_log_level(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\x1b[" not in result.stdout + result.stderr
+    assert "\b" not in result.stdout and "Epoch 2/2" in result.stdout
+    assert result.stderr == ""
+
+
+def test_console_script_is_quiet(tmp_path):
+    """A console script of setup.cfg (`tfp_vae_sample`, written here as pip writes it) with
+    TF_CPP_MIN_LOG_LEVEL unset prints only the binary's own line."""
+    import subprocess
+    import sys
+
+    from tfp_vae.models import VAE
+
+    VAE(z_dim=2, hidden=(8,)).save(tmp_path / "vae.keras")
+    script = tmp_path / "tfp_vae_sample"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+        "from tfp_vae.cli.sample import run\nsys.exit(run())\n"
+    )
+    png = tmp_path / "s.png"
+    result = subprocess.run(
+        [sys.executable, str(script), f"--model_path={tmp_path}/vae.keras", f"--output={png}"],
+        capture_output=True, text=True, env=_unset_log_level(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == "" and result.stdout == f"Wrote {png}\n"
+
+
+def test_plain_stream_drops_ansi_escapes():
+    import io
+
+    from tfp_vae.cli import common
+
+    out = io.StringIO()
+    stream = common.PlainStream(out)
+    text = "\x1b[1m10/10\x1b[0m \x1b[32m\u2501\x1b[0m - loss: 1.0\n"
+    assert stream.write(text) == len(text)  # What was asked, as a stream answers.
+    assert out.getvalue() == "10/10 \u2501 - loss: 1.0\n" and not stream.isatty()

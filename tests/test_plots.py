@@ -15,7 +15,7 @@ import tensorflow as tf
 pytest.importorskip("matplotlib", reason='the figures need matplotlib: pip install -e ".[plots]"')
 
 from tfp_vae import data, plots, semisupervised, training
-from tfp_vae.models import M1M2, SSVAE, VAE
+from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -136,6 +136,75 @@ def test_reconstructions(vae, ssvae, tmp_path):
         assert path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG
 
 
+def test_manifold_decodes_the_prior_quantiles(vae, ssvae):
+    keras.utils.set_random_seed(3)
+    model = VAE(z_dim=2, hidden=(16,))
+    assert "manifold" in plots.kinds_for(model)
+    figure = plots.manifold(model, n=6)
+    (ax,) = figure.axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("z0", "z1")
+    assert ax.get_images()[0].get_array().shape == (6 * 29 + 1, 6 * 29 + 1)
+    # The grid is at the quantiles (i + 1/2) / n of N(0, 1), z1 growing upwards.
+    exact = tfp_normal_quantiles(6)
+    q = plots.prior_quantiles(model, 6)
+    np.testing.assert_allclose(q, np.stack([exact, exact], 1), atol=0.05)
+    x_ticks = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_xticklabels()]
+    y_ticks = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_yticklabels()]
+    assert x_ticks == sorted(x_ticks) and y_ticks == sorted(y_ticks, reverse=True)
+    assert x_ticks[0] == pytest.approx(q[0, 0], abs=0.01)
+    # The decoded images are the decoder's means at those points: the top-left cell is z =
+    # (smallest z0, largest z1).
+    cell = ax.get_images()[0].get_array()[1:29, 1:29] / 255.0
+    top_left = plots.decode_means(model, [[q[0, 0], q[-1, 1]]]).reshape(28, 28)
+    np.testing.assert_allclose(cell, top_left, atol=1 / 255 + 1e-6)
+    # A GMVAE's mixture prior has its own quantiles; other models are refused.
+    plots.manifold(GMVAE(z_dim=2, k=3, hidden=(8,)), n=3)
+    for other in (vae, SSVAE(z_dim=2, hidden=(8,), classifier_hidden=(8,))):
+        assert "manifold" not in plots.kinds_for(other)
+        with pytest.raises(ValueError, match="z_dim = 2"):
+            plots.manifold(other)
+
+
+def tfp_normal_quantiles(n):
+    import tensorflow_probability as tfp
+
+    p = (np.arange(n) + 0.5) / n
+    return tfp.distributions.Normal(0.0, 1.0).quantile(p).numpy()
+
+
+def test_save_chooses_the_format_by_extension_and_dpi(vae, tmp_path):
+    figure = plots.reconstructions(vae, _images(4), columns=4)
+    magic = {"png": PNG, "pdf": b"%PDF", "svg": b"<?xml"}
+    for fmt, start in magic.items():
+        path = plots.save(figure, str(tmp_path / f"r.{fmt.upper()}"))
+        assert open(path, "rb").read(len(start)) == start, fmt
+    widths = []
+    for dpi in (50, 100):
+        plots.save(figure, str(tmp_path / f"{dpi}.png"), dpi=dpi)
+        widths.append(tf.io.decode_png((tmp_path / f"{dpi}.png").read_bytes()).shape[1])
+    assert abs(widths[1] - 2 * widths[0]) <= 2, widths
+    with pytest.raises(ValueError, match="png, pdf, svg"):
+        plots.save(figure, str(tmp_path / "r.jpg"))
+    assert plots.format_of("a/b.Svg") == "svg" and plots.format_of("figures") is None
+
+
+def test_image_grid_labelled_or_bare(tmp_path):
+    from tfp_vae import images
+
+    pixels = np.random.default_rng(0).random((20, 784)).astype(np.float32)
+    names = [str(k) for k in range(10)]
+    labelled = plots.image_grid(pixels, 2, 10, col_labels=names, xlabel="class", title="m, 0")
+    (ax,) = labelled.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert (ax.get_xlabel(), ax.get_title()) == ("class", "m, 0")
+    # Bare: the pixel grid itself, one pixel per image pixel.
+    path = plots.save(plots.image_grid(pixels, 2, 10, labels=False), str(tmp_path / "g.png"))
+    written = tf.io.decode_png(open(path, "rb").read()).numpy()
+    expected = images.grid(pixels, 2, 10)
+    assert written.shape[:2] == expected.shape[:2]
+    assert np.abs(written[..., 0].astype(int) - expected[..., 0]).max() <= 1
+
+
 def test_missing_matplotlib_says_how_to_install(monkeypatch, vae):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails.
     with pytest.raises(ImportError, match=r'pip install "tfp_vae\[plots\]"'):
@@ -177,12 +246,24 @@ def test_bin_plot_all_writes_every_figure(ssvae, npz, tmp_path):
         f"--output={out}",
         f"--dataset=npz:{npz}",
         "--examples=40",
+        "--format=pdf",
+        "--dpi=50",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(os.listdir(out))
-    assert names == sorted(f"{kind}.png" for kind in plots.KINDS)
+    # Every kind but the manifold (z_dim is 3, and the model has classes).
+    assert names == sorted(f"{kind}.pdf" for kind in plots.KINDS if kind != "manifold")
     for name in names:
-        assert (out / name).read_bytes()[:8] == PNG and (out / name).stat().st_size > 1000
+        assert (out / name).read_bytes()[:4] == b"%PDF" and (out / name).stat().st_size > 1000
+
+
+def test_bin_plot_manifold(tmp_path):
+    keras.utils.set_random_seed(0)
+    saved = tmp_path / "vae2.keras"
+    VAE(z_dim=2, hidden=(8,)).save(saved)
+    result = _run(f"--model_path={saved}", "--kind=manifold", f"--output={tmp_path}/m.svg")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "m.svg").read_bytes()[:5] == b"<?xml" and result.stderr == ""
 
 
 def test_bin_plot_refuses_class_grid_of_a_vae(vae, npz, tmp_path):
@@ -192,6 +273,15 @@ def test_bin_plot_refuses_class_grid_of_a_vae(vae, npz, tmp_path):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("ERROR: --kind=class_grid")
     assert "has no classes" in result.stderr and not (tmp_path / "g.png").exists()
+    # The manifold is for z_dim = 2 (this VAE's is 3); an unknown extension is refused at once.
+    result = _run(f"--model_path={saved}", "--kind=manifold", f"--output={tmp_path}/m.png")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "z_dim = 2" in result.stderr and "z_dim=3" in result.stderr
+    result = _run(
+        f"--model_path={tmp_path}/none.keras", f"--output={tmp_path}/m.jpg", "--kind=latent_map"
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "ending in .png, .pdf or .svg" in result.stderr
 
 
 # ---- TensorBoard --------------------------------------------------------------------------------
@@ -235,29 +325,34 @@ def test_tensorboard_images_and_per_step_scalars(semi_supervised, tmp_path):
 
         val = data.eval_dataset(images[:50], batch_size=25)
     model.compile(keras.optimizers.Adam(1e-3), jit_compile=False, steps_per_execution=2)
-    training.fit(
-        model,
-        train,
-        steps=40,
-        out_dir=str(tmp_path),
-        steps_per_epoch=20,
-        validation_data=val,
-        verbose=0,
-    )
+    kwargs = dict(out_dir=str(tmp_path), steps_per_epoch=20, validation_data=val, verbose=0)
+    training.fit(model, train, steps=40, **kwargs)
     steps, sizes = _events(str(tmp_path / "logs" / "samples"))
-    assert steps["samples"] == [1, 2] and steps["reconstructions"] == [1, 2]
+    assert steps["samples"] == [20, 40] and steps["reconstructions"] == [20, 40]
     # Samples: 8 x 8, or a row per z and a column per class (6 x 10); reconstructions: the
     # first 32 validation images in rows of 8, each row followed by its reconstructions.
     assert sizes["samples"] == (
         (10 * 29 + 1, 6 * 29 + 1) if semi_supervised else (8 * 29 + 1, 8 * 29 + 1)
     )
     assert sizes["reconstructions"] == (8 * 29 + 1, 8 * 29 + 1)
-    # Per-step scalars: 20 steps an epoch, one point every 2 (update_freq: ~10 an epoch).
-    # Keras 3 calls batch callbacks once per execution (steps_per_execution=2 steps) and steps
-    # its batch scalars by its count of those calls: 1..20 for 40 steps.
+    # Per-step scalars: 20 steps an epoch, one point every 2 optimizer steps (~10 an epoch),
+    # though Keras calls the batch callbacks once per execution of 2 steps.
     scalars, _ = _events(str(tmp_path / "logs" / "train"))
-    assert scalars["batch_loss"] == list(range(1, 21))
-    assert scalars["epoch_loss"] == [0, 1]
+    assert scalars["batch_loss"] == list(range(2, 41, 2))
+    assert scalars["epoch_loss"] == scalars["epoch_learning_rate"] == [20, 40]
+    validation, _ = _events(str(tmp_path / "logs" / "validation"))
+    assert validation and all(s == [20, 40] for s in validation.values()), validation
+    # Resumed, the run goes on along the same axis.
+    training.fit(model, train, steps=60, resume=True, **kwargs)
+    every = {}
+    for folder in ("train", "validation", "samples"):
+        for tag, s in _events(str(tmp_path / "logs" / folder))[0].items():
+            every[f"{folder}/{tag}"] = s
+    assert every["train/batch_loss"] == list(range(2, 61, 2))
+    # Every scalar and image, of every writer, is stepped by the optimizer's step count.
+    for tag, s in every.items():
+        if not tag.startswith("train/batch_"):
+            assert s == [20, 40, 60], tag
 
 
 def test_fixed_images_come_from_validation_else_training_data():

@@ -23,9 +23,9 @@ _START_UP_INFO = _re.compile(
 
 
 def _import_tensorflow():
-    """Imports TensorFlow. When TF_CPP_MIN_LOG_LEVEL asks for warnings and errors only (>= 2,
-    as the binaries in bin/ set it), the INFO lines of its start-up are dropped; everything else
-    it writes to stderr then (warnings, errors) still reaches stderr."""
+    """Imports TensorFlow. When TF_CPP_MIN_LOG_LEVEL asks for warnings and errors only (>= 2;
+    the binaries default to 3, errors dropped too), the INFO lines of its start-up are dropped;
+    everything else it writes to stderr then (warnings, errors) still reaches stderr."""
     try:
         level = int(_os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0)
     except ValueError:
@@ -78,6 +78,23 @@ _MODULES = (
     "semisupervised",
 )
 _MODELS = ("GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel")
+
+# The binaries' names: bin/<name>, and the console scripts tfp_vae_<name> of setup.cfg.
+_BINARIES = ("train", "evaluate", "export", "sample", "plot")
+
+
+def _as_binary():
+    """A console script `tfp_vae_<binary>` (setup.cfg) imports this package before its
+    tfp_vae.cli module: make it behave as the launchers in bin/ do before they import it
+    (TensorFlow's C++ logging at TF_CPP_MIN_LOG_LEVEL=3 unless the user set it; TensorFlow
+    imported once the flags are parsed)."""
+    name = _os.path.basename((getattr(_sys, "argv", None) or [""])[0])
+    if name.startswith("tfp_vae_") and name[len("tfp_vae_") :] in _BINARIES:
+        _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        _os.environ["TFP_VAE_DEFER_IMPORT"] = "1"
+
+
+_as_binary()
 
 # The binaries in bin/ set TFP_VAE_DEFER_IMPORT=1, so that their flags are parsed (and a mistake
 # reported) before TensorFlow's seconds of start-up; they import the rest after

@@ -5,6 +5,10 @@
   latent_map       posterior means in 2-D (PCA when z_dim > 2), coloured by label
   class_grid       class-conditional models: a row per class, a column per z ~ p(z)
   reconstructions  images beside their reconstructions
+  manifold         z_dim = 2, VAE and GMVAE: images decoded on a grid of z over the prior's
+                   quantiles
+
+`image_grid` draws a plain grid of images (`bin/sample`'s), labelled or bare.
 
 Each function takes a model of `tfp_vae.models` and images as NumPy arrays ([N, pixels] or
 [N, 28, 28]; floats in [0, 1] or uint8 0..255; the binaries pass statically binarised test
@@ -26,7 +30,15 @@ import math
 import numpy as np
 
 INSTALL_HINT = 'pip install "tfp_vae[plots]"'
-KINDS = ("interpolations", "traversals", "latent_map", "class_grid", "reconstructions")
+KINDS = (
+    "interpolations",
+    "traversals",
+    "latent_map",
+    "class_grid",
+    "reconstructions",
+    "manifold",
+)
+FORMATS = ("png", "pdf", "svg")  # What `save` writes, chosen by the file's extension.
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -54,10 +66,25 @@ def require_matplotlib():
     return matplotlib
 
 
+def format_of(path):
+    """The figure format of `path` by its extension ("png", "pdf" or "svg"; lower case), or
+    None when it has none of `FORMATS`."""
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    return extension if extension in FORMATS else None
+
+
 def save(figure, path, dpi=100):
-    """Writes `figure` to `path` (the format from its extension: .png, .pdf, .svg); returns
-    `path`."""
-    figure.savefig(path, dpi=dpi)
+    """Writes `figure` to `path` in the format of its extension (.png, .pdf or .svg: `FORMATS`)
+    at `dpi` dots per inch (of raster output: PNG, and the images within a PDF or SVG); returns
+    `path`.
+
+    Raises:
+      ValueError: another extension.
+    """
+    fmt = format_of(path)
+    if fmt is None:
+        raise ValueError(f"{path}: a figure is written as {', '.join(FORMATS)}; name it so.")
+    figure.savefig(path, dpi=dpi, format=fmt)
     return path
 
 
@@ -69,9 +96,16 @@ def is_class_conditional(model):
     return bool(getattr(model, "class_conditional", False))
 
 
+def has_manifold(model):
+    """Whether `manifold` applies: the model draws it (`figure_kinds`; a VAE or GMVAE with a
+    2-D latent space)."""
+    return "manifold" in kinds_for(model)
+
+
 def kinds_for(model):
     """The figure kinds (of `KINDS`) that apply to `model`: the model says which it can draw
-    (`figure_kinds`)."""
+    (`figure_kinds`: `class_grid` for a class-conditional model, `manifold` for a 2-D latent
+    space)."""
     own = getattr(model, "figure_kinds", KINDS)
     return tuple(k for k in KINDS if k in own)
 
@@ -436,4 +470,84 @@ def reconstructions(model, x, columns=8):
         else "at the posterior mean"
     )
     figure.suptitle(f"Reconstructions: p(x|z) {how} ({_model_name(model)})")
+    return figure
+
+
+def prior_quantiles(model, n, draws=20000, seed=0):
+    """float32 [n, z_dim]: column d holds the quantiles at probabilities (i + 1/2) / n, i = 0..n-1,
+    of the marginal of p(z) in unit d, estimated from `draws` seeded draws of the prior (any
+    prior: N(0, I) or the GMVAE's mixture)."""
+    import tensorflow as tf
+
+    z = np.asarray(model.prior().sample(int(draws), seed=tf.constant([seed, 4])), np.float64)
+    probabilities = (np.arange(n) + 0.5) / n
+    return np.quantile(z, probabilities, axis=0).astype(np.float32)
+
+
+def manifold(model, n=20, seed=0):
+    """The learned 2-D manifold: images decoded at the z of an n x n grid over the quantiles
+    of the prior's marginals (`prior_quantiles`), z0 growing to the right, z1 upwards, as in
+    Kingma & Welling (2014), Fig. 4.
+
+    Args:
+      n: the grid's side (>= 2).
+      seed: the seed of the prior draws that estimate the quantiles.
+
+    Raises:
+      ValueError: the model's z_dim is not 2, or it is class-conditional (`has_manifold`).
+    """
+    if not has_manifold(model):
+        raise ValueError(
+            f"The manifold is drawn for a VAE or GMVAE with z_dim = 2; this is a "
+            f"{type(model).__name__} with z_dim={model.z_dim}"
+            + (" and classes." if is_class_conditional(model) else ".")
+        )
+    if int(n) < 2:
+        raise ValueError(f"n must be >= 2; got {n}.")
+    n, side = int(n), _side(model)
+    q = prior_quantiles(model, n, seed=seed)
+    z0, z1 = q[:, 0], q[::-1, 1]  # Rows from the top: z1 decreasing.
+    z = np.stack(np.meshgrid(z0, z1), axis=-1).reshape(n * n, 2)  # Row-major: a row per z1.
+    decoded = decode_means(model, z)
+    size = max(4.0, CELL_INCHES * 0.6 * n)  # Smaller cells than the other figures': n is ~20.
+    figure = _figure(size + 1.4, size + 1.4)
+    ax = figure.subplots()
+    every = max(1, n // 5)  # About five tick labels an axis.
+    ticks = list(range(0, n, every))
+    _show(ax, decoded, n, n, side)
+    ax.set_xticks(_centres(n, side)[ticks], labels=[f"{z0[i]:.2g}" for i in ticks])
+    ax.set_yticks(_centres(n, side)[ticks], labels=[f"{z1[i]:.2g}" for i in ticks])
+    ax.set_xlabel("z0")
+    ax.set_ylabel("z1")
+    ax.set_title(
+        f"Decoded means of p(x|z) on the quantiles of p(z)\n({_model_name(model)})",
+        fontsize="medium",
+    )
+    return figure
+
+
+def image_grid(pixels, rows, cols, col_labels=None, xlabel=None, title=None, labels=True, dpi=100):
+    """A grid of images [N <= rows * cols, side * side] in [0, 1] (as `images.grid` tiles
+    them). With `labels`, the columns are labelled (`col_labels`, `xlabel`) under a `title`;
+    without, the figure is the bare grid, one image pixel per pixel at `dpi`."""
+    pixels = np.asarray(pixels, np.float32)
+    side = math.isqrt(pixels.shape[-1])
+    if not labels:
+        from tfp_vae import images
+
+        canvas = images.grid(pixels, rows, cols, side)[..., 0]
+        height, width = canvas.shape
+        figure = _figure(width / dpi, height / dpi)
+        figure.set_layout_engine("none")
+        ax = figure.add_axes((0, 0, 1, 1))
+        ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_axis_off()
+        return figure
+    figure = _figure(CELL_INCHES * cols + 0.8, CELL_INCHES * rows + 1.2)
+    ax = figure.subplots()
+    _show(ax, pixels, rows, cols, side, col_labels=col_labels)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize="medium")
     return figure

@@ -324,9 +324,67 @@ class Checkpoint(keras.callbacks.Callback):
         save_checkpoint(self.model, self.directory, self.settings)
 
 
+class StepScalars(keras.callbacks.Callback):
+    """TensorBoard scalars on the optimizer's step axis (Keras' TensorBoard callback steps its
+    epoch scalars by epoch and its batch scalars by its count of batch calls, one per
+    steps_per_execution steps, which no other summary shares).
+
+    Writes to log_dir/train the logs of a batch as batch_<name> each time the global step
+    reaches a multiple of `every` (a call of steps_per_execution steps may pass several: one
+    point), and at each epoch end the epoch's logs as epoch_<name> with epoch_learning_rate;
+    to log_dir/validation the validation logs (val_<name>) as epoch_<name>. Every step is the
+    optimizer's `iterations` after the batch or epoch (`global_step`), so a resumed run goes
+    on along the same axis.
+    """
+
+    def __init__(self, log_dir, every=100):
+        super().__init__()
+        self.log_dir, self.every = log_dir, max(1, int(every))
+        self._writers = {}
+        self._last = 0
+
+    def _writer(self, name):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    @staticmethod
+    def _write(writer, prefix, logs, step):
+        # Summaries are written whatever an enclosing record_if says.
+        with writer.as_default(), tf.summary.record_if(True):
+            for name, value in logs.items():
+                tf.summary.scalar(f"{prefix}{name}", float(value), step=step)
+        writer.flush()
+
+    def on_train_begin(self, logs=None):
+        self._last = global_step(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if step // self.every > self._last // self.every and isinstance(logs, dict):
+            self._write(self._writer("train"), "batch_", logs, step)
+        self._last = step
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs, step = dict(logs or {}), global_step(self.model)
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        train["learning_rate"] = keras.ops.convert_to_numpy(optimizer.learning_rate)
+        self._write(self._writer("train"), "epoch_", train, step)
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        if val:
+            self._write(self._writer("validation"), "epoch_", val, step)
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
 class SampleImages(keras.callbacks.Callback):
     """Writes samples and reconstructions to TensorBoard (images "samples" and
-    "reconstructions" under log_dir/samples) at each epoch end.
+    "reconstructions" under log_dir/samples) at each epoch end, stepped by the optimizer's
+    step count (`global_step`), as `StepScalars` steps the scalars.
 
     Samples: the model's own grid (`sample_grid`) of about n images: for the VAE family rows of
     10 samples x ~ p(x|z), z ~ p(z) (pixel probabilities); for a class-conditional model a row
@@ -372,12 +430,13 @@ class SampleImages(keras.callbacks.Callback):
             self.images = None  # Not the model's images (e.g. unbatched): samples only.
 
     def on_epoch_end(self, epoch, logs=None):
-        # Keras' TensorBoard with a batch-level update_freq leaves its `record_if` for the last
-        # batch in force; these summaries are written every epoch whatever it says.
+        # Written every epoch whatever an enclosing `record_if` says.
+        step = global_step(self.model)
         with self.writer.as_default(), tf.summary.record_if(True):
-            tf.summary.image("samples", self._samples()[None], step=epoch + 1)
+            tf.summary.image("samples", self._samples()[None], step=step)
             if self.images is not None and len(self.images):
-                tf.summary.image("reconstructions", self._reconstructions()[None], step=epoch + 1)
+                tf.summary.image("reconstructions", self._reconstructions()[None], step=step)
+        self.writer.flush()
 
     def _samples(self):
         # The model's own grid (`sample_grid`): for a class-conditional one a column per class.
@@ -483,14 +542,9 @@ def fit(
     callbacks = [
         guard,
         Checkpoint(ckpt_dir, guard, settings),
-        # Batch-level scalars (batch_loss, ...) every ~100 steps (about 10 points per
-        # epoch in short epochs). Keras counts calls, one per steps_per_execution steps:
-        # update_freq and the scalars' step are in those units.
-        keras.callbacks.TensorBoard(
-            log_dir,
-            write_graph=False,
-            update_freq=max(1, min(100, steps_per_epoch // 10) // model.steps_per_execution),
-        ),
+        # Batch-level scalars (batch_loss, ...) every ~100 steps (about 10 points per epoch
+        # in short epochs); every scalar and image is stepped by the optimizer's step count.
+        StepScalars(log_dir, every=max(1, min(100, steps_per_epoch // 10))),
         SampleImages(log_dir, images=SampleImages.first_images(validation_data, train_data)),
         *extra_callbacks,
     ]

@@ -1,11 +1,42 @@
 """Pieces the binaries share: one-line errors, loading a saved model, the test metrics.
 
-The launchers in bin/ set TF_CPP_MIN_LOG_LEVEL=2 before `import tfp_vae` starts TensorFlow, so
-that its C++ start-up lines stay off the console (see tfp_vae/__init__.py).
+The launchers in bin/ (and the console scripts, see tfp_vae/__init__.py) default
+TF_CPP_MIN_LOG_LEVEL to 3 before `import tfp_vae` starts TensorFlow, so that its C++ start-up
+lines (INFO, and errors such as cuInit's on a machine without a GPU) stay off the console.
 """
 
 import json
 import os
+import re
+
+# ANSI escape sequences (CSI: colours, cursor moves), which Keras' progress bar writes whatever
+# its output is.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+class PlainStream:
+    """A text stream that writes to `stream` without ANSI escape sequences (for a log file or
+    a pipe, where they are noise); everything else is the stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        self._stream.write(_ANSI_ESCAPE.sub("", text))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def is_terminal(stream):
+    """Whether `stream` is a terminal (not a file or pipe)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # Closed.
+        return False
+
 
 MODEL_FILE = "model.keras"
 
@@ -32,6 +63,12 @@ def run_main(main):
     sys.modules["__main__"].__doc__ = module.__doc__
     for flag in flags.FLAGS.get_flags_for_module(module.__name__):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+    # Written to a file or a pipe, the binaries' output holds no colour codes.
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not is_terminal(stream) and not isinstance(stream, PlainStream):
+            setattr(sys, name, PlainStream(stream))
 
     @functools.wraps(main)
     def wrapped(argv):
@@ -185,6 +222,21 @@ def check_png_output(path, flag, what, hint=""):
     if not path.lower().endswith(".png"):
         raise app.UsageError(
             f"--{flag}={path}: {what} is written as PNG; give a name ending in .png{hint}."
+        )
+
+
+def check_figure_output(path, flag, what, hint=""):
+    """`check_output_file`, and the name must end in .png, .pdf or .svg (`plots.FORMATS`, the
+    formats `what` may be written in)."""
+    from absl import app
+
+    from tfp_vae import plots
+
+    check_output_file(path, flag)
+    if plots.format_of(path) is None:
+        raise app.UsageError(
+            f"--{flag}={path}: {what} is written as {', '.join(plots.FORMATS)}; give a name "
+            f"ending in .png, .pdf or .svg{hint}."
         )
 
 

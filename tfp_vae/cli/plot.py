@@ -9,11 +9,16 @@ pip install "tfp_vae[plots]"), from the statically binarised test images.
                    coloured by label
   class_grid       ssvae and m1m2 only: a row per class, a column per z ~ p(z)
   reconstructions  test images beside their reconstructions
-  all              every kind that applies to the model, as OUTPUT/<kind>.png
+  manifold         z_dim = 2, VAE and GMVAE only: images decoded on a 20 x 20 grid of z over
+                   the prior's quantiles
+  all              every kind that applies to the model, as OUTPUT/<kind>.<--format>
+
+A figure is written as PNG, PDF or SVG, by the extension of --output (with --kind=all, by
+--format).
 
 Example:
-  plot --model_path=runs/vae --kind=latent_map --output=map.png
-  plot --model_path=runs/ssvae_s0 --kind=all --output=figures
+  plot --model_path=runs/vae --kind=latent_map --output=map.pdf
+  plot --model_path=runs/ssvae_s0 --kind=all --output=figures --format=svg --dpi=200
 """
 
 import os
@@ -32,9 +37,22 @@ flags.DEFINE_enum("kind", "all", plots.KINDS + ("all",), "The figure to draw (se
 flags.DEFINE_string(
     "output",
     None,
-    "The PNG file to write; with --kind=all a directory "
-    "(created if its parent exists) that receives <kind>.png for each kind.",
+    "The file to write, .png, .pdf or .svg; with --kind=all a directory "
+    "(created if its parent exists) that receives <kind>.<--format> for each kind.",
     required=True,
+)
+flags.DEFINE_enum(
+    "format",
+    None,
+    list(plots.FORMATS),
+    "--kind=all: the figures' format (default png); one figure's is its --output's extension.",
+)
+flags.DEFINE_integer(
+    "dpi",
+    100,
+    "Dots per inch of raster output (PNG, and the images within a PDF or SVG).",
+    lower_bound=10,
+    upper_bound=1200,
 )
 flags.DEFINE_string(
     "dataset",
@@ -70,17 +88,23 @@ flags.DEFINE_integer(
 
 PAIRS = 8  # Interpolation rows.
 RECONSTRUCTED = 32  # Images in the reconstruction figure.
+MANIFOLD_SIDE = 20  # The manifold's grid: 20 x 20 points.
 
 
 def _check_output():
     """The output path(s) are usable before anything slow runs (UsageError otherwise)."""
     path = FLAGS.output
     if FLAGS.kind != "all":
-        common.check_png_output(path, "output", "the figure", " (or --kind=all and a directory)")
+        common.check_figure_output(path, "output", "the figure", " (or --kind=all and a directory)")
+        if FLAGS.format is not None and FLAGS.format != plots.format_of(path):
+            raise app.UsageError(
+                f"--format={FLAGS.format} is for --kind=all; one figure's format is its "
+                f"--output's extension ({path})."
+            )
         return
     if os.path.exists(path) and not os.path.isdir(path):
         raise app.UsageError(
-            f"--output={path} is a file; --kind=all writes one PNG per kind into a directory."
+            f"--output={path} is a file; --kind=all writes one figure per kind into a directory."
         )
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -88,6 +112,8 @@ def _check_output():
 
 
 def _figure(kind, model, x, y, names, rng):
+    if kind == "manifold":  # No test images needed.
+        return plots.manifold(model, MANIFOLD_SIDE, seed=FLAGS.seed)
     if kind == "class_grid":  # Drawn from p(z) alone: no test images (x is None).
         return plots.class_grid(model, 10, FLAGS.seed, class_names=names)
     n = len(x)
@@ -120,6 +146,12 @@ def main(argv):
 
     model = common.load_model(FLAGS.model_path, compile=False)
     applicable = plots.kinds_for(model)
+    if FLAGS.kind == "manifold" and FLAGS.kind not in applicable:
+        raise common.UserError(
+            f"--kind=manifold does not apply to {FLAGS.model_path}: it is drawn for a VAE or "
+            f"GMVAE with z_dim = 2, and this is a {type(model).__name__} with "
+            f"z_dim={model.z_dim}; choose one of {', '.join(applicable)}, or all."
+        )
     if FLAGS.kind != "all" and FLAGS.kind not in applicable:
         raise common.UserError(
             f"--kind={FLAGS.kind} does not apply to {FLAGS.model_path}: a "
@@ -127,7 +159,7 @@ def main(argv):
         )
     kinds = applicable if FLAGS.kind == "all" else (FLAGS.kind,)
     x = y = None
-    if any(kind != "class_grid" for kind in kinds):
+    if any(kind not in ("class_grid", "manifold") for kind in kinds):
         dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
         # The default 2000 takes what a smaller test set (a user's npz) has; a number given
         # that the test set cannot meet is refused.
@@ -144,8 +176,11 @@ def main(argv):
         os.makedirs(FLAGS.output, exist_ok=True)
     for kind in kinds:
         figure = _figure(kind, model, x, y, names, np.random.default_rng(FLAGS.seed))
-        path = os.path.join(FLAGS.output, f"{kind}.png") if FLAGS.kind == "all" else FLAGS.output
-        plots.save(figure, path)
+        if FLAGS.kind == "all":
+            path = os.path.join(FLAGS.output, f"{kind}.{FLAGS.format or 'png'}")
+        else:
+            path = FLAGS.output
+        plots.save(figure, path, dpi=FLAGS.dpi)
         print(f"Wrote {path}")
 
 

@@ -1,15 +1,22 @@
-"""Draws images from a trained model and writes them as a PNG grid.
+"""Draws images from a trained model and writes them as a grid (PNG, PDF or SVG).
 
 VAE/GMVAE: a rows x 10 grid of samples x ~ p(x|z), z ~ p(z) (pixel probabilities).
 SSVAE: a style/content grid (row r: one fixed z ~ p(z); column y: class y = 0..9), or with --y a
 rows x 10 grid of digits of that one class.
 
+The format is --output's extension. A .png is by default the plain pixel grid (TensorFlow only,
+one pixel per image pixel); .pdf, .svg and --labels draw with matplotlib (pip install
+"tfp_vae[plots]"), labelled: the classes over the columns of a class-conditional model's grid,
+the model path and seed in the title (--nolabels: the bare grid).
+
 Example:
   sample --model_path=runs/ssvae_s0 --output=style.png
+  sample --model_path=runs/ssvae_s0 --output=style.pdf --dpi=300
 """
 
 from absl import app, flags
 
+from tfp_vae import plots  # NumPy only; matplotlib and TensorFlow come later.
 from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
@@ -17,7 +24,21 @@ common.define_import_flag()
 flags.DEFINE_string(
     "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
 )
-flags.DEFINE_string("output", None, "PNG file to write.", required=True)
+flags.DEFINE_string("output", None, "The file to write: .png, .pdf or .svg.", required=True)
+flags.DEFINE_bool(
+    "labels",
+    None,
+    "Label the grid (column classes, title with the model path and seed), drawn with "
+    "matplotlib; default: yes for .pdf and .svg, no for .png (the plain pixel grid).",
+)
+flags.DEFINE_integer(
+    "dpi",
+    100,
+    "Dots per inch of a grid drawn with matplotlib (--labels, .pdf, .svg); a plain PNG has "
+    "one pixel per image pixel.",
+    lower_bound=10,
+    upper_bound=1200,
+)
 flags.DEFINE_integer("rows", 10, "Grid rows (each of 10 images).", lower_bound=1, upper_bound=100)
 flags.DEFINE_integer(
     "y",
@@ -31,7 +52,20 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent draws.", lower_bound=0, uppe
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    common.check_png_output(FLAGS.output, "output", "the grid")
+    common.check_figure_output(FLAGS.output, "output", "the grid")
+    fmt = plots.format_of(FLAGS.output)
+    labels = fmt != "png" if FLAGS.labels is None else FLAGS.labels
+    plain = fmt == "png" and not labels  # Written by TensorFlow alone.
+    if plain and FLAGS["dpi"].present:
+        raise app.UsageError(
+            "--dpi: a plain PNG grid has one pixel per image pixel; --dpi applies with "
+            "--labels or a .pdf or .svg --output."
+        )
+    if not plain:
+        try:
+            plots.require_matplotlib()
+        except ImportError as e:
+            raise common.UserError(str(e)) from e
     common.import_library()
     import numpy as np
 
@@ -57,7 +91,27 @@ def main(argv):
             f"{FLAGS.model_path} models data of shape {model.data_shape}, not square "
             "one-channel images: there is no grid to draw (use model.sample from Python)."
         )
-    images.write_grid(FLAGS.output, pixels, FLAGS.rows, len(pixels) // FLAGS.rows, side)
+    columns = len(pixels) // FLAGS.rows  # The model's grid: 10, or a column per class.
+    if plain:
+        images.write_grid(FLAGS.output, pixels, FLAGS.rows, columns, side)
+    else:
+        names, xlabel, what = None, None, "samples x ~ p(x|z), z ~ p(z)"
+        if model.class_conditional and FLAGS.y is None:
+            names = plots.class_names("mnist", model.num_classes)
+            xlabel, what = "class y (a row per z ~ p(z))", "samples x ~ p(x|y, z)"
+        elif FLAGS.y is not None:
+            what = f"samples x ~ p(x|y={FLAGS.y}, z), z ~ p(z)"
+        figure = plots.image_grid(
+            pixels,
+            FLAGS.rows,
+            columns,
+            col_labels=names,
+            xlabel=xlabel,
+            title=f"{what}\n{FLAGS.model_path}, seed {FLAGS.seed}",
+            labels=labels,
+            dpi=FLAGS.dpi,
+        )
+        plots.save(figure, FLAGS.output, dpi=FLAGS.dpi)
     print(f"Wrote {FLAGS.output}")
 
 

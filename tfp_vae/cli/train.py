@@ -293,7 +293,8 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
     "verbose",
     1,
-    "Keras verbosity: 0 silent, 1 progress bar, 2 one line/epoch.",
+    "Keras verbosity: 0 silent, 1 progress bar (on a terminal; 2 when stdout is a file or "
+    "pipe), 2 one line/epoch.",
     lower_bound=0,
     upper_bound=2,
 )
@@ -707,7 +708,10 @@ def _train(run, out_dir, strategy, distributed):
             FLAGS.steps_per_epoch,
             val_ds,
             resume=FLAGS.resume,
-            verbose=FLAGS.verbose,
+            # Not a terminal (a log file, a pipe): one line an epoch, not a redrawn bar.
+            verbose=(
+                2 if FLAGS.verbose == 1 and not common.is_terminal(sys.stdout) else FLAGS.verbose
+            ),
             settings=settings,
         )
     except training.NonFiniteLossError as e:

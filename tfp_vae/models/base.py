@@ -336,6 +336,11 @@ class LatentVariableModel(Model):
         del labels
         return data.eval_dataset(images, batch_size, self.data_transforms["eval"])
 
+    @property
+    def figure_kinds(self):
+        """The figures of `core.Model`, and with a 2-D latent space the decoded manifold."""
+        return super().figure_kinds + (("manifold",) if self.z_dim == 2 else ())
+
     def latent_means(self, x: tf.Tensor | np.ndarray) -> tuple[tf.Tensor, None]:
         """(the means [B, z_dim] of q(z|x), None): what the figures place in latent space (a
         class-conditional model returns the classes it conditioned on instead of None)."""

@@ -400,8 +400,10 @@ class Model(keras.Model):
     # A caller asks these instead of switching on the model's kind, so a user's subclass gets
     # the binaries and figures by inheritance.
 
-    # The `tfp_vae.plots` figures the model can draw (`class_grid` needs classes).
-    figure_kinds = ("interpolations", "traversals", "latent_map", "reconstructions")
+    @property
+    def figure_kinds(self) -> tuple[str, ...]:
+        """The `tfp_vae.plots` figures the model can draw (`bin/plot --kind`)."""
+        return ("interpolations", "traversals", "latent_map", "reconstructions")
 
     @property
     def data_shape(self) -> tuple[int, ...]:

@@ -696,7 +696,10 @@ class SSVAE(Model):
 
     # ---- data and figures (what the tools ask; see tfp_vae.models.core.Model) ---------------
 
-    figure_kinds = Model.figure_kinds + ("class_grid",)
+    @property
+    def figure_kinds(self):
+        """The figures of `core.Model`, and the class grid (a row per class)."""
+        return super().figure_kinds + ("class_grid",)
 
     def train_dataset(
         self,
