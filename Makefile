@@ -1,5 +1,6 @@
 # One command sets up and runs each job on a fresh machine:
-#   make demo   # venv + install + train a short VAE, evaluate (IWAE), export, write PNGs
+#   make demo   # venv + install + train a short VAE, evaluate (IWAE), export, write PNGs; offline
+#               # too, with no variable set: MNIST is shipped in the package (docs/data.md)
 #   make test   # venv + install + the test suite
 #   make lint   # venv + install + ruff check and ruff format --check (configured in pyproject.toml)
 #   make docs   # venv + install + the API reference (pdoc) in docs/api/; fails on pdoc's warnings
@@ -22,7 +23,7 @@ API_DIR := docs/api
 $(PY):
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 
-$(STAMP): setup.cfg pyproject.toml | $(PY)
+$(STAMP): setup.cfg setup.py pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
@@ -62,4 +63,4 @@ docs: setup
 	@echo "API reference: $(API_DIR)/index.html ($$(du -sh $(API_DIR) | cut -f1))"
 
 clean:
-	rm -rf runs/demo .pytest_cache
+	rm -rf runs/demo .pytest_cache build dist

@@ -2,7 +2,6 @@
 round trip), a conv VAE that learns on real MNIST, and `bin/train --arch=conv`."""
 
 import json
-import os
 import re
 
 import keras
@@ -134,8 +133,6 @@ def _one_line_error(result, expected):
 
 
 def test_train_binary_with_arch_conv(tmp_path):
-    if not os.environ.get(data.ENV_VAR):
-        pytest.skip(f"{data.ENV_VAR} is not set: no real MNIST")
     out = tmp_path / "run"
     result = run_binary(
         "train",

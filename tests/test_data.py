@@ -86,8 +86,8 @@ def assert_same(ds, arrays):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """No $TFP_VAE_DATA_DIR; HOME, KERAS_HOME and the Debian datasets folder under tmp_path;
-    get_file raising."""
+    """No $TFP_VAE_DATA_DIR; HOME, KERAS_HOME, the Debian datasets folder and the package's
+    shipped datasets under tmp_path; get_file raising."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -95,6 +95,8 @@ def env(tmp_path, monkeypatch):
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     debian = tmp_path / "usr-share-datasets"
     monkeypatch.setattr(data, "DEBIAN_DATASETS", str(debian))
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(data, "SHIPPED_DATASETS", str(shipped))
     calls = []
 
     def no_network(*args, **kwargs):
@@ -106,6 +108,7 @@ def env(tmp_path, monkeypatch):
         tmp=tmp_path,
         home=home,
         debian=debian,
+        shipped=shipped,
         keras_cache=home / ".keras" / "datasets",
         calls=calls,
     )
@@ -382,6 +385,39 @@ def test_nothing_found_names_every_place_and_the_download_error(env, monkeypatch
         "--data_dir",
     ):
         assert place in message, (place, message)
+
+
+def test_shipped_copy_after_keras_cache_before_download(env, monkeypatch):
+    """MNIST shipped in the package: after every other place, before the download; never for
+    Fashion-MNIST."""
+    shipped = write_idx_set(env.shipped / "mnist", n_train=10, seed=1)
+    register_known(monkeypatch, "mnist", shipped)
+    ds = data.load("mnist", download=True)
+    assert_same(ds, shipped)
+    assert ds.source == str(env.shipped / "mnist") and ds.identified_as == "mnist"
+    assert not env.calls
+    cached = write_npz(env.keras_cache / "mnist.npz", n_train=15, seed=3)
+    assert_same(data.load("mnist", download=True), cached)
+    write_idx_set(env.shipped / "fashion_mnist", n_train=10, seed=2)
+    with pytest.raises(data.DataError, match="download disabled"):
+        data.load("fashion_mnist", download=False)
+
+
+def test_damaged_shipped_copy_is_an_error(env, monkeypatch):
+    """The shipped copy must be the published MNIST: a file whose checksum differs is refused,
+    with the folder named, rather than silently read or passed over for a download."""
+    register_known(monkeypatch, "mnist", make_arrays(n_train=10, seed=1))
+    write_idx_set(env.shipped / "mnist", n_train=10, seed=4)  # Not the registered arrays.
+    with pytest.raises(data.DataError, match="shipped with tfp_vae") as info:
+        data.load("mnist", download=True)
+    assert str(env.shipped / "mnist") in str(info.value) and "Reinstall" in str(info.value)
+    assert not env.calls
+
+
+def test_nothing_found_names_the_shipped_place(env):
+    with pytest.raises(data.DataError) as info:
+        data.load("mnist", download=False)
+    assert f"shipped with tfp_vae: {env.shipped / 'mnist'} (no such directory)" in str(info.value)
 
 
 def test_nothing_found_without_download(env):
@@ -930,6 +966,16 @@ def test_labelled_subset_class_too_small():
 # The real thing
 
 
+def test_real_mnist_is_found_with_nothing_set(tmp_path, monkeypatch):
+    """No variable, an empty Keras cache, no download: the copy shipped in the package."""
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", str(tmp_path / "usr-share-datasets"))
+    ds = data.load("mnist", download=False)
+    assert ds.source == os.path.join(data.SHIPPED_DATASETS, "mnist")
+    assert ds.identified_as == "mnist" and ds.x_train.shape == (60000, 28, 28)
+
+
 def test_real_mnist(mnist):
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_train.dtype == np.uint8
     assert mnist.x_test.shape == (10000, 28, 28)
@@ -980,7 +1026,7 @@ def test_real_fashion_mnist_is_refused_as_mnist(tmp_path):
 def test_real_mnist_is_refused_as_fashion_mnist(mnist, tmp_path, monkeypatch):
     """The issue's reproduction: $TFP_VAE_DATA_DIR (or --data_dir) at the MNIST folder."""
     assert mnist.identified_as == "mnist"
-    mnist_dir = os.environ[data.ENV_VAR]
+    mnist_dir = os.path.dirname(next(iter(mnist.files)))
     with pytest.raises(data.DataError, match="holds MNIST, not Fashion-MNIST"):
         data.load("fashion_mnist", data_dir=mnist_dir, download=False)
     # Even in a folder named fashion_mnist.

@@ -26,6 +26,7 @@ README_HEADING = "## Python in 15 lines"
 README_MAX_LINES = 20
 BLOCK_TIMEOUT = 300  # Seconds; a block takes 5-25 s on the shared 2-core CPU.
 ENV_VAR = "TFP_VAE_DATA_DIR"  # tfp_vae.data.ENV_VAR, without importing TensorFlow here.
+SHIPPED_MNIST = os.path.join(ROOT, "tfp_vae", "datasets", "mnist")  # data.SHIPPED_DATASETS'.
 
 FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
 
@@ -67,18 +68,20 @@ RUNNABLE_PAGES = [page for page in PAGES if runnable_blocks(page)]
 
 def mnist_reason():
     """Why the runnable blocks cannot run here (None when MNIST is there): they read it as
-    tfp_vae.data.load("mnist") does, through $TFP_VAE_DATA_DIR."""
+    tfp_vae.data.load("mnist") does, from $TFP_VAE_DATA_DIR if set, else (here) the copy shipped
+    in the package."""
     data_dir = os.environ.get(ENV_VAR)
-    if not data_dir:
-        return f"${ENV_VAR} is not set; real MNIST is not available."
-    for folder in (os.path.join(data_dir, "mnist"), data_dir):
+    folders = [os.path.join(data_dir, "mnist"), data_dir] if data_dir else [SHIPPED_MNIST]
+    for folder in folders:
         names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         if (
             "mnist.npz" in names
             or {"train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"} & names
         ):
             return None
-    return f"No MNIST files in ${ENV_VAR}={data_dir}."
+    if data_dir:
+        return f"No MNIST files in ${ENV_VAR}={data_dir}."
+    return f"No MNIST files in {SHIPPED_MNIST} (the copy shipped in the package)."
 
 
 def run_page(page, work_dir):
@@ -90,7 +93,7 @@ def run_page(page, work_dir):
         **os.environ,
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "TMPDIR": work_dir,
-        ENV_VAR: os.path.abspath(os.environ[ENV_VAR]),
+        **({ENV_VAR: os.path.abspath(os.environ[ENV_VAR])} if os.environ.get(ENV_VAR) else {}),
         # The tree under test, also when another copy of the package is installed.
         "PYTHONPATH": os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
     }

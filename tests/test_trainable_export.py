@@ -103,7 +103,11 @@ def test_savedmodel_trains_and_resaves_without_the_package(mnist, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(_TRAIN)
     out = _run_isolated(
-        script, tmp_path / "saved", tmp_path / "resaved", os.environ[data.ENV_VAR], cwd=tmp_path
+        script,
+        tmp_path / "saved",
+        tmp_path / "resaved",
+        os.path.dirname(next(iter(mnist.files))),  # The folder the fixture read MNIST from.
+        cwd=tmp_path,
     )
     assert out["modules"] == []
     # The optimizer state came along: counting resumes from the 20 Keras steps.

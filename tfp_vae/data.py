@@ -8,7 +8,9 @@ the dataset wins):
 2. the environment variable ``TFP_VAE_DATA_DIR``;
 3. Debian's location ``/usr/share/datasets/<name>/`` (package ``dataset-fashion-mnist``);
 4. the Keras cache ``~/.keras/datasets/`` (``mnist.npz`` or ``<name>/`` with IDX files);
-5. a download through ``keras.utils.get_file`` into the Keras cache (only if ``download``).
+5. for MNIST only, the copy shipped inside the package (``tfp_vae/datasets/mnist/``,
+   `SHIPPED_DATASETS`), which must be the published dataset: a damaged copy is an error;
+6. a download through ``keras.utils.get_file`` into the Keras cache (only if ``download``).
 
 In each place the files are looked for in its subfolder named after the dataset
 (``mnist/``, ``fashion_mnist/`` or ``fashion-mnist/``), then in the place itself: the four IDX
@@ -47,6 +49,11 @@ ENV_VAR = "TFP_VAE_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist")
 NPZ_PREFIX = "npz:"
 DEBIAN_DATASETS = "/usr/share/datasets"  # Where Debian's dataset-* packages install.
+# The datasets installed with the package (package data): MNIST's four IDX files, 11 MB, with
+# their source and terms in its README.md. Fashion-MNIST is not shipped.
+SHIPPED_DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets")
+_SHIPPED_NAMES = ("mnist",)
+_SHIPPED_PLACE = "shipped with tfp_vae"  # Its description in candidate_dirs.
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = checks.NUM_CLASSES
@@ -514,7 +521,26 @@ def candidate_dirs(name: str, data_dir: str | None = None) -> list[tuple[str, st
     for alias in _DIR_ALIASES[name]:
         out.append(("Debian dataset package", os.path.join(DEBIAN_DATASETS, alias)))
     out.append(("Keras cache", _keras_cache_dir()))
+    if name in _SHIPPED_NAMES:
+        out.append((_SHIPPED_PLACE, os.path.join(SHIPPED_DATASETS, name)))
     return out
+
+
+def _load_shipped(directory: str, name: str) -> ImageDataset | None:
+    """The copy shipped in the package, which must be the published `name` (all four arrays'
+    checksums); None if the folder holds no files (a package installed without its data)."""
+    if not os.path.isdir(directory):
+        return None
+    found = _load_idx_dir(directory)
+    if found is None:
+        return None
+    if _identify(found)[1] != name:
+        raise DataError(
+            f"The {TITLES[name]} copy shipped with tfp_vae in {directory} is damaged: its "
+            f"checksums are not the published {TITLES[name]}'s. Reinstall tfp_vae, or pass "
+            f"--data_dir or set {ENV_VAR}."
+        )
+    return dataclasses.replace(found, identified_as=name)
 
 
 def load(name: str = "mnist", data_dir: str | None = None, download: bool = True) -> ImageDataset:
@@ -546,7 +572,10 @@ def load(name: str = "mnist", data_dir: str | None = None, download: bool = True
         )
     looked = []
     for what, directory in candidate_dirs(name, data_dir):
-        found, refused = _try_directory(directory, name)
+        if what == _SHIPPED_PLACE:
+            found, refused = _load_shipped(directory, name), []
+        else:
+            found, refused = _try_directory(directory, name)
         if found is not None:
             return found
         if what == "--data_dir":
@@ -753,4 +782,5 @@ __all__: Sequence[str] = (
     "flatten",
     "take_first",
     "ENV_VAR",
+    "SHIPPED_DATASETS",
 )

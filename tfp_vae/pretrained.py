@@ -9,8 +9,10 @@ them with their measured scores and the commands that trained and measured them.
     model = tfp_vae.pretrained.load("gmvae")
     model.iwae(x, m=1000)
 
-The folder is the repository's `savedmodels/` (beside the package); the environment variable
-TFP_VAE_SAVEDMODELS names another.
+The folder is, in order: the one the environment variable TFP_VAE_SAVEDMODELS names; the
+package's own `savedmodels/` (`tfp_vae/savedmodels/`, where `pip install .` puts a copy of the
+repository's folder: setup.py's build step); the repository's `savedmodels/` beside the package
+(a checkout, or an editable install).
 """
 
 import builtins
@@ -21,11 +23,33 @@ ENV_VAR = "TFP_VAE_SAVEDMODELS"
 INDEX = "index.json"
 
 
+def _candidates() -> builtins.list[tuple[str, str]]:
+    """The (description, folder) pairs looked in, in order."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    out = [] if not os.environ.get(ENV_VAR) else [(f"${ENV_VAR}", os.environ[ENV_VAR])]
+    out.append(("installed with the package", os.path.join(package, "savedmodels")))
+    out.append(("the repository's", os.path.join(os.path.dirname(package), "savedmodels")))
+    return out
+
+
 def directory() -> str:
-    """The folder of the shipped models: $TFP_VAE_SAVEDMODELS, else the repository's
-    `savedmodels/`."""
-    return os.environ.get(ENV_VAR) or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "savedmodels"
+    """The folder of the shipped models: $TFP_VAE_SAVEDMODELS if set, else the first of the
+    package's `savedmodels/` and the repository's that holds an `index.json`.
+
+    Raises:
+      FileNotFoundError (one line): none does; the message names each folder looked in.
+    """
+    candidates = _candidates()
+    if os.environ.get(ENV_VAR):
+        # An explicit choice: never a silent fall-through to another folder.
+        candidates = candidates[:1]
+    for _, folder in candidates:
+        if os.path.isfile(os.path.join(folder, INDEX)):
+            return folder
+    looked = "; ".join(f"{what} {folder}" for what, folder in candidates)
+    raise FileNotFoundError(
+        f"No {INDEX} listing the shipped models in: {looked}. Install tfp_vae with "
+        f"`pip install .` from a checkout, or set {ENV_VAR} to a folder like savedmodels/."
     )
 
 
@@ -33,19 +57,14 @@ def list() -> builtins.list[dict]:  # noqa: A001  The name the issue and users a
     """The shipped models: a list of dicts with `name`, `model` (its class), `description`,
     `scores` (name -> value, as measured), `trained_with` and `measured_with` (commands),
     `savedmodel` and `keras` (absolute paths)."""
-    path = os.path.join(directory(), INDEX)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"No {INDEX} in {directory()}, which lists the shipped models: use a checkout of "
-            f"the repository (its savedmodels/ folder) or set {ENV_VAR} to such a folder."
-        )
-    with open(path) as f:
+    folder = directory()
+    with open(os.path.join(folder, INDEX)) as f:
         entries = json.load(f)["models"]
     return [
         {
             **entry,
-            "savedmodel": os.path.join(directory(), entry["name"]),
-            "keras": os.path.join(directory(), entry["name"] + ".keras"),
+            "savedmodel": os.path.join(folder, entry["name"]),
+            "keras": os.path.join(folder, entry["name"] + ".keras"),
         }
         for entry in entries
     ]
