@@ -288,3 +288,68 @@ def test_a_users_model_class_goes_through_every_binary(user_model):
         "sample", "--import=no_such_module", *common[1:], f"--output={tmp / 'x.png'}"
     )
     assert missing.returncode == 1 and "--import=no_such_module" in missing.stderr
+
+
+# ---- any input shape, read from the data --------------------------------------------------------
+
+
+def test_images_of_another_shape_train_evaluate_and_sample(tmp_path):
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "small.npz"
+    np.savez(
+        npz,
+        x_train=rng.integers(0, 256, (60, 16, 16), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (20, 16, 16), dtype=np.uint8),
+    )
+    out = tmp_path / "run"
+    train = ["--z_dim=2", "--hidden=8", "--steps=10", "--steps_per_epoch=10", "--batch_size=10"]
+    result = run_binary("train", f"--dataset=npz:{npz}", *train, "--verbose=0", f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = keras.models.load_model(out / "model.keras")
+    assert model.input_shape == (16, 16) and model.x_dim == 256
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_examples"] == 20 and np.isfinite(metrics["nelbo"])
+    evaluated = run_binary("evaluate", f"--model_path={out}", f"--dataset=npz:{npz}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    sampled = run_binary(
+        "sample", f"--model_path={out}", "--rows=2", f"--output={tmp_path / 's.png'}"
+    )
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "s.png"))).numpy()
+    assert png.shape[:2] == (2 * 17 + 1, 10 * 17 + 1)  # 16-pixel cells, 1-pixel lines.
+    # A model of 16x16 images refuses MNIST in one line.
+    wrong = run_binary("evaluate", f"--model_path={out}", "--dataset=mnist", "--examples=10")
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1
+    assert "[16, 16]" in wrong.stderr and "[28, 28]" in wrong.stderr
+
+
+def test_real_valued_vectors_with_a_gaussian_likelihood(tmp_path):
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "vectors.npz"
+    np.savez(
+        npz,
+        x_train=rng.normal(3.0, 2.0, (60, 6)).astype(np.float32),
+        x_test=rng.normal(3.0, 2.0, (20, 6)).astype(np.float32),
+    )
+    loaded = data.load(f"npz:{npz}")
+    assert loaded.x_train.dtype == np.float32 and loaded.x_train.shape == (60, 6)
+    out = tmp_path / "run"
+    args = ["--likelihood=gaussian", f"--dataset=npz:{npz}", "--z_dim=2", "--hidden=8"]
+    steps = ["--steps=10", "--steps_per_epoch=10", "--batch_size=10", "--verbose=0"]
+    result = run_binary("train", *args, *steps, f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data_transforms"] == {"train": "none", "eval": "none"}
+    model = keras.models.load_model(out / "model.keras")
+    # Evaluated on the values themselves (no scaling by 255, no binarisation).
+    expected = model.evaluate(
+        data.eval_dataset(loaded.x_test, binarization="none"), verbose=0, return_dict=True
+    )
+    assert metrics["nelbo"] == pytest.approx(expected["nelbo"], rel=1e-5)
+    assert not (out / "samples.png").exists()  # Vectors are not pictures.
+    sampled = run_binary("sample", f"--model_path={out}", f"--output={tmp_path / 's.png'}")
+    assert sampled.returncode == 1 and "not square" in sampled.stderr
+    refused = run_binary(
+        "train", "--likelihood=bernoulli", f"--dataset=npz:{npz}", *steps[:1], f"--out_dir={out}2"
+    )
+    assert refused.returncode == 1 and "real-valued" in refused.stderr

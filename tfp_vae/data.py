@@ -292,14 +292,17 @@ def _load_npz(path: str) -> ImageDataset:
 
 
 def _npz_images(x: np.ndarray, path: str, key: str) -> np.ndarray:
+    """A user's array as the dataset keeps it: images (uint8 intensities, [N, H, W] or
+    [N, H, W, C], or flat vectors [N, D]; MNIST's [N, 784] and [N, 28, 28, 1] as [N, 28, 28]),
+    or real-valued data (floats outside [0, 1], kept as float32)."""
     if x.ndim == 2 and x.shape[1] == NUM_PIXELS:
         x = x.reshape(len(x), *IMAGE_SHAPE)
     elif x.ndim == 4 and x.shape[1:] == IMAGE_SHAPE + (1,):
         x = x.reshape(len(x), *IMAGE_SHAPE)
-    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+    if x.ndim < 2 or x.ndim > 4 or 0 in x.shape[1:]:
         raise DataError(
-            f"{path}: {key} has shape {list(x.shape)}; expected [N, 28, 28] or "
-            "[N, 784] (28x28 grayscale images)."
+            f"{path}: {key} has shape {list(x.shape)}; expected [N, H, W] or [N, H, W, C] "
+            "images, or [N, D] vectors."
         )
     if x.dtype == np.uint8:
         return x
@@ -316,10 +319,8 @@ def _npz_images(x: np.ndarray, path: str, key: str) -> np.ndarray:
         if not np.all(np.isfinite(x)):
             raise DataError(f"{path}: {key} holds NaN or infinite values.")
         if x.size and (x.min() < 0 or x.max() > 1):
-            raise DataError(
-                f"{path}: {key} holds floats from {x.min():g} to {x.max():g}; float "
-                "images must lie in [0, 1] (or give uint8 intensities 0..255)."
-            )
+            # Real-valued data (for a Gaussian likelihood): kept as they are, in float32.
+            return x.astype(np.float32)
         scaled = x.astype(np.float64)  # One float64 copy, scaled and rounded in place.
         scaled *= 255
         return np.rint(scaled, out=scaled).astype(np.uint8)
@@ -370,10 +371,18 @@ def load_npz(path: str) -> ImageDataset:
 
 
 def _validated(arrays, source: str, files: dict[str, str]) -> ImageDataset:
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(
+            f"{source}: training examples of shape {list(arrays['x_train'].shape[1:])} and test "
+            f"examples of shape {list(arrays['x_test'].shape[1:])}; both splits need one shape."
+        )
+    if (arrays["x_train"].dtype == np.float32) != (arrays["x_test"].dtype == np.float32):
+        raise DataError(
+            f"{source}: one split holds images (uint8, or floats in [0, 1]) and the other "
+            "real values outside [0, 1]; give both splits the same kind of data."
+        )
     for split in ("train", "test"):
         x, y = arrays["x_" + split], arrays.get("y_" + split)
-        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{source}: {split} images have shape {x.shape}; expected [N, 28, 28].")
         if y is not None and x.shape[0] != y.shape[0]:
             raise DataError(
                 f"{source}: {x.shape[0]} {split} images but {y.shape[0]} labels; "
@@ -387,10 +396,11 @@ def _validated(arrays, source: str, files: dict[str, str]) -> ImageDataset:
         k: None if arrays.get(k) is None else np.asarray(arrays[k], np.int64)
         for k in ("y_train", "y_test")
     }
+    kind = np.float32 if arrays["x_train"].dtype == np.float32 else np.uint8
     return ImageDataset(
-        x_train=np.asarray(arrays["x_train"], np.uint8),
+        x_train=np.asarray(arrays["x_train"], kind),
         y_train=labels["y_train"],
-        x_test=np.asarray(arrays["x_test"], np.uint8),
+        x_test=np.asarray(arrays["x_test"], kind),
         y_test=labels["y_test"],
         source=source,
         files=files,
@@ -616,10 +626,12 @@ def load(name: str = "mnist", data_dir: str | None = None, download: bool = True
 
 
 def flatten(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, 28, 28] -> float32 [N, 784] in [0, 1]."""
+    """uint8 [N, ...] -> float32 [N, prod(...)] in [0, 1] (uint8 [N, 28, 28] -> [N, 784]);
+    floats (real-valued data, as `load_npz` keeps them) are flattened as they are."""
+    scale = 255.0 if np.asarray(images).dtype == np.uint8 else 1.0
     images = np.asarray(images, np.float32)
     # An explicit pixel count (not -1) so an empty array flattens to [0, 784] too.
-    return (images / 255.0).reshape(len(images), int(np.prod(images.shape[1:])))
+    return (images / scale).reshape(len(images), int(np.prod(images.shape[1:])))
 
 
 def binarize_static(images: np.ndarray, seed: int = STATIC_BINARIZATION_SEED) -> np.ndarray:
@@ -628,9 +640,19 @@ def binarize_static(images: np.ndarray, seed: int = STATIC_BINARIZATION_SEED) ->
     The same seed gives the same binary images on every machine, so evaluation numbers are
     comparable across runs.
     """
+    _check_binarisable(images, "static")
     probs = flatten(images)
     rng = np.random.default_rng(seed)
     return (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.float32)
+
+
+def _check_binarisable(images: np.ndarray, binarization: str):
+    """Real-valued data (float32, see `load_npz`) have no intensities to binarise."""
+    if binarization != "none" and np.asarray(images).dtype == np.float32:
+        raise DataError(
+            f"binarization={binarization}: these are real-valued data (floats outside [0, 1]), "
+            "not images; use binarization=none and a likelihood for real values (gaussian)."
+        )
 
 
 def _check_nonempty(images: np.ndarray, what: str):
@@ -667,8 +689,12 @@ def train_dataset(
         raise ValueError(f"start_step must be >= 0; got {start_step}.")
     if binarization not in ("dynamic", "static", "none"):
         raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
+    _check_binarisable(images, binarization)
+    real = np.asarray(images).dtype == np.float32  # Real-valued data go through as they are.
     if binarization == "static":
         table = tf.constant(binarize_static(images))
+    elif real:
+        table = tf.constant(flatten(images))
     else:
         table = tf.constant(np.asarray(images, np.uint8).reshape(len(images), -1))
     n = len(images)
@@ -691,7 +717,7 @@ def train_dataset(
         if binarization == "dynamic":
             # Another key than the shuffles' (seed, epoch): seed + 1 as the second word.
             return dynamic_binarize(x, tf.stack([step, seed + 1]))
-        return x if binarization == "static" else tf.cast(x, tf.float32) / 255.0
+        return x if binarization == "static" or real else tf.cast(x, tf.float32) / 255.0
 
     first_epoch = int(start_step) // per_epoch
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)

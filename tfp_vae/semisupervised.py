@@ -109,18 +109,19 @@ def read_indices(path: str) -> np.ndarray:
 
 
 def _check_uint8_images(images, labels):
+    """Images (uint8 [N, ...]; or real-valued float32 data) flattened to [N, D], one per label."""
     images = np.asarray(images)
-    if images.dtype != np.uint8:
+    if images.dtype not in (np.uint8, np.float32):
         raise ValueError(
             f"Images must be uint8 (as tfp_vae.data.load returns them); got {images.dtype}."
         )
-    if not (images.ndim == 3 and images.shape[1:] == data.IMAGE_SHAPE) and not (
-        images.ndim == 2 and images.shape[1] == data.NUM_PIXELS
-    ):
-        raise ValueError(f"Expected images of shape [N, 28, 28] or [N, 784]; got {images.shape}.")
+    if images.ndim < 2:
+        raise ValueError(
+            f"Expected images of shape [N, ...] (e.g. [N, 28, 28]); got {images.shape}."
+        )
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-    return images.reshape(len(images), data.NUM_PIXELS)
+    return images.reshape(len(images), -1)
 
 
 def make_train_dataset(

@@ -390,10 +390,14 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
         kwargs.update(
             gen_weight=s.gen_weight, class_weight=s.class_weight, labelled_bound=s.labelled_bound
         )
-    else:
-        kwargs.update(beta=s.beta, objective=s.objective, iw=s.iw)
-    if s.model != "m1m2":
+    if s.model != "m1m2":  # M1+M2 takes its likelihood and input shape from M1.
         kwargs["likelihood"] = s.likelihood
+        shape = tuple(int(d) for d in dataset.x_train.shape[1:])
+        if shape not in ((28, 28), (784,)):
+            # The data's own shape (MNIST's keeps the recipe's flat (784,)): any image or vector.
+            kwargs["input_shape"] = shape
+    if s.model not in SEMI_SUPERVISED:
+        kwargs.update(beta=s.beta, objective=s.objective, iw=s.iw)
         if s.hidden:
             kwargs.update(hidden=[int(h) for h in s.hidden])
         if s.arch == "conv":
@@ -407,13 +411,11 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
     if s.model == "gmvae":
         kwargs.update(k=s.k, learn_mixture_weights=s.learn_mixture_weights)
     if s.model == "m1m2":
-        from tfp_vae import data
-
         try:
             m1 = common.load_model(s.m1_path, compile=False)
             if s.active_threshold > 0:
                 units = models.M1M2.active_units(
-                    m1, data.binarize_static(dataset.x_train[:1000]), s.active_threshold
+                    m1, m1.eval_inputs(dataset.x_train[:1000]), s.active_threshold
                 )
                 if not units:
                     raise app.UsageError(
@@ -427,7 +429,10 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
         except ValueError as e:  # Not a VAE, or no active unit: say so in one line.
             raise app.UsageError(f"--m1_path={s.m1_path}: {e}") from e
     else:
-        model = models.MODELS[s.model](**kwargs)
+        try:
+            model = models.MODELS[s.model](**kwargs)
+        except ValueError as e:  # Settings the model cannot take: one line.
+            raise app.UsageError(str(e)) from e
     ema = {"use_ema": True, "ema_momentum": s.ema_momentum} if s.ema_momentum else {}
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, **ema),

@@ -7,6 +7,7 @@ its losses and metrics (`batch_losses`) and how to read and check a batch (`pars
 `batch_problem`); `gradient_step` is the one place that computes and applies gradients.
 """
 
+import math
 from collections.abc import Callable
 
 import keras
@@ -431,7 +432,14 @@ class Model(keras.Model):
 
     def check_dataset(self, dataset) -> None:
         """Raises ValueError (one line) when `dataset` (a `tfp_vae.data.ImageDataset`) lacks
-        what the model needs (labels for a class-conditional model)."""
+        what the model needs (examples of its input shape; labels for a class-conditional
+        model)."""
+        shape = tuple(int(d) for d in dataset.x_train.shape[1:])
+        if math.prod(shape) != math.prod(self.data_shape):
+            raise ValueError(
+                f"A {type(self).__name__} of inputs of shape {list(self.data_shape)} cannot take "
+                f"{dataset.source}, whose examples have shape {list(shape)}."
+            )
         if self.class_conditional and not dataset.has_labels:
             raise ValueError(
                 f"A {type(self).__name__} needs labels, and {dataset.source} has no y_train "
