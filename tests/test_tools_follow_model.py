@@ -353,3 +353,24 @@ def test_real_valued_vectors_with_a_gaussian_likelihood(tmp_path):
         "train", "--likelihood=bernoulli", f"--dataset=npz:{npz}", *steps[:1], f"--out_dir={out}2"
     )
     assert refused.returncode == 1 and "real-valued" in refused.stderr
+
+
+# ---- each parameter validated once, at the constructor ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: models.VAE(z_dim=0), "z_dim must be a positive whole number; got 0."),
+        (lambda: models.VAE(z_dim=2.5), "z_dim must be a positive whole number; got 2.5."),
+        (lambda: models.VAE(hidden=(300, 0)), "hidden[1] must be a positive whole number"),
+        (lambda: models.VAE(beta=float("nan")), "beta (the weight on KL) must be finite"),
+        (lambda: models.VAE(min_variance=-1), "min_variance must be finite and >= 0"),
+        (lambda: models.GMVAE(k=0), "k (mixture components) must be a positive whole number"),
+        (lambda: models.SSVAE(z_dim=0), "z_dim must be a positive whole number; got 0."),
+        (lambda: models.SSVAE(class_weight=float("inf")), "class_weight must be finite"),
+    ],
+)
+def test_constructors_refuse_bad_settings_in_one_sentence(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()

@@ -45,6 +45,40 @@ def resolve_input_shape(
     return shape
 
 
+def positive_int(value, name: str) -> int:
+    """`value` as an int >= 1 (a whole number: 3 and 3.0, not 2.5 or True), else a ValueError
+    naming the argument: a model's sizes are checked once, at its constructor."""
+    try:
+        whole = not isinstance(value, bool) and int(value) == float(value)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or int(value) < 1:
+        raise ValueError(f"{name} must be a positive whole number; got {value!r}.")
+    return int(value)
+
+
+def positive_ints(values, name: str) -> tuple[int, ...]:
+    """A sequence of `positive_int`s (layer sizes) as a tuple."""
+    try:
+        items = list(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of layer sizes; got {values!r}.") from None
+    return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(items))
+
+
+def finite_float(value, name: str, minimum: float | None = None) -> float:
+    """`value` as a finite float (>= `minimum` when given), else a ValueError naming it: NaN and
+    Inf never reach a loss."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number; got {value!r}.") from None
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        bound = "" if minimum is None else f" and >= {minimum:g}"
+        raise ValueError(f"{name} must be finite{bound}; got {value!r}.")
+    return number
+
+
 def accepted_shapes(input_shape: Sequence[int]) -> list[tuple[int | None, ...]]:
     """The batch shapes inputs of `input_shape` may come in, the flattened [B, prod] first:
     [B, *input_shape]; without a trailing 1 channel ([B, 28, 28] for (28, 28, 1)); and, for

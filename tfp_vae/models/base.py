@@ -86,15 +86,13 @@ class LatentVariableModel(Model):
             likelihoods.check_name(likelihood)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
-        if int(iw) < 1:
-            raise ValueError(f"iw must be a positive number of samples; got {iw}.")
-        if float(beta) < 0:
-            raise ValueError(f"beta weights KL and must be >= 0; got {beta}.")
         self.input_shape = resolve_input_shape(input_shape, x_dim)
-        self.z_dim, self.x_dim = int(z_dim), math.prod(self.input_shape)
+        self.z_dim, self.x_dim = checks.positive_int(z_dim, "z_dim"), math.prod(self.input_shape)
+        self.iw = checks.positive_int(iw, "iw (importance samples)")
+        self.beta = checks.finite_float(beta, "beta (the weight on KL)", minimum=0.0)
         # p(x|z)'s layer: the decoder's output [..., outputs_per_dimension * x_dim] is its input.
         self.likelihood = likelihoods.get(likelihood, self.x_dim)
-        self.beta, self.objective, self.iw = float(beta), objective, int(iw)
+        self.objective = objective
         self._make_metrics(
             ["loss", "nelbo", "kl", "rec"] + (["niwae"] if objective == "iwae" else [])
         )

@@ -9,7 +9,7 @@ closed form.
 
 import keras
 
-from tfp_vae import layers
+from tfp_vae import checks, layers
 from tfp_vae.models.vae import VAE
 
 
@@ -27,7 +27,8 @@ class GMVAE(VAE):
     analytic_kl = False
 
     def __init__(self, k: int = 500, learn_mixture_weights: bool = False, **kwargs):
-        self.k, self.learn_mixture_weights = int(k), bool(learn_mixture_weights)
+        self.k = checks.positive_int(k, "k (mixture components)")
+        self.learn_mixture_weights = bool(learn_mixture_weights)
         super().__init__(**kwargs)
 
     def make_prior(self):

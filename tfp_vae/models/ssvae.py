@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import layers, likelihoods, networks, semisupervised
+from tfp_vae import checks, layers, likelihoods, networks, semisupervised
 from tfp_vae.checks import (
     IMAGE_PROBLEMS,
     INPUT_PROBLEMS,
@@ -179,27 +179,24 @@ class SSVAE(Model):
         **kwargs,
     ):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
-        if int(z_dim) < 1:
-            raise ValueError(f"z_dim must be >= 1; got {z_dim}.")
-        if int(num_classes) < 2:
+        if checks.positive_int(num_classes, "num_classes") < 2:
             raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
         if not isinstance(likelihood, (likelihoods.Likelihood, dict)):
             likelihoods.check_name(likelihood)
-        if float(gen_weight) < 0 or float(class_weight) < 0:
-            raise ValueError(
-                f"gen_weight and class_weight must be >= 0; got {gen_weight} and {class_weight}."
-            )
         self.input_shape = resolve_input_shape(input_shape, x_dim)
         self.x_dim = math.prod(self.input_shape)
-        self.z_dim, self.num_classes = int(z_dim), int(num_classes)
-        self.hidden = tuple(int(h) for h in hidden)
-        self.classifier_hidden = tuple(int(h) for h in classifier_hidden)
+        self.z_dim = checks.positive_int(z_dim, "z_dim")
+        self.num_classes = int(num_classes)
+        self.hidden = checks.positive_ints(hidden, "hidden")
+        self.classifier_hidden = checks.positive_ints(classifier_hidden, "classifier_hidden")
         self.activation, self.classifier_activation = activation, classifier_activation
-        self.gen_weight, self.class_weight = float(gen_weight), float(class_weight)
+        self.gen_weight = checks.finite_float(gen_weight, "gen_weight", minimum=0.0)
+        self.class_weight = checks.finite_float(class_weight, "class_weight", minimum=0.0)
         self.labelled_bound = bool(labelled_bound)
         # p(x|y,z)'s layer: the decoder's output [..., outputs_per_dimension * x_dim] is its input.
         self.likelihood = likelihoods.get(likelihood, self.x_dim, min_variance)
-        self.min_variance, self.init = float(min_variance), init
+        self.min_variance = checks.finite_float(min_variance, "min_variance", minimum=0.0)
+        self.init = init
         k = self.num_classes
         # The user's networks are kept in the config (`get_config`); the default MLPs are not.
         self._user_networks = tuple(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tfp_vae import layers, networks
+from tfp_vae import checks, layers, networks
 from tfp_vae.models.base import LatentVariableModel
 
 
@@ -48,8 +48,9 @@ class VAE(LatentVariableModel):
         **kwargs,
     ):
         super().__init__(z_dim=z_dim, **kwargs)
-        self.hidden, self.activation = tuple(int(h) for h in hidden), activation
-        self.min_variance, self.init = float(min_variance), init
+        self.hidden, self.activation = checks.positive_ints(hidden, "hidden"), activation
+        self.min_variance = checks.finite_float(min_variance, "min_variance", minimum=0.0)
+        self.init = init
         # The user's networks are kept in the config (`get_config`); the default MLPs are not.
         self._user_networks = tuple(
             name
