@@ -20,7 +20,7 @@ def trained_run(tmp_path_factory):
         "--k=5",
         "--steps=60",
         "--steps_per_epoch=30",
-        "--validation_examples=100",
+        "--validation_split=100",
         "--verbose=0",
         f"--out_dir={out}",
     )
@@ -41,6 +41,9 @@ def test_train_writes_everything(trained_run):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_examples"] == 10000 and metrics["steps"] == 60
+    # --validation_split=100: held out of the 60,000 training images, not trained on.
+    assert (metrics["validation_examples"], metrics["train_examples"]) == (100, 59900)
+    assert metrics["validation_metrics"]["nelbo"] > 0
     assert abs(metrics["nelbo"] - metrics["kl"] - metrics["rec"]) < 1e-3
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(f.startswith("events") for _, _, fs in os.walk(out / "logs") for f in fs)
@@ -57,7 +60,7 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
         "--k=5",
         "--steps=90",
         "--steps_per_epoch=30",
-        "--validation_examples=0",
+        "--validation_split=100",
         "--verbose=0",
         "--resume",
         f"--out_dir={out}",
@@ -72,6 +75,7 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
         "--k=5",
         "--steps=90",
         "--steps_per_epoch=30",
+        "--validation_split=100",
         "--resume",
         f"--out_dir={out}",
     )
@@ -225,7 +229,7 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
         "--active_threshold=0",
         "--steps=20",
         "--steps_per_epoch=10",
-        "--validation_examples=100",
+        "--validation_split=100",
         "--noxla",
         "--verbose=0",
         f"--out_dir={out}",

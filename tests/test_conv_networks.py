@@ -140,7 +140,6 @@ def test_train_binary_with_arch_conv(tmp_path):
         "--arch=conv",
         "--steps=20",
         "--steps_per_epoch=10",
-        "--validation_examples=100",
         "--verbose=0",
         f"--out_dir={out}",
     )

@@ -7,6 +7,7 @@ for the published datasets by registering their checksums (`register_known`). On
 at the end read the real data (and skip without it).
 """
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -960,6 +961,103 @@ def test_labelled_subset_class_too_small():
         data.labelled_subset(labels, per_class=1, seed=0)
     with pytest.raises(data.DataError, match="Class 0"):
         data.labelled_subset(np.repeat(np.arange(10), 5), per_class=6, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# split_validation
+
+
+def _distinct_dataset(n_train=200, n_test=7):
+    """Training images that each hold their row number (pixel 0 and 1), so a row names itself."""
+    arrays = make_arrays(n_train, n_test)
+    rows = np.arange(n_train)
+    arrays["x_train"][:, 0, 0], arrays["x_train"][:, 0, 1] = rows % 256, rows // 256
+    return data.ImageDataset(**arrays, source="x")
+
+
+def _rows(x):
+    return x[:, 0, 0].astype(np.int64) + 256 * x[:, 0, 1].astype(np.int64)
+
+
+def test_split_validation_holds_out_disjoint_seeded_rows_with_their_labels():
+    ds = _distinct_dataset()
+    split = data.split_validation(ds, 30, seed=5)
+    train, val = _rows(split.x_train), _rows(split.x_validation)
+    assert (len(train), len(val)) == (170, 30)
+    assert not np.intersect1d(train, val).size
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(200))
+    # The rows keep their order, their labels and their recorded indices.
+    np.testing.assert_array_equal(train, split.train_indices)
+    np.testing.assert_array_equal(val, split.validation_indices)
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
+    np.testing.assert_array_equal(split.y_train, ds.y_train[train])
+    np.testing.assert_array_equal(split.y_validation, ds.y_train[val])
+    np.testing.assert_array_equal(split.x_validation, ds.x_train[val])
+    # The test set is untouched; the same seed holds out the same rows, another seed others.
+    assert split.x_test is ds.x_test and split.y_test is ds.y_test
+    np.testing.assert_array_equal(data.split_validation(ds, 30, seed=5).validation_indices, val)
+    assert not np.array_equal(data.split_validation(ds, 30, seed=6).validation_indices, val)
+    # A fraction of the training set, rounded; the loaded dataset is not changed.
+    assert len(data.split_validation(ds, 0.1).x_validation) == 20
+    assert len(data.split_validation(ds, 0.001).x_validation) == 1
+    assert ds.x_validation is None and len(ds.x_train) == 200
+    # No labels: none for the validation rows either.
+    unlabelled = data.split_validation(data.ImageDataset(ds.x_train, None, ds.x_test, None, "x"), 5)
+    assert unlabelled.y_train is None and unlabelled.y_validation is None
+
+
+@pytest.mark.parametrize(
+    "validation, message",
+    [
+        (-1, "count >= 0"),
+        (200, "holds out 200 of the 200"),
+        (1.5, "neither a whole count"),
+        (float("nan"), "count >= 0"),
+        ("10", "a count of examples or a fraction"),
+        (True, "a count of examples or a fraction"),
+    ],
+)
+def test_split_validation_refuses_sizes_out_of_range_in_one_line(validation, message):
+    with pytest.raises(data.DataError, match=re.escape(message)) as raised:
+        data.split_validation(_distinct_dataset(), validation)
+    assert "\n" not in str(raised.value)
+
+
+def test_split_validation_of_none_and_twice():
+    ds = _distinct_dataset()
+    whole = data.split_validation(ds, 0)
+    np.testing.assert_array_equal(whole.x_train, ds.x_train)
+    assert len(whole.x_validation) == 0
+    with pytest.raises(data.DataError, match="already holds a validation split"):
+        data.split_validation(whole, 5)
+
+
+def test_labelled_examples_come_from_the_rows_trained_on():
+    """The semi-supervised labelled set is drawn from the split's training part (never a
+    validation row) and, without a split, is the one drawn from the whole set as before."""
+    from tfp_vae import semisupervised
+
+    ds = _distinct_dataset(600)
+    ds = dataclasses.replace(ds, y_train=np.arange(600) % 10)
+    whole_labelled, _ = semisupervised.split_labelled(ds.y_train, 10, label_seed=0)
+    np.testing.assert_array_equal(
+        whole_labelled, data.labelled_subset(ds.y_train, 10, seed=0)[0]
+    )  # Unchanged when there is no split.
+    for seed in range(5):
+        split = data.split_validation(ds, 300, seed=seed)
+        labelled, _ = semisupervised.split_labelled(split.y_train, 10, label_seed=0)
+        rows = _rows(split.x_train[labelled])
+        assert len(rows) == 100 and not np.intersect1d(rows, split.validation_indices).size
+        np.testing.assert_array_equal(split.y_train[labelled], ds.y_train[rows])
+    # Indices of the loaded training set map to the training part's rows, or are refused.
+    kept, held = split.train_indices[:3], split.validation_indices[:2]
+    positions = data.train_positions(split, kept)
+    np.testing.assert_array_equal(_rows(split.x_train[positions]), kept)
+    np.testing.assert_array_equal(data.train_positions(ds, [4, 2]), [4, 2])
+    with pytest.raises(data.DataError, match="held out for validation"):
+        data.train_positions(split, np.concatenate([kept, held]))
+    with pytest.raises(data.DataError, match=r"must lie in 0\.\.599; got \[600\]"):
+        data.train_positions(split, np.array([kept[0], 600]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ STEMS = (
 SMALL = (
     "--steps=20",
     "--steps_per_epoch=10",
-    "--validation_examples=0",
     "--verbose=0",
     "--z_dim=3",
     "--hidden=16",

@@ -67,7 +67,6 @@ _FLAGS = (
     "--hidden=16",
     "--batch_size=32",
     "--steps_per_epoch=10",
-    "--validation_examples=0",
     "--verbose=0",
     "--noxla",
 )

@@ -395,7 +395,6 @@ def test_train_binary_mixed_precision(tmp_path):
             f"--data_dir={tmp_path}",
             "--steps=30",
             "--steps_per_epoch=30",
-            "--validation_examples=0",
             "--verbose=0",
             f"--out_dir={out}",
         ],

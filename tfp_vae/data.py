@@ -124,6 +124,11 @@ class ImageDataset:
       files: {absolute path: SHA-256 of the file} of every file read.
       identified_as: "mnist" or "fashion_mnist" when all four arrays are that dataset's
         published ones (`KNOWN_DATASETS`), else None (a user's own data, or a subset).
+      x_validation, y_validation: the training examples held out for validation by
+        `split_validation` (uint8 [V, 28, 28], int64 [V] or None), not in x_train; None when the
+        training set is whole.
+      train_indices, validation_indices: after `split_validation`, the rows of the loaded
+        training set that x_train and x_validation hold (int64, ascending); None before.
     """
 
     x_train: np.ndarray
@@ -133,6 +138,10 @@ class ImageDataset:
     source: str
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     identified_as: str | None = None
+    x_validation: np.ndarray | None = None
+    y_validation: np.ndarray | None = None
+    train_indices: np.ndarray | None = None
+    validation_indices: np.ndarray | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -780,6 +789,106 @@ def labelled_subset(
     return labelled, unlabelled
 
 
+def validation_count(n_train: int, validation) -> int:
+    """How many of `n_train` training examples `validation` holds out: a count (a whole number,
+    0 to n_train - 1) or a fraction in (0, 1) of n_train (rounded, at least one example).
+
+    Raises:
+      DataError (one line): a negative, fractional above 1 or non-numeric `validation`, or one
+        that leaves no training example.
+    """
+    if isinstance(validation, (bool, np.bool_)) or not isinstance(
+        validation, (int, float, np.integer, np.floating)
+    ):
+        raise DataError(
+            f"The validation split must be a count of examples or a fraction in (0, 1); "
+            f"got {validation!r}."
+        )
+    if not np.isfinite(validation) or validation < 0:
+        raise DataError(
+            f"The validation split must be a count >= 0 or a fraction in (0, 1); got {validation}."
+        )
+    if validation < 1:
+        n = max(1, round(float(validation) * n_train)) if validation > 0 else 0
+    elif float(validation).is_integer():
+        n = int(validation)
+    else:
+        raise DataError(
+            f"The validation split {validation} is neither a whole count of examples nor a "
+            "fraction in (0, 1)."
+        )
+    if n and n >= n_train:
+        raise DataError(
+            f"The validation split holds out {n} of the {n_train} training examples; "
+            "at least one must remain to train on."
+        )
+    return n
+
+
+def split_validation(ds: ImageDataset, validation, seed: int = 0) -> ImageDataset:
+    """Holds out training examples for validation: a copy of `ds` whose x_train (and y_train)
+    keep the other rows, in their order, and whose x_validation (and y_validation) hold the
+    held-out ones, in theirs.
+
+    Use x_validation for `fit`'s validation_data, early stopping or picking a checkpoint, and
+    keep the test set for the final numbers only. The rows are drawn by `seed` alone (a NumPy
+    permutation of the training set's indices), so the same seed and size always hold out the
+    same examples, whatever the model. The semi-supervised models draw their labelled examples
+    from the returned x_train/y_train, never from the held-out rows; `train_positions` maps
+    indices of the loaded training set (a `labelled_indices` file) to rows of x_train.
+
+    Args:
+      validation: a count of examples (0 to N - 1; 0 holds out none) or a fraction in (0, 1)
+        of the training set (see `validation_count`).
+
+    Raises:
+      DataError (one line): a `validation` out of range, or `ds` already split.
+    """
+    if ds.train_indices is not None:
+        raise DataError("The dataset already holds a validation split; split the loaded one.")
+    n_train = len(ds.x_train)
+    n = validation_count(n_train, validation)
+    held_out = np.zeros(n_train, bool)
+    held_out[np.random.default_rng(seed).permutation(n_train)[:n]] = True
+    train_idx, val_idx = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+    y = ds.y_train
+    return dataclasses.replace(
+        ds,
+        x_train=ds.x_train[train_idx],
+        y_train=None if y is None else y[train_idx],
+        x_validation=ds.x_train[val_idx],
+        y_validation=None if y is None else y[val_idx],
+        train_indices=train_idx,
+        validation_indices=val_idx,
+    )
+
+
+def train_positions(ds: ImageDataset, indices) -> np.ndarray:
+    """The rows of `ds.x_train` that hold the loaded training set's examples `indices` (int64):
+    the indices themselves when the training set is whole (their consumer checks them), else
+    their places in the part that `split_validation` kept for training.
+
+    Raises:
+      DataError (one line): after a split, an index that names an example held out for
+        validation, or none of the training set's.
+    """
+    indices = np.asarray(indices)
+    if ds.train_indices is None or not np.issubdtype(indices.dtype, np.integer):
+        return indices
+    held = np.intersect1d(indices, ds.validation_indices)
+    if held.size:
+        raise DataError(
+            f"Training-set indices {held[:5].tolist()} are held out for validation "
+            f"({len(ds.validation_indices)} examples); labelled examples must come from the "
+            "examples trained on: choose others, or another validation split or seed."
+        )
+    outside = np.setdiff1d(indices, ds.train_indices)
+    if outside.size:
+        n = len(ds.train_indices) + len(ds.validation_indices)
+        raise DataError(f"Training-set indices must lie in 0..{n - 1}; got {outside[:5].tolist()}.")
+    return np.searchsorted(ds.train_indices, indices).astype(np.int64)
+
+
 def take_first(
     ds: ImageDataset, n_train: int | None = None, n_test: int | None = None
 ) -> ImageDataset:
@@ -790,6 +899,7 @@ def take_first(
         x_test=ds.x_test[:n_test],
         y_train=None if ds.y_train is None else ds.y_train[:n_train],
         y_test=None if ds.y_test is None else ds.y_test[:n_test],
+        train_indices=None if ds.train_indices is None else ds.train_indices[:n_train],
     )
 
 
@@ -807,6 +917,9 @@ __all__: Sequence[str] = (
     "labelled_subset",
     "flatten",
     "take_first",
+    "split_validation",
+    "validation_count",
+    "train_positions",
     "ENV_VAR",
     "SHIPPED_DATASETS",
 )

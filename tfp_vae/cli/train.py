@@ -11,6 +11,7 @@ On several GPUs or hosts (--batch_size is the global batch, split across the rep
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -266,11 +267,28 @@ flags.DEFINE_bool(
     "Continue from the checkpoint in --out_dir (weights, optimizer "
     "state and step) instead of refusing to touch an existing run.",
 )
+flags.DEFINE_float(
+    "validation_split",
+    0,
+    "Training examples held out for validation at each epoch end (the val_* metrics in the "
+    "progress bar, TensorBoard and metrics.json's validation_metrics): a count (e.g. 5000) or, "
+    "below 1, a fraction of the training set (e.g. 0.1), drawn by --validation_seed. They are "
+    "not trained on (nor, for ssvae and m1m2, drawn as labelled examples); the test set is "
+    "only evaluated at the end (metrics.json). 0 (the recipes): train on every training "
+    "example, no validation. A run resumes with the split it was started with.",
+    lower_bound=0,
+)
+flags.DEFINE_integer(
+    "validation_seed",
+    0,
+    "The seed that draws --validation_split's examples (the same for every model and --seed).",
+    lower_bound=0,
+    upper_bound=2**31 - 1,
+)
 flags.DEFINE_integer(
     "validation_examples",
-    1000,
-    "Test images used for validation at each epoch end (0 = none).",
-    lower_bound=0,
+    None,
+    "Removed: it validated on test images. Use --validation_split (held-out training examples).",
 )
 flags.DEFINE_enum(
     "strategy",
@@ -501,6 +519,13 @@ def main(argv):
         raise app.UsageError("--likelihood: m1m2 models M1's images with M1's likelihood.")
     if FLAGS.labelled_batch_size and FLAGS.model not in SEMI_SUPERVISED:
         raise app.UsageError("--labelled_batch_size goes with --model=ssvae or m1m2.")
+    if FLAGS["validation_examples"].present:
+        raise app.UsageError(
+            "--validation_examples (validation on test images) is gone: --validation_split=N "
+            "holds out N training examples for validation instead."
+        )
+    if FLAGS["validation_seed"].present and not FLAGS.validation_split:
+        raise app.UsageError("--validation_seed goes with --validation_split.")
     if FLAGS.steps_per_execution and FLAGS.steps_per_epoch % FLAGS.steps_per_execution:
         raise app.UsageError(
             f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
@@ -565,10 +590,19 @@ RUN_FLAGS = (
     # A schedule leaves no learning-rate variable in the optimizer, so the checkpoint of a run
     # with the other setting would not load into it.
     "lr_schedule",
+    # The examples trained on (recorded as the count held out, however it was given).
+    "validation_split",
+    "validation_seed",
 )
 # The values of RUN_FLAGS added since checkpoints first recorded their settings, as the runs
 # before them had them: an older run resumes with these, and is refused other values.
-SETTINGS_BEFORE_FLAG = {"arch": "mlp", "lr_schedule": "constant", "likelihood": "bernoulli"}
+SETTINGS_BEFORE_FLAG = {
+    "arch": "mlp",
+    "lr_schedule": "constant",
+    "likelihood": "bernoulli",
+    "validation_split": 0,  # Runs validated on test images and trained on every example.
+    "validation_seed": 0,
+}
 
 
 def run_settings(model):
@@ -645,6 +679,15 @@ def _train(run, out_dir, strategy, distributed):
         )
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     print(f"Data: {dataset.source}")
+    if FLAGS.validation_split:
+        try:
+            dataset = data.split_validation(dataset, FLAGS.validation_split, FLAGS.validation_seed)
+        except data.DataError as e:
+            raise app.UsageError(f"--validation_split={FLAGS.validation_split:g}: {e}") from e
+        print(
+            f"Validation: {len(dataset.x_validation)} training examples held out "
+            f"(--validation_seed={FLAGS.validation_seed}), {len(dataset.x_train)} trained on"
+        )
     steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     spe = min(FLAGS.steps_per_epoch, steps)
     total = -(-steps // spe) * spe  # training.fit trains whole epochs.
@@ -655,6 +698,8 @@ def _train(run, out_dir, strategy, distributed):
         )
     common.check_dataset(model, dataset)  # Labels for a semi-supervised model, say.
     settings = run_settings(model)
+    n_validation = 0 if dataset.x_validation is None else len(dataset.x_validation)
+    settings["validation_split"] = n_validation
     start_step = 0
     if resuming:
         start_step = check_resume(ckpt_dir, settings, spe, total)
@@ -680,7 +725,10 @@ def _train(run, out_dir, strategy, distributed):
                 labelled_indices=(
                     None
                     if FLAGS.labelled_indices is None
-                    else semisupervised.read_indices(FLAGS.labelled_indices)
+                    # Indices of the loaded training set: rows of the part trained on, if split.
+                    else data.train_positions(
+                        dataset, semisupervised.read_indices(FLAGS.labelled_indices)
+                    )
                 ),
             )
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
@@ -700,12 +748,17 @@ def _train(run, out_dir, strategy, distributed):
         # Built (and checked) once above at the step the checkpoint says; fit asks for that one.
         return first if start == start_step else build(start)
 
-    n_val = FLAGS.validation_examples
-    val_ds = common.eval_dataset(model, data.take_first(dataset, n_test=n_val)) if n_val else None
+    # The held-out training examples, evaluated as the test set is (the test set waits for the end).
+    val_ds = None
+    if n_validation:
+        held_out = dataclasses.replace(
+            dataset, x_test=dataset.x_validation, y_test=dataset.y_validation
+        )
+        val_ds = common.eval_dataset(model, held_out)
     run.started()
     start = time.time()
     try:
-        training.fit(
+        history = training.fit(
             model,
             train_ds,
             steps,
@@ -731,6 +784,16 @@ def _train(run, out_dir, strategy, distributed):
         model=FLAGS.model,
         dataset=FLAGS.dataset,
         test_examples=len(dataset.x_test),
+        train_examples=len(dataset.x_train),
+        validation_examples=n_validation,
+        validation_seed=FLAGS.validation_seed if n_validation else None,
+        # The last epoch's val_* metrics, on the held-out training examples.
+        validation_metrics={
+            k[len("val_") :]: float(v[-1])
+            for k, v in history.history.items()
+            if k.startswith("val_") and v
+        }
+        or None,
         data_source=dataset.source,
         data_files=dataset.files,
         data_identified_as=dataset.identified_as,
