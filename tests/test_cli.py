@@ -319,11 +319,12 @@ def test_sample_pdf_without_matplotlib_is_one_line(tmp_path):
 
 
 def test_build_model_takes_its_settings_as_arguments():
-    """`cli.train.build_model` reads no global flag: the settings come as a dict."""
-    from tfp_vae.cli import train
+    """`cli.building.build_model` reads no global flag: the settings come as a dict."""
+    from tfp_vae.cli import building as train
 
     settings = dict(
         model="gmvae",
+        likelihood="bernoulli",
         seed=7,
         clip_norm=None,
         z_dim=3,
