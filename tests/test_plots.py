@@ -272,7 +272,7 @@ def test_bin_plot_refuses_class_grid_of_a_vae(vae, npz, tmp_path):
     result = _run(f"--model_path={saved}", "--kind=class_grid", f"--output={tmp_path}/g.png")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("ERROR: --kind=class_grid")
-    assert "has no classes" in result.stderr and not (tmp_path / "g.png").exists()
+    assert "class_grid needs classes" in result.stderr and not (tmp_path / "g.png").exists()
     # The manifold is for z_dim = 2 (this VAE's is 3); an unknown extension is refused at once.
     result = _run(f"--model_path={saved}", "--kind=manifold", f"--output={tmp_path}/m.png")
     assert result.returncode == 1 and result.stderr.count("\n") == 1
@@ -329,11 +329,10 @@ def test_tensorboard_images_and_per_step_scalars(semi_supervised, tmp_path):
     training.fit(model, train, steps=40, **kwargs)
     steps, sizes = _events(str(tmp_path / "logs" / "samples"))
     assert steps["samples"] == [20, 40] and steps["reconstructions"] == [20, 40]
-    # Samples: 8 x 8, or a row per z and a column per class (6 x 10); reconstructions: the
-    # first 32 validation images in rows of 8, each row followed by its reconstructions.
-    assert sizes["samples"] == (
-        (10 * 29 + 1, 6 * 29 + 1) if semi_supervised else (8 * 29 + 1, 8 * 29 + 1)
-    )
+    # Samples: the model's own grid of about 64 images (`sample_grid`), 6 rows of 10 samples, or
+    # a row per z and a column per class (6 x 10); reconstructions: the first 32 validation
+    # images in rows of 8, each row followed by its reconstructions.
+    assert sizes["samples"] == (10 * 29 + 1, 6 * 29 + 1)
     assert sizes["reconstructions"] == (8 * 29 + 1, 8 * 29 + 1)
     # Per-step scalars: 20 steps an epoch, one point every 2 optimizer steps (~10 an epoch),
     # though Keras calls the batch callbacks once per execution of 2 steps.

@@ -155,7 +155,8 @@ def main(argv):
     if FLAGS.kind != "all" and FLAGS.kind not in applicable:
         raise common.UserError(
             f"--kind={FLAGS.kind} does not apply to {FLAGS.model_path}: a "
-            f"{type(model).__name__} draws {', '.join(applicable)}; choose one of them, or all."
+            f"{type(model).__name__} draws {', '.join(applicable)} (class_grid needs classes, "
+            "manifold a 2-D latent space); choose one of them, or all."
         )
     kinds = applicable if FLAGS.kind == "all" else (FLAGS.kind,)
     x = y = None
