@@ -8,8 +8,8 @@ M1's latent z1 instead of the pixels:
 
 M1 stays fixed (its networks in inference mode, see `M1M2._inputs`) while M2 trains; every step
 feeds M2 a fresh z1 ~ q(z1|x) of each image (as the paper does), and the classifier sees the
-posterior mean of z1 at test time. The paper reports
-96.67% +/- 0.14 test accuracy with 100 labels for M1+M2, against 88.03% +/- 1.71 for M2 alone.
+posterior mean of z1 at test time. The paper reports 96.67% +/- 0.14 test accuracy with 100
+labels for M1+M2, against 88.03% +/- 1.71 for M2 alone.
 
 A VAE leaves many latent units inactive: q(z1_d|x) is the prior N(0, 1) whatever x, so a draw
 is pure noise. As the paper's code does, M2 may model only the active units
