@@ -154,19 +154,24 @@ def conv_decoder(in_dim, input_shape, out_channels=None, name="decoder") -> kera
 
 
 def apply(
-    network: keras.Layer, inputs: tf.Tensor, input_shape: Sequence[int] | None = None
+    network: keras.Layer,
+    inputs: tf.Tensor,
+    input_shape: Sequence[int] | None = None,
+    training: bool = False,
 ) -> tf.Tensor:
     """Applies a network on one batch axis to inputs with any leading axes: [..., d_in] ->
     [..., d_out] (for instance [m, B, z] importance samples), by folding the leading axes into
     the batch. With `input_shape` (a network on images, (28, 28, 1) say) the flat inputs
     [..., prod(input_shape)] are given to it as [N, *input_shape]. An output of several axes
-    per example ([N, 28, 28, 1] logits) comes back flat ([..., 784])."""
+    per example ([N, 28, 28, 1] logits) comes back flat ([..., 784]). `training` is passed to
+    the network (Dropout drops and BatchNormalization uses and updates batch statistics only
+    when True: the training steps')."""
     inputs = tf.convert_to_tensor(inputs)
     shape = (inputs.shape[-1],) if input_shape is None else tuple(input_shape)
     if inputs.shape.rank == 2 and len(shape) == 1:
-        out = network(inputs)
+        out = network(inputs, training=training)
         return out if len(out.shape) == 2 else tf.reshape(out, [-1, math.prod(out.shape[1:])])
-    out = network(tf.reshape(inputs, (-1,) + shape))
+    out = network(tf.reshape(inputs, (-1,) + shape), training=training)
     width = math.prod(out.shape[1:])
     return tf.reshape(out, tf.concat([tf.shape(inputs)[:-1], [width]], axis=0))
 
@@ -207,34 +212,46 @@ def _label_rows(first, label_width, dtype):
     return kernel[:-label_width], rows
 
 
-def _finish(first, rest, pre_activation):
+def _finish(first, rest, pre_activation, training=False):
     h = pre_activation if first.activation is None else first.activation(pre_activation)
     for layer in rest:
-        h = layer(h)
+        h = layer(h, training=training)
     return h
 
 
 def apply_labelled(
-    network: keras.Layer, x: tf.Tensor, labels: tf.Tensor, num_classes: int, factorise: bool = True
+    network: keras.Layer,
+    x: tf.Tensor,
+    labels: tf.Tensor,
+    num_classes: int,
+    factorise: bool = True,
+    training: bool = False,
 ) -> tf.Tensor:
-    """network([x, onehot(labels)]) for x [N, d] and int labels [N]: [N, d_out].
+    """network([x, onehot(labels)], training=training) for x [N, d] and int labels [N]:
+    [N, d_out].
 
     With `factorise` and a network whose first layer is Dense (`split_first_dense`), the label's
     row of the kernel is gathered and added instead of concatenating a one-hot block."""
     split = split_first_dense(network, num_classes) if factorise else None
     if split is None:
-        return network(tf.concat([x, tf.one_hot(labels, num_classes, dtype=x.dtype)], axis=-1))
+        onehot = tf.one_hot(labels, num_classes, dtype=x.dtype)
+        return network(tf.concat([x, onehot], axis=-1), training=training)
     first, rest = split
     kernel_x, rows = _label_rows(first, num_classes, first.compute_dtype)
     pre = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x) + tf.gather(rows, labels)
-    return _finish(first, rest, pre)
+    return _finish(first, rest, pre, training)
 
 
 def apply_enumerated(
-    network: keras.Layer, x: tf.Tensor, num_classes: int, shared: bool, factorise: bool = True
+    network: keras.Layer,
+    x: tf.Tensor,
+    num_classes: int,
+    shared: bool,
+    factorise: bool = True,
+    training: bool = False,
 ) -> tf.Tensor:
-    """network([x_r, onehot(k)]) for every label k, class-major: [K * B, d_out], row k * B + i
-    pairing example i with label k.
+    """network([x_r, onehot(k)], training=training) for every label k, class-major:
+    [K * B, d_out], row k * B + i pairing example i with label k.
 
     Args:
       x: [B, d], the same input for every label (`shared`, e.g. the encoder's images), or
@@ -251,14 +268,14 @@ def apply_enumerated(
         if shared:
             x = tf.reshape(tf.tile(x[None], [k, 1, 1]), [-1, x.shape[-1]])
         onehot = tf.one_hot(tf.repeat(tf.range(k), rows_per_class), k, dtype=x.dtype)
-        return network(tf.concat([x, onehot], axis=-1))
+        return network(tf.concat([x, onehot], axis=-1), training=training)
     first, rest = split
     kernel_x, rows = _label_rows(first, k, first.compute_dtype)
     xw = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x)  # [B, H] or [K * B, H]
     units = xw.shape[-1]
     xw = xw[None] if shared else tf.reshape(xw, [k, -1, units])  # [1 or K, B, H]
     pre = tf.reshape(xw + rows[:, None, :], [-1, units])  # [K * B, H]
-    return _finish(first, rest, pre)
+    return _finish(first, rest, pre, training)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,8 +312,10 @@ def user_network(
     another shape. The models flatten any leading sample axes into the batch before calling it
     (`apply`), so it only ever sees one batch axis.
 
-    The models call their networks without `training=True` (as the recipe's MLPs need none):
-    Dropout and BatchNormalization layers in a user network run in inference mode in `fit`.
+    The models call their networks with `training=True` in their training steps (`fit`, the
+    trainable SavedModel's `train_step`), so that Dropout drops and BatchNormalization uses the
+    batch's statistics and updates its moving ones, and with `training=False` everywhere else
+    (evaluation, the bounds, sampling, reconstructions, serving, plots).
     """
     input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     outputs = list(dict.fromkeys((o,) if isinstance(o, int) else tuple(o) for o in output_shapes))

@@ -1,7 +1,8 @@
 """The latent-variable models p(z) p(x|z) with an amortised q(z|x): bounds, losses, uses.
 
 A subclass supplies `encode(x) -> q(z|x)`, `decode(z) -> p(x|z)` and `prior() -> p(z)` (all TFP
-distributions) and says whether KL(q || p) has a closed form; everything else (ELBO and IWAE
+distributions; `encode` and `decode` may take `training`, which the training steps set True for
+their networks) and says whether KL(q || p) has a closed form; everything else (ELBO and IWAE
 objectives, the losses the training step minimises, sampling, serving functions) lives here,
 and the training step itself in `tfp_vae.models.core.Model`.
 """
@@ -25,7 +26,7 @@ from tfp_vae.checks import (
     resolve_input_shape,
     validation_inputs,
 )
-from tfp_vae.models.core import Model, batch_means, evaluation_seed
+from tfp_vae.models.core import Model, batch_means, evaluation_seed, with_training
 
 tfd = tfp.distributions
 
@@ -99,12 +100,15 @@ class LatentVariableModel(Model):
 
     # ---- what a subclass provides -------------------------------------------------------------
 
-    def encode(self, x: tf.Tensor) -> tfd.Distribution:
-        """q(z|x) for checked inputs x [B, x_dim]: batch [B], event [z_dim]."""
+    def encode(self, x: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        """q(z|x) for checked inputs x [B, x_dim]: batch [B], event [z_dim]. `training`: the
+        encoder's mode (True only in the training steps; a subclass's `encode(x)` without the
+        argument is called without it)."""
         raise NotImplementedError
 
-    def decode(self, z: tf.Tensor) -> tfd.Distribution:
-        """p(x|z) for latents z [..., z_dim]: batch = z's leading dims, event [x_dim]."""
+    def decode(self, z: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        """p(x|z) for latents z [..., z_dim]: batch = z's leading dims, event [x_dim].
+        `training`: the decoder's mode (as for `encode`)."""
         raise NotImplementedError
 
     def prior(self) -> tfd.Distribution:
@@ -152,11 +156,14 @@ class LatentVariableModel(Model):
             return tfd.kl_divergence(q, self.prior())
         return objectives.monte_carlo_kl(q.log_prob(z), self.prior().log_prob(z))
 
-    def elbo_terms(self, x: tf.Tensor, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-        """One-sample ELBO terms for x [B, x_dim] (checked): dict of [B] tensors nelbo, kl, rec."""
-        q = self.encode(x)
+    def elbo_terms(
+        self, x: tf.Tensor, seed: tf.Tensor | None = None, training: bool = False
+    ) -> dict[str, tf.Tensor]:
+        """One-sample ELBO terms for x [B, x_dim] (checked): dict of [B] tensors nelbo, kl, rec.
+        `training`: the networks' mode (True in the training steps)."""
+        q = with_training(self.encode, x, training=training)
         z = q.sample(seed=seed)
-        rec = -self.decode(z).log_prob(x)
+        rec = -with_training(self.decode, z, training=training).log_prob(x)
         kl = self.kl(q, z)
         return {"nelbo": objectives.negative_elbo(-rec, kl), "kl": kl, "rec": rec}
 
@@ -171,11 +178,12 @@ class LatentVariableModel(Model):
         """log p(x|z_i), log p(z_i), log q(z_i|x) for z_i ~ q(z|x), i < m: each [m, B]."""
         return self._importance_samples(x, m, seed)[2:]
 
-    def _importance_samples(self, x, m, seed=None):
+    def _importance_samples(self, x, m, seed=None, training=False):
         """q(z|x), z [m, B, z_dim] ~ q, and the three log-densities of `iwae_log_weights`."""
-        q = self.encode(x)
+        q = with_training(self.encode, x, training=training)
         z = q.sample(m, seed=seed)
-        return q, z, self.decode(z).log_prob(x), self.prior().log_prob(z), q.log_prob(z)
+        log_lik = with_training(self.decode, z, training=training).log_prob(x)
+        return q, z, log_lik, self.prior().log_prob(z), q.log_prob(z)
 
     def iwae(
         self,
@@ -217,13 +225,14 @@ class LatentVariableModel(Model):
         self, x: tf.Tensor, training: bool = False, seed: tf.Tensor | None = None
     ) -> dict[str, tf.Tensor]:
         """Per-example [B] tensors: `loss` (minimised) and every reported metric. `seed`: a
-        stateless seed (int32 [2]) for the posterior samples, or None (stateful)."""
+        stateless seed (int32 [2]) for the posterior samples, or None (stateful). `training`:
+        the networks' mode, True in the training steps (`batch_losses`), False in `test_step`."""
         if self.objective == "elbo":
-            terms = self.elbo_terms(x, seed=seed)
+            terms = with_training(self.elbo_terms, x, seed=seed, training=training)
             terms["loss"] = objectives.negative_elbo(-terms["rec"], terms["kl"], self.beta)
             return terms
         # IWAE: one set of `iw` samples gives the bound; its first sample gives the ELBO terms.
-        q, z, log_lik, log_prior, log_post = self._importance_samples(x, self.iw, seed)
+        q, z, log_lik, log_prior, log_post = self._importance_samples(x, self.iw, seed, training)
         niwae = -objectives.iwae_bound(log_lik, log_prior, log_post)
         kl = (
             self.kl(q, z[0])
@@ -247,10 +256,10 @@ class LatentVariableModel(Model):
     def batch_problem(self, batch):
         return self.input_problem(batch["x"]), batch
 
-    def batch_losses(self, batch, seed=None):
+    def batch_losses(self, batch, seed=None, training=False):
         """The mean per-example `loss` of `compute_terms` over the (global) batch, and the
         per-example terms (the train metrics)."""
-        terms = self.compute_terms(batch["x"], training=True, seed=seed)
+        terms = self.compute_terms(batch["x"], training=training, seed=seed)
         return batch_means({"loss": terms["loss"]})["loss"], terms
 
     def test_terms(self, data):
@@ -311,7 +320,8 @@ class LatentVariableModel(Model):
         return self.decode(self.encode(x).mean()).mean()
 
     def call(self, x: tf.Tensor | np.ndarray, training: bool = False) -> tf.Tensor:
-        """Reconstructions [B, x_dim] (see `reconstruct`; `predict` calls it)."""
+        """Reconstructions [B, x_dim] (see `reconstruct`; `predict` calls it), always with the
+        networks in inference mode (`training` is ignored: training runs in `train_step`)."""
         return self.reconstruct(x)
 
     # ---- data and figures (what the tools ask; see tfp_vae.models.core.Model) -----------------

@@ -7,6 +7,7 @@ its losses and metrics (`batch_losses`) and how to read and check a batch (`pars
 `batch_problem`); `gradient_step` is the one place that computes and applies gradients.
 """
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -15,6 +16,23 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_vae.checks import raise_on_problem
+
+
+def with_training(method: Callable, *args, training: bool = False, **kwargs):
+    """`method(*args, training=training, **kwargs)`, or without `training` when `method` takes
+    none: a subclass's `encode(x)` or `batch_losses(batch, seed)` written before the argument
+    existed (or a replaced method) keeps working, and its networks run as before (inference
+    mode).
+
+    The training steps call a model's overridable methods through this with `training=True`,
+    so that the user's Dropout and BatchNormalization layers run in training mode there."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # No signature to read (a builtin): call it as before.
+        parameters = ()
+    if any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in parameters):
+        kwargs["training"] = training
+    return method(*args, **kwargs)
 
 
 def replica_context() -> tf.distribute.ReplicaContext | None:
@@ -332,9 +350,11 @@ class Model(keras.Model):
       - `batch_problem(batch)`: (int32 problem code, batch) for a batch parsed without value
         checks, the code 0 or 1 + an index into `input_problems`, in plain ops (it runs inside
         XLA, which drops assertions; the step asserts on the code outside);
-      - `batch_losses(batch, seed)`: (loss, values): the scalar loss to minimise, made with
-        `batch_means` (so that it is this replica's share under tf.distribute), and the
-        per-example (or scalar) values of the train metrics, by name;
+      - `batch_losses(batch, seed, training=False)`: (loss, values): the scalar loss to
+        minimise, made with `batch_means` (so that it is this replica's share under
+        tf.distribute), and the per-example (or scalar) values of the train metrics, by name;
+        the training steps pass `training=True`, for its networks (`with_training`: a
+        `batch_losses` without the argument is called without it);
       - `test_terms(data)`: the test metrics' per-example values for an element of test data;
       - `train_metric_names()` and `test_metric_names()` (by default every metric made by
         `_make_metrics`), and `sample_grid(rows, seed)`: images for a grid of `rows` rows.
@@ -373,11 +393,12 @@ class Model(keras.Model):
         raise NotImplementedError
 
     def batch_losses(
-        self, batch: dict[str, tf.Tensor], seed: tf.Tensor | None = None
+        self, batch: dict[str, tf.Tensor], seed: tf.Tensor | None = None, training: bool = False
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """(loss, values): the scalar loss to minimise, made with `batch_means` (this replica's
         share under tf.distribute), and the train metrics' per-example [B] (or scalar) values,
-        by name. `seed`: a stateless seed (int32 [2]) for the random draws, or None."""
+        by name. `seed`: a stateless seed (int32 [2]) for the random draws, or None.
+        `training`: the mode of the networks (True in the training steps)."""
         raise NotImplementedError
 
     def test_terms(self, data) -> dict[str, tf.Tensor]:
@@ -469,18 +490,22 @@ class Model(keras.Model):
     # ---- the training step --------------------------------------------------------------------
 
     def compute_losses(
-        self, data, seed: tf.Tensor | None = None
+        self, data, seed: tf.Tensor | None = None, training: bool = False
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """(loss, values) for an element of training data, as `fit` gives it to `train_step`
         (checked first): the scalar loss the step minimises and the train metrics' per-example
-        values. `seed`: a stateless seed (int32 [2]) for the random draws, or None."""
-        return self.batch_losses(self.parse_batch(data, check_values=True), seed)
+        values. `seed`: a stateless seed (int32 [2]) for the random draws, or None. `training`:
+        the networks' mode; the step's is True (Dropout drops, BatchNormalization updates its
+        moving statistics), the default False gives the same numbers for the same seed."""
+        batch = self.parse_batch(data, check_values=True)
+        return with_training(self.batch_losses, batch, seed, training=training)
 
     def _step_losses(self, batch):
-        """`batch_losses` at this step's stateless seed, with a `loss` value for the metric when
-        the model gives none (a replica's share times the number of replicas: pooled over the
-        replicas, the global loss)."""
-        loss, values = self.batch_losses(batch, seed=step_seed(self))
+        """`batch_losses` at this step's stateless seed, with the networks in training mode, and
+        a `loss` value for the metric when the model gives none (a replica's share times the
+        number of replicas: pooled over the replicas, the global loss). Every training path (the
+        fused update, XLA or not; the replicated step; `signature_train_step`) comes here."""
+        loss, values = with_training(self.batch_losses, batch, seed=step_seed(self), training=True)
         if "loss" not in values:
             ctx = replica_context()
             replicas = 1 if ctx is None else ctx.num_replicas_in_sync

@@ -300,26 +300,28 @@ class SSVAE(Model):
         """The messages of the input checks' codes (1-based): pixels, features, labels."""
         return INPUT_PROBLEMS + label_problems(self.num_classes)
 
-    def _encode(self, x, labels):
-        """q(z|x,y) for x [N, x_dim] and int labels [N] (not checked)."""
+    def _encode(self, x, labels, training=False):
+        """q(z|x,y) for x [N, x_dim] and int labels [N] (not checked). `training`: the
+        networks' mode here and below (True only in the training steps)."""
         return self.posterior(
             networks.apply_labelled(
-                self.encoder, x, labels, self.num_classes, self.factorise_labels
+                self.encoder, x, labels, self.num_classes, self.factorise_labels, training
             )
         )
 
-    def _decode(self, z, labels):
+    def _decode(self, z, labels, training=False):
         """p(x|y,z) for z [N, z_dim] and int labels [N] (not checked)."""
         return self.likelihood(
             networks.apply_labelled(
-                self.decoder, z, labels, self.num_classes, self.factorise_labels
+                self.decoder, z, labels, self.num_classes, self.factorise_labels, training
             )
         )
 
-    def _classifier_logits(self, x):
+    def _classifier_logits(self, x, training=False):
         """The classifier's logits [B, K] as float32 (the network may compute in bfloat16 or
         float16 under a mixed-precision policy; every softmax, KL and loss is float32)."""
-        return tf.cast(networks.apply(self.classifier, x, self.classifier_input_shape), tf.float32)
+        logits = networks.apply(self.classifier, x, self.classifier_input_shape, training)
+        return tf.cast(logits, tf.float32)
 
     def class_logits(self, x: tf.Tensor | np.ndarray) -> tf.Tensor:
         """Logits [B, K] of q(y|x); x may be grayscale in [0, 1] (checked)."""
@@ -334,34 +336,36 @@ class SSVAE(Model):
         return tf.nn.softmax(self.class_logits(x), axis=-1)
 
     def encode(
-        self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray
+        self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray, training: bool = False
     ) -> tfd.Distribution:
-        """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K]."""
+        """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K].
+        `training`: the encoder's mode (a stacked model's M1 stays in inference mode)."""
         x = self._inputs(x, binary=False)
-        return self._encode(x, labels_for(y, tf.shape(x)[0], self.num_classes))
+        return self._encode(x, labels_for(y, tf.shape(x)[0], self.num_classes), training)
 
     def decode(
-        self, z: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray
+        self, z: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray, training: bool = False
     ) -> tfd.Distribution:
-        """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`."""
+        """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`; `training`: the
+        decoder's mode."""
         z = tf.convert_to_tensor(z, tf.float32)
         if z.shape.rank != 2 or z.shape[-1] != self.z_dim:
             raise ValueError(
                 f"Expected latents of shape [batch, {self.z_dim}]; got {tuple(z.shape)}."
             )
-        return self._decode(z, labels_for(y, tf.shape(z)[0], self.num_classes))
+        return self._decode(z, labels_for(y, tf.shape(z)[0], self.num_classes), training)
 
     # ---- bounds -----------------------------------------------------------------------------
 
-    def _class_terms(self, x, labels, seed=None):
+    def _class_terms(self, x, labels, seed=None, training=False):
         """rec = -log p(x|y,z) at one z ~ q(z|x,y), and analytic KL(q(z|x,y) || p(z)): [N]."""
-        q = self._encode(x, labels)
+        q = self._encode(x, labels, training)
         z = q.sample(seed=seed)
-        rec = -self._decode(z, labels).log_prob(x)
+        rec = -self._decode(z, labels, training).log_prob(x)
         return rec, tfd.kl_divergence(q, self.prior())
 
     def enumerated_terms(
-        self, x: tf.Tensor, seed: tf.Tensor | None = None
+        self, x: tf.Tensor, seed: tf.Tensor | None = None, training: bool = False
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """rec and kl_z for every label, in one batched pass: two [B, K] tensors.
 
@@ -369,17 +373,17 @@ class SSVAE(Model):
         k * B + i pairs example i with label k), without a Python loop over labels. The
         encoder's first layer computes x W_x once per image (`networks.apply_enumerated`) where
         the network allows it; the tiled pass, `factorise_labels = False`, gives the same bound
-        with the same noise.
+        with the same noise. `training`: the networks' mode (True in the training steps).
         """
         k = self.num_classes
         q = self.posterior(
             networks.apply_enumerated(
-                self.encoder, x, k, shared=True, factorise=self.factorise_labels
+                self.encoder, x, k, shared=True, factorise=self.factorise_labels, training=training
             )
         )
         z = q.sample(seed=seed)  # [K * B, z_dim]
         out = networks.apply_enumerated(
-            self.decoder, z, k, shared=False, factorise=self.factorise_labels
+            self.decoder, z, k, shared=False, factorise=self.factorise_labels, training=training
         )  # [K * B, d_out]
         # As [K, B, d_out] the likelihood has batch [K, B], and x [B, x_dim] broadcasts against
         # it: no K copies of the images.
@@ -388,19 +392,27 @@ class SSVAE(Model):
         kl_z = tf.reshape(tfd.kl_divergence(q, self.prior()), [k, -1])
         return tf.transpose(rec), tf.transpose(kl_z)
 
-    def unlabelled_terms(self, x: tf.Tensor, seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def unlabelled_terms(
+        self, x: tf.Tensor, seed: tf.Tensor | None = None, training: bool = False
+    ) -> dict[str, tf.Tensor]:
         """-U(x) and its parts for binary x [B, x_dim] (not checked): dict of [B] tensors
-        `nelbo`, `rec`, `kl_z`, `kl_y` (see `unlabelled_bound_terms`) and `class_logits` [B, K]."""
-        logits = self._classifier_logits(x)
-        rec, kl_z = self.enumerated_terms(x, seed)
+        `nelbo`, `rec`, `kl_z`, `kl_y` (see `unlabelled_bound_terms`) and `class_logits` [B, K].
+        `training`: the networks' mode (True in the training steps)."""
+        logits = self._classifier_logits(x, training)
+        rec, kl_z = self.enumerated_terms(x, seed, training)
         return {**unlabelled_bound_terms(logits, rec, kl_z), "class_logits": logits}
 
     def labelled_terms(
-        self, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor | None = None
+        self,
+        x: tf.Tensor,
+        labels: tf.Tensor,
+        seed: tf.Tensor | None = None,
+        training: bool = False,
     ) -> dict[str, tf.Tensor]:
         """-L(x, y) (including log K) and its parts for binary x [B, x_dim] and int labels [B]
-        (not checked): dict of [B] tensors `nelbo`, `rec`, `kl_z`."""
-        rec, kl_z = self._class_terms(x, labels, seed)
+        (not checked): dict of [B] tensors `nelbo`, `rec`, `kl_z`. `training`: the networks'
+        mode."""
+        rec, kl_z = self._class_terms(x, labels, seed, training)
         return {
             "nelbo": labelled_negative_elbo(rec, kl_z, self.num_classes),
             "rec": rec,
@@ -441,7 +453,7 @@ class SSVAE(Model):
     UNLABELLED_TERMS = ("nelbo", "rec", "kl_z", "kl_y")
 
     def per_example_losses(
-        self, unlabelled_x, labelled_x, labelled_y, check_values=True, seed=None
+        self, unlabelled_x, labelled_x, labelled_y, check_values=True, seed=None, training=False
     ):
         """The training terms per example, before averaging: dict of `class_loss`
         (-log q(y|x)), `accuracy` (0/1) and `labelled_nelbo` (-L(x, y)), each [L], and `nelbo`
@@ -451,6 +463,8 @@ class SSVAE(Model):
         Inputs are checked: binary images, valid labels (ints [L] or one-hot [L, K]); only their
         shapes when `check_values` is False (the fused update checks values, `_fused_update`).
         `seed`: a stateless seed (int32 [2]) for every random draw, or None (stateful).
+        `training`: the networks' mode (True in the training steps; a stacked model's M1, which
+        maps the images to features in `_inputs`, stays in inference mode).
         """
         seeds = [None] * 4 if seed is None else tfp.random.split_seed(seed, 4)
         x_u = self._inputs(unlabelled_x, sample=True, seed=seeds[0], check_values=check_values)
@@ -464,7 +478,7 @@ class SSVAE(Model):
             check_values=check_values,
         )
         y_l = labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes, check_values)
-        logits_l = self._classifier_logits(x_l)
+        logits_l = self._classifier_logits(x_l, training)
         out = {
             "class_loss": classification_loss(logits_l, y_l),
             "accuracy": tf.cast(
@@ -473,10 +487,10 @@ class SSVAE(Model):
         }
         if self.gen_weight == 0:
             return out
-        unlabelled = self.unlabelled_terms(x_u, seeds[2])
+        unlabelled = self.unlabelled_terms(x_u, seeds[2], training)
         out.update({name: unlabelled[name] for name in self.UNLABELLED_TERMS})
         if self.labelled_bound:
-            out["labelled_nelbo"] = self.labelled_terms(x_l, y_l, seeds[3])["nelbo"]
+            out["labelled_nelbo"] = self.labelled_terms(x_l, y_l, seeds[3], training)["nelbo"]
         return out
 
     def _loss_of(self, means):
@@ -538,7 +552,7 @@ class SSVAE(Model):
         labels = tf.clip_by_value(batch["labels"], 0, self.num_classes - 1)
         return problem, {**batch, "labels": labels}
 
-    def batch_losses(self, batch, seed=None):
+    def batch_losses(self, batch, seed=None, training=False):
         """The training loss (see the module's docstring) from the set means of
         `per_example_losses` (each over its own set: unlabelled batch or labelled set), and the
         per-example terms (the train metrics)."""
@@ -548,6 +562,7 @@ class SSVAE(Model):
             batch["labels"],
             check_values=False,
             seed=seed,
+            training=training,
         )
         return self._loss_of(batch_means(terms)), terms
 

@@ -6,9 +6,10 @@ M1's latent z1 instead of the pixels:
   generative  p(y) p(z2) p(z1 | y, z2) p(x | z1)     p(x|z1): M1's decoder, p(z1|y,z2): Gaussian
   inference   q(z1 | x) q(y | z1) q(z2 | z1, y)       q(z1|x): M1's encoder
 
-M1 stays fixed while M2 trains; every step feeds M2 a fresh z1 ~ q(z1|x) of each image (as the
-paper does), and the classifier sees the posterior mean of z1 at test time. The paper reports
-96.67% +/- 0.14 test accuracy with 100 labels for M1+M2, against 88.03% +/- 1.71 for M2 alone.
+M1 stays fixed (its networks in inference mode, see `M1M2._inputs`) while M2 trains; every step
+feeds M2 a fresh z1 ~ q(z1|x) of each image (as the paper does), and the classifier sees the
+posterior mean of z1 at test time. The paper reports 96.67% +/- 0.14 test accuracy with 100
+labels for M1+M2, against 88.03% +/- 1.71 for M2 alone.
 
 A VAE leaves many latent units inactive: q(z1_d|x) is the prior N(0, 1) whatever x, so a draw
 is pure noise. As the paper's code does, M2 may model only the active units
@@ -38,6 +39,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae.models.base import LatentVariableModel
+from tfp_vae.models.core import with_training
 from tfp_vae.models.ssvae import SSVAE
 
 tfd = tfp.distributions
@@ -142,8 +144,15 @@ class M1M2(SSVAE):
 
     def _inputs(self, x, binary=True, sample=False, seed=None, check_values=True):
         """Images (checked as the SSVAE checks them; only their shape unless `check_values`)
-        -> z1 ~ q(z1|x), or its mean (the units M2 models)."""
-        q = self.m1.encode(self.m1.likelihood.check(x, self.m1.input_shape, binary, check_values))
+        -> z1 ~ q(z1|x), or its mean (the units M2 models).
+
+        M1 runs in inference mode (training=False) also while M2 trains: it is a fixed feature
+        map, and the features M2 learns on must be the ones it is evaluated and served on. In
+        training mode a Dropout layer of M1 would add noise of its own to them, and a
+        BatchNormalization layer would normalise by each batch's statistics (features that
+        depend on the rest of the batch and differ from the test-time ones)."""
+        x = self.m1.likelihood.check(x, self.m1.input_shape, binary, check_values)
+        q = with_training(self.m1.encode, x, training=False)
         # M1 is fixed; no gradient flows into it (its variables are not trainable anyway).
         return tf.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
 

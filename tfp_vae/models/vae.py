@@ -88,11 +88,13 @@ class VAE(LatentVariableModel):
     def make_prior(self):
         return layers.StandardNormalPrior(self.z_dim)
 
-    def encode(self, x):
-        return self.posterior(networks.apply(self.encoder, x, self.encoder_input_shape))
+    def encode(self, x, training=False):
+        return self.posterior(
+            networks.apply(self.encoder, x, self.encoder_input_shape, training=training)
+        )
 
-    def decode(self, z):
-        return self.likelihood(networks.apply(self.decoder, z))
+    def decode(self, z, training=False):
+        return self.likelihood(networks.apply(self.decoder, z, training=training))
 
     def prior(self):
         return self.prior_layer()
