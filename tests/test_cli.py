@@ -372,7 +372,7 @@ def test_piped_training_log_has_no_colour_codes_nor_tf_lines(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bin", "train"), "--model=vae", "--hidden=8",
          f"--dataset=npz:{npz}", "--steps=4", "--steps_per_epoch=2", "--batch_size=10",
-         "--validation_examples=10", f"--out_dir={tmp_path}/run"],
+         "--validation_split=10", f"--out_dir={tmp_path}/run"],
         capture_output=True, text=True, env=_unset_log_level(), timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

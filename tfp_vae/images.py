@@ -1,5 +1,7 @@
 """Image grids written as PNG with tf.io.encode_png (no imaging dependency)."""
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -19,6 +21,21 @@ def grid(
             image
         )
     return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[..., None]
+
+
+def square_side(shape) -> int | None:
+    """The side of square one-channel images of `shape` (one example's, without the batch axis:
+    (H, H), (H, H, 1), or a flat (H * H,) such as MNIST's (784,)), else None: such data (vectors,
+    colour or oblong images) are not drawn as grids."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 3 and shape[-1] == 1:
+        shape = shape[:2]
+    if len(shape) == 2:
+        return shape[0] if shape[0] == shape[1] else None
+    if len(shape) != 1:
+        return None
+    side = math.isqrt(shape[0])
+    return side if side * side == shape[0] and side > 2 else None
 
 
 def write_png(path: str, image: tf.Tensor | np.ndarray) -> None:

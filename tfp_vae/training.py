@@ -425,12 +425,16 @@ class SampleImages(keras.callbacks.Callback):
         return None
 
     def on_train_begin(self, logs=None):
+        # Only square one-channel images are drawn (not vectors or colour images).
+        self.side = images.square_side(getattr(self.model, "data_shape", ()))
         pixels = getattr(self.model, "input_dim", getattr(self.model, "x_dim", None))
         if self.images is not None and (self.images.ndim != 2 or self.images.shape[1] != pixels):
             self.images = None  # Not the model's images (e.g. unbatched): samples only.
 
     def on_epoch_end(self, epoch, logs=None):
         # Written every epoch whatever an enclosing `record_if` says.
+        if self.side is None:
+            return  # Data that are not square one-channel images have no picture.
         step = global_step(self.model)
         with self.writer.as_default(), tf.summary.record_if(True):
             tf.summary.image("samples", self._samples()[None], step=step)
@@ -458,10 +462,8 @@ class SampleImages(keras.callbacks.Callback):
                 rows.append(np.concatenate([part, blank[len(part) :]]))
         return self._grid(np.concatenate(rows), len(rows), cols)
 
-    @staticmethod
-    def _grid(x, rows, cols):
-        x = np.asarray(x, np.float32)
-        return images.grid(x, rows, cols, side=math.isqrt(x.shape[-1]))
+    def _grid(self, x, rows, cols):
+        return images.grid(np.asarray(x, np.float32), rows, cols, side=self.side)
 
 
 def fit(

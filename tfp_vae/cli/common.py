@@ -304,18 +304,11 @@ def write_images(model, dataset, out_dir, seed):
 
 
 def model_side(model):
-    """The side of the model's square images, or None when they are not square."""
-    import math
+    """The side of the model's square one-channel images, or None for other data
+    (`images.square_side` of its `data_shape`)."""
+    from tfp_vae import images
 
-    shape = tuple(model.data_shape)
-    if len(shape) == 3 and shape[-1] == 1:
-        shape = shape[:2]
-    if len(shape) == 2:
-        return shape[0] if shape[0] == shape[1] else None
-    pixels = int(shape[0])
-    side = math.isqrt(pixels)
-    # A flat vector is shown as an image only when it is MNIST's 784 pixels or a square.
-    return side if side * side == pixels and side > 2 else None
+    return images.square_side(model.data_shape)
 
 
 def grid_images(model, rows, seed):
