@@ -37,8 +37,8 @@ class GaussianPosterior(Float32Layer):
     """Network output h [..., 2z] -> MultivariateNormalDiag, batch [...], event [z].
 
     The first half of h is the mean; variance = softplus(second half) + min_variance (the floor
-    keeps log q finite when the network pushes a variance to zero). Also the Gaussian likelihood
-    of M2 over real-valued features (`SSVAE(likelihood="gaussian")`).
+    keeps log q finite when the network pushes a variance to zero): `likelihoods.diagonal_gaussian`,
+    also the form of the "heteroscedastic_gaussian" likelihood.
     """
 
     def __init__(self, min_variance=1e-8, **kwargs):
@@ -46,9 +46,7 @@ class GaussianPosterior(Float32Layer):
         self.min_variance = float(min_variance)
 
     def call(self, h):
-        loc, pre_variance = tf.split(tf.cast(h, tf.float32), 2, axis=-1)
-        variance = tf.nn.softplus(pre_variance) + self.min_variance
-        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.sqrt(variance))
+        return likelihoods.diagonal_gaussian(h, self.min_variance)
 
     def get_config(self):
         return {**super().get_config(), "min_variance": self.min_variance}

@@ -250,15 +250,22 @@ class HeteroscedasticGaussianLikelihood(Likelihood):
         self.min_variance = float(min_variance)
 
     def call(self, h):
-        loc, pre_variance = tf.split(tf.cast(h, tf.float32), 2, axis=-1)
-        variance = tf.nn.softplus(pre_variance) + self.min_variance
-        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.sqrt(variance))
+        return diagonal_gaussian(h, self.min_variance)
 
     def parameters(self, p):
         return {"mean": p.mean(), "variance": p.variance()}
 
     def get_config(self):
         return {**super().get_config(), "min_variance": self.min_variance}
+
+
+def diagonal_gaussian(h: tf.Tensor, min_variance: float) -> tfd.MultivariateNormalDiag:
+    """h [..., 2D] -> MultivariateNormalDiag, batch [...], event [D]: the first half of h is the
+    mean, variance = softplus(second half) + min_variance (the floor keeps log-densities finite
+    when a network pushes a variance to zero). The posteriors' form too (`layers`)."""
+    loc, pre_variance = tf.split(tf.cast(h, tf.float32), 2, axis=-1)
+    variance = tf.nn.softplus(pre_variance) + min_variance
+    return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.sqrt(variance))
 
 
 # family -> factory(x_dim, min_variance) of the likelihoods known by name.
@@ -338,4 +345,5 @@ __all__: Sequence[str] = (
     "check_name",
     "get",
     "serialize",
+    "diagonal_gaussian",
 )
