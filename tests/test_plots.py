@@ -17,6 +17,8 @@ pytest.importorskip("matplotlib", reason='the figures need matplotlib: pip insta
 from tfp_vae import data, plots, semisupervised, training
 from tfp_vae.models import M1M2, SSVAE, VAE
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -167,6 +169,7 @@ def npz(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_bin_plot_all_writes_every_figure(ssvae, npz, tmp_path):
     saved = tmp_path / "ssvae.keras"
     ssvae.save(saved)
@@ -185,6 +188,7 @@ def test_bin_plot_all_writes_every_figure(ssvae, npz, tmp_path):
         assert (out / name).read_bytes()[:8] == PNG and (out / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_bin_plot_refuses_class_grid_of_a_vae(vae, npz, tmp_path):
     saved = tmp_path / "vae.keras"
     vae.save(saved)
