@@ -1,7 +1,9 @@
 # One command sets up and runs each job on a fresh machine:
 #   make demo   # venv + install + train a short VAE, evaluate (IWAE), export, write PNGs; offline
 #               # too, with no variable set: MNIST is shipped in the package (docs/data.md)
-#   make test   # venv + install + the test suite
+#   make test   # venv + install + the whole test suite (every tier; what .ci/run calls)
+#   make test-fast  # the unit and integration tiers, not slow (docs/testing.md): ~2 minutes
+#   make test-unit  # the unit tier only
 #   make lint   # venv + install + ruff check and ruff format --check (configured in pyproject.toml)
 #   make docs   # venv + install + the API reference (pdoc) in docs/api/; fails on pdoc's warnings
 # An active virtualenv ($VIRTUAL_ENV) is used as it is; otherwise .venv is created.
@@ -18,7 +20,7 @@ DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 3000
 API_DIR := docs/api
 
-.PHONY: setup demo test lint docs recipes clean
+.PHONY: setup demo test test-fast test-unit lint docs recipes clean
 
 $(PY):
 	$(PYTHON_SYSTEM) -m venv $(VENV)
@@ -39,6 +41,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The tiers are pytest marks (setup.cfg, tests/tiers.py); `make test` runs them all.
+test-fast: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+test-unit: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile -m unit tests
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,7 +1,10 @@
-"""Shared fixtures.
+"""Shared fixtures, and the test tiers.
 
 TF's C++ logging is silenced before anything imports TensorFlow (this module is imported by
 pytest before any test module).
+
+Tiers (tests/tiers.py, docs/testing.md): each test is `unit`, `integration` or `slow`, from its
+own mark, else its class's, else its module's `pytestmark`; a test with none is `integration`.
 """
 
 import os
@@ -10,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest
+import tiers
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +53,9 @@ def _read_h5(path):
 def h5_arrays():
     """A function: an HDF5 file (a Keras weights file) -> {dataset name: array}."""
     return _read_h5
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # tryfirst: before pytest's own hook deselects by `-m`, which must see one tier per test.
+    tiers.assign(items, config)

@@ -10,6 +10,8 @@ from binaries import run as run_binary
 
 from tfp_vae import data
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
@@ -28,6 +30,7 @@ def trained_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_train_writes_everything(trained_run):
     out, result = trained_run
     for name in (
@@ -50,6 +53,7 @@ def test_train_writes_everything(trained_run):
     assert "nelbo" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_refuses_existing_run_then_resumes(trained_run):
     out, _ = trained_run
     refused = run_binary("train", "--model=gmvae", "--k=5", "--steps=60", f"--out_dir={out}")
@@ -83,6 +87,7 @@ def test_train_refuses_existing_run_then_resumes(trained_run):
     assert record == ((out / "metrics.json").read_bytes(), (out / "model.keras").stat().st_mtime_ns)
 
 
+@pytest.mark.slow
 def test_evaluate_and_export(trained_run, tmp_path):
     out, _ = trained_run
     report = tmp_path / "eval.json"
@@ -164,6 +169,7 @@ def test_bad_flags_give_a_one_line_error(args, expected):
     assert len(lines) == 1 and lines[0].startswith("ERROR: ") and expected in lines[0], lines
 
 
+@pytest.mark.slow
 def test_outputs_and_models_that_cannot_be_are_one_line(tmp_path):
     not_a_model = tmp_path / "model.keras"
     not_a_model.write_text("not a model")
@@ -194,6 +200,7 @@ def test_outputs_and_models_that_cannot_be_are_one_line(tmp_path):
         assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], lines
 
 
+@pytest.mark.slow
 def test_missing_data_names_every_place(tmp_path):
     result = run_binary("train", f"--data_dir={tmp_path}", "--steps=1", f"--out_dir={tmp_path}/o")
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -203,6 +210,7 @@ def test_missing_data_names_every_place(tmp_path):
     assert result.returncode != 0 and "No saved model" in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_labelled_indices_file_is_one_line(tmp_path):
     idx = tmp_path / "idx.txt"
     idx.write_text("0 1 2 3\n")  # Four examples cannot cover ten classes.
@@ -218,6 +226,7 @@ def test_bad_labelled_indices_file_is_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "o" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     """M2 on the features of the module's trained GMVAE: trains, reports accuracy, exports."""
     m1, _ = trained_run
@@ -259,6 +268,7 @@ def test_m1m2_on_a_trained_run(trained_run, tmp_path):
     assert "m1 must be a trained VAE" in refused.stderr
 
 
+@pytest.mark.slow
 def test_sample_writes_grids(trained_run, tmp_path):
     out, _ = trained_run
     png = tmp_path / "s.png"
@@ -269,6 +279,7 @@ def test_sample_writes_grids(trained_run, tmp_path):
     assert refused.returncode != 0 and "ssvae" in refused.stderr
 
 
+@pytest.mark.slow
 def test_sample_ssvae_style_grid(tmp_path):
     import keras
     import numpy as np

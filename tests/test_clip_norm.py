@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from tfp_vae import models
 
+pytestmark = pytest.mark.unit
+
 CLIP = 0.1
 
 

@@ -13,6 +13,8 @@ from binaries import run as run_binary
 from tfp_vae import data, networks
 from tfp_vae.models import VAE
 
+pytestmark = pytest.mark.unit
+
 SHAPES = [(28, 28, 1), (32, 32, 3)]
 
 
@@ -89,6 +91,7 @@ def test_keras_file_round_trip(tmp_path, shape):
         np.testing.assert_array_equal(loaded(x), network(x))
 
 
+@pytest.mark.integration
 def test_conv_vae_learns_on_mnist(mnist):
     """300 steps on 500 real training images take the test NELBO from the untrained ~544 nats to
     below 160. A model whose decoder ignores z (a broken reshape, a collapsed posterior) can do
@@ -132,6 +135,7 @@ def _one_line_error(result, expected):
     assert len(lines) == 1 and lines[0].startswith("ERROR: ") and expected in lines[0], lines
 
 
+@pytest.mark.slow
 def test_train_binary_with_arch_conv(tmp_path):
     out = tmp_path / "run"
     result = run_binary(
@@ -188,6 +192,7 @@ def test_train_binary_with_arch_conv(tmp_path):
         (["--arch=resnet"], "arch"),
     ],
 )
+@pytest.mark.integration
 def test_arch_conv_refusals_are_one_line(tmp_path, args, expected):
     _one_line_error(run_binary("train", *args, f"--out_dir={tmp_path}/o"), expected)
     assert not (tmp_path / "o").exists()

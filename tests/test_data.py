@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from tfp_vae import data
 
+pytestmark = pytest.mark.unit
+
 STEMS = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -1074,6 +1076,7 @@ def test_real_mnist_is_found_with_nothing_set(tmp_path, monkeypatch):
     assert ds.identified_as == "mnist" and ds.x_train.shape == (60000, 28, 28)
 
 
+@pytest.mark.integration
 def test_real_mnist(mnist):
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_train.dtype == np.uint8
     assert mnist.x_test.shape == (10000, 28, 28)
@@ -1094,6 +1097,7 @@ needs_fashion = pytest.mark.skipif(
 
 
 @needs_fashion
+@pytest.mark.integration
 def test_real_fashion_mnist(monkeypatch):
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     ds = data.load("fashion_mnist", download=False)
@@ -1109,6 +1113,7 @@ def test_real_fashion_mnist(monkeypatch):
 
 
 @needs_fashion
+@pytest.mark.integration
 def test_real_fashion_mnist_is_refused_as_mnist(tmp_path):
     with pytest.raises(data.DataError) as info:
         data.load("mnist", data_dir=FASHION_DIR, download=False)
@@ -1121,6 +1126,7 @@ def test_real_fashion_mnist_is_refused_as_mnist(tmp_path):
     assert ds.identified_as == "fashion_mnist"
 
 
+@pytest.mark.integration
 def test_real_mnist_is_refused_as_fashion_mnist(mnist, tmp_path, monkeypatch):
     """The issue's reproduction: $TFP_VAE_DATA_DIR (or --data_dir) at the MNIST folder."""
     assert mnist.identified_as == "mnist"

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from binaries import run as run_binary
 
+pytestmark = pytest.mark.integration
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 STEMS = (
     "train-images-idx3-ubyte",
@@ -45,6 +47,7 @@ def _one_line_error(result):
     not os.path.isdir(FASHION_DIR),
     reason=f"{FASHION_DIR} is missing (apt install dataset-fashion-mnist)",
 )
+@pytest.mark.slow
 def test_train_on_real_fashion_mnist(tmp_path):
     """--dataset=fashion_mnist trains on the real Fashion-MNIST (also when $TFP_VAE_DATA_DIR is
     at an MNIST folder, as CI sets it: the MNIST files are passed over), and metrics.json says
@@ -65,6 +68,7 @@ def test_train_on_real_fashion_mnist(tmp_path):
     assert metrics["test_examples"] == 10000 and metrics["steps"] == 20
 
 
+@pytest.mark.slow
 def test_train_on_a_user_npz(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.npz"

@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240  # Seconds for any one subprocess (they take ~30 s on an idle 2-core machine).
 
@@ -150,6 +152,7 @@ def test_multi_worker_training_keeps_workers_identical(tmp_path, h5_arrays):
         np.testing.assert_array_equal(value, other[name], err_msg=name)
 
 
+@pytest.mark.unit
 def test_make_strategy_checks_its_configuration(monkeypatch, tmp_path):
     from tfp_vae import training
 

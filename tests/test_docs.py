@@ -17,6 +17,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -152,6 +154,7 @@ def test_readme_example_is_marked_and_short():
 
 
 @pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=rel)
+@pytest.mark.slow
 def test_runnable_blocks(page, page_runs):
     failure = page_runs[page].result()
     assert failure is None, failure

@@ -16,6 +16,8 @@ from tfp_vae.models import GMVAE, VAE
 
 from isolation import BLOCK_PACKAGE_IMPORTS
 
+pytestmark = pytest.mark.slow
+
 # Runs in a fresh interpreter that refuses to import tfp_vae or tensorflow_probability.
 _SERVE = textwrap.dedent("""
     import json, sys

@@ -18,6 +18,8 @@ import pytest
 
 from tfp_vae import rundir, training
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Kills this process at one point of the checkpoint code: `point` at the checkpoint of `step`.
@@ -325,6 +327,7 @@ def test_run_directory_mistakes_are_one_line_and_leave_nothing(tmp_path, data_di
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.integration
 def test_nan_before_the_first_checkpoint_says_there_is_none(tmp_path):
     import keras
     import tensorflow as tf
@@ -347,6 +350,7 @@ def test_nan_before_the_first_checkpoint_says_there_is_none(tmp_path):
     assert not training.has_checkpoint(str(tmp_path / "checkpoints"))
 
 
+@pytest.mark.integration
 def test_a_read_only_run_directory_is_one_sentence(tmp_path, monkeypatch):
     """(Simulated: the suite may run as root, whom permissions do not stop.)"""
     import errno

@@ -17,6 +17,8 @@ import pytest
 
 from tfp_vae import export, models
 
+pytestmark = pytest.mark.integration
+
 
 def _vae():
     model = models.VAE(z_dim=2, hidden=(8,))
@@ -40,6 +42,7 @@ def test_keras_still_calls_our_symbolic_build_hook(monkeypatch):
     assert model.optimizer.built
 
 
+@pytest.mark.slow
 def test_export_archive_still_has_the_trackable_it_writes(tmp_path):
     archive = keras.export.ExportArchive()
     assert hasattr(archive, "_tf_trackable"), "ExportArchive dropped _tf_trackable"
@@ -63,6 +66,7 @@ def test_the_public_apis_we_use_behave_as_we_rely_on():
     assert model.distribute_strategy is not None
 
 
+@pytest.mark.slow
 def test_import_tfp_vae_alone_registers_every_class(tmp_path):
     """A fresh interpreter that imports only `tfp_vae` reloads a saved model (with a user's
     network), and `import tfp_vae` keeps TF's start-up INFO lines off stderr when

@@ -10,6 +10,8 @@ from numpy_reference import np_mixture_log_prob
 from tfp_vae import layers
 from tfp_vae.models import GMVAE
 
+pytestmark = pytest.mark.unit
+
 tfd = tfp.distributions
 
 

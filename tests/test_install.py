@@ -22,6 +22,8 @@ import pytest
 
 from tfp_vae import data, pretrained
 
+pytestmark = pytest.mark.unit  # The pip install at the end is slow.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVEDMODELS = os.path.join(ROOT, "savedmodels")
 SHIPPED_MNIST = os.path.join(ROOT, "tfp_vae", "datasets", "mnist")

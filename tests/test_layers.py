@@ -8,6 +8,8 @@ import tensorflow_probability as tfp
 
 from tfp_vae import layers
 
+pytestmark = pytest.mark.unit
+
 tfd = tfp.distributions
 
 

@@ -11,6 +11,8 @@ import tensorflow as tf
 from tfp_vae import export, layers, likelihoods
 from tfp_vae.models import GMVAE, VAE
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(z_dim=3, hidden=(8,), x_dim=784)
 PIXELS = (
     "Pixel values must lie in [0, 1]; divide uint8 images by 255 (and binarise them for a "
@@ -121,6 +123,7 @@ def _grayscale(n, seed=0):
     return np.random.default_rng(seed).random((n, 784)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_continuous_bernoulli_trains_on_grayscale():
     model = _model(likelihood="continuous_bernoulli")
     assert isinstance(model.likelihood, layers.ContinuousBernoulliLikelihood)
@@ -146,6 +149,7 @@ def test_continuous_bernoulli_trains_on_grayscale():
         np.testing.assert_array_equal(w, v.numpy())
 
 
+@pytest.mark.slow
 def test_gaussian_trains_on_real_values_and_refuses_nan():
     model = _model(x_dim=5, likelihood="gaussian")
     assert isinstance(model.likelihood, layers.GaussianLikelihood)
@@ -204,6 +208,7 @@ def test_config_and_keras_file_round_trip(tmp_path, cls, likelihood):
     assert cls.from_config(config).likelihood_name == "bernoulli"
 
 
+@pytest.mark.integration
 def test_savedmodel_of_a_continuous_bernoulli_vae_takes_grayscale(tmp_path):
     model = _model(likelihood="continuous_bernoulli")
     path = str(tmp_path / "cb")

@@ -19,6 +19,8 @@ import tensorflow as tf
 from tfp_vae import layers, objectives
 from tfp_vae.models import GMVAE, SSVAE, VAE
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -316,6 +318,7 @@ def test_bounds_agree_with_float32(trained_pair):
     ],
     ids=["vae_iwae", "gmvae"],
 )
+@pytest.mark.slow
 def test_training_stays_finite(make):
     x = _structured_images(300)
     keras.utils.set_random_seed(2)
@@ -331,6 +334,7 @@ def test_training_stays_finite(make):
         assert model.prior().log_prob(tf.zeros([3, model.z_dim])).dtype == tf.float32
 
 
+@pytest.mark.slow
 def test_ssvae_training_stays_finite():
     x = _structured_images(200)
     keras.utils.set_random_seed(3)
@@ -347,6 +351,7 @@ def test_ssvae_training_stays_finite():
     assert all(np.isfinite(v[-1]) for v in history.values())
 
 
+@pytest.mark.slow
 def test_float16_uses_loss_scaling():
     """mixed_float16 (older GPUs): Keras wraps the optimizer in a LossScaleOptimizer, and the
     train step scales the loss before the gradients (else the update would be divided by the
@@ -372,6 +377,7 @@ def test_float16_uses_loss_scaling():
     assert history["loss"][-1] == pytest.approx(expected["loss"][-1], rel=0.02)
 
 
+@pytest.mark.slow
 def test_train_binary_mixed_precision(tmp_path):
     """bin/train --mixed_precision on a small synthetic MNIST: finite float32 metrics, the policy
     recorded in metrics.json. Mixed precision is a training setting: the saved model (float32

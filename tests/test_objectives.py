@@ -22,6 +22,8 @@ from numpy_reference import (
 from tfp_vae import evaluation, objectives
 from tfp_vae.models import VAE
 
+pytestmark = pytest.mark.unit
+
 SEED = tf.constant([1, 2], tf.int32)
 
 

@@ -17,6 +17,8 @@ pytest.importorskip("matplotlib", reason='the figures need matplotlib: pip insta
 from tfp_vae import data, plots, semisupervised, training
 from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -236,6 +238,7 @@ def npz(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_bin_plot_all_writes_every_figure(ssvae, npz, tmp_path):
     saved = tmp_path / "ssvae.keras"
     ssvae.save(saved)
@@ -266,6 +269,7 @@ def test_bin_plot_manifold(tmp_path):
     assert (tmp_path / "m.svg").read_bytes()[:5] == b"<?xml" and result.stderr == ""
 
 
+@pytest.mark.slow
 def test_bin_plot_refuses_class_grid_of_a_vae(vae, npz, tmp_path):
     saved = tmp_path / "vae.keras"
     vae.save(saved)

@@ -16,6 +16,8 @@ import tfp_vae
 from tfp_vae import export, pretrained
 from tfp_vae.cli import common
 
+pytestmark = pytest.mark.integration
+
 
 def binary(n, seed=0):
     return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
@@ -119,6 +121,7 @@ def test_evaluation_gives_the_same_numbers_every_time():
     assert first == second
 
 
+@pytest.mark.slow
 def test_the_best_mnist_model_serves_its_bound(mnist):
     """savedmodels/best_mnist, through its SavedModel's log_likelihood signature (TensorFlow
     alone), gives on the first 100 test images the IWAE-100 that a float64 NumPy computation

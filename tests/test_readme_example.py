@@ -6,6 +6,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 HEADING = "## Your own model"
 MAX_LINES = 40
@@ -28,6 +32,7 @@ def test_example_is_short():
     )
 
 
+@pytest.mark.slow
 def test_example_runs(tmp_path):
     from tfp_vae import data
 

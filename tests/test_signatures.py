@@ -22,6 +22,8 @@ from tfp_vae.models.stacked import M1M2
 
 from isolation import BLOCK_PACKAGE_IMPORTS
 
+pytestmark = pytest.mark.integration
+
 Z = 3
 TINY = dict(z_dim=Z, hidden=(8,))
 SIGNATURES = {  # name -> output keys (those of the shipped savedmodels/)

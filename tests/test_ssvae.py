@@ -11,6 +11,8 @@ import tensorflow_probability as tfp
 from tfp_vae import data, objectives, semisupervised
 from tfp_vae.models import ssvae
 
+pytestmark = pytest.mark.unit
+
 tfd = tfp.distributions
 
 K = 10
@@ -394,6 +396,7 @@ def test_serving_functions_trace_and_run():
 # ---- training on MNIST ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_short_fit_on_mnist_beats_chance(mnist):
     keras.utils.set_random_seed(0)
     model = ssvae.SSVAE(z_dim=8, hidden=(64,), classifier_hidden=(128,))
@@ -477,6 +480,7 @@ def test_bad_batch_in_fit_fails_clearly_and_changes_nothing(jit_compile):
         fresh.fit(one(x_u, (x_l, y_l[:19])), verbose=0)
 
 
+@pytest.mark.slow
 def test_xla_update_matches_graph_update():
     """The XLA-compiled fused update computes the same step as the plain graph one (with
     point-mass posteriors, so the two RNG streams do not matter).

@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "ssvae_gpu.sh")
@@ -23,6 +26,7 @@ def _run(*args, timeout=600, data_dir=None):
     )
 
 
+@pytest.mark.slow
 def test_dry_run_writes_every_output_and_prints_the_accuracy(mnist, tmp_path):
     # The first 3000 training and 500 test images of the real MNIST: the commands and outputs
     # are what is under test, and evaluating the full test set three times would cost a minute.

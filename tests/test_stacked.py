@@ -15,6 +15,8 @@ from tfp_vae.models import M1M2, SSVAE, VAE
 
 from test_ssvae import _point_mass_posterior, binary_images, synthetic_uint8
 
+pytestmark = pytest.mark.unit
+
 tfd = tfp.distributions
 
 K = 10
@@ -192,6 +194,7 @@ def test_m1m2_keras_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.elbo(x, seed=[3, 4]), model.elbo(x, seed=[3, 4]), rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_m1m2_savedmodel_needs_only_tensorflow(tmp_path):
     model = tiny_m1m2()
     path = str(tmp_path / "sm")

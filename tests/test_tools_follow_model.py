@@ -15,6 +15,9 @@ from binaries import run as run_binary
 
 from tfp_vae import data, likelihoods, models
 
+# In-process checks; the tests that run the binaries are marked slow.
+pytestmark = pytest.mark.unit
+
 TINY = {"z_dim": 2, "hidden": (16,)}
 
 
@@ -133,6 +136,7 @@ def gray_run(tmp_path_factory):
     return npz, out
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_never_binarise_a_grayscale_model(gray_run, tmp_path):
     npz, out = gray_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -168,6 +172,7 @@ def test_train_and_evaluate_never_binarise_a_grayscale_model(gray_run, tmp_path)
     assert plotted.returncode == 0, plotted.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_train_refuses_a_binarisation_the_likelihood_cannot_model(gray_run, tmp_path):
     npz, _ = gray_run
     result = run_binary(
@@ -257,6 +262,7 @@ def user_model(tmp_path_factory):
     return tmp, npz
 
 
+@pytest.mark.slow
 def test_a_users_model_class_goes_through_every_binary(user_model):
     tmp, npz = user_model
     model_path = tmp / "vamp.keras"
@@ -293,6 +299,7 @@ def test_a_users_model_class_goes_through_every_binary(user_model):
 # ---- any input shape, read from the data --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_images_of_another_shape_train_evaluate_and_sample(tmp_path):
     rng = np.random.default_rng(0)
     npz = tmp_path / "small.npz"
@@ -323,6 +330,7 @@ def test_images_of_another_shape_train_evaluate_and_sample(tmp_path):
     assert "[16, 16]" in wrong.stderr and "[28, 28]" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_real_valued_vectors_with_a_gaussian_likelihood(tmp_path):
     rng = np.random.default_rng(0)
     npz = tmp_path / "vectors.npz"

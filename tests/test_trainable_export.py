@@ -16,6 +16,8 @@ from tfp_vae.models import GMVAE, SSVAE, VAE
 
 from isolation import BLOCK_PACKAGE_IMPORTS
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs in a fresh interpreter that cannot import tfp_vae or tensorflow_probability: it reads MNIST

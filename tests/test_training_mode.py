@@ -11,6 +11,8 @@ import tensorflow as tf
 from tfp_vae import export
 from tfp_vae.models import M1M2, SSVAE, VAE
 
+pytestmark = pytest.mark.unit  # Small in-process fits; the SavedModel one is slow.
+
 X_DIM, Z_DIM, K = 16, 2, 3
 
 
@@ -185,6 +187,7 @@ def test_stacked_m1_stays_in_inference_mode_while_m2_trains():
     assert m1_recorder.seen and not any(m1_recorder.seen)
 
 
+@pytest.mark.integration
 def test_mirrored_step_updates_batch_norm():
     """The replicated step (a one-replica MirroredStrategy: a replica context, no fused
     update) runs the networks in training mode too."""
@@ -197,6 +200,7 @@ def test_mirrored_step_updates_batch_norm():
     _assert_moved(before, _moving_means(model.encoder) + _moving_means(model.decoder))
 
 
+@pytest.mark.slow
 def test_trainable_savedmodel_step_updates_batch_norm(tmp_path):
     model = _vae()
     model.compile(keras.optimizers.Adam(1e-2), jit_compile=False)

@@ -12,6 +12,8 @@ import tensorflow_probability as tfp
 from tfp_vae import export, networks
 from tfp_vae.models import GMVAE, M1M2, SSVAE, VAE
 
+pytestmark = pytest.mark.unit
+
 X_DIM, Z_DIM, K = 784, 3, 10
 
 
@@ -156,6 +158,7 @@ def test_iwae_flattens_the_sample_axis_for_the_decoder():
     assert all(len(shape) == 2 for shape in decoder.seen)
 
 
+@pytest.mark.slow
 def test_savedmodel_export_serves_elbo(tmp_path):
     model = vae()
     path = export.export(model, tmp_path / "saved")

@@ -11,6 +11,8 @@ import tensorflow as tf
 from tfp_vae import data, training
 from tfp_vae.models import GMVAE, VAE
 
+pytestmark = pytest.mark.unit
+
 
 def _small_vae(**kwargs):
     keras.utils.set_random_seed(0)
@@ -24,6 +26,7 @@ def _random_binary(n, seed=0):
 
 
 @pytest.mark.parametrize("model_cls", [VAE, GMVAE])
+@pytest.mark.slow
 def test_converges_on_mnist(mnist, model_cls):
     """1500 steps of the recipe: the bound, computed independently of `kl()` through sampled
     log q - log p (IWAE with m = 1), must fall far below its start. A broken KL (say, beta 0 or
@@ -184,6 +187,7 @@ def test_bad_input_eager(bad, message):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.slow
 def test_bad_input_in_fit_fails_clearly_and_changes_nothing(jit_compile):
     """XLA drops assertion ops: the fused update must still refuse a bad batch, untouched."""
     model = _small_vae()

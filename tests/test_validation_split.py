@@ -12,6 +12,8 @@ from binaries import run as run_binary
 import tfp_vae  # noqa: F401  (registers the classes for load_model)
 from tfp_vae import data
 
+pytestmark = pytest.mark.slow  # bin/train runs on a small npz.
+
 SMALL = (
     "--z_dim=3",
     "--hidden=16",
