@@ -16,34 +16,19 @@ from tfp_vae.cli.building import RECIPE_STEPS
 FLAGS = flags.FLAGS
 
 # The flags that define a run: a resumed run must have the values it was started with (the
-# others, e.g. --steps, --learning_rate, --steps_per_epoch, --xla, take effect on resume).
-RUN_FLAGS = (
-    "model",
-    "likelihood",
-    "m1_path",
-    "k",
-    "learn_mixture_weights",
-    "active_threshold",
+# others, e.g. --steps, --learning_rate, --steps_per_epoch, --xla, take effect on resume). The
+# model's come from the models' tables (`building.RUN_DEFINING_MODEL_FLAGS`); the data's and
+# the training's are listed here.
+RUN_FLAGS = building.RUN_DEFINING_MODEL_FLAGS + (
     "labels_per_class",
     "label_seed",
     "labelled_indices",
     "labelled_batch_size",
-    "gen_weight",
-    "class_weight",
-    "labelled_bound",
     "labelled_binarization",
-    "z_dim",
-    "hidden",
-    "arch",
-    "beta",
-    "objective",
-    "iw",
     "batch_size",
     "binarization",
     "dataset",
-    "seed",
     "mixed_precision",
-    "ema_momentum",
     # A schedule leaves no learning-rate variable in the optimizer, so the checkpoint of a run
     # with the other setting would not load into it.
     "lr_schedule",
