@@ -194,3 +194,21 @@ def test_build_model_refuses_bad_settings_in_one_line():
     settings = {**_flag_defaults(), "model": "gmvae", "seed": 0, "k": 0}
     with pytest.raises(app.UsageError, match=r"^k \(mixture components\) must be"):
         building.build_model(None, settings, 1e-3, jit_compile=False)
+
+
+def test_the_flag_tables_wait_for_tensorflow():
+    """bin/train parses its flags before TensorFlow starts (one-line mistakes at once): its
+    modules read the models' tables only when asked."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom tfp_vae.cli import train, building, running\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "assert 'clip_norm' in building.MODEL_FLAGS and 'k' in running.RUN_FLAGS\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TFP_VAE_DEFER_IMPORT": "1", "PYTHONPATH": root}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

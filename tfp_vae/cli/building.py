@@ -1,11 +1,11 @@
 """bin/train's building: the compiled model its settings describe (`build_model`), the
 learning rate, and the step and XLA settings. The flags live in `tfp_vae.cli.train`."""
 
+import functools
+
 from absl import app, flags
 
-from tfp_vae import models, networks
 from tfp_vae.cli import common
-from tfp_vae.models import params
 
 FLAGS = flags.FLAGS
 
@@ -51,39 +51,74 @@ def image_shape(dataset):
 # The flags `build_model` reads besides the models' parameters: the model, M1 and its active
 # units (m1m2), the kind of networks (vae and gmvae) and the optimizer's weight averaging.
 BUILD_FLAGS = ("model", "m1_path", "active_threshold", "arch", "ema_momentum")
-# The flags of the models' parameters (`tfp_vae.models.params.Param.flag`), over every model.
-PARAMETER_FLAGS = tuple(
-    dict.fromkeys(
+
+
+# The flag tuples below come from the models' tables, read once the flags are parsed: the models
+# import TensorFlow, which the binaries defer (see tfp_vae/__init__.py). `MODEL_FLAGS` & co. are
+# also this module's attributes (`__getattr__`).
+
+
+@functools.cache
+def parameter_flags():
+    """The flags of the models' parameters (`tfp_vae.models.params.Param.flag`), over every
+    model of `models.MODELS`, in table order."""
+    from tfp_vae import models
+    from tfp_vae.models import params
+
+    return tuple(
+        dict.fromkeys(
+            name
+            for cls in models.MODELS.values()
+            for name, param in params.table(cls).items()
+            if param.flag
+        )
+    )
+
+
+def model_flags():
+    """The flags `build_model` reads (its `settings`): BUILD_FLAGS and `parameter_flags`."""
+    return BUILD_FLAGS + parameter_flags()
+
+
+@functools.cache
+def run_defining_model_flags():
+    """Those of `model_flags` that define a run (`cli.running.RUN_FLAGS`): all but the
+    parameters that take effect on --resume (`Param.run_defining`: --clip_norm)."""
+    from tfp_vae import models
+    from tfp_vae.models import params
+
+    tables = [params.table(cls) for cls in models.MODELS.values()]
+    return BUILD_FLAGS + tuple(
         name
-        for cls in models.MODELS.values()
-        for name, param in params.table(cls).items()
-        if param.flag
+        for name in parameter_flags()
+        if any(table[name].run_defining for table in tables if name in table)
     )
-)
-# The flags `build_model` reads (its `settings`).
-MODEL_FLAGS = BUILD_FLAGS + PARAMETER_FLAGS
-# Those that define a run (`cli.running.RUN_FLAGS`): all but the parameters that take effect on
-# --resume (`Param.run_defining`: --clip_norm).
-RUN_DEFINING_MODEL_FLAGS = BUILD_FLAGS + tuple(
-    name
-    for name in PARAMETER_FLAGS
-    if any(
-        params.table(cls)[name].run_defining
-        for cls in models.MODELS.values()
-        if name in params.table(cls)
-    )
-)
+
+
+_CONSTANTS = {
+    "PARAMETER_FLAGS": parameter_flags,
+    "MODEL_FLAGS": model_flags,
+    "RUN_DEFINING_MODEL_FLAGS": run_defining_model_flags,
+}
+
+
+def __getattr__(name):
+    if name in _CONSTANTS:
+        return _CONSTANTS[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def model_settings():
     """name -> value of the MODEL_FLAGS, for `build_model`."""
-    return {name: FLAGS[name].value for name in MODEL_FLAGS}
+    return {name: FLAGS[name].value for name in model_flags()}
 
 
 def model_arguments(cls, settings):
     """The constructor arguments of model class `cls` that `settings` (flag name -> value) set:
     the value of each flag of its parameters (`params.table(cls)`) but None (the model's
     default)."""
+    from tfp_vae.models import params
+
     return {
         name: settings[name]
         for name, param in params.table(cls).items()
@@ -98,6 +133,9 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
     a model. The optimizer is Adam at `learning_rate` (with EMA when ema_momentum is set);
     `jit_compile` and `steps_per_execution` go to `compile`."""
     import keras
+
+    from tfp_vae import models, networks
+    from tfp_vae.models import params
 
     name = settings["model"]
     cls = models.MODELS[name]
@@ -139,11 +177,13 @@ def build_model(dataset, settings, learning_rate, jit_compile="auto", steps_per_
 
 def _build_m1m2(dataset, settings, kwargs):
     """M1M2 on the VAE at --m1_path, modelling the units of its z above --active_threshold."""
+    from tfp_vae.models import M1M2
+
     m1_path, threshold = settings["m1_path"], settings["active_threshold"]
     try:
         m1 = common.load_model(m1_path, compile=False)
         if threshold > 0:
-            units = models.M1M2.active_units(m1, m1.eval_inputs(dataset.x_train[:1000]), threshold)
+            units = M1M2.active_units(m1, m1.eval_inputs(dataset.x_train[:1000]), threshold)
             if not units:
                 raise app.UsageError(
                     f"No unit of M1's z has a posterior-mean std above "
@@ -152,7 +192,7 @@ def _build_m1m2(dataset, settings, kwargs):
                 )
             print(f"M2 models {len(units)} of M1's {m1.z_dim} latent units: {units}")
             kwargs["feature_indices"] = units
-        return models.M1M2(m1, **kwargs)
+        return M1M2(m1, **kwargs)
     except ValueError as e:  # Not a VAE, or no active unit: say so in one line.
         raise app.UsageError(f"--m1_path={m1_path}: {e}") from e
 
