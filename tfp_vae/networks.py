@@ -8,6 +8,9 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+# The initialisations of the recipe's MLPs (`mlp`'s `init`).
+INITS = ("torch", "glorot")
+
 
 def _dense(units, fan_in, activation, init, name):
     if init == "torch":

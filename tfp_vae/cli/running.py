@@ -16,34 +16,19 @@ from tfp_vae.cli.building import RECIPE_STEPS
 FLAGS = flags.FLAGS
 
 # The flags that define a run: a resumed run must have the values it was started with (the
-# others, e.g. --steps, --learning_rate, --steps_per_epoch, --xla, take effect on resume).
-RUN_FLAGS = (
-    "model",
-    "likelihood",
-    "m1_path",
-    "k",
-    "learn_mixture_weights",
-    "active_threshold",
+# others, e.g. --steps, --learning_rate, --steps_per_epoch, --xla, take effect on resume): the
+# model's, from the models' tables (`building.run_defining_model_flags`), and these, of the data
+# and the training.
+RUN_ONLY_FLAGS = (
     "labels_per_class",
     "label_seed",
     "labelled_indices",
     "labelled_batch_size",
-    "gen_weight",
-    "class_weight",
-    "labelled_bound",
     "labelled_binarization",
-    "z_dim",
-    "hidden",
-    "arch",
-    "beta",
-    "objective",
-    "iw",
     "batch_size",
     "binarization",
     "dataset",
-    "seed",
     "mixed_precision",
-    "ema_momentum",
     # A schedule leaves no learning-rate variable in the optimizer, so the checkpoint of a run
     # with the other setting would not load into it.
     "lr_schedule",
@@ -51,6 +36,20 @@ RUN_FLAGS = (
     "validation_split",
     "validation_seed",
 )
+
+
+def run_flags():
+    """RUN_FLAGS (also this module's attribute): the model's run-defining flags, then
+    RUN_ONLY_FLAGS. Read once the flags are parsed (the models' tables import TensorFlow)."""
+    return building.run_defining_model_flags() + RUN_ONLY_FLAGS
+
+
+def __getattr__(name):
+    if name == "RUN_FLAGS":
+        return run_flags()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # The values of RUN_FLAGS added since checkpoints first recorded their settings, as the runs
 # before them had them: an older run resumes with these, and is refused other values.
 SETTINGS_BEFORE_FLAG = {
@@ -65,7 +64,7 @@ SETTINGS_BEFORE_FLAG = {
 def run_settings(model):
     """flag -> value of the RUN_FLAGS, as this run resolves them (z_dim and hidden: the model's
     own; paths: absolute)."""
-    settings = {name: FLAGS[name].value for name in RUN_FLAGS}
+    settings = {name: FLAGS[name].value for name in run_flags()}
     settings["z_dim"] = int(model.z_dim)
     # As the model resolves them: the likelihood of its inputs, and its training transform.
     settings["likelihood"] = model.data_likelihood.family
@@ -95,7 +94,7 @@ def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
         saved = {**SETTINGS_BEFORE_FLAG, **saved}
         differ = [
             f"--{name}={_flag_text(settings.get(name))} (the run has {_flag_text(saved.get(name))})"
-            for name in RUN_FLAGS
+            for name in run_flags()
             if settings.get(name) != saved.get(name)
         ]
         if differ:

@@ -26,7 +26,9 @@ from tfp_vae.checks import (
     resolve_input_shape,
     validation_inputs,
 )
+from tfp_vae.models import params
 from tfp_vae.models.core import Model, batch_means, evaluation_seed, with_training
+from tfp_vae.models.params import Param
 
 tfd = tfp.distributions
 
@@ -68,6 +70,20 @@ class LatentVariableModel(Model):
     """
 
     analytic_kl = False
+    # The parameters of the VAE family (see `tfp_vae.models.params`; core.Model's seed and
+    # clip_norm too). input_shape (with x_dim) and likelihood are resolved in the constructor.
+    PARAMS = (
+        Param("z_dim", params.positive_int("z_dim"), flag=True),
+        Param("input_shape"),
+        Param("beta", params.finite_float("beta (the weight on KL)", minimum=0.0), flag=True),
+        Param("objective", params.one_of("objective", OBJECTIVES), flag=True),
+        Param("iw", params.positive_int("iw (importance samples)"), flag=True),
+        Param(
+            "likelihood",
+            to_config=lambda model: likelihoods.serialize(model.likelihood, model.x_dim),
+            flag=True,
+        ),
+    )
 
     def __init__(
         self,
@@ -85,15 +101,11 @@ class LatentVariableModel(Model):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
         if not isinstance(likelihood, (likelihoods.Likelihood, dict)):
             likelihoods.check_name(likelihood)
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}.")
+        params.assign(self, LatentVariableModel, locals())
         self.input_shape = resolve_input_shape(input_shape, x_dim)
-        self.z_dim, self.x_dim = checks.positive_int(z_dim, "z_dim"), math.prod(self.input_shape)
-        self.iw = checks.positive_int(iw, "iw (importance samples)")
-        self.beta = checks.finite_float(beta, "beta (the weight on KL)", minimum=0.0)
+        self.x_dim = math.prod(self.input_shape)
         # p(x|z)'s layer: the decoder's output [..., outputs_per_dimension * x_dim] is its input.
         self.likelihood = likelihoods.get(likelihood, self.x_dim)
-        self.objective = objective
         self._make_metrics(
             ["loss", "nelbo", "kl", "rec"] + (["niwae"] if objective == "iwae" else [])
         )
@@ -288,17 +300,6 @@ class LatentVariableModel(Model):
 
     def _check_image_arrays(self, x):
         check_array(self._images_of(x), lambda rows: self.check_inputs(rows))
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "z_dim": self.z_dim,
-            "input_shape": list(self.input_shape),
-            "beta": self.beta,
-            "objective": self.objective,
-            "iw": self.iw,
-            "likelihood": likelihoods.serialize(self.likelihood, self.x_dim),
-        }
 
     # ---- uses -----------------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_vae.checks import raise_on_problem
+from tfp_vae.models import params
+from tfp_vae.models.params import Param
 
 
 def with_training(method: Callable, *args, training: bool = False, **kwargs):
@@ -241,8 +243,12 @@ def check_clip_norm(clip_norm: float | None) -> float | None:
     """A model's `clip_norm` argument: None (no clipping) or a positive float."""
     if clip_norm is None:
         return None
+    try:
+        number = float(clip_norm)
+    except (TypeError, ValueError):
+        number = float("nan")
     # Infinity too is refused: tf.clip_by_global_norm(g, inf) gives NaN, not g.
-    if not 0 < float(clip_norm) < float("inf"):
+    if not 0 < number < float("inf"):
         raise ValueError(
             f"clip_norm must be > 0 and finite (or None: no clipping); got {clip_norm}."
         )
@@ -369,11 +375,15 @@ class Model(keras.Model):
     # Whether the model generates from a class (the semi-supervised models): its test data then
     # needs labels, and its sample grids hold a class per column (`sample_grid`).
     class_conditional = False
+    # The configurable parameters (see `tfp_vae.models.params`); a subclass lists its own.
+    PARAMS = (
+        Param("seed", training_seed, flag=True, flag_default=0),
+        Param("clip_norm", check_clip_norm, flag=True, run_defining=False),
+    )
 
     def __init__(self, seed: int | None = None, clip_norm: float | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.seed = training_seed(seed)
-        self.clip_norm = check_clip_norm(clip_norm)
+        params.assign(self, Model, locals())
 
     def _make_metrics(self, names):
         self._trackers = {name: keras.metrics.Mean(name=name) for name in dict.fromkeys(names)}
@@ -600,4 +610,5 @@ class Model(keras.Model):
         self.jit_compile_setting = jit_compile
 
     def get_config(self):
-        return {**super().get_config(), "seed": self.seed, "clip_norm": self.clip_norm}
+        """Keras' config, and every parameter of the model's table (`params.config`)."""
+        return {**super().get_config(), **params.config(self)}

@@ -9,7 +9,9 @@ closed form.
 
 import keras
 
-from tfp_vae import checks, layers
+from tfp_vae import layers
+from tfp_vae.models import params
+from tfp_vae.models.params import Param
 from tfp_vae.models.vae import VAE
 
 
@@ -25,10 +27,14 @@ class GMVAE(VAE):
     """
 
     analytic_kl = False
+    PARAMS = (
+        Param("k", params.positive_int("k (mixture components)"), flag=True),
+        Param("learn_mixture_weights", params.boolean("learn_mixture_weights"), flag=True),
+    )
 
     def __init__(self, k: int = 500, learn_mixture_weights: bool = False, **kwargs):
-        self.k = checks.positive_int(k, "k (mixture components)")
-        self.learn_mixture_weights = bool(learn_mixture_weights)
+        # Before the VAE's constructor, whose `make_prior` reads them.
+        params.assign(self, GMVAE, locals())
         super().__init__(**kwargs)
 
     def make_prior(self):
@@ -38,10 +44,3 @@ class GMVAE(VAE):
             learn_weights=self.learn_mixture_weights,
             min_variance=self.min_variance,
         )
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "k": self.k,
-            "learn_mixture_weights": self.learn_mixture_weights,
-        }

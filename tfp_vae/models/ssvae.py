@@ -59,7 +59,9 @@ from tfp_vae.checks import (
     raise_on_problem,
     resolve_input_shape,
 )
+from tfp_vae.models import params
 from tfp_vae.models.core import Model, batch_means, evaluation_seed
+from tfp_vae.models.params import Param
 from tfp_vae.objectives import classification_loss, labelled_negative_elbo, unlabelled_bound_terms
 
 tfd = tfp.distributions
@@ -84,6 +86,13 @@ class CategoricalFromLogits(keras.layers.Layer):
 
     def call(self, logits):
         return tfd.Categorical(logits=tf.cast(logits, tf.float32))
+
+
+def _class_count(value):
+    """SSVAE's `num_classes` as an int >= 2."""
+    if checks.positive_int(value, "num_classes") < 2:
+        raise ValueError(f"num_classes must be >= 2; got {value}.")
+    return int(value)
 
 
 @keras.saving.register_keras_serializable("tfp_vae")
@@ -154,6 +163,30 @@ class SSVAE(Model):
     # Enumerate labels by splitting the first Dense layer of the encoder and decoder (exact, and
     # cheaper); False tiles x and concatenates one-hots. Read when a step is traced.
     factorise_labels = True
+    # The parameters besides core.Model's (see `tfp_vae.models.params`); input_shape (with
+    # x_dim) and likelihood are resolved in the constructor, the user's networks saved beside
+    # them (`networks.serialize_networks`). bin/train keeps the recipe's hidden sizes.
+    PARAMS = (
+        Param("z_dim", params.positive_int("z_dim"), flag=True),
+        Param("hidden", params.positive_ints("hidden")),
+        Param("classifier_hidden", params.positive_ints("classifier_hidden")),
+        Param("activation", params.activation("activation")),
+        Param("classifier_activation", params.activation("classifier_activation")),
+        Param("num_classes", _class_count),
+        Param("gen_weight", params.finite_float("gen_weight", minimum=0.0), flag=True),
+        Param("class_weight", params.finite_float("class_weight", minimum=0.0), flag=True),
+        Param("min_variance", params.finite_float("min_variance", minimum=0.0)),
+        Param("labelled_bound", params.boolean("labelled_bound"), flag=True),
+        Param("init", params.one_of("init", networks.INITS)),
+        Param("input_shape"),
+        Param(
+            "likelihood",
+            to_config=lambda model: likelihoods.serialize(
+                model.likelihood, model.x_dim, model.min_variance
+            ),
+            flag=True,
+        ),
+    )
 
     def __init__(
         self,
@@ -179,24 +212,13 @@ class SSVAE(Model):
         **kwargs,
     ):
         super().__init__(seed=seed, clip_norm=clip_norm, **kwargs)
-        if checks.positive_int(num_classes, "num_classes") < 2:
-            raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
         if not isinstance(likelihood, (likelihoods.Likelihood, dict)):
             likelihoods.check_name(likelihood)
+        params.assign(self, SSVAE, locals())
         self.input_shape = resolve_input_shape(input_shape, x_dim)
         self.x_dim = math.prod(self.input_shape)
-        self.z_dim = checks.positive_int(z_dim, "z_dim")
-        self.num_classes = int(num_classes)
-        self.hidden = checks.positive_ints(hidden, "hidden")
-        self.classifier_hidden = checks.positive_ints(classifier_hidden, "classifier_hidden")
-        self.activation, self.classifier_activation = activation, classifier_activation
-        self.gen_weight = checks.finite_float(gen_weight, "gen_weight", minimum=0.0)
-        self.class_weight = checks.finite_float(class_weight, "class_weight", minimum=0.0)
-        self.labelled_bound = bool(labelled_bound)
         # p(x|y,z)'s layer: the decoder's output [..., outputs_per_dimension * x_dim] is its input.
-        self.likelihood = likelihoods.get(likelihood, self.x_dim, min_variance)
-        self.min_variance = checks.finite_float(min_variance, "min_variance", minimum=0.0)
-        self.init = init
+        self.likelihood = likelihoods.get(likelihood, self.x_dim, self.min_variance)
         k = self.num_classes
         # The user's networks are kept in the config (`get_config`); the default MLPs are not.
         self._user_networks = tuple(
@@ -629,23 +651,7 @@ class SSVAE(Model):
         return self.classify(x)
 
     def get_config(self):
-        config = {
-            **super().get_config(),
-            "z_dim": self.z_dim,
-            "hidden": list(self.hidden),
-            "classifier_hidden": list(self.classifier_hidden),
-            "activation": self.activation,
-            "classifier_activation": self.classifier_activation,
-            "num_classes": self.num_classes,
-            "gen_weight": self.gen_weight,
-            "class_weight": self.class_weight,
-            "min_variance": self.min_variance,
-            "labelled_bound": self.labelled_bound,
-            "init": self.init,
-            "input_shape": list(self.input_shape),
-            "likelihood": likelihoods.serialize(self.likelihood, self.x_dim, self.min_variance),
-        }
-        return networks.serialize_networks(config, self, self._user_networks)
+        return networks.serialize_networks(super().get_config(), self, self._user_networks)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

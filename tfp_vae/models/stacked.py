@@ -40,6 +40,7 @@ import tensorflow_probability as tfp
 
 from tfp_vae.models.base import LatentVariableModel
 from tfp_vae.models.core import with_training
+from tfp_vae.models.params import Param
 from tfp_vae.models.ssvae import SSVAE
 
 tfd = tfp.distributions
@@ -71,6 +72,13 @@ class M1M2(SSVAE):
     """
 
     build_at_init = False
+    # M2's parameters are the SSVAE's, but for those M1 sets; m1 and feature_indices are
+    # resolved in the constructor (the units checked against M1's z).
+    FIXED_PARAMS = ("input_shape", "likelihood")
+    PARAMS = (
+        Param("m1", to_config=lambda model: keras.saving.serialize_keras_object(model.m1)),
+        Param("feature_indices"),
+    )
 
     def __init__(
         self, m1: LatentVariableModel | dict, feature_indices: Sequence[int] | None = None, **kwargs
@@ -193,13 +201,3 @@ class M1M2(SSVAE):
         if "kl_y" in m2:
             out["kl_y"] = m2["kl_y"]
         return out
-
-    def get_config(self):
-        config = super().get_config()
-        for fixed in ("input_shape", "likelihood"):
-            config.pop(fixed)
-        return {
-            **config,
-            "m1": keras.saving.serialize_keras_object(self.m1),
-            "feature_indices": list(self.feature_indices),
-        }

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 import keras
 
-from tfp_vae import checks, layers, networks
+from tfp_vae import layers, networks
+from tfp_vae.models import params
 from tfp_vae.models.base import LatentVariableModel
+from tfp_vae.models.params import Param
 
 
 @keras.saving.register_keras_serializable("tfp_vae")
@@ -35,6 +37,14 @@ class VAE(LatentVariableModel):
     """
 
     analytic_kl = True
+    # Besides the base class's (see `tfp_vae.models.params`); the user's networks are saved
+    # beside them (`networks.serialize_networks`).
+    PARAMS = (
+        Param("hidden", params.positive_ints("hidden"), flag=True),
+        Param("activation", params.activation("activation")),
+        Param("min_variance", params.finite_float("min_variance", minimum=0.0)),
+        Param("init", params.one_of("init", networks.INITS)),
+    )
 
     def __init__(
         self,
@@ -48,9 +58,7 @@ class VAE(LatentVariableModel):
         **kwargs,
     ):
         super().__init__(z_dim=z_dim, **kwargs)
-        self.hidden, self.activation = checks.positive_ints(hidden, "hidden"), activation
-        self.min_variance = checks.finite_float(min_variance, "min_variance", minimum=0.0)
-        self.init = init
+        params.assign(self, VAE, locals())
         # The user's networks are kept in the config (`get_config`); the default MLPs are not.
         self._user_networks = tuple(
             name
@@ -100,14 +108,7 @@ class VAE(LatentVariableModel):
         return self.prior_layer()
 
     def get_config(self):
-        config = {
-            **super().get_config(),
-            "hidden": list(self.hidden),
-            "activation": self.activation,
-            "min_variance": self.min_variance,
-            "init": self.init,
-        }
-        return networks.serialize_networks(config, self, self._user_networks)
+        return networks.serialize_networks(super().get_config(), self, self._user_networks)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
