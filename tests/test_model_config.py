@@ -11,6 +11,8 @@ from tfp_vae.cli import building, running
 from tfp_vae.cli import train as train_cli
 from tfp_vae.models import params
 
+pytestmark = pytest.mark.unit  # In-process; the binary run below is integration.
+
 # Small sizes, so that each model builds in a moment.
 SMALL = {
     "vae": dict(z_dim=2, hidden=(4,)),
@@ -212,3 +214,13 @@ def test_the_flag_tables_wait_for_tensorflow():
     env = {**os.environ, "TFP_VAE_DEFER_IMPORT": "1", "PYTHONPATH": root}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.integration
+def test_bin_train_refuses_a_parameter_flag_the_model_does_not_take(tmp_path):
+    from binaries import run as run_binary
+
+    result = run_binary("train", "--model=vae", "--k=5", "--steps=2", f"--out_dir={tmp_path / 'r'}")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "--k: --model=vae has no such parameter" in result.stderr
+    assert not (tmp_path / "r").exists()

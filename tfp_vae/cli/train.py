@@ -15,7 +15,7 @@ import math
 from absl import app, flags
 
 from tfp_vae import rundir
-from tfp_vae.cli import common, running
+from tfp_vae.cli import building, common, running
 from tfp_vae.cli.building import SEMI_SUPERVISED
 
 FLAGS = flags.FLAGS
@@ -374,6 +374,7 @@ def main(argv):
         likelihoods.check_name(FLAGS.likelihood)
     except ValueError as e:
         raise app.UsageError(f"--likelihood={FLAGS.likelihood}: {e}") from e
+    _refuse_foreign_parameters()
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).
     try:
@@ -392,6 +393,25 @@ def main(argv):
     # One process per run directory; a run that fails before training leaves none behind.
     with rundir.RunDirectory(out_dir) as run:
         return running.train_run(run, out_dir, strategy, distributed)
+
+
+def _refuse_foreign_parameters():
+    """A parameter flag that --model does not take (its table has no such flag: --k for a vae,
+    --beta for an ssvae) would be silently ignored: refused in one line instead."""
+    from tfp_vae import models
+    from tfp_vae.models import params
+
+    own = params.table(models.MODELS[FLAGS.model])
+    foreign = [
+        f"--{name}"
+        for name in building.parameter_flags()
+        if FLAGS[name].present and not (name in own and own[name].flag)
+    ]
+    if foreign:
+        raise app.UsageError(
+            f"{', '.join(foreign)}: --model={FLAGS.model} has no such parameter, so the flag "
+            "could not take effect; leave it out."
+        )
 
 
 def run():
