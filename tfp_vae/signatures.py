@@ -60,7 +60,9 @@ def serving_functions(model) -> dict:
     Every input spec is open (shape None; see the module docstring); `sample` has two input
     signatures (a list of two lists), the SavedModel's signature takes n, the loaded object's
     function also a seed. A model that defines `serving_functions()` itself is served with
-    those (backward compatibility: the model classes wrote their signatures before)."""
+    those (backward compatibility: the model classes wrote their signatures before; an override
+    that extended theirs with `super().serving_functions()` calls `latent_variable_functions`
+    or `class_conditional_functions` instead)."""
     own = _own(model, "serving_functions")
     if own is not None:
         return dict(own())
