@@ -75,13 +75,15 @@ def binary_images(n, seed=0):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """name -> (Python model, path of its SavedModel, loaded signatures); exported once."""
+    """name -> (Python model, path of its SavedModel, loaded signatures, the loaded object);
+    exported once."""
     out = {}
     for name in MODELS:
         model = make_model(name)
         path = tmp_path_factory.mktemp("saved") / name
         export.export(model, path)
-        out[name] = (model, path, tf.saved_model.load(str(path)).signatures)
+        loaded = tf.saved_model.load(str(path))
+        out[name] = (model, path, loaded.signatures, loaded)
     return out
 
 
@@ -205,12 +207,25 @@ def test_signature_names_and_output_keys_are_kept(exported, name):
         assert set(signatures[sig](**kwargs)) == SIGNATURES[name][sig], sig
 
 
+def fits_declared(signature, kwargs):
+    """Whether every input of `kwargs` has a shape the signature declares."""
+    specs = signature.structured_input_signature[1]
+    return all(specs[k].shape.is_compatible_with(np.shape(v)) for k, v in kwargs.items())
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_bad_inputs_raise_a_sentence_in_every_signature(exported, name):
-    signatures = exported[name][2]
+    _, _, signatures, loaded = exported[name]
     for sig, kwargs, sentence in bad_cases(name):
+        # The loaded object's functions take any shape: every bad input meets its sentence.
         with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(sentence)):
-            signatures[sig](**kwargs)
+            getattr(loaded, sig)(**kwargs)
+        if fits_declared(signatures[sig], kwargs):  # Bad values: the same sentence.
+            with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(sentence)):
+                signatures[sig](**kwargs)
+        else:  # Outside the declared shapes: refused (by TensorFlow's binding or the check).
+            with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+                signatures[sig](**kwargs)
     covered = {sig for sig, _, _ in bad_cases(name)}
     assert covered == set(SIGNATURES[name])
 
@@ -231,18 +246,20 @@ def test_empty_batch_gives_empty_outputs_in_every_signature(exported, name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_valid_inputs_are_served_as_the_python_api_serves_them(exported, name):
-    model, _, signatures = exported[name]
+    model, _, signatures, loaded = exported[name]
     x = binary_images(4, seed=1)
     gray = np.random.default_rng(2).random((4, 784)).astype(np.float32)
     y = labelled(name, x=x).get("y")
     extra = {} if y is None else {"y": y}
     flat = signatures["encode"](x=x, **extra)["mean"]
-    # Images as [B, 28, 28] (and [B, 28, 28, 1]), as check_images accepts them.
+    # Images as [B, 28, 28] (and [B, 28, 28, 1]), as check_images accepts them: the loaded
+    # object's functions take them (the signatures declare [B, 784]).
+    np.testing.assert_allclose(loaded.encode(x=x, **extra)["mean"], flat, rtol=1e-6)
     np.testing.assert_allclose(
-        signatures["encode"](x=x.reshape(4, 28, 28), **extra)["mean"], flat, rtol=1e-6
+        loaded.encode(x=x.reshape(4, 28, 28), **extra)["mean"], flat, rtol=1e-6
     )
     np.testing.assert_allclose(
-        signatures["encode"](x=x.reshape(4, 28, 28, 1), **extra)["mean"], flat, rtol=1e-6
+        loaded.encode(x=x.reshape(4, 28, 28, 1), **extra)["mean"], flat, rtol=1e-6
     )
     # Grayscale pixels are fine for encode (and classify), as before.
     q = model.encode(gray, *([] if y is None else [y]))

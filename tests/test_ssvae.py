@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import data, objectives, semisupervised
+from tfp_vae import data, export, objectives, semisupervised
 from tfp_vae.models import ssvae
 
 pytestmark = pytest.mark.unit
@@ -368,7 +368,7 @@ def test_keras_round_trip(tmp_path):
 
 def test_serving_functions_trace_and_run():
     model = tiny_model()
-    fns = model.serving_functions()
+    fns = export.serving_functions(model)
     assert list(fns) == ["classify", "encode", "decode", "sample", "elbo"]
     x = tf.constant(binary_images(3))
     y = tf.constant([1, 2, 3], tf.int32)

@@ -22,6 +22,7 @@ the collection `optimizer_variables`; a fixed learning rate as the variable `lea
 `m.learning_rate.assign(1e-4)` changes it).
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -29,6 +30,8 @@ import zipfile
 
 import keras
 import tensorflow as tf
+
+from tfp_vae import signatures
 
 
 def _umask() -> int:
@@ -51,17 +54,23 @@ def export(
     verbose: bool = False,
     with_keras: bool = False,
 ) -> str:
-    """Writes `model.serving_functions()` as SavedModel signatures at `path`.
+    """Writes the serving signatures of `model` (`tfp_vae.signatures.serving_functions`) as a
+    SavedModel at `path`.
 
-    The first signature is also `serving_default`. The directory is written next to `path`
-    and moved into place only when complete, so a failed export never leaves a half-written
-    model or destroys the one that was there. `overwrite` replaces only a SavedModel directory:
-    anything else at `path` (a training run, a file, other folders) is refused.
+    The first signature is also `serving_default`. Each signature declares its inputs' feature
+    shapes with a dynamic batch (`signatures.declared_specs`) and runs the function traced with
+    open specs, which checks every input's values itself; the loaded object's functions take
+    the open specs (any shape reaches the package's check; see `add_endpoint`).
+
+    The directory is written next to `path` and moved into place only when complete, so a
+    failed export never leaves a half-written model or destroys the one that was there.
+    `overwrite` replaces only a SavedModel directory: anything else at `path` (a training run,
+    a file, other folders) is refused.
 
     Args:
-      trainable: also write the training signatures (`training_functions`: `train_step`) and
-        the optimizer's state, so that the SavedModel can be trained further with TensorFlow
-        alone. The model must be compiled with an optimizer (a model from
+      trainable: also write the training signatures (`signatures.training_functions`:
+        `train_step`) and the optimizer's state, so that the SavedModel can be trained further
+        with TensorFlow alone. The model must be compiled with an optimizer (a model from
         `keras.models.load_model` of a compiled model is; its optimizer state is restored).
       with_keras: also save the Keras model beside the SavedModel, at `keras_path(path)`
         (for `fit`, `keras.models.load_model`, `tfp_vae.pretrained` and the binaries, which take
@@ -87,7 +96,7 @@ def export(
     # (each Keras variable wraps one) makes both lists one object each, saved once.
     for name in ("variables", "trainable_variables", "non_trainable_variables"):
         setattr(root, name, [_tf_variable(v) for v in getattr(root, name)])
-    endpoints = dict(model.serving_functions())
+    endpoints = signatures.serving_functions(model)
     if trainable:
         optimizer = _built_optimizer(model)
         training = training_functions(model)
@@ -95,17 +104,12 @@ def export(
         if clash:
             raise ValueError(f"Training signature names {clash} clash with serving signatures.")
         endpoints.update(training)
+    declared = {}
     for name, (fn, signature) in endpoints.items():
-        if signature and isinstance(signature[0], (list, tuple)):
-            # Several input signatures (`sample` with and without a seed): the function is
-            # traced for each, the SavedModel's signature is the first, and the loaded
-            # object's function (`loaded.sample(n=..., seed=...)`) takes any of them.
-            traced = tf.function(fn, autograph=False)
-            for specs in signature:
-                traced.get_concrete_function(*specs)
-            archive.add_endpoint(name, traced)
-        else:
-            archive.add_endpoint(name, fn, input_signature=signature)
+        function = add_endpoint(archive, model, name, fn, signature)
+        if function is not None:
+            declared[name] = function
+    declare_signatures(archive, declared)
     if trainable:
         archive.add_variable_collection(
             "optimizer_variables", [_tf_variable(v) for v in optimizer.variables]
@@ -146,6 +150,59 @@ def export(
         if partial is not None and os.path.exists(partial):
             os.remove(partial)
     return path
+
+
+def add_endpoint(
+    archive, model, name, fn, input_signature
+) -> tf.types.experimental.ConcreteFunction | None:
+    """Adds `fn` to `archive` as the endpoint `name` (the loaded object's function) and returns
+    the SavedModel signature of that name, or None when it is the function's first trace.
+
+    `input_signature` is a list of specs, or a list of such lists (`sample` with and without a
+    seed: the loaded object's `sample(n=..., seed=...)` takes any of them). The loaded object's
+    function is `fn` traced with these specs (open ones: any shape reaches the function's own
+    check and its message, and [B, 28, 28] images are taken). The SavedModel's signature
+    declares the first list's shapes (`signatures.declared_specs`: x [None, *data_shape], z
+    [None, z_dim], ...; what `saved_model_cli show` and `structured_input_signature` state) and
+    calls that same trace, so its graph still checks every input's values (`declare_signatures`
+    makes it the signature).
+    """
+    lists = input_signature
+    if not (lists and isinstance(lists[0], (list, tuple))):
+        lists = [lists]
+    lists = [list(specs) for specs in lists]
+    if len(lists) == 1:
+        endpoint = archive.add_endpoint(name, fn, input_signature=lists[0])
+    else:
+        endpoint = tf.function(fn, autograph=False)
+        for specs in lists:
+            endpoint.get_concrete_function(*specs)
+        archive.add_endpoint(name, endpoint)
+    declared = signatures.declared_specs(model, lists[0])
+    if all(a is b for a, b in zip(declared, lists[0], strict=True)):
+        return None  # Nothing to declare: the signature is the function's first trace.
+    # Traced with the declared shapes, fn would check them at trace time only and drop the
+    # graph's shape checks; the signature calls the open trace instead.
+    body = endpoint.get_concrete_function(*lists[0])
+
+    @functools.wraps(fn)  # The signature's input names are fn's arguments.
+    def signature(*args, **kwargs):
+        return body(*args, **kwargs)
+
+    return tf.function(signature, autograph=False).get_concrete_function(*declared)
+
+
+def declare_signatures(archive, functions: dict) -> None:
+    """Makes `functions[name]` (a concrete function) the SavedModel signature of the endpoint
+    `name` of `archive`, in place of the endpoint's first trace. `write_out` takes each
+    signature from the archive's private `_get_concrete_fn` (checked by
+    tests/test_framework_api.py); it is replaced on this archive only."""
+    default = archive._get_concrete_fn
+
+    def concrete_fn(endpoint):
+        return functions[endpoint] if endpoint in functions else default(endpoint)
+
+    archive._get_concrete_fn = concrete_fn
 
 
 def _tf_variable(variable):
@@ -220,16 +277,17 @@ def check_target(path: str | os.PathLike, overwrite: bool = False) -> None:
         )
 
 
+def serving_functions(model: keras.Model) -> dict:
+    """name -> (function, input_signature) of the serving signatures of `model`
+    (`tfp_vae.signatures.serving_functions`)."""
+    return signatures.serving_functions(model)
+
+
 def training_functions(model: keras.Model) -> dict:
     """name -> (function, input_signature) of the training signatures of `model`
-    (`model.training_functions()`: LatentVariableModel's `train_step(x)`, the SSVAE's
-    `train_step(unlabelled_x, labelled_x, labelled_y)`)."""
-    if hasattr(model, "training_functions"):
-        return dict(model.training_functions())
-    raise ValueError(
-        f"A trainable export is not supported for {type(model).__name__}: it has no "
-        "training_functions(). Export it without trainable=True (--trainable)."
-    )
+    (`tfp_vae.signatures.training_functions`: a LatentVariableModel's `train_step(x)`, the
+    SSVAE's `train_step(unlabelled_x, labelled_x, labelled_y)`)."""
+    return signatures.training_functions(model)
 
 
 def _built_optimizer(model: keras.Model) -> keras.optimizers.Optimizer:

@@ -66,7 +66,7 @@ def main(argv):
         trainable=FLAGS.trainable,
         with_keras=True,
     )
-    names = list(model.serving_functions())
+    names = list(export.serving_functions(model))
     if FLAGS.trainable:
         names += list(export.training_functions(model))
     names = sorted(names)

@@ -3,8 +3,9 @@
 A subclass supplies `encode(x) -> q(z|x)`, `decode(z) -> p(x|z)` and `prior() -> p(z)` (all TFP
 distributions; `encode` and `decode` may take `training`, which the training steps set True for
 their networks) and says whether KL(q || p) has a closed form; everything else (ELBO and IWAE
-objectives, the losses the training step minimises, sampling, serving functions) lives here,
-and the training step itself in `tfp_vae.models.core.Model`.
+objectives, the losses the training step minimises, sampling) lives here, the training step
+itself in `tfp_vae.models.core.Model`, and the SavedModel's signatures, built from these methods,
+in `tfp_vae.signatures`.
 """
 
 import math
@@ -21,8 +22,6 @@ from tfp_vae.checks import (
     check_array,
     check_count,
     check_features,
-    check_seed,
-    padded_batch,
     resolve_input_shape,
     validation_inputs,
 )
@@ -361,88 +360,3 @@ class LatentVariableModel(Model):
         if y is not None:
             raise ValueError(f"A {type(self).__name__} has no classes; pass y=None.")
         return self.decode(check_features(z, self.z_dim, name="latents")).mean()
-
-    def serving_functions(self):
-        """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
-
-        Every input is checked in the graph (a bad one raises tf.errors.InvalidArgumentError
-        whose message is the sentence `check_images` & co. raise in Python): `x` float32 inputs
-        [B, x_dim] as the likelihood wants them (`check_inputs`): images (or [B, 28, 28]), binary
-        for a Bernoulli's `elbo` and `log_likelihood` (grayscale in [0, 1] allowed for `encode`),
-        in [0, 1] for the continuous Bernoulli; finite features for the Gaussian. `z` finite
-        float32 latents [B, z_dim], `n` an int32 scalar >= 0, `m` one >= 1, `seed` int32 [2].
-        The specs leave the shapes open so that a wrong shape reaches the check (and its
-        message) rather than TensorFlow's signature matching. An empty batch (B = 0, n = 0)
-        gives empty outputs of the usual trailing shapes.
-
-        `decode(z)` returns the parameters of p(x|z): for the Bernoulli `probs` (its mean) and
-        `logits`; for the continuous Bernoulli `mean` (not sigmoid(logits)) and `logits`; for
-        the Gaussian `mean` and `scale` (the learned per-dimension standard deviation, broadcast
-        to [B, x_dim]). `sample(n)`'s `images` are means of p(x|z) for every likelihood; with
-        `seed` (the loaded object's `sample(n=..., seed=...)`) the same seed gives the same
-        images.
-        """
-        x = tf.TensorSpec(None, tf.float32, name="x")
-        z = tf.TensorSpec(None, tf.float32, name="z")
-        n = tf.TensorSpec(None, tf.int32, name="n")
-        m = tf.TensorSpec(None, tf.int32, name="m")
-        seed = tf.TensorSpec(None, tf.int32, name="seed")
-
-        def encode(x):
-            q = self.encode(self.check_inputs(x, bound=False))
-            return {"mean": q.mean(), "variance": q.variance()}
-
-        def decode(z):
-            p = self.decode(check_features(z, self.z_dim, name="latents"))
-            return self.likelihood.parameters(p)
-
-        def sample(n, seed=None):
-            seed = None if seed is None else check_seed(seed)
-            z = self.prior().sample(check_count(n), seed=seed)
-            return {"images": self.decode(z).mean(), "z": z}
-
-        def elbo(x, seed):
-            def bound(x, seed):
-                terms = self.elbo_terms(x, seed=seed)
-                return {"elbo": -terms["nelbo"], "kl": terms["kl"], "rec": terms["rec"]}
-
-            return padded_batch(bound, self.check_inputs(x), check_seed(seed))
-
-        def log_likelihood(x, m, seed):
-            m = check_count(m, "m", minimum=1, what="importance samples")
-            x = self.check_inputs(x)
-            # An empty batch goes through as one row (see padded_batch): one sample will do.
-            m = tf.where(tf.shape(x)[0] > 0, m, 1)
-            return padded_batch(
-                lambda x, seed: {"log_likelihood": self.iwae(x, m, seed=seed)}, x, check_seed(seed)
-            )
-
-        # `sample` has two input signatures: the SavedModel's signature takes n; the loaded
-        # object's function also takes a seed (`loaded.sample(n=..., seed=...)`, reproducible).
-        return {
-            "encode": (encode, [x]),
-            "decode": (decode, [z]),
-            "sample": (sample, [[n], [n, seed]]),
-            "elbo": (elbo, [x, seed]),
-            "log_likelihood": (log_likelihood, [x, m, seed]),
-        }
-
-    def training_functions(self):
-        """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
-
-        `train_step(x)`: one optimizer step on inputs x, float32 [B, x_dim] (checked as in
-        `train_step`: binary images for the Bernoulli, see `check_inputs`): the gradient of the
-        mean `loss` of `compute_terms` is applied with `self.optimizer`, which updates the
-        model's variables and the optimizer's state (Adam's moments, its iteration count).
-        Returns the batch means of `loss`, `nelbo`, `kl`, `rec` (and `niwae` under the IWAE
-        objective), computed before the update (float32 scalars), `optimizer_iterations` (int64,
-        counted after the update) and `learning_rate` (float32); see `signature_train_step`.
-        Needs a compiled model whose optimizer is built (`tfp_vae.export.export(...,
-        trainable=True)` builds it).
-        """
-        x = tf.TensorSpec([None, self.x_dim], tf.float32, name="x")
-
-        def train_step(x):
-            return self.signature_train_step(x)
-
-        return {"train_step": (train_step, [x])}

@@ -26,8 +26,9 @@ in the recipe, where this is within 2% of Kingma's per-example sum rescaled by 2
 
 `SSVAE` stands alongside `LatentVariableModel` rather than subclassing it: its encoder and
 decoder take a label (`encode(x, y)`, `decode(z, y)`) and its train step consumes a pair of
-batches, so the base class's ELBO/IWAE machinery, `reconstruct` and serving functions would all
-have to be overridden or would silently do the wrong thing. It reuses `check_images`, the
+batches, so the base class's ELBO/IWAE machinery and `reconstruct` would all have to be
+overridden or would silently do the wrong thing (its SavedModel signatures, built in
+`tfp_vae.signatures`, are those of a class-conditional model). It reuses `check_images`, the
 distribution layers, `networks.mlp` and `objectives` instead.
 """
 
@@ -44,18 +45,13 @@ from tfp_vae.checks import (
     IMAGE_PROBLEMS,
     INPUT_PROBLEMS,
     NUM_CLASSES,
-    assert_that,
     call_arguments,
     check_array,
-    check_count,
-    check_features,
     check_labels,
-    check_seed,
     first_problem,
     label_problem,
     label_problems,
     labels_for,
-    padded_batch,
     raise_on_problem,
     resolve_input_shape,
 )
@@ -785,91 +781,3 @@ class SSVAE(Model):
         argmax q(y|x), which the figures condition on."""
         y = tf.argmax(self.class_logits(x), axis=-1, output_type=tf.int32)
         return self.encode(x, y).mean(), y
-
-    def training_functions(self):
-        """name -> (function, input_signature) that train the SavedModel (see tfp_vae.export).
-
-        `train_step(unlabelled_x, labelled_x, labelled_y)`: one optimizer step on the loss of
-        `batch_losses`, as `train_step` takes it (`signature_train_step`). Inputs: binary images
-        float32 [B, input_dim] and [L, input_dim], int32 class indices [L]. Returns the batch's
-        train metrics (float32 scalars: `loss`, `class_loss`, `accuracy` and, unless gen_weight is
-        0, `nelbo`, `labelled_nelbo`, `rec`, `kl_z`, `kl_y`), `optimizer_iterations` (int64,
-        after the update) and `learning_rate`.
-        """
-        x_u = tf.TensorSpec([None, self.input_dim], tf.float32, name="unlabelled_x")
-        x_l = tf.TensorSpec([None, self.input_dim], tf.float32, name="labelled_x")
-        y_l = tf.TensorSpec([None], tf.int32, name="labelled_y")
-
-        def train_step(unlabelled_x, labelled_x, labelled_y):
-            return self.signature_train_step((unlabelled_x, (labelled_x, labelled_y)))
-
-        return {"train_step": (train_step, [x_u, x_l, y_l])}
-
-    def serving_functions(self):
-        """name -> (function, input_signature) for the SavedModel (see tfp_vae.export).
-
-        `classify` comes first (the serving default). Labels are int32 class indices. Every
-        input is checked in the graph, as the base class's signatures check theirs (a bad one
-        raises tf.errors.InvalidArgumentError with the Python API's sentence): `x` images
-        [B, input_dim] (binary for `elbo`, grayscale allowed elsewhere), `z` finite latents
-        [B, z_dim], `y` labels in 0..K-1 (one per example; for `sample` one per sample or a
-        single one for all), `n` >= 0, `seed` int32 [2]. An empty batch (B = 0, n = 0) gives
-        empty outputs.
-        """
-        x = tf.TensorSpec(None, tf.float32, name="x")
-        z = tf.TensorSpec(None, tf.float32, name="z")
-        y = tf.TensorSpec([None], tf.int32, name="y")
-        n = tf.TensorSpec(None, tf.int32, name="n")
-        seed = tf.TensorSpec(None, tf.int32, name="seed")
-
-        def classify(x):
-            return {"probs": self.classify(x)}
-
-        def encode(x, y):
-            q = self.encode(x, y)
-            return {"mean": q.mean(), "variance": q.variance()}
-
-        def decode(z, y):
-            p = self.decode(check_features(z, self.z_dim, name="latents"), y)
-            out = self.likelihood.parameters(p)
-            if not self.likelihood.binary:  # Also the data-space mean (M1+M2: M1's pixels).
-                out["observed"] = self._observed(p)
-            return out
-
-        def sample(n, y, seed=None):
-            # y: one label per sample, or a single label ([1]) for all n.
-            seed = None if seed is None else check_seed(seed)
-            n = check_count(n)
-            y = assert_that(
-                y,
-                (tf.size(y) == 1) | (tf.size(y) == n),
-                [
-                    "y must hold one label per sample (n = ",
-                    n,
-                    (") or a single label for all of them; got "),
-                    tf.size(y),
-                    " labels.",
-                ],
-            )
-            return {"images": self.sample(n, tf.broadcast_to(y, tf.reshape(n, [1])), seed=seed)}
-
-        def elbo(x, seed):
-            def bound(x, seed):
-                terms = self.bound_terms(x, seed=seed)
-                return {
-                    "elbo": -terms["nelbo"],
-                    "kl_z": terms["kl_z"],
-                    "kl_y": terms["kl_y"],
-                    "rec": terms["rec"],
-                }
-
-            # The shape is checked here (for the padding), the values by bound_terms.
-            return padded_batch(bound, self._raw_inputs(x), check_seed(seed))
-
-        return {
-            "classify": (classify, [x]),
-            "encode": (encode, [x, y]),
-            "decode": (decode, [z, y]),
-            "sample": (sample, [[n, y], [n, y, seed]]),
-            "elbo": (elbo, [x, seed]),
-        }
