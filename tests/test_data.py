@@ -713,9 +713,12 @@ def _bad_npz_cases():
     return {
         "no-x_test": ({"x_train": a["x_train"]}, "missing array"),
         "x-train-as-X": ({"X_train": a["x_train"], "x_test": a["x_test"]}, "X_train"),
-        "image-size": ({**x, "x_train": a["x_train"][:, :27]}, "expected \\[N, 28, 28\\]"),
-        "one-image": ({**x, "x_test": a["x_test"][0]}, "x_test has shape"),
-        "float-range": ({**x, "x_train": a["x_train"] * 1.0}, "floats from 0 to 255"),
+        # Any image size or vector length is data (the models take the data's shape), but both
+        # splits must share it; floats outside [0, 1] are real values, not intensities.
+        "image-size": ({**x, "x_train": a["x_train"][:, :27]}, "both splits need one shape"),
+        "one-image": ({**x, "x_test": a["x_test"][0]}, "both splits need one shape"),
+        "one-axis": ({**x, "x_test": a["x_test"][0, 0]}, "x_test has shape \\[28\\]"),
+        "float-range": ({**x, "x_train": a["x_train"] * 1.0}, "same kind of data"),
         "negative-float": ({**x, "x_test": a["x_test"] / 255.0 - 0.5}, "in \\[0, 1\\]"),
         "nan": ({**x, "x_train": np.full((6, 28, 28), np.nan)}, "NaN"),
         "int-range": ({**x, "x_train": a["x_train"].astype(np.int32) + 1}, "0..255"),

@@ -322,7 +322,7 @@ def test_bad_shapes_and_pixels_raise():
         model.decode(np.zeros((3, 5), np.float32), 1)
     images, labels = synthetic_uint8(100)
     with pytest.raises(ValueError, match="uint8"):
-        semisupervised.make_train_dataset(images.astype(np.float32), labels)
+        semisupervised.make_train_dataset(images.astype(np.float64), labels)
     with pytest.raises(ValueError, match="labels"):
         semisupervised.make_train_dataset(images, labels[:50])
     with pytest.raises(ValueError, match="make_eval_dataset"):

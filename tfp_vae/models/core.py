@@ -473,7 +473,7 @@ class Model(keras.Model):
             )
         if self.class_conditional and not dataset.has_labels:
             raise ValueError(
-                f"A {type(self).__name__} needs labels, and {dataset.source} has no y_train "
+                f"This {type(self).__name__} needs labels, and {dataset.source} has no y_train "
                 "and y_test arrays."
             )
 
