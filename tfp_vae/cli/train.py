@@ -214,8 +214,9 @@ flags.DEFINE_string(
     "mnist",
     "Training data: mnist or fashion_mnist (found as "
     "--data_dir says, and never one for the other: their files' checksums are "
-    "checked), or npz:PATH, your own .npz with arrays x_train and x_test (uint8 "
-    "[N, 28, 28] or [N, 784], or floats in [0, 1]) and optional y_train and "
+    "checked), or npz:PATH, your own .npz with arrays x_train and x_test of one shape "
+    "(images [N, H, W(, C)] or vectors [N, D]: uint8, floats in [0, 1], or real values for "
+    "--likelihood=gaussian; the model takes their shape) and optional y_train and "
     "y_test (labels 0..9, needed by ssvae and m1m2). metrics.json records the "
     "files read and their SHA-256.",
 )
