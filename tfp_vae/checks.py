@@ -460,37 +460,7 @@ def labels_for(
     return y
 
 
-# ---- inputs as a likelihood needs them --------------------------------------------------------
+# ---- inputs as a likelihood needs them (`tfp_vae.likelihoods.Likelihood.check` and `problem`) ---
 
-# The messages of `input_problem`'s codes (1-based): the pixels', then NaN/Inf features.
+# The messages of `Likelihood.problem`'s codes (1-based): the pixels', then NaN/Inf features.
 INPUT_PROBLEMS = IMAGE_PROBLEMS + (FEATURE_PROBLEM,)
-
-
-def check_inputs(
-    x: tf.Tensor | np.ndarray,
-    input_shape: int | Sequence[int],
-    likelihood: str = "bernoulli",
-    binary: bool = True,
-    check_values: bool = True,
-) -> tf.Tensor:
-    """Checks a model's inputs as its likelihood needs them; float32 [B, prod(input_shape)].
-
-    "gaussian": finite features of any range (`check_features`); otherwise images
-    (`check_images`) with pixels in [0, 1], binary when `binary` and the likelihood is
-    "bernoulli" (a model asks for binary pixels where they go into a Bernoulli's bound; what is
-    only encoded or classified may be grayscale). `check_values=False` checks only the shape and
-    dtype: `input_problem` checks the values (inside XLA).
-    """
-    if likelihood == "gaussian":
-        return check_features(x, input_shape, check_values)
-    return check_images(
-        x, input_shape, binary=binary and likelihood == "bernoulli", check_pixels=check_values
-    )
-
-
-def input_problem(x: tf.Tensor, likelihood: str = "bernoulli", binary: bool = True) -> tf.Tensor:
-    """int32 code (0: fine, else 1 + an index into INPUT_PROBLEMS) of the values of flat inputs
-    x, as `check_inputs` checks them. Plain ops (XLA-safe)."""
-    if likelihood == "gaussian":
-        return tf.where(tf.reduce_all(tf.math.is_finite(x)), 0, len(IMAGE_PROBLEMS) + 1)
-    return image_problem(x, binary=binary and likelihood == "bernoulli")
