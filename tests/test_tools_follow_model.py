@@ -290,6 +290,11 @@ def test_a_users_model_class_goes_through_every_binary(user_model):
     exported = run_binary("export", *common, f"--export_dir={tmp / 'sm'}", env_extra=env)
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (tmp / "sm" / "saved_model.pb").exists()
+    # The SavedModel says how its data were prepared (TensorFlow ignores assets.extra).
+    described = json.loads((tmp / "sm" / "assets.extra" / "tfp_vae.json").read_text())
+    assert described["model"] == "VampVAE" and described["likelihood"] == "bernoulli"
+    assert described["data_transforms"] == {"train": "dynamic", "eval": "static"}
+    assert described["data_shape"] == [784] and "log_likelihood" in described["signatures"]
     missing = run_binary(
         "sample", "--import=no_such_module", *common[1:], f"--output={tmp / 'x.png'}"
     )

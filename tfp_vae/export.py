@@ -135,6 +135,7 @@ def export(
             model.save(partial)
             os.chmod(partial, 0o666 & ~_umask())
         archive.write_out(staging, verbose=verbose)
+        _write_description(model, staging, sorted(endpoints))
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 -> what os.makedirs would give.
         if os.path.lexists(path):
             # Two renames, so that at every instant `path` is the old or the new SavedModel.
@@ -150,6 +151,31 @@ def export(
         if partial is not None and os.path.exists(partial):
             os.remove(partial)
     return path
+
+
+DESCRIPTION = os.path.join("assets.extra", "tfp_vae.json")
+
+
+def _write_description(model: keras.Model, directory: str, names: list[str]) -> None:
+    """`DESCRIPTION` in the SavedModel at `directory` (TensorFlow ignores assets.extra): what a
+    server needs to prepare data as the model was trained and evaluated, with TensorFlow alone:
+    the model's class, its likelihood, its data transforms (binarisation only for a Bernoulli),
+    the shape of one input and the signatures."""
+    import json
+
+    likelihood = getattr(model, "data_likelihood", None)
+    description = {
+        "model": type(model).__name__,
+        "likelihood": getattr(likelihood, "family", None),
+        "data_transforms": getattr(model, "data_transforms", None),
+        "data_shape": list(getattr(model, "data_shape", ()) or ()),
+        "z_dim": getattr(model, "z_dim", None),
+        "signatures": names,
+    }
+    os.makedirs(os.path.join(directory, "assets.extra"), exist_ok=True)
+    with open(os.path.join(directory, DESCRIPTION), "w") as f:
+        json.dump(description, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def add_endpoint(
