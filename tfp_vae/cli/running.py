@@ -170,26 +170,17 @@ def train_run(run, out_dir, strategy, distributed):
                 "(a larger --steps trains it on)."
             )
             return 0
-    # The model says how its data are prepared (its likelihood's transform; the labelled set
-    # of a semi-supervised model); the options it does not take are refused before this.
-    options = {}
-    if model.class_conditional:
+    # The model says how its data are prepared (its likelihood's transform) and which options
+    # its training data take (`train_options`: the labelled set of a semi-supervised model), each
+    # from the flag of its name; a flag of an option it does not take was refused in `main`.
+    options = {name: FLAGS[name].value for name in model.train_options}
+    if options.get("labelled_indices") is not None:
         from tfp_vae import semisupervised
 
         try:
-            options = dict(
-                labels_per_class=FLAGS.labels_per_class,
-                label_seed=FLAGS.label_seed,
-                labelled_binarization=FLAGS.labelled_binarization,
-                labelled_batch_size=FLAGS.labelled_batch_size,
-                labelled_indices=(
-                    None
-                    if FLAGS.labelled_indices is None
-                    # Indices of the loaded training set: rows of the part trained on, if split.
-                    else data.train_positions(
-                        dataset, semisupervised.read_indices(FLAGS.labelled_indices)
-                    )
-                ),
+            # Indices of the loaded training set: rows of the part trained on, if split.
+            options["labelled_indices"] = data.train_positions(
+                dataset, semisupervised.read_indices(options["labelled_indices"])
             )
         except ValueError as e:  # A bad labelled set: say so in one line, train nothing.
             raise app.UsageError(str(e)) from e

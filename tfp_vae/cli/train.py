@@ -16,7 +16,6 @@ from absl import app, flags
 
 from tfp_vae import rundir
 from tfp_vae.cli import building, common, running
-from tfp_vae.cli.building import SEMI_SUPERVISED
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -354,8 +353,6 @@ def main(argv):
         )
     if FLAGS["likelihood"].present and FLAGS.model == "m1m2":
         raise app.UsageError("--likelihood: m1m2 models M1's images with M1's likelihood.")
-    if FLAGS.labelled_batch_size and FLAGS.model not in SEMI_SUPERVISED:
-        raise app.UsageError("--labelled_batch_size goes with --model=ssvae or m1m2.")
     if FLAGS["validation_examples"].present:
         raise app.UsageError(
             "--validation_examples (validation on test images) is gone: --validation_split=N "
@@ -396,17 +393,30 @@ def main(argv):
         return running.train_run(run, out_dir, strategy, distributed)
 
 
+# The flags of the models' training-data options (`train_options`: the labelled set).
+TRAIN_OPTION_FLAGS = (
+    "labels_per_class",
+    "label_seed",
+    "labelled_binarization",
+    "labelled_indices",
+    "labelled_batch_size",
+)
+
+
 def _refuse_foreign_parameters():
-    """A parameter flag that --model does not take (its table has no such flag: --k for a vae,
-    --beta for an ssvae) would be silently ignored: refused in one line instead."""
+    """A parameter or training-data flag that --model does not take (its table has no such
+    flag, its `train_options` no such option: --k or --labels_per_class for a vae, --beta for
+    an ssvae) would be silently ignored: refused in one line instead."""
     from tfp_vae import models
     from tfp_vae.models import params
 
-    own = params.table(models.MODELS[FLAGS.model])
+    model = models.MODELS[FLAGS.model]
+    own = params.table(model)
+    takes = set(model.train_options) | {name for name, p in own.items() if p.flag}
     foreign = [
         f"--{name}"
-        for name in building.parameter_flags()
-        if FLAGS[name].present and not (name in own and own[name].flag)
+        for name in building.parameter_flags() + TRAIN_OPTION_FLAGS
+        if FLAGS[name].present and name not in takes
     ]
     if foreign:
         raise app.UsageError(

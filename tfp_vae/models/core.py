@@ -477,6 +477,10 @@ class Model(keras.Model):
                 "and y_test arrays."
             )
 
+    # The options of `train_dataset` beyond the data, batch, seed and transform (bin/train sets
+    # each from the flag of its name, and refuses those flags for a model without them).
+    train_options: tuple[str, ...] = ()
+
     def train_dataset(
         self, dataset, batch_size: int, seed: int | None = None, start_step: int = 0, **options
     ):

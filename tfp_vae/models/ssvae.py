@@ -715,6 +715,14 @@ class SSVAE(Model):
         """The figures of `core.Model`, and the class grid (a row per class)."""
         return super().figure_kinds + ("class_grid",)
 
+    train_options = (
+        "labels_per_class",
+        "label_seed",
+        "labelled_binarization",
+        "labelled_indices",
+        "labelled_batch_size",
+    )
+
     def train_dataset(
         self,
         dataset,
