@@ -369,6 +369,7 @@ def _unset_log_level():
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
+@pytest.mark.slow  # A training run through a pipe, ~15 s.
 def test_piped_training_log_has_no_colour_codes_nor_tf_lines(tmp_path):
     """bin/train with stdout and stderr to pipes and TF_CPP_MIN_LOG_LEVEL unset: the default
     --verbose=1 writes one plain line an epoch, and stderr holds nothing (no cuInit error,
@@ -393,6 +394,7 @@ def test_piped_training_log_has_no_colour_codes_nor_tf_lines(tmp_path):
     assert result.stderr == ""
 
 
+@pytest.mark.slow  # A binary started as its console script.
 def test_console_script_is_quiet(tmp_path):
     """A console script of setup.cfg (`tfp_vae_sample`, written here as pip writes it) with
     TF_CPP_MIN_LOG_LEVEL unset prints only the binary's own line."""

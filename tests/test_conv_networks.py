@@ -91,7 +91,7 @@ def test_keras_file_round_trip(tmp_path, shape):
         np.testing.assert_array_equal(loaded(x), network(x))
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # A convergence run on real MNIST.
 def test_conv_vae_learns_on_mnist(mnist):
     """300 steps on 500 real training images take the test NELBO from the untrained ~544 nats to
     below 160. A model whose decoder ignores z (a broken reshape, a collapsed posterior) can do

@@ -100,6 +100,7 @@ def test_train_on_a_user_npz(tmp_path):
     assert results["data_files"] == {str(path): _sha256(path)}
 
 
+@pytest.mark.slow  # Binaries that start TensorFlow.
 def test_dataset_flag_mistakes_are_one_line(tmp_path):
     """Refused before TensorFlow starts: a bad name, a missing file, labels the model needs."""
     for value, expected in [
@@ -120,6 +121,7 @@ def test_dataset_flag_mistakes_are_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.slow  # A binary that starts TensorFlow.
 def test_bad_npz_content_is_one_line(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, x_train=np.full((20, 28, 28), 2.0), x_test=np.zeros((5, 28, 28)))

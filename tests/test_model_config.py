@@ -216,7 +216,7 @@ def test_the_flag_tables_wait_for_tensorflow():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # A binary that starts TensorFlow.
 def test_bin_train_refuses_a_parameter_flag_the_model_does_not_take(tmp_path):
     from binaries import run as run_binary
 

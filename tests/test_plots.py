@@ -260,6 +260,7 @@ def test_bin_plot_all_writes_every_figure(ssvae, npz, tmp_path):
         assert (out / name).read_bytes()[:4] == b"%PDF" and (out / name).stat().st_size > 1000
 
 
+@pytest.mark.slow  # A binary that starts TensorFlow.
 def test_bin_plot_manifold(tmp_path):
     keras.utils.set_random_seed(0)
     saved = tmp_path / "vae2.keras"

@@ -96,6 +96,7 @@ def test_a_shipped_keras_model_is_its_savedmodel_and_trains_on(name):
         assert model.optimizer.iterations.numpy() == before + 1
 
 
+@pytest.mark.slow  # Three binaries on the shipped models.
 def test_the_binaries_take_a_shipped_savedmodel(tmp_path):
     out = str(tmp_path / "s.png")
     gmvae = os.path.join(ROOT, "savedmodels", "gmvae")

@@ -12,6 +12,8 @@ from tfp_vae.checks import check_features
 from tfp_vae.models import GMVAE, VAE
 from tfp_vae.models.ssvae import SSVAE
 
+pytestmark = pytest.mark.slow  # Six trainable exports, ~35 s: not in make test-fast.
+
 Z = 3
 
 

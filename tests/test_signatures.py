@@ -22,7 +22,7 @@ from tfp_vae.models.stacked import M1M2
 
 from isolation import BLOCK_PACKAGE_IMPORTS
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow  # One export of each model, ~35 s: not in make test-fast.
 
 Z = 3
 TINY = dict(z_dim=Z, hidden=(8,))

@@ -396,7 +396,7 @@ def test_serving_functions_trace_and_run():
 # ---- training on MNIST ------------------------------------------------------------------------
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # A convergence run on real MNIST.
 def test_short_fit_on_mnist_beats_chance(mnist):
     keras.utils.set_random_seed(0)
     model = ssvae.SSVAE(z_dim=8, hidden=(64,), classifier_hidden=(128,))

@@ -194,7 +194,7 @@ def test_m1m2_keras_round_trip(tmp_path):
     np.testing.assert_allclose(loaded.elbo(x, seed=[3, 4]), model.elbo(x, seed=[3, 4]), rtol=1e-6)
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # An export and a subprocess.
 def test_m1m2_savedmodel_needs_only_tensorflow(tmp_path):
     model = tiny_m1m2()
     path = str(tmp_path / "sm")
