@@ -76,6 +76,7 @@ _MODULES = (
     "objectives",
     "pretrained",
     "semisupervised",
+    "signatures",
 )
 _MODELS = ("GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel")
 
@@ -125,5 +126,6 @@ __all__ = [
     "pretrained",
     "rundir",
     "semisupervised",
+    "signatures",
     "training",
 ]
