@@ -362,6 +362,11 @@ def test_real_valued_vectors_with_a_gaussian_likelihood(tmp_path):
     assert not (out / "samples.png").exists()  # Vectors are not pictures.
     sampled = run_binary("sample", f"--model_path={out}", f"--output={tmp_path / 's.png'}")
     assert sampled.returncode == 1 and "not square" in sampled.stderr
+    plotted = run_binary(
+        "plot", f"--model_path={out}", f"--dataset=npz:{npz}", f"--output={tmp_path / 'fig'}"
+    )
+    assert plotted.returncode == 1 and plotted.stderr.count("\n") == 1
+    assert "not square" in plotted.stderr and not (tmp_path / "fig").exists()
     refused = run_binary(
         "train", "--likelihood=bernoulli", f"--dataset=npz:{npz}", *steps[:1], f"--out_dir={out}2"
     )

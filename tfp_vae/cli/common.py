@@ -63,6 +63,8 @@ def run_main(main):
     sys.modules["__main__"].__doc__ = module.__doc__
     for flag in flags.FLAGS.get_flags_for_module(module.__name__):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    if "import" in flags.FLAGS:  # Defined by `define_import_flag`, in this module.
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["import"])
 
     # Written to a file or a pipe, the binaries' output holds no colour codes.
     for name in ("stdout", "stderr"):

@@ -145,6 +145,11 @@ def main(argv):
     from tfp_vae import data
 
     model = common.load_model(FLAGS.model_path, compile=False)
+    if common.model_side(model) is None:
+        raise common.UserError(
+            f"{FLAGS.model_path} models data of shape {model.data_shape}, not square "
+            "one-channel images: the figures show images (use the model from Python)."
+        )
     applicable = plots.kinds_for(model)
     if FLAGS.kind == "manifold" and FLAGS.kind not in applicable:
         raise common.UserError(

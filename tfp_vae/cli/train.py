@@ -139,6 +139,8 @@ flags.DEFINE_integer(
     "Gradient steps, rounded up to whole --steps_per_epoch "
     "(default: the recipe's, 20000 for vae and gmvae, 30000 for ssvae and m1m2).",
     lower_bound=1,
+    # The step count keys the training noise as an int32 (models.core.step_seed).
+    upper_bound=2**31 - 1,
 )
 flags.DEFINE_integer(
     "steps_per_epoch",
