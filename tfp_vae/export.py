@@ -31,13 +31,7 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from tfp_vae import signatures
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+from tfp_vae import files, signatures
 
 
 def keras_path(path: str | os.PathLike) -> str:
@@ -133,10 +127,10 @@ def export(
             handle, partial = tempfile.mkstemp(prefix=".export-", suffix=".keras", dir=parent)
             os.close(handle)
             model.save(partial)
-            os.chmod(partial, 0o666 & ~_umask())
+            os.chmod(partial, 0o666 & ~files.umask())
         archive.write_out(staging, verbose=verbose)
         _write_description(model, staging, sorted(endpoints))
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 -> what os.makedirs would give.
+        os.chmod(staging, 0o777 & ~files.umask())  # mkdtemp's 0700 -> what os.makedirs would give.
         if os.path.lexists(path):
             # Two renames, so that at every instant `path` is the old or the new SavedModel.
             old = tempfile.mkdtemp(prefix=".export-old-", dir=parent)

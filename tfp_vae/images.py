@@ -39,8 +39,10 @@ def square_side(shape) -> int | None:
 
 
 def write_png(path: str, image: tf.Tensor | np.ndarray) -> None:
-    """Writes uint8 [H, W, 1|3] to path."""
-    tf.io.write_file(path, tf.io.encode_png(image))
+    """Writes uint8 [H, W, 1|3] to path, whole or not at all (`tfp_vae.files`)."""
+    from tfp_vae import files
+
+    files.write_bytes(path, tf.io.encode_png(image).numpy())
 
 
 def write_grid(

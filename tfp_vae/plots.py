@@ -84,7 +84,10 @@ def save(figure, path, dpi=100):
     fmt = format_of(path)
     if fmt is None:
         raise ValueError(f"{path}: a figure is written as {', '.join(FORMATS)}; name it so.")
-    figure.savefig(path, dpi=dpi, format=fmt)
+    from tfp_vae import files
+
+    with files.replacing(path) as partial:  # Whole or not at all.
+        figure.savefig(partial, dpi=dpi, format=fmt)
     return path
 
 

@@ -10,6 +10,7 @@ called removes the directory again if this process created it and wrote nothing 
 run that failed early (missing data, a bad flag) leaves nothing behind.
 """
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -86,3 +87,78 @@ class RunDirectory:
                 os.close(self._fd)  # Releases the lock.
                 self._fd = None
         return False
+
+
+# ---- the end of a run ---------------------------------------------------------------------------
+# A run is finished when its results (the final model, metrics.json, its pictures) are all
+# written. Each is written whole or not at all (`tfp_vae.files`); `FINISHED` is written last and
+# names the step they belong to and each file's SHA-256. A run whose checkpoint is at its last
+# step but whose record is missing, of another step, or whose files are missing or changed is
+# not finished: `bin/train --resume` makes the results again from the checkpoint.
+
+FINISHED = "finished.json"
+
+
+def record_finished(path, step, names):
+    """Records the run at `path` as finished at `step` with its result files `names` (written
+    last, after them)."""
+    from tfp_vae import files
+
+    digests = {name: files.sha256(os.path.join(path, name)) for name in names}
+    files.write_json(os.path.join(path, FINISHED), {"step": int(step), "files": digests})
+
+
+def unfinished(path, step):
+    """None when the run at `path` is finished at `step` (see above); else why not, as a
+    clause ("its results are from step 200", "model.keras is missing", ...)."""
+    import json
+
+    from tfp_vae import files
+
+    try:
+        with open(os.path.join(path, FINISHED)) as f:
+            record = json.load(f)
+        recorded, names = int(record["step"]), dict(record["files"])
+    except FileNotFoundError:
+        return _unrecorded(path, step)
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its record {FINISHED} is damaged"
+    if recorded != step:
+        return f"its results are from step {recorded}"
+    for name, digest in names.items():
+        where = os.path.join(path, name)
+        if not os.path.isfile(where):
+            return f"{name} is missing"
+        if files.sha256(where) != digest:
+            return f"{name} is not the file written at the end of the run"
+    return None
+
+
+def _unrecorded(path, step):
+    """A run finished before the record existed counts as finished when its metrics.json says
+    `step` and its model.keras is a whole Keras file (a zip)."""
+    import json
+    import zipfile
+
+    try:
+        with open(os.path.join(path, "metrics.json")) as f:
+            steps = json.load(f).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return "its results were never all written"
+    model = os.path.join(path, "model.keras")
+    if steps != step:
+        return f"its results are from step {steps}"
+    if not zipfile.is_zipfile(model):
+        return "model.keras is missing or damaged"
+    return None
+
+
+def clear_leftovers(path):
+    """Removes the temporary files of writes a killed process left in `path` (see
+    `tfp_vae.files.replacing`); call it holding the run's lock."""
+    from tfp_vae import files
+
+    for name in os.listdir(path):
+        if files.is_partial(name):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(path, name))

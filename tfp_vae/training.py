@@ -8,7 +8,6 @@ replicated step is the single-device step on the whole batch; see
 `tfp_vae.models.core.Model.train_step`.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae import images
+from tfp_vae import files, images
 
 _WEIGHTS = "last.weights.h5"
 _STATE = "state.json"
@@ -170,22 +169,6 @@ _LEGACY_WEIGHTS = "last.weights.h5"  # Before checkpoints were directories: with
 KEEP = 2  # Checkpoints kept: the newest, and one to fall back on if it is damaged.
 
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoints(directory):
     """[(step, path)] of the complete checkpoints in `directory`, newest first."""
     found = []
@@ -239,15 +222,15 @@ def save_checkpoint(model, directory, settings=None):
             model.save_weights(weights)
             with open(state, "w") as f:
                 json.dump(
-                    {"step": step, "weights_sha256": _sha256(weights), "settings": settings},
+                    {"step": step, "weights_sha256": files.sha256(weights), "settings": settings},
                     f,
                     indent=1,
                     sort_keys=True,
                 )
             for path in (weights, state, staging):
-                _fsync(path)
+                files.fsync(path)
             os.rename(staging, final)
-            _fsync(directory)
+            files.fsync(directory)
         finally:
             if os.path.isdir(staging):
                 shutil.rmtree(staging)
@@ -286,7 +269,7 @@ def restore(model, directory):
     try:
         state = read_state(path)
         weights = _files_of(path)[0]
-        if "weights_sha256" in state and _sha256(weights) != state["weights_sha256"]:
+        if "weights_sha256" in state and files.sha256(weights) != state["weights_sha256"]:
             raise ValueError(
                 f"{weights} is damaged: its SHA-256 is not the one recorded when it was written"
             )

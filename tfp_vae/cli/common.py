@@ -5,7 +5,6 @@ TF_CPP_MIN_LOG_LEVEL to 3 before `import tfp_vae` starts TensorFlow, so that its
 lines (INFO, and errors such as cuInit's on a machine without a GPU) stay off the console.
 """
 
-import json
 import os
 import re
 
@@ -322,9 +321,10 @@ def grid_images(model, rows, seed):
 
 
 def write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
+    """Writes `obj` as JSON to `path`, whole or not at all (`tfp_vae.files.write_json`)."""
+    from tfp_vae import files
+
+    files.write_json(path, obj)
 
 
 def _number(v):

@@ -10,6 +10,7 @@ import time
 
 from absl import app, flags
 
+from tfp_vae import files, rundir
 from tfp_vae.cli import building, common
 from tfp_vae.cli.building import RECIPE_STEPS
 
@@ -163,13 +164,20 @@ def train_run(run, out_dir, strategy, distributed):
     start_step = 0
     if resuming:
         start_step = check_resume(ckpt_dir, settings, spe, total)
-        if start_step >= total and os.path.isfile(os.path.join(out_dir, "metrics.json")):
-            # A finished run: its model, metrics and pictures stay as they are.
+        if start_step >= total:
+            unfinished = rundir.unfinished(out_dir, start_step)
+            if unfinished is None:
+                print(
+                    f"{out_dir} is complete: it has trained {start_step} steps. Nothing to do "
+                    "(a larger --steps trains it on)."
+                )
+                return 0
+            # Trained to the end but killed (or its disk full) before its results were all
+            # written, or one was lost since: made again from the checkpoint, not trained.
             print(
-                f"{out_dir} is complete: it has trained {start_step} steps. Nothing to do "
-                "(a larger --steps trains it on)."
+                f"{out_dir} has trained {start_step} steps, but {unfinished}: re-making its "
+                f"model, metrics and pictures from its checkpoint at step {start_step}."
             )
-            return 0
     # The model says how its data are prepared (its likelihood's transform) and which options
     # its training data take (`train_options`: the labelled set of a semi-supervised model), each
     # from the flag of its name; a flag of an option it does not take was refused in `main`.
@@ -207,6 +215,22 @@ def train_run(run, out_dir, strategy, distributed):
         )
         val_ds = common.eval_dataset(model, held_out)
     run.started()
+    rundir.clear_leftovers(out_dir)  # Of a process killed mid-write (the lock says none writes).
+    try:
+        return _train_and_finish(
+            model, dataset, out_dir, train_ds, val_ds, steps, start_step, settings, strategy
+        )
+    except Exception as e:
+        if not files.disk_full(e):
+            raise
+        raise common.UserError(_disk_full_sentence(out_dir, e)) from None
+
+
+def _train_and_finish(
+    model, dataset, out_dir, train_ds, val_ds, steps, start_step, settings, strategy
+):
+    from tfp_vae import training
+
     start = time.time()
     try:
         history = training.fit(
@@ -227,11 +251,18 @@ def train_run(run, out_dir, strategy, distributed):
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     train_seconds = time.time() - start
-    model.save(os.path.join(out_dir, common.MODEL_FILE))
+    # The results, each written whole or not at all (`tfp_vae.files`), and last the record that
+    # says they are complete and of which step (`rundir.record_finished`).
+    written = [common.MODEL_FILE]
+    with files.replacing(os.path.join(out_dir, common.MODEL_FILE)) as partial:
+        model.save(partial)
+    n_validation = settings["validation_split"]
     metrics = common.test_metrics(model, dataset)
     metrics.update(
         train_seconds=round(train_seconds, 1),
         steps=int(model.optimizer.iterations.numpy()),
+        # The step this invocation started from: train_seconds covers the steps since.
+        start_step=start_step,
         model=FLAGS.model,
         dataset=FLAGS.dataset,
         test_examples=len(dataset.x_test),
@@ -258,12 +289,33 @@ def train_run(run, out_dir, strategy, distributed):
         data_transforms=model.data_transforms,
     )
     common.write_json(os.path.join(out_dir, "metrics.json"), metrics)
-    pictures = common.write_images(model, dataset, out_dir, FLAGS.seed)
+    written.append("metrics.json")
+    written += common.write_images(model, dataset, out_dir, FLAGS.seed)
+    rundir.record_finished(out_dir, metrics["steps"], written)
     print(
         common.format_table(
             [[k, v] for k, v in sorted(metrics.items()) if isinstance(v, float)],
             ["test metric", "value"],
         )
     )
-    print(f"Wrote {out_dir}/{{{','.join(['model.keras', 'metrics.json', *pictures])}}}")
+    print(f"Wrote {out_dir}/{{{','.join(written)}}}")
     return 0
+
+
+def _disk_full_sentence(out_dir, error):
+    """One line for a run stopped by a full disk: what was being written, the last good
+    checkpoint, and how to go on."""
+    from tfp_vae import training
+
+    where = getattr(error, "filename", None)
+    where = f" writing {os.path.basename(where)}" if isinstance(where, str) else ""
+    found = training.checkpoints(os.path.join(out_dir, "checkpoints"))
+    if found:
+        step, path = found[0]
+        last = (
+            f"the last good checkpoint is {path} (step {step}); free some space and run the "
+            "same command with --resume to go on from it"
+        )
+    else:
+        last = "no checkpoint was written yet; free some space and run the same command again"
+    return f"No space left on device{where} in {out_dir}: {last}."
