@@ -374,6 +374,29 @@ def tfp_sanitize(seed):
     return tfp.random.sanitize_seed(seed)
 
 
+def check_keras_file(path: str) -> str:
+    """`path` if it is a .keras archive (a zip holding config.json), else a ValueError saying
+    it is not a valid .keras file (Keras calls a truncated or empty one "File not found"), or a
+    FileNotFoundError where there is no file."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No .keras file at {path}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            valid = "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"{path} is not a valid .keras file (truncated or empty? "
+            f"{os.path.getsize(path)} bytes, not a zip "
+            "archive with the model's config.json); write it again (model.save, bin/train "
+            "--resume) or restore it."
+        )
+    return path
+
+
 def check_seed(seed: tf.Tensor | np.ndarray | Sequence[int]) -> tf.Tensor:
     """A stateless seed: two integers, returned as int32 [2]. Raises ValueError (or asserts in a
     graph) naming the expected shape for anything else."""

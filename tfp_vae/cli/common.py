@@ -222,6 +222,12 @@ def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
     import_library()
     import keras
 
+    from tfp_vae import checks
+
+    try:
+        checks.check_keras_file(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # zipfile, h5py, JSON and Keras raise many kinds.

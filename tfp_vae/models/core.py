@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae.checks import check_count, check_size, raise_on_problem
+from tfp_vae.checks import call_arguments, check_count, check_size, raise_on_problem
 from tfp_vae.models import params
 from tfp_vae.models.params import Param
 
@@ -650,6 +650,23 @@ class Model(keras.Model):
     @property
     def metrics(self):
         return list(self._trackers.values())
+
+    def fit(self, *args, **kwargs):
+        """Keras' `fit`, refusing (ValueError, one line) training data with no examples: arrays
+        of 0 rows, or a dataset that says it is empty (cardinality 0), which Keras would "train"
+        for zero steps with only a warning."""
+        x = call_arguments(keras.Model.fit, self, args, kwargs).get("x")
+        if isinstance(x, tf.data.Dataset):
+            empty = int(x.cardinality()) == 0
+        else:
+            leaves = [v for v in tf.nest.flatten(x) if hasattr(v, "shape")]
+            empty = bool(leaves) and len(leaves[0].shape) > 0 and leaves[0].shape[0] == 0
+        if empty:
+            raise ValueError(
+                "fit got no training examples (the training data are empty); pass at least one "
+                "example."
+            )
+        return super().fit(*args, **kwargs)
 
     def compile(
         self,
