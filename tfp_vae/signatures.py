@@ -2,12 +2,12 @@
 
 `serving_functions(model)` and `training_functions(model)` give name -> (function,
 input_signature) for `tfp_vae.export`; the functions call only the model's public API (`encode`,
-`decode`, `prior`, `check_inputs`, `elbo_terms`, `iwae`, the likelihood's `parameters`; for a
-class-conditional model `classify`, `encode(x, y)`, `decode(z, y)`, `generate`, `sample`,
-`bound_terms`; `signature_train_step` for the trainable export), so a user's subclass of
-`LatentVariableModel` or `SSVAE` exports with the same signatures without writing any. A model
-that still defines its own `serving_functions()` or `training_functions()` (the way before
-these moved here) is exported with those.
+`decode`, `sample_latents`, `check_inputs`, `elbo_terms`, `iwae`, the likelihood's
+`parameters`; for a class-conditional model `classify`, `encode(x, y)`, `decode(z, y)`,
+`generate`, `sample`, `bound_terms`; `signature_train_step` for the trainable export), so a
+user's subclass of `LatentVariableModel` or `SSVAE` exports with the same signatures without
+writing any. A model that still defines its own `serving_functions()` or
+`training_functions()` (the way before these moved here) is exported with those.
 
 Input specs come in two kinds (see `declared_specs` and docs/savedmodel.md):
   - the functions are traced with open specs (`tf.TensorSpec(None, ...)`), so that every input,
