@@ -281,5 +281,5 @@ def test_negative_iwae_agrees_with_model_iwae_and_checks_pixels(tiny_vae):
         assert abs(got - reference) < 0.05 * abs(reference), (jit, got, reference)
     with pytest.raises(ValueError, match="binary"):
         evaluation.negative_iwae(tiny_vae, np.full((2, 16), 0.5, np.float32), 10)
-    with pytest.raises(ValueError, match="m >= 1"):
+    with pytest.raises(ValueError, match="m must be >= 1"):
         evaluation.negative_iwae(tiny_vae, x, 0)

@@ -10,6 +10,7 @@ the code inside XLA and asserts on it outside (`raise_on_problem`).
 
 import inspect
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -200,23 +201,200 @@ def _fits(dims, shapes):
 
 
 def check_count(
-    n: int | tf.Tensor, name: str = "n", minimum: int = 0, what: str = "samples"
+    n: int | tf.Tensor,
+    name: str = "n",
+    minimum: int = 0,
+    what: str = "samples",
+    maximum: int | None = None,
+    beyond: str = "",
 ) -> tf.Tensor:
-    """A count, such as the number of samples to draw: an integer scalar >= `minimum`, returned
-    as int32 []. Raises ValueError (or asserts in a graph) with a sentence naming `name`."""
+    """A count, such as the number of samples to draw: an integer scalar in [`minimum`,
+    `maximum`] (at most `MAX_COUNT`, int32's range, when `maximum` is None), returned as int32
+    []. Raises ValueError (or asserts in a graph) with a sentence naming `name`; `beyond` ends
+    the sentence of a count above the maximum (how to go past it)."""
+    top = MAX_COUNT if maximum is None else min(int(maximum), MAX_COUNT)
+    too_many = f"{name} must be at most {top} (the number of {what}); got "
+    if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and int(n) > top:
+        raise ValueError(f"{too_many}{int(n)}.{beyond}")  # Before int32 (or int64) wraps it.
     n = tf.convert_to_tensor(n)
     if not n.dtype.is_integer:
         raise ValueError(
             f"{name} must be an integer (the number of {what}); got dtype {n.dtype.name}."
         )
-    n = check_shape(
-        tf.cast(n, tf.int32),
-        [()],
-        f"{name} must be a single integer (the number of {what}), shape []",
-    )
+    n = check_shape(n, [()], f"{name} must be a single integer (the number of {what}), shape []")
+    wide = tf.cast(n, tf.int64)  # Compared before the cast to int32, which would wrap.
+    wide = assert_that(wide, wide <= top, [too_many, wide, f".{beyond}"])
+    n = tf.cast(wide, tf.int32)
     return assert_that(
         n, n >= minimum, [f"{name} must be >= {minimum} (the number of {what}); got ", n, "."]
     )
+
+
+# ---- sizes: what a tensor, and the machine, can hold -----------------------------------------
+
+# Counts are int32 in the graphs (n, m, a batch size) ...
+MAX_COUNT = 2**31 - 1
+# ... and so is the number of values of one tensor in many TensorFlow kernels (reshape, the random
+# ops, GPU indexing): a tensor of more values wraps to a negative size or crashes the process.
+MAX_VALUES = 2**31 - 1
+# The values (float32) of the widest intermediate of one chunk of rows: 64 MiB. Large counts of
+# samples are drawn in chunks of at most this many values (`chunk_rows`).
+CHUNK_VALUES = 2**24
+# Importance samples per IWAE bound: float32 log-weights and counts resolve no finer beyond it.
+MAX_IMPORTANCE_SAMPLES = 2**24
+
+
+def check_importance_samples(m: int | tf.Tensor, name: str = "m") -> tf.Tensor:
+    """The number of importance samples of an IWAE bound: an integer in
+    [1, `MAX_IMPORTANCE_SAMPLES`], as int32 [] (see `check_count`)."""
+    return check_count(
+        m,
+        name,
+        minimum=1,
+        what="importance samples",
+        maximum=MAX_IMPORTANCE_SAMPLES,
+        beyond=(
+            " For more, take k bounds of m samples with other seeds: their log-mean-exp is the "
+            "bound of k * m samples."
+        ),
+    )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still allocate (Linux MemAvailable; the sysconf count of
+    free pages elsewhere), or None where the machine does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def chunk_rows(values_per_row: int) -> int:
+    """Rows per chunk so that one chunk's widest intermediate holds at most `CHUNK_VALUES`."""
+    return max(1, CHUNK_VALUES // max(1, int(values_per_row)))
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB"
+
+
+def check_size(
+    count: int | tf.Tensor,
+    values_per_row: int,
+    name: str,
+    how: str,
+    bytes_per_row: int | None = None,
+    memory: int | None = None,
+) -> tf.Tensor | int:
+    """Refuses, before anything is allocated, `count` rows (a batch, samples) whose tensors a
+    process cannot hold: more than `MAX_VALUES` values in one tensor of `values_per_row` values
+    a row (int32's range), or (eagerly, for a Python or eager count) an estimate of
+    `count * bytes_per_row` bytes (default: 4 per value) above `memory` (default: the memory
+    available now, `available_memory`). The error is one sentence naming `name`, the limit
+    and, in `how`, the way past it. Returns `count` (behind a graph assertion in a graph)."""
+    limit = MAX_VALUES // max(1, int(values_per_row))
+    static = tf.get_static_value(count) if tf.is_tensor(count) else count
+    if static is None:  # A graph's count: the int32 range of one tensor only.
+        wide = tf.cast(count, tf.int64)
+        return assert_that(
+            count,
+            wide <= limit,
+            [f"{name}=", wide, f" is too large: {_rows_text(values_per_row, limit)}; {how}"],
+        )
+    static = int(static)
+    if static > limit:
+        raise ValueError(
+            f"{name}={static} is too large: {_rows_text(values_per_row, limit)}; {how}"
+        )
+    memory = available_memory() if memory is None else memory
+    need = static * (4 * int(values_per_row) if bytes_per_row is None else int(bytes_per_row))
+    if memory is not None and need > memory:
+        fit = memory * static // need
+        raise ValueError(
+            f"{name}={static} is too large: it needs about {_gib(need)}, more than the "
+            f"{_gib(memory)} of memory available now (about {fit} fit); {how}"
+        )
+    return count
+
+
+def _rows_text(values_per_row, limit):
+    return (
+        f"one tensor holds at most {limit} rows of {values_per_row} values (2**31 - 1 values, "
+        "int32's range)"
+    )
+
+
+def in_chunks(fn, n, rows: int, seed=None):
+    """`fn(start, size, seed)` (a dict of tensors, each [size, ...]: rows start..start+size of
+    the result) for a count `n` (int32 scalar), drawn `rows` at a time and concatenated, so that
+    no intermediate holds more than `rows` rows: one call `fn(0, n, seed)` when n <= rows (the
+    same draws as without chunks); else chunk i with the stateless seed
+    `stateless_fold_in(seed, i)` (or None: stateful draws)."""
+    static = tf.get_static_value(n)
+    if static is not None and int(static) <= rows:
+        return fn(0, n, seed)
+
+    def chunked():
+        base = None if seed is None else tfp_sanitize(seed)
+
+        def part(i):
+            seed = None if base is None else tf.random.experimental.stateless_fold_in(base, i)
+            return fn(i * rows, tf.minimum(rows, n - i * rows), seed)
+
+        count = (n + rows - 1) // rows
+        first = part(0)  # Its dtypes type the arrays.
+        arrays = {
+            key: tf.TensorArray(value.dtype, size=count, infer_shape=False).write(0, value)
+            for key, value in first.items()
+        }
+
+        def body(i, arrays):
+            out = part(i)
+            return i + 1, {key: arrays[key].write(i, out[key]) for key in arrays}
+
+        _, arrays = tf.while_loop(lambda i, _: i < count, body, (tf.constant(1), arrays))
+        return {key: array.concat() for key, array in arrays.items()}
+
+    if static is not None:
+        return chunked()
+    return tf.cond(n <= rows, lambda: fn(0, n, seed), chunked)
+
+
+def tfp_sanitize(seed):
+    """A stateless seed int32 [2] from any seed TFP takes (tfp.random.sanitize_seed)."""
+    import tensorflow_probability as tfp
+
+    return tfp.random.sanitize_seed(seed)
+
+
+def check_keras_file(path: str) -> str:
+    """`path` if it is a .keras archive (a zip holding config.json), else a ValueError saying
+    it is not a valid .keras file (Keras calls a truncated or empty one "File not found"), or a
+    FileNotFoundError where there is no file."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No .keras file at {path}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            valid = "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"{path} is not a valid .keras file (truncated or empty? "
+            f"{os.path.getsize(path)} bytes, not a zip "
+            "archive with the model's config.json); write it again (model.save, bin/train "
+            "--resume) or restore it."
+        )
+    return path
 
 
 def check_seed(seed: tf.Tensor | np.ndarray | Sequence[int]) -> tf.Tensor:

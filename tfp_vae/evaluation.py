@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae import objectives
+from tfp_vae import checks, objectives
 
 
 def negative_iwae(
@@ -28,15 +28,18 @@ def negative_iwae(
       model: a LatentVariableModel.
       x: inputs [N, x_dim] (NumPy or tensor) as the model's likelihood takes them (binary
         images for the Bernoulli; see the model's `check_inputs`).
-      m: importance samples per example.
+      m: importance samples per example, 1 <= m <= `checks.MAX_IMPORTANCE_SAMPLES`.
+      max_rows: decoder rows per call; refused when its tensors could not be held
+        (`checks.check_size`).
 
     Returns:
       The mean negative bound, a Python float.
     """
     # The model checks its inputs as its likelihood needs them (binary for Bernoulli pixels).
+    m = int(checks.check_importance_samples(m))
+    # One call's rows of the widest intermediate: within a tensor's range and the memory.
+    checks.check_size(max_rows, model.widest_values(), "max_rows", "give a smaller max_rows.")
     x = model.check_inputs(x).numpy()
-    if int(m) < 1:
-        raise ValueError(f"The IWAE bound needs m >= 1 samples; got m={m}.")
     chunk = min(m, max_rows)
     batch = max(1, max_rows // chunk)
 

@@ -53,13 +53,32 @@ def directory() -> str:
     )
 
 
+def _read_index(path: str) -> builtins.list[dict]:
+    """The "models" entries of the index at `path`, each a dict with a "name"; a ValueError
+    naming the file (one line) for one that is not such JSON."""
+    fix = "restore it (git checkout savedmodels/index.json, or reinstall tfp_vae)"
+    try:
+        with open(path) as f:
+            index = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {fix}.") from None
+    entries = index.get("models") if isinstance(index, dict) else None
+    if not isinstance(entries, builtins.list):
+        raise ValueError(
+            f'{path} is not an index of models (a JSON object with a "models" list); {fix}.'
+        )
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(f'{path}: entry {i} of "models" has no "name"; {fix}.')
+    return entries
+
+
 def list() -> builtins.list[dict]:  # noqa: A001  The name the issue and users ask for: tfp_vae.pretrained.list().
     """The shipped models: a list of dicts with `name`, `model` (its class), `description`,
     `scores` (name -> value, as measured), `trained_with` and `measured_with` (commands),
     `savedmodel` and `keras` (absolute paths)."""
     folder = directory()
-    with open(os.path.join(folder, INDEX)) as f:
-        entries = json.load(f)["models"]
+    entries = _read_index(os.path.join(folder, INDEX))
     return [
         {
             **entry,
@@ -87,7 +106,10 @@ def load(name: str, compile: bool = True):  # noqa: A002  Keras' own argument na
             f"No shipped model {name!r}; the shipped ones are "
             f"{', '.join(sorted(known))} (tfp_vae.pretrained.list())."
         )
-    return keras.models.load_model(os.path.join(directory(), name + ".keras"), compile=compile)
+    from tfp_vae import checks
+
+    path = checks.check_keras_file(os.path.join(directory(), name + ".keras"))
+    return keras.models.load_model(path, compile=compile)
 
 
 def load_savedmodel(name: str):

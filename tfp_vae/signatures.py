@@ -2,12 +2,12 @@
 
 `serving_functions(model)` and `training_functions(model)` give name -> (function,
 input_signature) for `tfp_vae.export`; the functions call only the model's public API (`encode`,
-`decode`, `prior`, `check_inputs`, `elbo_terms`, `iwae`, the likelihood's `parameters`; for a
-class-conditional model `classify`, `encode(x, y)`, `decode(z, y)`, `generate`, `sample`,
-`bound_terms`; `signature_train_step` for the trainable export), so a user's subclass of
-`LatentVariableModel` or `SSVAE` exports with the same signatures without writing any. A model
-that still defines its own `serving_functions()` or `training_functions()` (the way before
-these moved here) is exported with those.
+`decode`, `sample_latents`, `check_inputs`, `elbo_terms`, `iwae`, the likelihood's
+`parameters`; for a class-conditional model `classify`, `encode(x, y)`, `decode(z, y)`,
+`generate`, `sample`, `bound_terms`; `signature_train_step` for the trainable export), so a
+user's subclass of `LatentVariableModel` or `SSVAE` exports with the same signatures without
+writing any. A model that still defines its own `serving_functions()` or
+`training_functions()` (the way before these moved here) is exported with those.
 
 Input specs come in two kinds (see `declared_specs` and docs/savedmodel.md):
   - the functions are traced with open specs (`tf.TensorSpec(None, ...)`), so that every input,
@@ -26,7 +26,14 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfp_vae.checks import assert_that, check_count, check_features, check_seed, padded_batch
+from tfp_vae.checks import (
+    assert_that,
+    check_count,
+    check_features,
+    check_importance_samples,
+    check_seed,
+    padded_batch,
+)
 
 
 def _open(name: str, dtype: tf.DType = tf.float32) -> tf.TensorSpec:
@@ -88,8 +95,10 @@ def latent_variable_functions(model) -> dict:
     `logits` for the continuous Bernoulli; `mean` and `scale` for the Gaussian), each
     [B, *data_shape]. `sample(n)`: `images` [n, *data_shape], the means of p(x|z) for every
     likelihood, and `z` [n, z_dim]; with `seed` (the loaded object's `sample(n=..., seed=...)`)
-    the same seed gives the same images. `elbo(x, seed)`: `elbo`, `kl`, `rec` [B].
-    `log_likelihood(x, m, seed)`: the IWAE-m bound [B].
+    the same seed gives the same images; a large n is drawn in chunks, and an n whose images
+    one tensor cannot hold (n * x_dim above 2**31 - 1) fails its assertion. `elbo(x, seed)`:
+    `elbo`, `kl`, `rec` [B]. `log_likelihood(x, m, seed)`: the IWAE-m bound [B], 1 <= m <=
+    2**24 (`checks.MAX_IMPORTANCE_SAMPLES`).
     """
     data_shape = tuple(model.data_shape)
 
@@ -102,9 +111,10 @@ def latent_variable_functions(model) -> dict:
         return _shaped_all(model.likelihood.parameters(p), data_shape)
 
     def sample(n, seed=None):
+        # Checked (the int32 range of its output) and drawn in chunks by the model.
         seed = None if seed is None else check_seed(seed)
-        z = model.prior().sample(check_count(n), seed=seed)
-        return {"images": shaped(model.decode(z).mean(), data_shape), "z": z}
+        out = model.sample_latents(n, seed=seed)
+        return {"images": shaped(out["images"], data_shape), "z": out["z"]}
 
     def elbo(x, seed):
         def bound(x, seed):
@@ -114,7 +124,7 @@ def latent_variable_functions(model) -> dict:
         return padded_batch(bound, model.check_inputs(x), check_seed(seed))
 
     def log_likelihood(x, m, seed):
-        m = check_count(m, "m", minimum=1, what="importance samples")
+        m = check_importance_samples(m)
         x = model.check_inputs(x)
         # An empty batch goes through as one row (see padded_batch): one sample will do.
         m = tf.where(tf.shape(x)[0] > 0, m, 1)

@@ -5,6 +5,7 @@ TF_CPP_MIN_LOG_LEVEL to 3 before `import tfp_vae` starts TensorFlow, so that its
 lines (INFO, and errors such as cuInit's on a machine without a GPU) stay off the console.
 """
 
+import math
 import os
 import re
 
@@ -64,6 +65,7 @@ def run_main(main):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     if "import" in flags.FLAGS:  # Defined by `define_import_flag`, in this module.
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["import"])
+    refuse_non_finite_floats()
 
     # Written to a file or a pipe, the binaries' output holds no colour codes.
     for name in ("stdout", "stderr"):
@@ -94,6 +96,27 @@ def run_main(main):
             sys.exit(_fail(e, " (see --help)"))
 
     app.run(wrapped, flags_parser=parse_flags)
+
+
+def refuse_non_finite_floats():
+    """Registers, for every float flag of the binaries (those the tfp_vae.cli modules define), a
+    validator that refuses nan and inf in one line: absl parses them as floats, and a bound
+    (lower_bound=0) lets nan through. The one place for all of them, so a new flag is covered."""
+    from absl import flags
+
+    for module, defined in flags.FLAGS.flags_by_module_dict().items():
+        if not module.startswith("tfp_vae.cli"):
+            continue
+        for flag in defined:
+            if isinstance(flag.parser, flags.FloatParser) and not getattr(
+                flag, "_finite_checked", False
+            ):
+                flag._finite_checked = True  # Once, whoever calls run_main again.
+                flags.register_validator(
+                    flag.name,
+                    lambda value: value is None or math.isfinite(value),
+                    message=f"--{flag.name} must be a finite number (not nan or inf).",
+                )
 
 
 def _user_errors():
@@ -198,6 +221,12 @@ def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
     import_library()
     import keras
 
+    from tfp_vae import checks
+
+    try:
+        checks.check_keras_file(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # zipfile, h5py, JSON and Keras raise many kinds.
@@ -252,6 +281,28 @@ def check_output_file(path, flag):
         raise app.UsageError(f"--{flag}={path}: {folder} is a file, not a folder.")
     if not os.path.isdir(folder):
         raise app.UsageError(f"--{flag}={path}: the folder {folder} does not exist.")
+    check_writable(path, flag)
+
+
+def check_writable(path, flag):
+    """Refuses (UsageError) an output whose folder takes no new file (read-only, no permission:
+    found by creating and removing a file there, which also holds for root) or that exists and
+    cannot be written; before anything is computed."""
+    import tempfile
+
+    from absl import app
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tfp_vae-probe-")
+    except OSError as e:
+        raise app.UsageError(
+            f"--{flag}={path}: cannot write in {folder} ({e.strerror or e}); give a writable place."
+        ) from None
+    os.close(fd)
+    os.remove(probe)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise app.UsageError(f"--{flag}={path} exists and cannot be written; give another name.")
 
 
 def eval_dataset(model, dataset, batch_size=1000):

@@ -81,9 +81,18 @@ def main(argv):
     if FLAGS.output_json:
         common.check_output_file(FLAGS.output_json, "output_json")
     common.import_library()
-    from tfp_vae import data, evaluation
+    from tfp_vae import checks, data, evaluation
 
-    model = common.load_model(FLAGS.model_path)
+    try:  # The limits of m, then (for the model's widths) of --max_rows, before any work.
+        for m in iw:
+            checks.check_importance_samples(m, "--iw")
+        model = common.load_model(FLAGS.model_path)
+        if iw and hasattr(model, "widest_values"):
+            checks.check_size(
+                FLAGS.max_rows, model.widest_values(), "--max_rows", "give a smaller --max_rows."
+            )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     if FLAGS.examples > len(dataset.x_test):
         raise app.UsageError(

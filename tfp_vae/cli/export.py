@@ -26,6 +26,11 @@ flags.DEFINE_string(
     "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
 )
 flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel to.", required=True)
+flags.register_validator(
+    "export_dir",
+    lambda value: value is None or bool(value.strip()),
+    message="--export_dir is empty; give the folder to write the SavedModel to (savedmodels/vae).",
+)
 flags.DEFINE_bool(
     "overwrite",
     False,

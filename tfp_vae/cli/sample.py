@@ -68,8 +68,7 @@ def main(argv):
             raise common.UserError(str(e)) from e
     common.import_library()
     import numpy as np
-
-    from tfp_vae import images
+    import tensorflow as tf
 
     model = common.load_model(FLAGS.model_path)
     if FLAGS.y is None:
@@ -92,6 +91,16 @@ def main(argv):
             "one-channel images: there is no grid to draw (use model.sample from Python)."
         )
     columns = len(pixels) // FLAGS.rows  # The model's grid: 10, or a column per class.
+    try:
+        _write(pixels, plain, labels, columns, side, model)
+    except tf.errors.OpError as e:  # TensorFlow's writer (a full or read-only disk since).
+        raise common.UserError(f"--output={FLAGS.output}: could not write it ({e.message}).") from e
+    print(f"Wrote {FLAGS.output}")
+
+
+def _write(pixels, plain, labels, columns, side, model):
+    from tfp_vae import images
+
     if plain:
         images.write_grid(FLAGS.output, pixels, FLAGS.rows, columns, side)
     else:
@@ -112,7 +121,6 @@ def main(argv):
             dpi=FLAGS.dpi,
         )
         plots.save(figure, FLAGS.output, dpi=FLAGS.dpi)
-    print(f"Wrote {FLAGS.output}")
 
 
 def run():

@@ -10,8 +10,6 @@ On several GPUs or hosts (--batch_size is the global batch, split across the rep
   "index": 0}}' train --strategy=multi_worker --out_dir=runs/vae   # on h1; index 1 on h2
 """
 
-import math
-
 from absl import app, flags
 
 from tfp_vae import rundir
@@ -334,8 +332,6 @@ def main(argv):
             "--hidden is empty; give layer sizes (e.g. --hidden=300,300) or "
             "leave it out for the recipe's."
         )
-    if not math.isfinite(FLAGS.learning_rate):
-        raise app.UsageError(f"--learning_rate must be a finite number; got {FLAGS.learning_rate}.")
     if FLAGS.hidden and not all(h.isdigit() and int(h) > 0 for h in FLAGS.hidden):
         raise app.UsageError(
             f"--hidden must be positive integers, comma separated; got {','.join(FLAGS.hidden)}."

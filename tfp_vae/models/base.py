@@ -20,8 +20,8 @@ from tfp_vae import checks, data, likelihoods, objectives
 from tfp_vae.checks import (
     call_arguments,
     check_array,
-    check_count,
     check_features,
+    check_importance_samples,
     resolve_input_shape,
     validation_inputs,
 )
@@ -205,15 +205,18 @@ class LatentVariableModel(Model):
     ) -> tf.Tensor:
         """Per-example IWAE bound with m samples [B]; m = 1 is the ELBO with a sampled KL.
 
-        Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory is
-        O(chunk * B) whatever m is. m may be a tensor (for serving).
+        Samples are drawn `chunk` (default 1000, fewer for a large batch) at a time and folded
+        into a running log-sum-exp, so memory is bounded whatever m is. m may be a tensor (for
+        serving): 1 <= m <= `checks.MAX_IMPORTANCE_SAMPLES` (`check_importance_samples`).
         """
+        chunk_arg = chunk
         x = self.check_inputs(x)
-        chunk = int(chunk or 1000)
-        if isinstance(m, int) and m < 1:
-            raise ValueError(f"The IWAE bound needs m >= 1 samples; got m={m}.")
-        m = tf.convert_to_tensor(m, tf.int32)
-        tf.debugging.assert_positive(m, "The IWAE bound needs m >= 1 samples.")
+        m = check_importance_samples(m)
+        # Rows per chunk: `chunk` samples, or fewer so that chunk x B rows of the widest
+        # intermediate stay within checks.CHUNK_VALUES (a large batch draws one at a time).
+        rows = checks.chunk_rows(self.widest_values())
+        chunk = tf.maximum(1, rows // tf.maximum(1, tf.shape(x)[0]))
+        chunk = tf.minimum(chunk, int(chunk_arg or 1000))
         if seed is None:
             seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
         seed = tfp.random.sanitize_seed(seed)
@@ -305,9 +308,20 @@ class LatentVariableModel(Model):
     def sample(self, n: int | tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
         """n images from the model: the means [n, x_dim] of p(x|z), z ~ p(z) (pixel
         probabilities for the Bernoulli; for the continuous Bernoulli the mean, not its
-        parameter lambda)."""
-        z = self.prior().sample(check_count(n), seed=seed)
-        return self.decode(z).mean()
+        parameter lambda). A large n is drawn in chunks (`checks.in_chunks`); an n whose
+        output one tensor cannot hold, or (eagerly) the memory available cannot, is refused
+        (`checks.check_size`) before anything is drawn."""
+        return self.sample_latents(n, seed)["images"]
+
+    def sample_latents(self, n: int | tf.Tensor, seed: tf.Tensor | None = None) -> dict:
+        """{"images": [n, x_dim] (see `sample`), "z": [n, z_dim] the latents they decode}."""
+        n = self.check_sample_count(n)
+
+        def draw(start, size, seed):
+            z = self.prior().sample(size, seed=seed)
+            return {"images": self.decode(z).mean(), "z": z}
+
+        return checks.in_chunks(draw, n, checks.chunk_rows(self.widest_values()), seed)
 
     def sample_grid(self, rows: int, seed: tf.Tensor | None = None, columns: int = 10) -> tf.Tensor:
         """`rows * columns` samples (see `sample`), for a grid of `rows` rows."""
@@ -334,6 +348,7 @@ class LatentVariableModel(Model):
         binarization = self.likelihood.check_transform(
             binarization or self.data_transforms["train"]
         )
+        self.check_batch_size(batch_size)  # Before the stream allocates a batch.
         return data.train_dataset(
             dataset.x_train, batch_size, binarization, seed=seed, start_step=start_step
         )

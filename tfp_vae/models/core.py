@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae.checks import raise_on_problem
+from tfp_vae.checks import call_arguments, check_count, check_size, raise_on_problem
 from tfp_vae.models import params
 from tfp_vae.models.params import Param
 
@@ -477,6 +477,64 @@ class Model(keras.Model):
                 "and y_test arrays."
             )
 
+    # ---- sizes (what `tfp_vae.checks.check_size` compares with what a process can hold) ------
+
+    def layer_widths(self) -> list[int]:
+        """Values per example of the model's data (x_dim times the likelihood's outputs per
+        value) and of each layer output its networks declare (a user's layer that declares none
+        is not counted)."""
+        per = getattr(getattr(self, "likelihood", None), "outputs_per_dimension", 1)
+        widths = [math.prod(self.data_shape), math.prod(self.input_shape) * int(per)]
+        for layer in _sublayers(self):
+            if layer is self:
+                continue
+            try:
+                shape = tuple(layer.output.shape)[1:]
+            except (AttributeError, ValueError):  # Not in a functional network: no output.
+                continue
+            if shape and all(isinstance(d, int) for d in shape):
+                widths.append(math.prod(shape))
+        return widths
+
+    def widest_values(self) -> int:
+        """Values per example of the widest tensor that decoding (a sample, a bound) makes."""
+        return max(self.layer_widths())
+
+    def training_bytes(self) -> int:
+        """An estimate of a training step's bytes per example: float32 activations of every
+        layer, kept for the gradient with their gradients (x3), and a few tensors of the data's
+        size (inputs, logits, log-probabilities: x8); for a model that enumerates its classes
+        for an unlabelled example (the SSVAE's bound), times the number of classes."""
+        widths = self.layer_widths()
+        enumerated = int(getattr(self, "num_classes", 1) or 1) if self.class_conditional else 1
+        return 4 * enumerated * (3 * sum(widths[2:]) + 8 * widths[1])
+
+    def check_sample_count(self, n, name: str = "n") -> tf.Tensor:
+        """`n` as an int32 scalar if n samples fit in one output (`checks.check_count`, then
+        `checks.check_size` of [n, x_dim] float32, twice: the chunks and their
+        concatenation), else a ValueError (eagerly) or a graph assertion naming `name`."""
+        size = math.prod(self.data_shape)
+        return check_size(
+            check_count(n, name),
+            size,
+            name,
+            "draw the samples over several calls, each with its own seed.",
+            bytes_per_row=8 * size,
+        )
+
+    def check_batch_size(self, batch_size, name: str = "batch_size") -> int:
+        """`batch_size` if a training step on that many examples fits (`checks.check_size`:
+        int32's range of one tensor, the memory available now), else a ValueError in one
+        sentence naming `name` (bin/train's flag)."""
+        check_size(
+            int(batch_size),
+            self.widest_values(),
+            name,
+            f"give a smaller {name} (bin/train: --{name}).",
+            bytes_per_row=self.training_bytes(),
+        )
+        return int(batch_size)
+
     # The options of `train_dataset` beyond the data, batch, seed and transform (bin/train sets
     # each from the flag of its name, and refuses those flags for a model without them).
     train_options: tuple[str, ...] = ()
@@ -592,6 +650,23 @@ class Model(keras.Model):
     @property
     def metrics(self):
         return list(self._trackers.values())
+
+    def fit(self, *args, **kwargs):
+        """Keras' `fit`, refusing (ValueError, one line) training data with no examples: arrays
+        of 0 rows, or a dataset that says it is empty (cardinality 0), which Keras would "train"
+        for zero steps with only a warning."""
+        x = call_arguments(keras.Model.fit, self, args, kwargs).get("x")
+        if isinstance(x, tf.data.Dataset):
+            empty = int(x.cardinality()) == 0
+        else:
+            leaves = [v for v in tf.nest.flatten(x) if hasattr(v, "shape")]
+            empty = bool(leaves) and len(leaves[0].shape) > 0 and leaves[0].shape[0] == 0
+        if empty:
+            raise ValueError(
+                "fit got no training examples (the training data are empty); pass at least one "
+                "example."
+            )
+        return super().fit(*args, **kwargs)
 
     def compile(
         self,

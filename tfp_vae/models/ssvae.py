@@ -669,12 +669,18 @@ class SSVAE(Model):
         y: one class for all (scalar), one per sample ([n], ints or one-hot), or None for the
         classes in turn (0, 1, ..., K-1, 0, ...).
         """
-        n = tf.convert_to_tensor(n, tf.int32)
+        n = self.check_sample_count(n)
         if y is None:
             y = tf.range(n) % self.num_classes
         labels = labels_for(y, n, self.num_classes)
-        z = self.prior().sample(n, seed=seed)
-        return self._observed(self._decode(z, labels))
+
+        def draw(start, size, seed):
+            z = self.prior().sample(size, seed=seed)
+            return {"images": self._observed(self._decode(z, labels[start : start + size]))}
+
+        # A large n in chunks (`checks.in_chunks`); one too large for its output is refused.
+        rows = checks.chunk_rows(self.widest_values())
+        return checks.in_chunks(draw, n, rows, seed)["images"]
 
     def sample_grid(self, rows: int, seed: tf.Tensor | None = None) -> tf.Tensor:
         """The style grid (`style_grid`): a row per z ~ p(z), a column per class."""
@@ -748,6 +754,10 @@ class SSVAE(Model):
         ):
             # Grayscale labelled images go only to the classifier when there is no labelled bound.
             likelihood.check_transform(labelled_binarization, "labelled_binarization")
+        # Before the stream allocates a batch (the labelled one is drawn, not enumerated).
+        self.check_batch_size(batch_size)
+        if labelled_batch_size is not None:
+            self.check_batch_size(labelled_batch_size, "labelled_batch_size")
         return semisupervised.make_train_dataset(
             dataset.x_train,
             dataset.y_train,
