@@ -183,12 +183,12 @@ def test_outputs_and_models_that_cannot_be_are_one_line(tmp_path):
         (
             "sample",
             [f"--model_path={not_a_model}", f"--output={tmp_path}/s.png"],
-            "is not a model this package can load",
+            "is not a valid .keras file (truncated or empty?",
         ),
         (
             "export",
             [f"--model_path={tmp_path}", f"--export_dir={tmp_path}/e"],
-            "is not a model this package can load",
+            "is not a valid .keras file (truncated or empty?",
         ),
         (
             "evaluate",

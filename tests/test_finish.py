@@ -248,3 +248,16 @@ def test_replacing_leaves_the_old_file_or_the_new_one(tmp_path):
     files.write_json(path, {"a": 2})
     assert json.load(open(path)) == {"a": 2}
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~files.umask())
+
+
+def test_a_run_shorter_than_an_epoch_trains_its_steps_and_is_then_complete(data_dir, tmp_path):
+    """--steps below --steps_per_epoch: the default steps_per_execution divides --steps (25 made
+    a 60-step run train 75, and its rerun was refused for a step no epoch divides)."""
+    out = str(tmp_path / "run")
+    args = ("--z_dim=3", "--hidden=16", "--batch_size=32", "--verbose=0", "--noxla")
+    args += ("--steps=30", f"--data_dir={data_dir}", f"--out_dir={out}")
+    assert _train(*args).returncode == 0
+    assert [s for s, _ in training.checkpoints(os.path.join(out, "checkpoints"))] == [30]
+    assert json.load(open(os.path.join(out, "finished.json")))["step"] == 30
+    again = _train(*args, "--resume")
+    assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stderr[-2000:]

@@ -13,15 +13,16 @@ RECIPE_STEPS = {"vae": 20000, "gmvae": 20000, "ssvae": 30000, "m1m2": 30000}
 SEMI_SUPERVISED = ("ssvae", "m1m2")
 
 
-def steps_per_execution():
+def steps_per_execution(steps_per_epoch):
     """--steps_per_execution, or its default: 1 under a tf.distribute strategy (Keras' multi-step
-    loop fails under MultiWorkerMirroredStrategy), else the largest divisor of --steps_per_epoch
-    up to 25."""
+    loop fails under MultiWorkerMirroredStrategy), else the largest divisor up to 25 of the
+    epoch's steps (`steps_per_epoch`: --steps_per_epoch, or --steps when smaller; Keras runs
+    whole executions, so one that does not divide the epoch trains past its end)."""
     if FLAGS.steps_per_execution:
         return FLAGS.steps_per_execution
     if FLAGS.strategy != "default":
         return 1
-    return max(d for d in range(1, 26) if FLAGS.steps_per_epoch % d == 0)
+    return max(d for d in range(1, 26) if steps_per_epoch % d == 0)
 
 
 def use_xla():

@@ -155,7 +155,7 @@ def train_run(run, out_dir, strategy, distributed):
             building.model_settings(),
             building.learning_rate(total),
             building.use_xla(),
-            building.steps_per_execution(),
+            building.steps_per_execution(spe),
         )
     common.check_dataset(model, dataset)  # Labels for a semi-supervised model, say.
     settings = run_settings(model)

@@ -363,6 +363,13 @@ def main(argv):
             f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
             f"--steps_per_epoch={FLAGS.steps_per_epoch}."
         )
+    if FLAGS.steps_per_execution and FLAGS.steps and FLAGS.steps < FLAGS.steps_per_epoch:
+        # The epoch is then --steps long, and Keras runs whole executions.
+        if FLAGS.steps % FLAGS.steps_per_execution:
+            raise app.UsageError(
+                f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
+                f"--steps={FLAGS.steps} (shorter than an epoch, it is the epoch)."
+            )
     common.import_library()
     from tfp_vae import likelihoods, training
 
