@@ -1,14 +1,15 @@
 """Evaluation of trained models over whole test sets with bounded memory."""
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from tfp_vae import objectives
+from tfp_vae import backend, objectives
+from tfp_vae.backend import Tensor
 
 
 def negative_iwae(
     model,
-    x: tf.Tensor | np.ndarray,
+    x: Tensor | np.ndarray,
     m: int,
     max_rows: int = 20000,
     seed: int = 0,
@@ -34,7 +35,7 @@ def negative_iwae(
       The mean negative bound, a Python float.
     """
     # The model checks its inputs as its likelihood needs them (binary for Bernoulli pixels).
-    x = model.check_inputs(x).numpy()
+    x = backend.to_numpy(model.check_inputs(x))
     if int(m) < 1:
         raise ValueError(f"The IWAE bound needs m >= 1 samples; got m={m}.")
     chunk = min(m, max_rows)
@@ -42,16 +43,16 @@ def negative_iwae(
 
     def log_sum_exp_weights(xb, size, seed):
         log_w = objectives.log_weights(*model.iwae_log_weights(xb, size, seed=seed))
-        return tf.reduce_logsumexp(log_w, axis=0)
+        return keras.ops.logsumexp(log_w, axis=0)
 
-    fn = tf.function(log_sum_exp_weights, jit_compile=jit_compile)
+    fn = backend.compiled(log_sum_exp_weights, jit_compile, static_argnums=(1,))
     total, call = 0.0, 0
     for start in range(0, len(x), batch):
-        xb = tf.constant(x[start : start + batch])
+        xb = keras.ops.convert_to_tensor(x[start : start + batch])
         acc = np.full(len(xb), -np.inf)
         for done in range(0, m, chunk):
-            lse = fn(xb, min(chunk, m - done), tf.constant([seed, call], tf.int32))
-            acc = np.logaddexp(acc, lse.numpy().astype(np.float64))
+            lse = fn(xb, min(chunk, m - done), backend.seed_pair(seed, call))
+            acc = np.logaddexp(acc, backend.to_numpy(lse).astype(np.float64))
             call += 1
         total += float(np.sum(acc - np.log(m)))
     return -total / len(x)
