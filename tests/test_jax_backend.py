@@ -302,3 +302,35 @@ def test_keras_file_moves_between_backends(source, target, kind, tmp_path):
         np.testing.assert_allclose(loaded[name], saved[name], rtol=1e-5, atol=1e-4)
     # IWAE-200 of 64 examples: its Monte Carlo standard error is a few hundredths of a nat.
     assert abs(loaded["iwae"] - saved["iwae"]) < 0.25, (saved["iwae"], loaded["iwae"])
+
+
+@jax_only
+@pytest.mark.integration
+def test_ssvae_fits_classifies_and_reloads(tmp_path):
+    """The SSVAE on JAX: `fit` on (unlabelled, (labelled x, labels)) elements, `evaluate` on
+    (x, y), `classify`, `sample`, and a `.keras` that reloads with the same bound."""
+    from tfp_vae.models import SSVAE
+
+    keras.utils.set_random_seed(0)
+    x = binary((64, 16), seed=2)
+    y = np.arange(64, dtype=np.int32) % 10
+
+    def stream():
+        for i in range(1000):
+            yield (x[i % 4 * 16 : (i % 4 + 1) * 16], (x[:10], y[:10]))
+
+    model = SSVAE(z_dim=2, hidden=(8,), input_shape=(16,), seed=1)
+    model.compile(keras.optimizers.Adam(1e-2))
+    history = model.fit(stream(), steps_per_epoch=10, epochs=1, verbose=0).history
+    assert set(history) == set(model.train_metric_names())
+    results = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    assert set(results) == set(model.test_metric_names())
+    probs = as64(model.classify(x[:5]))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert model.sample(3, seed=[0, 1]).shape == (3, 16)
+    path = str(tmp_path / "ssvae.keras")
+    model.save(path)
+    np.testing.assert_array_equal(
+        as64(keras.models.load_model(path).elbo(x[:4], seed=[0, 1])),
+        as64(model.elbo(x[:4], seed=[0, 1])),
+    )
