@@ -38,6 +38,7 @@ import numpy as np
 
 from tfp_vae import backend
 from tfp_vae.backend import Tensor, tfd, tfp
+from tfp_vae.checks import labels_for
 from tfp_vae.models.base import LatentVariableModel
 from tfp_vae.models.core import with_training
 from tfp_vae.models.params import Param
@@ -128,6 +129,14 @@ class M1M2(SSVAE):
 
     def _value_problem(self, x, binary=True):
         return self.m1.likelihood.problem(x, binary)
+
+    def check_test_data(self, data):
+        """What `test_terms` checks, on the images themselves (not M1's features: the JAX steps
+        call this on the host, where the weights are the compiled step's)."""
+        x_bound, x_class, y = self._test_parts(data)
+        x_class = self.m1.likelihood.check(x_class, self.m1.input_shape, bound=False)
+        labels_for(y, ops.shape(x_class)[0], self.num_classes)
+        self.m1.likelihood.check(x_bound, self.m1.input_shape)
 
     def features(
         self, x: Tensor | np.ndarray, sample: bool = False, seed: Tensor | None = None
