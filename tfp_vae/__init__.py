@@ -30,6 +30,8 @@ def _import_tensorflow():
         level = int(_os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0)
     except ValueError:
         level = 0
+    if _os.environ.get("KERAS_BACKEND", "").strip().lower() == "jax":
+        return  # Keras on JAX: TensorFlow is not needed (and need not be installed).
     if "tensorflow" in _sys.modules or level < 2:
         import tensorflow
 
@@ -65,19 +67,32 @@ def _import_all():
     globals().update({name: getattr(models, name) for name in _MODELS})
 
 
+# The numeric core, imported with the package on every backend (it registers the classes).
 _MODULES = (
+    "backend",
     "checks",
-    "data",
     "evaluation",
-    "export",
     "layers",
     "likelihoods",
     "networks",
     "objectives",
     "pretrained",
     "semisupervised",
-    "signatures",
 )
+# Imported when first used (`tfp_vae.export`, ...): the input pipeline, and what only TF has
+# (the SavedModel export and its signatures), so that the package imports on JAX without
+# TensorFlow installed.
+_LAZY_MODULES = ("data", "export", "signatures", "images", "plots", "rundir", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"tfp_vae.{name}")
+    raise AttributeError(f"module 'tfp_vae' has no attribute {name!r}")
+
+
 _MODELS = ("GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel")
 
 # The binaries' names: bin/<name>, and the console scripts tfp_vae_<name> of setup.cfg.

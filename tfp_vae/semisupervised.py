@@ -7,9 +7,7 @@ Beside `tfp_vae.data`, which loads the datasets and makes the unsupervised pipel
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from tfp_vae import data
 from tfp_vae.checks import NUM_CLASSES
 
 
@@ -40,6 +38,8 @@ def split_labelled(
     labels are not a 1-D integer array in 0..num_classes-1, when a class is missing altogether or
     has fewer than `labels_per_class` examples.
     """
+    from tfp_vae import data  # Deferred: the input pipeline.
+
     labels = check_label_array(labels, num_classes)
     if int(labels_per_class) < 1:
         raise ValueError(f"labels_per_class must be >= 1; got {labels_per_class}.")
@@ -136,7 +136,7 @@ def make_train_dataset(
     labelled_indices: Sequence[int] | np.ndarray | None = None,
     labelled_batch_size: int | None = None,
     start_step: int = 0,
-) -> tf.data.Dataset:
+) -> "tf.data.Dataset":  # noqa: F821  TF imported inside.
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
     `labels_per_class` examples of each class (chosen by `label_seed`, see `split_labelled`)
@@ -164,6 +164,10 @@ def make_train_dataset(
       L = labelled_batch_size, or the labelled set's size: 10 * labels_per_class (or
       len(labelled_indices)).
     """
+    import tensorflow as tf  # The tf.data pipeline: TF only.
+
+    from tfp_vae import data  # Deferred: the input pipeline.
+
     if labelled_batch_size is not None and (
         int(labelled_batch_size) != labelled_batch_size or labelled_batch_size < 1
     ):
@@ -214,13 +218,17 @@ def make_train_dataset(
 
 def make_eval_dataset(
     images: np.ndarray, labels: np.ndarray, batch_size: int = 1000, binarization: str = "static"
-) -> tf.data.Dataset:
+) -> "tf.data.Dataset":  # noqa: F821  TF imported inside.
     """A finite labelled dataset for `evaluate` / `validation_data`: ((x_bound, x_gray), y).
 
     The bound is computed on the statically binarised images (`data.binarize_static`; with
     `binarization="none"`, for a likelihood of grayscale pixels, on the grayscale ones), the
     accuracy on the grayscale ones, as the reference evaluates it.
     """
+    import tensorflow as tf  # The tf.data pipeline: TF only.
+
+    from tfp_vae import data  # Deferred: the input pipeline.
+
     if binarization not in ("static", "none"):
         raise ValueError(
             f"binarization must be static or none for evaluation; got {binarization!r}."
