@@ -52,14 +52,33 @@ def _import_tensorflow():
             _sys.stderr.write("".join(kept))
 
 
-def _import_all():
-    """TensorFlow (quietly, see `_import_tensorflow`), then the library's modules and models as
-    attributes of the package (`tfp_vae.data`, `tfp_vae.VAE`, ...); importing the models
-    registers every class with Keras."""
-    import importlib
+def _keras_backend():
+    """The Keras backend this process runs (or will run) on: Keras' own word once imported,
+    else KERAS_BACKEND's (Keras' default, TensorFlow, without it)."""
+    if "keras" in _sys.modules:
+        return _sys.modules["keras"].config.backend()
+    return _os.environ.get("KERAS_BACKEND") or "tensorflow"
 
-    _import_tensorflow()
+
+def _import_all():
+    """TensorFlow on its Keras backend (quietly, see `_import_tensorflow`), then the library's
+    modules and models as attributes of the package (`tfp_vae.data`, `tfp_vae.VAE`, ...);
+    importing the models registers every class with Keras. On another backend (JAX) TensorFlow
+    is not needed: the modules that exist only for it (`_TENSORFLOW_ONLY`) are imported when it
+    is installed, left out otherwise."""
+    import importlib
+    import importlib.util
+
+    tensorflow = _keras_backend() == "tensorflow"
+    if tensorflow:
+        _import_tensorflow()
     for name in _MODULES:
+        if (
+            not tensorflow
+            and name in _TENSORFLOW_ONLY
+            and not importlib.util.find_spec("tensorflow")
+        ):
+            continue
         importlib.import_module(f"tfp_vae.{name}")  # Each becomes an attribute of the package.
     models = importlib.import_module("tfp_vae.models")
     globals().update({name: getattr(models, name) for name in _MODELS})
@@ -78,6 +97,9 @@ _MODULES = (
     "semisupervised",
     "signatures",
 )
+# The SavedModel export and its signatures: TensorFlow's (a JAX-trained model is exported on a
+# machine with TensorFlow).
+_TENSORFLOW_ONLY = ("export", "signatures")
 _MODELS = ("GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel")
 
 # The binaries' names: bin/<name>, and the console scripts tfp_vae_<name> of setup.cfg.
