@@ -87,6 +87,7 @@ def _import_all():
 _MODULES = (
     "checks",
     "data",
+    "data_numpy",
     "evaluation",
     "export",
     "layers",
@@ -136,6 +137,7 @@ __all__ = [
     # modules, tfp_vae.cli, are not a library API).
     "checks",
     "data",
+    "data_numpy",
     "evaluation",
     "export",
     "images",
