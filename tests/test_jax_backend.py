@@ -1,8 +1,10 @@
 """The models on Keras' JAX backend, and `.keras` files that move between the backends.
 
-The in-process tests run only under KERAS_BACKEND=jax (the JAX tier); the subprocess tests run
-under either backend and skip when the interpreter they need lacks JAX or TensorFlow: set
-TFP_VAE_JAX_PYTHON / TFP_VAE_TF_PYTHON to an interpreter that has it (by default this one).
+The in-process tests run only under KERAS_BACKEND=jax; those marked `backend_neutral` (a few
+fast ones) are in the JAX tier, `make test-jax`, the rest run with `KERAS_BACKEND=jax pytest
+tests/test_jax_backend.py`. The subprocess tests run under either backend and skip when the
+interpreter they need lacks JAX or TensorFlow: set TFP_VAE_JAX_PYTHON / TFP_VAE_TF_PYTHON to an
+interpreter that has it (by default this one).
 """
 
 import json
@@ -72,6 +74,7 @@ def run_in(backend, code, block_tensorflow=False):
 
 
 @pytest.mark.integration
+@pytest.mark.backend_neutral  # In the JAX tier (make test-jax).
 def test_package_imports_on_jax_without_tensorflow():
     result = run_in(
         "jax",
@@ -96,6 +99,7 @@ def test_package_imports_on_jax_without_tensorflow():
 
 @jax_only
 @pytest.mark.unit
+@pytest.mark.backend_neutral  # In the JAX tier (make test-jax).
 @pytest.mark.parametrize("prior", ["normal", "mixture"])
 def test_bounds_match_numpy_brute_force(prior):
     """The log-densities, ELBO and IWAE of a VAE and a GMVAE at the model's own samples, against
@@ -185,6 +189,7 @@ def test_fit_evaluate_sample_save_load(kind, tmp_path):
 
 @jax_only
 @pytest.mark.unit
+@pytest.mark.backend_neutral  # In the JAX tier (make test-jax).
 def test_training_is_reproducible():
     """The step's draws are keyed by the model's seed and the step count: the same seed, data and
     initial weights give the same weights after training."""
@@ -235,6 +240,7 @@ def test_bad_batch_refused_and_nothing_changes(steps_per_execution):
 
 @jax_only
 @pytest.mark.unit
+@pytest.mark.backend_neutral  # In the JAX tier (make test-jax).
 def test_what_only_tensorflow_has_is_refused_in_one_line():
     import jax
 
@@ -255,6 +261,7 @@ def test_what_only_tensorflow_has_is_refused_in_one_line():
 
 @jax_only
 @pytest.mark.unit
+@pytest.mark.backend_neutral  # In the JAX tier (make test-jax).
 def test_size_limits_and_chunked_sampling_on_jax(monkeypatch):
     from tfp_vae import checks
     from tfp_vae.models import SSVAE, VAE
