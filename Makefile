@@ -1,9 +1,11 @@
 # One command sets up and runs each job on a fresh machine:
 #   make demo   # venv + install + train a short VAE, evaluate (IWAE), export, write PNGs; offline
 #               # too, with no variable set: MNIST is shipped in the package (docs/data.md)
-#   make test   # venv + install + the whole test suite (every tier; what .ci/run calls)
+#   make test   # venv + install + the whole test suite (every tier), then its JAX tier (what
+#               # .ci/run calls)
 #   make test-fast  # the unit and integration tiers, not slow (docs/testing.md): ~2 minutes
 #   make test-unit  # the unit tier only
+#   make test-jax   # the JAX tier: the backend_neutral tests under KERAS_BACKEND=jax
 #   make lint   # venv + install + ruff check and ruff format --check (configured in pyproject.toml)
 #   make docs   # venv + install + the API reference (pdoc) in docs/api/; fails on pdoc's warnings
 # An active virtualenv ($VIRTUAL_ENV) is used as it is; otherwise .venv is created.
@@ -20,14 +22,17 @@ DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 3000
 API_DIR := docs/api
 
-.PHONY: setup demo test test-fast test-unit lint docs recipes clean
+.PHONY: setup demo test test-fast test-unit test-jax lint docs recipes clean
 
 $(PY):
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 
 $(STAMP): setup.cfg setup.py pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test]"
+	@# tfp-nightly replaced tensorflow-probability (setup.cfg); both are the module
+	@# tensorflow_probability, so an older venv's copy goes first.
+	$(PY) -m pip uninstall -y -q tensorflow-probability 2>/dev/null || true
+	$(PY) -m pip install -e ".[test,jax]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -41,6 +46,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(MAKE) test-jax
 
 # The tiers are pytest marks (setup.cfg, tests/tiers.py); `make test` runs them all.
 test-fast: setup
@@ -48,6 +54,14 @@ test-fast: setup
 
 test-unit: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile -m unit tests
+
+# The JAX tier: the tests marked backend_neutral (setup.cfg), not slow, again with Keras on JAX.
+# Only the files that hold such tests are collected (the others may set up TensorFlow's backend
+# when imported).
+JAX_TEST_FILES = $(shell grep -l 'mark.backend_neutral' tests/test_*.py)
+test-jax: setup
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 --dist loadfile -m "backend_neutral and not slow" \
+		$(JAX_TEST_FILES)
 
 lint: setup
 	$(PY) -m ruff check .

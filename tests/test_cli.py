@@ -44,6 +44,7 @@ def test_train_writes_everything(trained_run):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_examples"] == 10000 and metrics["steps"] == 60
+    assert metrics["backend"] == "tensorflow"  # --backend's default (conftest's KERAS_BACKEND).
     # --validation_split=100: held out of the 60,000 training images, not trained on.
     assert (metrics["validation_examples"], metrics["train_examples"]) == (100, 59900)
     assert metrics["validation_metrics"]["nelbo"] > 0

@@ -30,6 +30,8 @@ def _import_tensorflow():
         level = int(_os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0)
     except ValueError:
         level = 0
+    if _os.environ.get("KERAS_BACKEND", "").strip().lower() == "jax":
+        return  # Keras on JAX: TensorFlow is not needed (and need not be installed).
     if "tensorflow" in _sys.modules or level < 2:
         import tensorflow
 
@@ -52,32 +54,64 @@ def _import_tensorflow():
             _sys.stderr.write("".join(kept))
 
 
+def _keras_backend():
+    """The Keras backend this process runs (or will run) on: Keras' own word once imported,
+    else KERAS_BACKEND's (Keras' default, TensorFlow, without it)."""
+    if "keras" in _sys.modules:
+        return _sys.modules["keras"].config.backend()
+    return _os.environ.get("KERAS_BACKEND") or "tensorflow"
+
+
 def _import_all():
-    """TensorFlow (quietly, see `_import_tensorflow`), then the library's modules and models as
-    attributes of the package (`tfp_vae.data`, `tfp_vae.VAE`, ...); importing the models
-    registers every class with Keras."""
+    """TensorFlow on its Keras backend (quietly, see `_import_tensorflow`), then the library's
+    numeric core and models as attributes of the package (`tfp_vae.checks`, `tfp_vae.VAE`,
+    ...); importing the models registers every class with Keras. On another backend (JAX)
+    TensorFlow is not needed, and what needs it (`_LAZY_MODULES`) is imported when first used."""
     import importlib
 
-    _import_tensorflow()
+    if _keras_backend() == "tensorflow":
+        _import_tensorflow()
     for name in _MODULES:
         importlib.import_module(f"tfp_vae.{name}")  # Each becomes an attribute of the package.
     models = importlib.import_module("tfp_vae.models")
     globals().update({name: getattr(models, name) for name in _MODELS})
 
 
+# The numeric core, imported with the package on every backend (it registers the classes).
 _MODULES = (
+    "backend",
     "checks",
-    "data",
     "evaluation",
-    "export",
     "layers",
     "likelihoods",
     "networks",
     "objectives",
     "pretrained",
     "semisupervised",
-    "signatures",
 )
+# Imported when first used (`tfp_vae.export`, ...): the input pipelines, and what only TF has
+# (the SavedModel export and its signatures), so that the package imports on JAX without
+# TensorFlow installed.
+_LAZY_MODULES = (
+    "data",
+    "data_numpy",
+    "export",
+    "signatures",
+    "images",
+    "plots",
+    "rundir",
+    "training",
+)
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"tfp_vae.{name}")
+    raise AttributeError(f"module 'tfp_vae' has no attribute {name!r}")
+
+
 _MODELS = ("GMVAE", "M1M2", "SSVAE", "VAE", "LatentVariableModel")
 
 # The binaries' names: bin/<name>, and the console scripts tfp_vae_<name> of setup.cfg.
@@ -114,6 +148,7 @@ __all__ = [
     # modules, tfp_vae.cli, are not a library API).
     "checks",
     "data",
+    "data_numpy",
     "evaluation",
     "export",
     "images",

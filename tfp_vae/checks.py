@@ -6,6 +6,12 @@ eagerly, and the same sentence as a graph assertion inside a `tf.function` or a 
 signature. Value checks also come as int32 "problem codes" (`image_problem`, `label_problem`):
 plain tensor ops that compile under XLA, which drops assertion ops; the training step computes
 the code inside XLA and asserts on it outside (`raise_on_problem`).
+
+The checks are written once, in `keras.ops`, for both backends. On JAX a value is checked where
+the host can read it (`tfp_vae.backend.is_concrete`: outside `jax.jit`), with the same messages;
+the training and test steps check each batch on the host before it reaches the compiled step
+(`tfp_vae.models.steps_jax`). Graph assertions (a value the host cannot read: inside a
+`tf.function`, a SavedModel signature) exist on TensorFlow only.
 """
 
 import inspect
@@ -13,8 +19,13 @@ import math
 import os
 from collections.abc import Sequence
 
+import keras
 import numpy as np
-import tensorflow as tf
+
+from tfp_vae import backend
+from tfp_vae.backend import Tensor
+
+ops = keras.ops
 
 NUM_CLASSES = 10  # The default number of classes of the semi-supervised models (MNIST's digits).
 
@@ -108,11 +119,11 @@ def _expected_text(what, input_shape):
 
 
 def check_images(
-    x: tf.Tensor | np.ndarray,
+    x: Tensor | np.ndarray,
     input_shape: int | Sequence[int],
     binary: bool = True,
     check_pixels: bool = True,
-) -> tf.Tensor:
+) -> Tensor:
     """Validates a batch of images and returns it as float32 [B, prod(input_shape)] (flat).
 
     `input_shape`: one image's shape, (28, 28, 1) say, or its number of pixels (784). Accepts
@@ -123,19 +134,36 @@ def check_images(
     (a SavedModel signature takes any shape), the shape is asserted on too, with the same
     message.
     """
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating and not x.dtype.is_integer and x.dtype != tf.bool:
-        raise ValueError(f"Images must be numeric; got dtype {x.dtype.name}.")
+    x = backend.as_tensor(x)
+    if not _is_numeric(x, allow_bool=True):
+        raise ValueError(f"Images must be numeric; got dtype {backend.dtype_name(x)}.")
     shape = resolve_input_shape(input_shape)
-    x = check_shape(tf.cast(x, tf.float32), accepted_shapes(shape), _expected_text("images", shape))
+    x = check_shape(ops.cast(x, "float32"), accepted_shapes(shape), _expected_text("images", shape))
     return raise_on_problem(x, image_problem(x, binary)) if check_pixels else x
+
+
+def _is_numeric(x, allow_bool=False):
+    """Whether `x` has a floating or integer dtype (or bool, when `allow_bool`)."""
+    name = backend.dtype_name(x)
+    return _is_floating(x) or _is_integer(x) or (allow_bool and name == "bool")
+
+
+def _is_floating(x):
+    return backend.dtype_name(x).startswith(("float", "bfloat"))
+
+
+def _is_integer(x):
+    return backend.dtype_name(x).startswith(("int", "uint"))
 
 
 def shape_text(x):
     """The shape of tensor `x` written as Python writes a tuple, "(5, 783)": a str when it is
-    known statically, else a string tensor (for a graph assertion's message)."""
-    if x.shape.is_fully_defined():
-        return str(tuple(x.shape))
+    known statically, else a string tensor (for a graph assertion's message; TF only)."""
+    shape = backend.static_shape(x)
+    if shape is not None and None not in shape:
+        return str(shape)
+    import tensorflow as tf  # A shape unknown when tracing: only in a TF graph.
+
     dims = tf.strings.as_string(tf.shape(x))
     text = tf.strings.reduce_join(dims, separator=", ")
     text = tf.where(tf.equal(tf.size(dims), 1), tf.strings.join([text, ","]), text)
@@ -145,11 +173,17 @@ def shape_text(x):
 def assert_that(value, ok, parts):
     """Returns `value` (a tensor or a structure of them) when the bool scalar `ok` holds, else
     raises ValueError eagerly or fails a graph assertion (behind which `value` then is), with
-    the message `parts` joined: strs, and tensors written by value (strings as they are)."""
-    if tf.executing_eagerly():
+    the message `parts` joined: strs, and tensors written by value (strings as they are).
+    Inside `jax.jit` (values the host cannot read) `value` is returned unchecked: the JAX steps
+    check their batches on the host first."""
+    if backend.is_concrete(ok):
         if not bool(ok):
             raise ValueError("".join(p if isinstance(p, str) else _eager_text(p) for p in parts))
         return value
+    if not backend.is_tensorflow():
+        return value
+    import tensorflow as tf
+
     message = tf.strings.join(
         [
             p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
@@ -161,7 +195,8 @@ def assert_that(value, ok, parts):
 
 
 def _eager_text(tensor):
-    value = tensor.numpy()
+    value = tensor.numpy() if hasattr(tensor, "numpy") else backend.to_numpy(tensor)
+    value = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -172,12 +207,14 @@ def check_shape(x, shapes, expected):
     then fails where `shapes` need a given one, as Keras' steps always checked), else (a graph
     input of unknown rank, as a SavedModel signature's) a failing graph assertion, which runs
     before the reshape could fail."""
-    shape = x.shape
+    shape = backend.static_shape(x)
     target = [-1 if d is None else d for d in shapes[0]]
-    if shape.rank is not None:
-        if not _fits(tuple(shape), shapes):
-            raise ValueError(f"{expected}; got shape {tuple(shape)}.")
-        return x if _fits(tuple(shape), shapes[:1]) else tf.reshape(x, target)
+    if shape is not None:
+        if not _fits(shape, shapes):
+            raise ValueError(f"{expected}; got shape {shape}.")
+        return x if _fits(shape, shapes[:1]) else ops.reshape(x, target)
+    import tensorflow as tf  # An input of unknown rank: only a TF SavedModel signature's.
+
     dims = tf.shape(x)
     longest = max(len(s) for s in shapes)
     padded = tf.concat([dims, tf.fill([longest], -1)], axis=0)  # Indexable whatever the rank.
@@ -201,13 +238,13 @@ def _fits(dims, shapes):
 
 
 def check_count(
-    n: int | tf.Tensor,
+    n: int | Tensor,
     name: str = "n",
     minimum: int = 0,
     what: str = "samples",
     maximum: int | None = None,
     beyond: str = "",
-) -> tf.Tensor:
+) -> Tensor:
     """A count, such as the number of samples to draw: an integer scalar in [`minimum`,
     `maximum`] (at most `MAX_COUNT`, int32's range, when `maximum` is None), returned as int32
     []. Raises ValueError (or asserts in a graph) with a sentence naming `name`; `beyond` ends
@@ -216,15 +253,22 @@ def check_count(
     too_many = f"{name} must be at most {top} (the number of {what}); got "
     if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and int(n) > top:
         raise ValueError(f"{too_many}{int(n)}.{beyond}")  # Before int32 (or int64) wraps it.
-    n = tf.convert_to_tensor(n)
-    if not n.dtype.is_integer:
+    n = backend.as_tensor(n)
+    if not _is_integer(n):
         raise ValueError(
-            f"{name} must be an integer (the number of {what}); got dtype {n.dtype.name}."
+            f"{name} must be an integer (the number of {what}); got dtype {backend.dtype_name(n)}."
         )
     n = check_shape(n, [()], f"{name} must be a single integer (the number of {what}), shape []")
-    wide = tf.cast(n, tf.int64)  # Compared before the cast to int32, which would wrap.
-    wide = assert_that(wide, wide <= top, [too_many, wide, f".{beyond}"])
-    n = tf.cast(wide, tf.int32)
+    if backend.is_tensorflow():
+        import tensorflow as tf
+
+        wide = tf.cast(n, tf.int64)  # Compared before the cast to int32, which would wrap.
+        wide = assert_that(wide, wide <= top, [too_many, wide, f".{beyond}"])
+        n = tf.cast(wide, tf.int32)
+    else:  # JAX has no int64 by default: a concrete count is compared on the host.
+        if backend.is_concrete(n) and int(backend.to_numpy(n)) > top:
+            raise ValueError(f"{too_many}{int(backend.to_numpy(n))}.{beyond}")
+        n = ops.cast(n, "int32")
     return assert_that(
         n, n >= minimum, [f"{name} must be >= {minimum} (the number of {what}); got ", n, "."]
     )
@@ -244,7 +288,7 @@ CHUNK_VALUES = 2**24
 MAX_IMPORTANCE_SAMPLES = 2**24
 
 
-def check_importance_samples(m: int | tf.Tensor, name: str = "m") -> tf.Tensor:
+def check_importance_samples(m: int | Tensor, name: str = "m") -> Tensor:
     """The number of importance samples of an IWAE bound: an integer in
     [1, `MAX_IMPORTANCE_SAMPLES`], as int32 [] (see `check_count`)."""
     return check_count(
@@ -286,13 +330,13 @@ def _gib(size: float) -> str:
 
 
 def check_size(
-    count: int | tf.Tensor,
+    count: int | Tensor,
     values_per_row: int,
     name: str,
     how: str,
     bytes_per_row: int | None = None,
     memory: int | None = None,
-) -> tf.Tensor | int:
+) -> Tensor | int:
     """Refuses, before anything is allocated, `count` rows (a batch, samples) whose tensors a
     process cannot hold: more than `MAX_VALUES` values in one tensor of `values_per_row` values
     a row (int32's range), or (eagerly, for a Python or eager count) an estimate of
@@ -300,8 +344,12 @@ def check_size(
     available now, `available_memory`). The error is one sentence naming `name`, the limit
     and, in `how`, the way past it. Returns `count` (behind a graph assertion in a graph)."""
     limit = MAX_VALUES // max(1, int(values_per_row))
-    static = tf.get_static_value(count) if tf.is_tensor(count) else count
+    static = backend.static_value(count)
+    if static is None and not backend.is_tensorflow():
+        return count  # Inside jax.jit: shapes are static there, checked where they were made.
     if static is None:  # A graph's count: the int32 range of one tensor only.
+        import tensorflow as tf
+
         wide = tf.cast(count, tf.int64)
         return assert_that(
             count,
@@ -335,43 +383,28 @@ def in_chunks(fn, n, rows: int, seed=None):
     """`fn(start, size, seed)` (a dict of tensors, each [size, ...]: rows start..start+size of
     the result) for a count `n` (int32 scalar), drawn `rows` at a time and concatenated, so that
     no intermediate holds more than `rows` rows: one call `fn(0, n, seed)` when n <= rows (the
-    same draws as without chunks); else chunk i with the stateless seed
-    `stateless_fold_in(seed, i)` (or None: stateful draws)."""
-    static = tf.get_static_value(n)
+    same draws as without chunks); else chunk i with the stateless seed `seed` folded with i
+    (or None: stateful draws, TF only). On TF an n known only when a graph runs (a SavedModel
+    signature's) is chunked in the graph (`tfp_vae.models.steps_tf.in_chunks_graph`); on JAX n
+    is concrete (its shapes are static) and the chunks are a Python loop."""
+    static = backend.static_value(n)
     if static is not None and int(static) <= rows:
-        return fn(0, n, seed)
+        return fn(0, n if backend.is_tensorflow() else int(static), seed)
+    if backend.is_tensorflow():
+        return backend.steps().in_chunks_graph(fn, n, rows, seed, static)
+    if static is None:
+        raise ValueError(
+            "On JAX the number of samples must be known outside jax.jit (shapes are static); "
+            "pass n as a Python int."
+        )
+    import jax
 
-    def chunked():
-        base = None if seed is None else tfp_sanitize(seed)
-
-        def part(i):
-            seed = None if base is None else tf.random.experimental.stateless_fold_in(base, i)
-            return fn(i * rows, tf.minimum(rows, n - i * rows), seed)
-
-        count = (n + rows - 1) // rows
-        first = part(0)  # Its dtypes type the arrays.
-        arrays = {
-            key: tf.TensorArray(value.dtype, size=count, infer_shape=False).write(0, value)
-            for key, value in first.items()
-        }
-
-        def body(i, arrays):
-            out = part(i)
-            return i + 1, {key: arrays[key].write(i, out[key]) for key in arrays}
-
-        _, arrays = tf.while_loop(lambda i, _: i < count, body, (tf.constant(1), arrays))
-        return {key: array.concat() for key, array in arrays.items()}
-
-    if static is not None:
-        return chunked()
-    return tf.cond(n <= rows, lambda: fn(0, n, seed), chunked)
-
-
-def tfp_sanitize(seed):
-    """A stateless seed int32 [2] from any seed TFP takes (tfp.random.sanitize_seed)."""
-    import tensorflow_probability as tfp
-
-    return tfp.random.sanitize_seed(seed)
+    total = int(static)
+    parts = [
+        fn(start, min(rows, total - start), None if seed is None else jax.random.fold_in(seed, i))
+        for i, start in enumerate(range(0, total, rows))
+    ]
+    return {key: ops.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def check_keras_file(path: str) -> str:
@@ -397,14 +430,16 @@ def check_keras_file(path: str) -> str:
     return path
 
 
-def check_seed(seed: tf.Tensor | np.ndarray | Sequence[int]) -> tf.Tensor:
+def check_seed(seed: Tensor | np.ndarray | Sequence[int]) -> Tensor:
     """A stateless seed: two integers, returned as int32 [2]. Raises ValueError (or asserts in a
     graph) naming the expected shape for anything else."""
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer:
-        raise ValueError(f"seed must be two integers, e.g. [0, 0]; got dtype {seed.dtype.name}.")
+    seed = backend.as_tensor(seed)
+    if not _is_integer(seed):
+        raise ValueError(
+            f"seed must be two integers, e.g. [0, 0]; got dtype {backend.dtype_name(seed)}."
+        )
     return check_shape(
-        tf.cast(seed, tf.int32), [(2,)], "seed must be two integers, shape [2], e.g. [0, 0]"
+        ops.cast(seed, "int32"), [(2,)], "seed must be two integers, shape [2], e.g. [0, 0]"
     )
 
 
@@ -412,7 +447,9 @@ def padded_batch(fn, x, *args):
     """`fn(x, *args)`, a dict of tensors with x's batch axis first, also for an empty batch x
     (checked, [B, d]): TFP's stateless samplers divide by the batch size, so an empty batch goes
     through as one all-zero row (a valid image) whose results are dropped. Any other batch goes
-    through as it is."""
+    through as it is. (TF only: the SavedModel signatures'.)"""
+    import tensorflow as tf
+
     size = tf.shape(x)[0]
     padded = tf.pad(x, [[0, tf.maximum(1 - size, 0)], [0, 0]])
     return {name: value[:size] for name, value in fn(padded, *args).items()}
@@ -423,7 +460,7 @@ def check_array(x, check, rows=8192):
     or an eager tensor, `rows` rows at a time (no copy of a large array); anything else (a
     tf.data.Dataset, a generator) is left to the step's own checks. For `fit`/`evaluate`, so
     that bad arrays fail with the check's sentence before the first step."""
-    if not (isinstance(x, np.ndarray) or (tf.is_tensor(x) and tf.executing_eagerly())):
+    if not (isinstance(x, np.ndarray) or (backend.is_tensor(x) and backend.is_concrete(x))):
         return
     if len(x.shape) == 0:
         check(x)
@@ -457,11 +494,11 @@ FEATURE_PROBLEM = non_finite_problem("features")
 
 
 def check_features(
-    x: tf.Tensor | np.ndarray,
+    x: Tensor | np.ndarray,
     input_shape: int | Sequence[int],
     check_values: bool = True,
     name: str = "features",
-) -> tf.Tensor:
+) -> Tensor:
     """Validates a batch of real-valued features (or latents: `name`) and returns it as float32
     [B, prod(input_shape)] (flat).
 
@@ -469,13 +506,13 @@ def check_features(
     asserts on it in a graph, as `check_images`), and (unless `check_values` is False; eagerly,
     or as a failing graph assertion with the same message) for NaN or Inf values.
     """
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating and not x.dtype.is_integer:
-        raise ValueError(f"{name.capitalize()} must be numeric; got dtype {x.dtype.name}.")
+    x = backend.as_tensor(x)
+    if not _is_numeric(x):
+        raise ValueError(f"{name.capitalize()} must be numeric; got dtype {backend.dtype_name(x)}.")
     shape = resolve_input_shape(input_shape)
     shapes = list(dict.fromkeys([(None, math.prod(shape)), (None,) + shape]))
     x = check_shape(
-        tf.cast(x, tf.float32),
+        ops.cast(x, "float32"),
         shapes,
         _expected_text(name, shape)
         if len(shape) > 1
@@ -483,7 +520,7 @@ def check_features(
     )
     if not check_values:
         return x
-    return enforce(x, [(lambda v: tf.reduce_all(tf.math.is_finite(v)), non_finite_problem(name))])
+    return enforce(x, [(lambda v: ops.all(ops.isfinite(v)), non_finite_problem(name))])
 
 
 IMAGE_PROBLEMS = (
@@ -499,35 +536,41 @@ IMAGE_PROBLEMS = (
 )
 
 
-def image_problem(x: tf.Tensor, binary: bool = True) -> tf.Tensor:
+def image_problem(x: Tensor, binary: bool = True) -> Tensor:
     """int32 scalar: 0 when the float32 pixels `x` are valid, else 1 + the index in
     `IMAGE_PROBLEMS` of the first check they fail (finite, in [0, 1], binary when `binary`).
 
     Plain tensor ops, so it compiles under XLA, which drops assertion ops: the fused training
     step computes it inside XLA and asserts on it outside (see `raise_on_problem`).
     """
-    problem = tf.where(tf.reduce_all((x >= 0.0) & (x <= 1.0)), 0, 2)  # NaN fails both too.
+    problem = ops.where(ops.all((x >= 0.0) & (x <= 1.0)), 0, 2)  # NaN fails both too.
     if binary:
-        problem = tf.where((problem == 0) & ~tf.reduce_all((x == 0.0) | (x == 1.0)), 3, problem)
-    return tf.where(tf.reduce_all(tf.math.is_finite(x)), problem, 1)
+        problem = ops.where(
+            (problem == 0) & ops.logical_not(ops.all((x == 0.0) | (x == 1.0))), 3, problem
+        )
+    return ops.cast(ops.where(ops.all(ops.isfinite(x)), problem, 1), "int32")
 
 
 def first_problem(codes):
     """The first non-zero of a list of int32 problem codes (scalars), or 0 when all are 0."""
     result = codes[-1]
     for code in reversed(codes[:-1]):
-        result = tf.where(tf.not_equal(code, 0), code, result)
+        result = ops.where(ops.not_equal(code, 0), code, result)
     return result
 
 
-def raise_on_problem(value, problem: tf.Tensor, messages: Sequence[str] = IMAGE_PROBLEMS):
+def raise_on_problem(value, problem: Tensor, messages: Sequence[str] = IMAGE_PROBLEMS):
     """Raises ValueError eagerly, or asserts in a graph, with `messages[problem - 1]` (`problem`
     from `image_problem` by default); returns `value`, a tensor or a structure of them (behind
-    the assertion in a graph)."""
-    if tf.executing_eagerly():
+    the assertion in a graph; unchecked inside `jax.jit`, see `assert_that`)."""
+    if backend.is_concrete(problem):
         if int(problem):
             raise ValueError(messages[int(problem) - 1])
         return value
+    if not backend.is_tensorflow():
+        return value
+    import tensorflow as tf
+
     message = tf.gather(tf.constant(("",) + tuple(messages)), problem)
     with tf.control_dependencies([tf.debugging.Assert(tf.equal(problem, 0), [message])]):
         return tf.nest.map_structure(tf.identity, value)
@@ -535,12 +578,17 @@ def raise_on_problem(value, problem: tf.Tensor, messages: Sequence[str] = IMAGE_
 
 def enforce(value, checks):
     """Raises ValueError eagerly, or adds graph assertions, for each (predicate, message):
-    the same message either way. Returns `value` (behind the assertions in a graph)."""
-    if tf.executing_eagerly():
+    the same message either way. Returns `value` (behind the assertions in a graph; unchecked
+    inside `jax.jit`, see `assert_that`)."""
+    if backend.is_concrete(value):
         for ok, message in checks:
             if not bool(ok(value)):
                 raise ValueError(message)
         return value
+    if not backend.is_tensorflow():
+        return value
+    import tensorflow as tf
+
     asserts = [tf.debugging.Assert(ok(value), [message]) for ok, message in checks]
     with tf.control_dependencies(asserts):
         return tf.identity(value)
@@ -557,36 +605,37 @@ def label_problems(num_classes: int = NUM_CLASSES) -> tuple[str, str]:
 def _labels_and_validity(y, num_classes):
     """Static checks of labels (ValueError), then (int32 class indices, bool scalar: whether
     their values are valid, index of the message in `label_problems`)."""
-    y = tf.convert_to_tensor(y)
-    rank = y.shape.rank
+    y = backend.as_tensor(y)
+    shape = backend.static_shape(y)
+    rank = None if shape is None else len(shape)
     if rank == 2:
         if y.shape[-1] != num_classes:
             raise ValueError(
                 f"One-hot labels must have {num_classes} columns (one per class); "
                 f"got shape {tuple(y.shape)}."
             )
-        if not (y.dtype.is_floating or y.dtype.is_integer or y.dtype == tf.bool):
-            raise ValueError(f"Labels must be numeric; got dtype {y.dtype.name}.")
-        y = tf.cast(y, tf.float32)
-        ok = tf.reduce_all(((y == 0.0) | (y == 1.0)) & (tf.reduce_sum(y, -1, keepdims=True) == 1.0))
-        return tf.argmax(y, axis=-1, output_type=tf.int32), ok, 1
+        if not _is_numeric(y, allow_bool=True):
+            raise ValueError(f"Labels must be numeric; got dtype {backend.dtype_name(y)}.")
+        y = ops.cast(y, "float32")
+        ok = ops.all(((y == 0.0) | (y == 1.0)) & (ops.sum(y, -1, keepdims=True) == 1.0))
+        return ops.cast(ops.argmax(y, axis=-1), "int32"), ok, 1
     if rank not in (0, 1):
         raise ValueError(
             f"Labels must be class indices of shape [batch] or one-hot rows of "
             f"shape [batch, {num_classes}]; got shape {tuple(y.shape)}."
         )
-    if not y.dtype.is_integer:
+    if not _is_integer(y):
         raise ValueError(
-            f"Class-index labels must have an integer dtype; got {y.dtype.name} "
+            f"Class-index labels must have an integer dtype; got {backend.dtype_name(y)} "
             f"(pass one-hot rows as [batch, {num_classes}])."
         )
-    y = tf.cast(y, tf.int32)
-    return y, tf.reduce_all((y >= 0) & (y < num_classes)), 0
+    y = ops.cast(y, "int32")
+    return y, ops.all((y >= 0) & (y < num_classes)), 0
 
 
 def check_labels(
-    y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES, check_values: bool = True
-) -> tf.Tensor:
+    y: int | Tensor | np.ndarray, num_classes: int = NUM_CLASSES, check_values: bool = True
+) -> Tensor:
     """Validates labels and returns them as int32 class indices (shape [] or [B]).
 
     Accepts integer class indices (a scalar or [B]) or one-hot rows [B, num_classes] (any
@@ -602,22 +651,33 @@ def check_labels(
 
 
 def label_problem(
-    y: int | tf.Tensor | np.ndarray, num_classes: int = NUM_CLASSES, offset: int = 0
-) -> tf.Tensor:
+    y: int | Tensor | np.ndarray, num_classes: int = NUM_CLASSES, offset: int = 0
+) -> Tensor:
     """int32 scalar: 0 when the values of labels `y` are valid, else `offset` + 1 + the index in
     `label_problems` of the check they fail. Plain tensor ops (it compiles under XLA)."""
     _, ok, which = _labels_and_validity(y, num_classes)
-    return tf.where(ok, 0, offset + 1 + which)
+    return ops.cast(ops.where(ok, 0, offset + 1 + which), "int32")
 
 
 def labels_for(
-    y: int | tf.Tensor | np.ndarray,
-    batch_size: int | tf.Tensor,
+    y: int | Tensor | np.ndarray,
+    batch_size: int | Tensor,
     num_classes: int,
     check_values: bool = True,
-) -> tf.Tensor:
+) -> Tensor:
     """check_labels, then a scalar broadcast to [batch_size]; a [B] must match batch_size."""
     y = check_labels(y, num_classes, check_values)
+    if not backend.is_tensorflow():  # JAX: every shape is static.
+        if len(y.shape) == 0:
+            return ops.full([int(batch_size)], y, dtype="int32")
+        if y.shape[0] != int(batch_size):
+            raise ValueError(
+                f"Got {y.shape[0]} labels for a batch of {int(batch_size)}; pass one label "
+                "per example (or a single label for all of them)."
+            )
+        return y
+    import tensorflow as tf
+
     if y.shape.rank == 0:
         return tf.fill(tf.reshape(batch_size, [1]), y)
     static = tf.get_static_value(batch_size)

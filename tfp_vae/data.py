@@ -1,4 +1,4 @@
-"""MNIST-family data: finding the files, parsing them safely, binarising, tf.data pipelines.
+"""MNIST-family data: finding the files, parsing them safely, binarising, the input pipelines.
 
 `load(name)` takes "mnist", "fashion_mnist" or "npz:PATH" (a user's own arrays, see
 `load_npz`). For the two known datasets, the places looked in, in order (the first that holds
@@ -28,7 +28,13 @@ The arrays' digests identify the content whatever the file format or compression
 
 Images are kept as ``uint8`` arrays of shape ``[N, 28, 28]``; models see ``float32`` arrays of
 shape ``[N, 784]`` in {0, 1} after binarisation.
+
+The pipelines (`train_dataset`, `eval_dataset`) are tf.data on Keras' TensorFlow backend and
+NumPy `keras.utils.PyDataset`s on the others (`tfp_vae.data_numpy`, with the same arguments and
+errors); loading needs no TensorFlow, which this module imports only to build a tf.data pipeline.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import gzip
@@ -39,11 +45,12 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
-from tfp_vae import checks
+if TYPE_CHECKING:  # Imported where a tf.data pipeline is built (loading needs no TensorFlow).
+    import tensorflow as tf
 
 ENV_VAR = "TFP_VAE_DATA_DIR"
 DATASETS = ("mnist", "fashion_mnist")
@@ -56,7 +63,7 @@ _SHIPPED_NAMES = ("mnist",)
 _SHIPPED_PLACE = "shipped with tfp_vae"  # Its description in candidate_dirs.
 IMAGE_SHAPE = (28, 28)
 NUM_PIXELS = 28 * 28
-NUM_CLASSES = checks.NUM_CLASSES
+NUM_CLASSES = 10  # MNIST's digits (also `checks.NUM_CLASSES`).
 # Every evaluation binarises with this seed so numbers are comparable across runs.
 STATIC_BINARIZATION_SEED = 0
 
@@ -669,12 +676,58 @@ def _check_nonempty(images: np.ndarray, what: str):
         raise DataError(f"The {what} set is empty: there is nothing to train or evaluate on.")
 
 
+PIPELINES = ("tf.data", "numpy")
+
+
+def uses_numpy_pipeline(pipeline: str | None = None) -> bool:
+    """Whether `train_dataset` and `eval_dataset` (and the semi-supervised ones) give the NumPy
+    pipeline (`tfp_vae.data_numpy`) for their argument `pipeline`: "numpy" does, "tf.data" does
+    not, and None (the default) picks the backend's: tf.data on Keras' TensorFlow backend, NumPy
+    on the others (JAX), where TensorFlow need not be installed."""
+    if pipeline is None:
+        import keras
+
+        return keras.config.backend() != "tensorflow"
+    if pipeline not in PIPELINES:
+        raise ValueError(
+            f"pipeline must be tf.data, numpy or None (the backend's); got {pipeline!r}."
+        )
+    return pipeline == "numpy"
+
+
+def check_train_args(images: np.ndarray, batch_size: int, binarization: str, start_step: int):
+    """The checks of `train_dataset`'s arguments, shared by both pipelines (DataError or
+    ValueError, one line)."""
+    _check_nonempty(images, "training")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    if int(start_step) < 0:
+        raise ValueError(f"start_step must be >= 0; got {start_step}.")
+    if binarization not in ("dynamic", "static", "none"):
+        raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
+    _check_binarisable(images, binarization)
+
+
+def train_table(images: np.ndarray, binarization: str) -> tuple[np.ndarray, bool]:
+    """(the rows a training batch is gathered from, whether the data are real-valued): float32
+    [N, D] binarised once ("static") or real-valued data as they are, else uint8 [N, D]
+    intensities (binarised or scaled per batch)."""
+    real = np.asarray(images).dtype == np.float32  # Real-valued data go through as they are.
+    if binarization == "static":
+        return binarize_static(images), real
+    if real:
+        return flatten(images), real
+    return np.asarray(images, np.uint8).reshape(len(images), -1), real
+
+
 def train_dataset(
     images: np.ndarray,
     batch_size: int,
     binarization: str = "dynamic",
     seed: int | None = None,
     start_step: int = 0,
+    *,
+    pipeline: str | None = None,
 ) -> tf.data.Dataset:
     """An endless stream of shuffled epochs in batches of float32 [batch_size, 784] images.
 
@@ -683,6 +736,11 @@ def train_dataset(
     smaller than one batch is repeated within the epoch). Indices are shuffled, not images, and
     each batch is gathered and binarised in one vectorised map; every draw comes from a stateless
     RNG keyed by (`seed`, epoch or batch number), so a seed gives the same stream every time.
+
+    A tf.data.Dataset on Keras' TensorFlow backend; on the others (JAX) the same stream drawn by
+    NumPy, `tfp_vae.data_numpy.train_dataset` (a `keras.utils.PyDataset`; the same seed gives
+    other draws than tf.data's, of the same distribution): `pipeline` "tf.data" or "numpy" picks
+    one whatever the backend (`uses_numpy_pipeline`).
 
     Args:
       images: uint8 [N, 28, 28].
@@ -693,19 +751,15 @@ def train_dataset(
         global step reads next): the same batches as the whole stream's, at no cost per batch
         skipped.
     """
-    _check_nonempty(images, "training")
-    if int(start_step) < 0:
-        raise ValueError(f"start_step must be >= 0; got {start_step}.")
-    if binarization not in ("dynamic", "static", "none"):
-        raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
-    _check_binarisable(images, binarization)
-    real = np.asarray(images).dtype == np.float32  # Real-valued data go through as they are.
-    if binarization == "static":
-        table = tf.constant(binarize_static(images))
-    elif real:
-        table = tf.constant(flatten(images))
-    else:
-        table = tf.constant(np.asarray(images, np.uint8).reshape(len(images), -1))
+    if uses_numpy_pipeline(pipeline):
+        from tfp_vae import data_numpy
+
+        return data_numpy.train_dataset(images, batch_size, binarization, seed, start_step)
+    import tensorflow as tf
+
+    check_train_args(images, batch_size, binarization, start_step)
+    array, real = train_table(images, binarization)
+    table = tf.constant(array)
     n = len(images)
     repeats = -(-batch_size // n)  # Whole copies of the set needed to fill one batch.
     per_epoch = n * repeats // batch_size
@@ -736,11 +790,14 @@ def train_dataset(
 
 
 def dynamic_binarize(batch: tf.Tensor, seed=None) -> tf.Tensor:
-    """uint8 [B, 784] -> float32 [B, 784] with pixel ~ Bernoulli(intensity / 255).
+    """uint8 [B, 784] -> float32 [B, 784] with pixel ~ Bernoulli(intensity / 255) (TensorFlow;
+    `tfp_vae.data_numpy.dynamic_binarize` is the NumPy one).
 
     `seed`: an op seed (int or None) for the stateful RNG, or a shape-[2] tensor for the
     stateless one.
     """
+    import tensorflow as tf
+
     probs = tf.cast(batch, tf.float32) / 255.0
     if seed is not None and not isinstance(seed, int):
         uniform = tf.random.stateless_uniform(tf.shape(probs), seed=seed)
@@ -749,22 +806,38 @@ def dynamic_binarize(batch: tf.Tensor, seed=None) -> tf.Tensor:
     return tf.cast(uniform < probs, tf.float32)
 
 
-def eval_dataset(
-    images: np.ndarray,
-    batch_size: int = 1000,
-    binarization: str = "static",
-    labels: np.ndarray | None = None,
-) -> tf.data.Dataset:
-    """A finite dataset of float32 [B, 784] batches (and labels, if given), in order.
-
-    `binarization` is "static" (binarised with the static seed) or "none" (grayscale in [0, 1]).
-    """
+def eval_array(images: np.ndarray, binarization: str = "static") -> np.ndarray:
+    """float32 [N, D]: `images` as `eval_dataset` gives them ("static": binarised with the
+    static seed; "none": grayscale in [0, 1]), checked as it checks them."""
     _check_nonempty(images, "evaluation")
     if binarization not in ("static", "none"):
         raise ValueError(
             f"binarization must be static or none for evaluation; got {binarization!r}."
         )
-    x = binarize_static(images) if binarization == "static" else flatten(images)
+    return binarize_static(images) if binarization == "static" else flatten(images)
+
+
+def eval_dataset(
+    images: np.ndarray,
+    batch_size: int = 1000,
+    binarization: str = "static",
+    labels: np.ndarray | None = None,
+    *,
+    pipeline: str | None = None,
+) -> tf.data.Dataset:
+    """A finite dataset of float32 [B, 784] batches (and labels, if given), in order.
+
+    `binarization` is "static" (binarised with the static seed) or "none" (grayscale in [0, 1]).
+    A tf.data.Dataset on Keras' TensorFlow backend, else a NumPy `keras.utils.PyDataset`
+    (`tfp_vae.data_numpy.eval_dataset`, the same batches); `pipeline` as `train_dataset`'s.
+    """
+    if uses_numpy_pipeline(pipeline):
+        from tfp_vae import data_numpy
+
+        return data_numpy.eval_dataset(images, batch_size, binarization, labels)
+    import tensorflow as tf
+
+    x = eval_array(images, binarization)
     tensors = x if labels is None else (x, np.asarray(labels, np.int64))
     return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -914,6 +987,8 @@ __all__: Sequence[str] = (
     "dynamic_binarize",
     "train_dataset",
     "eval_dataset",
+    "eval_array",
+    "uses_numpy_pipeline",
     "labelled_subset",
     "flatten",
     "take_first",

@@ -1,14 +1,15 @@
 """Evaluation of trained models over whole test sets with bounded memory."""
 
+import keras
 import numpy as np
-import tensorflow as tf
 
-from tfp_vae import checks, objectives
+from tfp_vae import backend, checks, objectives
+from tfp_vae.backend import Tensor
 
 
 def negative_iwae(
     model,
-    x: tf.Tensor | np.ndarray,
+    x: Tensor | np.ndarray,
     m: int,
     max_rows: int = 20000,
     seed: int = 0,
@@ -39,22 +40,22 @@ def negative_iwae(
     m = int(checks.check_importance_samples(m))
     # One call's rows of the widest intermediate: within a tensor's range and the memory.
     checks.check_size(max_rows, model.widest_values(), "max_rows", "give a smaller max_rows.")
-    x = model.check_inputs(x).numpy()
+    x = backend.to_numpy(model.check_inputs(x))
     chunk = min(m, max_rows)
     batch = max(1, max_rows // chunk)
 
     def log_sum_exp_weights(xb, size, seed):
         log_w = objectives.log_weights(*model.iwae_log_weights(xb, size, seed=seed))
-        return tf.reduce_logsumexp(log_w, axis=0)
+        return keras.ops.logsumexp(log_w, axis=0)
 
-    fn = tf.function(log_sum_exp_weights, jit_compile=jit_compile)
+    fn = backend.compiled(log_sum_exp_weights, jit_compile, static_argnums=(1,))
     total, call = 0.0, 0
     for start in range(0, len(x), batch):
-        xb = tf.constant(x[start : start + batch])
+        xb = keras.ops.convert_to_tensor(x[start : start + batch])
         acc = np.full(len(xb), -np.inf)
         for done in range(0, m, chunk):
-            lse = fn(xb, min(chunk, m - done), tf.constant([seed, call], tf.int32))
-            acc = np.logaddexp(acc, lse.numpy().astype(np.float64))
+            lse = fn(xb, min(chunk, m - done), backend.seed_pair(seed, call))
+            acc = np.logaddexp(acc, backend.to_numpy(lse).astype(np.float64))
             call += 1
         total += float(np.sum(acc - np.log(m)))
     return -total / len(x)

@@ -1,14 +1,14 @@
-"""Image grids written as PNG with tf.io.encode_png (no imaging dependency)."""
+"""Image grids written as PNG by the standard library's zlib (no imaging dependency, and no
+TensorFlow: the same on every Keras backend)."""
 
 import math
+import struct
+import zlib
 
 import numpy as np
-import tensorflow as tf
 
 
-def grid(
-    images: tf.Tensor | np.ndarray, rows: int, cols: int, side: int = 28, pad: int = 1
-) -> np.ndarray:
+def grid(images: np.ndarray, rows: int, cols: int, side: int = 28, pad: int = 1) -> np.ndarray:
     """[N, side*side] values in [0, 1] -> uint8 [H, W, 1] tiled rows x cols (N <= rows*cols)."""
     images = np.asarray(images, np.float32).reshape(-1, side, side)
     if len(images) > rows * cols:
@@ -38,15 +38,35 @@ def square_side(shape) -> int | None:
     return side if side * side == shape[0] and side > 2 else None
 
 
-def write_png(path: str, image: tf.Tensor | np.ndarray) -> None:
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 1|3] (grayscale or RGB) -> the bytes of a PNG file (8 bits a channel)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"Expected uint8 [H, W, 1|3]; got {image.dtype} {list(image.shape)}.")
+    height, width, channels = image.shape
+
+    def chunk(kind, payload):
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    # Each row starts with its filter type, 0 (none).
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def write_png(path: str, image: np.ndarray) -> None:
     """Writes uint8 [H, W, 1|3] to path, whole or not at all (`tfp_vae.files`)."""
     from tfp_vae import files
 
-    files.write_bytes(path, tf.io.encode_png(image).numpy())
+    files.write_bytes(path, encode_png(np.asarray(image)))
 
 
-def write_grid(
-    path: str, images: tf.Tensor | np.ndarray, rows: int, cols: int, side: int = 28
-) -> None:
+def write_grid(path: str, images: np.ndarray, rows: int, cols: int, side: int = 28) -> None:
     """Writes `images` ([N, side*side] values in [0, 1]) to path as one PNG grid (`grid`)."""
     write_png(path, grid(images, rows, cols, side))

@@ -1,4 +1,5 @@
-"""Keras 3 layers whose `call` returns a `tfp.distributions.Distribution`.
+"""Keras 3 layers whose `call` returns a `tfp.distributions.Distribution` (of the active
+backend's TFP substrate, `tfp_vae.backend.tfd`; the maths in `keras.ops`, the same on TF and JAX).
 
 `tfp.layers` is Keras-2-only, so these are our own. Every distribution is built inside `call`
 from the current variable values (Keras 3 variables are not `tf.Variable`s: a distribution
@@ -13,13 +14,14 @@ or float16, but their outputs are cast to float32 on the way in, so every distri
 parameter, log-probability, log-sum-exp and loss is float32.
 """
 
+import math
+
 import keras
-import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tfp_vae import likelihoods
+from tfp_vae.backend import tfd
 
-tfd = tfp.distributions
+ops = keras.ops
 
 _PACKAGE = "tfp_vae"
 
@@ -61,8 +63,8 @@ class StandardNormalPrior(Float32Layer):
         self.z_dim = int(z_dim)
 
     def call(self, inputs=None):
-        zeros = tf.zeros([self.z_dim], self.compute_dtype)
-        return tfd.MultivariateNormalDiag(loc=zeros, scale_diag=tf.ones_like(zeros))
+        zeros = ops.zeros([self.z_dim], self.compute_dtype)
+        return tfd.MultivariateNormalDiag(loc=zeros, scale_diag=ops.ones_like(zeros))
 
     def get_config(self):
         return {**super().get_config(), "z_dim": self.z_dim}
@@ -102,21 +104,21 @@ class DiagonalGaussianMixture(tfd.MixtureSameFamily):
     def _log_prob(self, x):
         components = self.components_distribution
         loc = components.loc  # [k, z]
-        variance = tf.square(components.scale.diag)  # [k, z]
-        precision = tf.math.reciprocal(variance)
-        z_dim = tf.cast(tf.shape(loc)[-1], x.dtype)
-        constant = tf.reduce_sum(
-            tf.square(loc) * precision + tf.math.log(variance), axis=-1
-        ) + z_dim * tf.math.log(2.0 * tf.constant(3.141592653589793, x.dtype))  # [k]
-        coefficients = tf.concat([precision, -2.0 * loc * precision], axis=-1)  # [k, 2z]
-        flat = tf.reshape(x, [-1, tf.shape(x)[-1]])
-        quadratic = tf.matmul(
-            tf.concat([tf.square(flat), flat], axis=-1), coefficients, transpose_b=True
+        variance = ops.square(components.scale.diag)  # [k, z]
+        precision = ops.reciprocal(variance)
+        z_dim = ops.cast(ops.shape(loc)[-1], x.dtype)
+        constant = ops.sum(
+            ops.square(loc) * precision + ops.log(variance), axis=-1
+        ) + z_dim * ops.log(2.0 * ops.convert_to_tensor(math.pi, x.dtype))  # [k]
+        coefficients = ops.concatenate([precision, -2.0 * loc * precision], axis=-1)  # [k, 2z]
+        flat = ops.reshape(x, [-1, ops.shape(x)[-1]])
+        quadratic = ops.matmul(
+            ops.concatenate([ops.square(flat), flat], axis=-1), ops.transpose(coefficients)
         )  # [N, k]
         log_components = -0.5 * (quadratic + constant)
-        log_mix = tf.nn.log_softmax(self.mixture_distribution.logits_parameter(), axis=-1)
-        log_prob = tf.reduce_logsumexp(log_components + log_mix, axis=-1)
-        return tf.reshape(log_prob, tf.shape(x)[:-1])
+        log_mix = ops.log_softmax(self.mixture_distribution.logits_parameter(), axis=-1)
+        log_prob = ops.logsumexp(log_components + log_mix, axis=-1)
+        return ops.reshape(log_prob, ops.shape(x)[:-1])
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
@@ -149,11 +151,11 @@ class MixturePrior(Float32Layer):
         )
 
     def call(self, inputs=None):
-        variance = tf.nn.softplus(self.pre_variance) + self.min_variance
+        variance = ops.softplus(self.pre_variance) + self.min_variance
         return DiagonalGaussianMixture(
-            mixture_distribution=tfd.Categorical(logits=tf.convert_to_tensor(self.mixture_logits)),
+            mixture_distribution=tfd.Categorical(logits=ops.convert_to_tensor(self.mixture_logits)),
             components_distribution=tfd.MultivariateNormalDiag(
-                loc=tf.convert_to_tensor(self.loc), scale_diag=tf.sqrt(variance)
+                loc=ops.convert_to_tensor(self.loc), scale_diag=ops.sqrt(variance)
             ),
         )
 

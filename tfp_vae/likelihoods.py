@@ -22,19 +22,19 @@ A user's own likelihood subclasses `Likelihood`, registers itself with Keras
 (`keras.saving.register_keras_serializable`) and `register`s its family name; models then take
 it by name or as an instance.
 
-Every layer computes in float32 whatever the global dtype policy (see `tfp_vae.layers`).
+Every layer computes in float32 whatever the global dtype policy (see `tfp_vae.layers`), in
+`keras.ops` and the active backend's TFP (`tfp_vae.backend.tfd`): the same code on TF and JAX.
 """
 
 from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tfp_vae import checks, data
+from tfp_vae import backend, checks
+from tfp_vae.backend import Tensor, tfd
 
-tfd = tfp.distributions
+ops = keras.ops
 
 _PACKAGE = "tfp_vae"
 
@@ -67,11 +67,11 @@ class Likelihood(keras.layers.Layer):
 
     def check(
         self,
-        x: tf.Tensor | np.ndarray,
+        x: Tensor | np.ndarray,
         input_shape: int | Sequence[int],
         bound: bool = True,
         check_values: bool = True,
-    ) -> tf.Tensor:
+    ) -> Tensor:
         """Checks inputs x [B, *input_shape] (or flat) as this likelihood needs them and returns
         them as float32 [B, prod(input_shape)]. `bound`: the values go into the likelihood's
         bound (binary for the Bernoulli); False for what is only encoded or classified
@@ -83,11 +83,13 @@ class Likelihood(keras.layers.Layer):
             x, input_shape, binary=bound and self.binary, check_pixels=check_values
         )
 
-    def problem(self, x: tf.Tensor, bound: bool = True) -> tf.Tensor:
+    def problem(self, x: Tensor, bound: bool = True) -> Tensor:
         """int32 code (0: fine, else 1 + an index into `checks.INPUT_PROBLEMS`) of the values of
         flat inputs x, as `check` checks them. Plain ops (XLA-safe)."""
         if not self.on_pixels:
-            return tf.where(tf.reduce_all(tf.math.is_finite(x)), 0, len(checks.IMAGE_PROBLEMS) + 1)
+            return ops.cast(
+                ops.where(ops.all(ops.isfinite(x)), 0, len(checks.IMAGE_PROBLEMS) + 1), "int32"
+            )
         return checks.image_problem(x, binary=bound and self.binary)
 
     # ---- how data are prepared for it ---------------------------------------------------------
@@ -125,13 +127,15 @@ class Likelihood(keras.layers.Layer):
         transform = self.eval_transform if transform is None else transform
         if images.dtype != np.uint8:
             return images.reshape(len(images), -1).astype(np.float32)
+        from tfp_vae import data  # Deferred: the input pipeline is not part of the numeric core.
+
         if transform == "static":
             return data.binarize_static(images)
         return data.flatten(images)
 
     # ---- what serving returns -----------------------------------------------------------------
 
-    def parameters(self, p: tfd.Distribution) -> dict[str, tf.Tensor]:
+    def parameters(self, p: tfd.Distribution) -> dict[str, Tensor]:
         """The SavedModel `decode` outputs for p(x|z) (each [B, D])."""
         return {"mean": p.mean()}
 
@@ -151,9 +155,9 @@ class BernoulliLikelihood(Likelihood):
     eval_transform = "static"
 
     def call(self, logits):
-        logits = tf.cast(logits, tf.float32)
+        logits = ops.cast(logits, "float32")
         return tfd.Independent(
-            LogitBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1
+            LogitBernoulli(logits=logits, dtype=backend.float32), reinterpreted_batch_ndims=1
         )
 
     def parameters(self, p):
@@ -167,7 +171,7 @@ class LogitBernoulli(tfd.Bernoulli):
 
     def _log_prob(self, event):
         logits = self._logits_parameter_no_checks()
-        return tf.cast(event, logits.dtype) * logits - tf.math.softplus(logits)
+        return ops.cast(event, logits.dtype) * logits - ops.softplus(logits)
 
 
 @keras.saving.register_keras_serializable(_PACKAGE)
@@ -183,9 +187,10 @@ class ContinuousBernoulliLikelihood(Likelihood):
     family = "continuous_bernoulli"
 
     def call(self, logits):
-        logits = tf.cast(logits, tf.float32)
+        logits = ops.cast(logits, "float32")
         return tfd.Independent(
-            tfd.ContinuousBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1
+            tfd.ContinuousBernoulli(logits=logits, dtype=backend.float32),
+            reinterpreted_batch_ndims=1,
         )
 
     def parameters(self, p):
@@ -217,10 +222,10 @@ class GaussianLikelihood(Likelihood):
 
     def scale(self):
         """The current per-dimension scale, float32 [D]."""
-        return tf.nn.softplus(tf.convert_to_tensor(self.pre_scale)) + self.min_scale
+        return ops.softplus(ops.convert_to_tensor(self.pre_scale)) + self.min_scale
 
     def call(self, means):
-        means = tf.cast(means, tf.float32)
+        means = ops.cast(means, "float32")
         return tfd.Independent(
             tfd.Normal(loc=means, scale=self.scale()), reinterpreted_batch_ndims=1
         )
@@ -259,13 +264,13 @@ class HeteroscedasticGaussianLikelihood(Likelihood):
         return {**super().get_config(), "min_variance": self.min_variance}
 
 
-def diagonal_gaussian(h: tf.Tensor, min_variance: float) -> tfd.MultivariateNormalDiag:
+def diagonal_gaussian(h: Tensor, min_variance: float) -> tfd.MultivariateNormalDiag:
     """h [..., 2D] -> MultivariateNormalDiag, batch [...], event [D]: the first half of h is the
     mean, variance = softplus(second half) + min_variance (the floor keeps log-densities finite
     when a network pushes a variance to zero). The posteriors' form too (`layers`)."""
-    loc, pre_variance = tf.split(tf.cast(h, tf.float32), 2, axis=-1)
-    variance = tf.nn.softplus(pre_variance) + min_variance
-    return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.sqrt(variance))
+    loc, pre_variance = ops.split(ops.cast(h, "float32"), 2, axis=-1)
+    variance = ops.softplus(pre_variance) + min_variance
+    return tfd.MultivariateNormalDiag(loc=loc, scale_diag=ops.sqrt(variance))
 
 
 # family -> factory(x_dim, min_variance) of the likelihoods known by name.

@@ -6,7 +6,10 @@ import numbers
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
+
+from tfp_vae.backend import Tensor
+
+ops = keras.ops
 
 # The initialisations of the recipe's MLPs (`mlp`'s `init`).
 INITS = ("torch", "glorot")
@@ -158,10 +161,10 @@ def conv_decoder(in_dim, input_shape, out_channels=None, name="decoder") -> kera
 
 def apply(
     network: keras.Layer,
-    inputs: tf.Tensor,
+    inputs: Tensor,
     input_shape: Sequence[int] | None = None,
     training: bool = False,
-) -> tf.Tensor:
+) -> Tensor:
     """Applies a network on one batch axis to inputs with any leading axes: [..., d_in] ->
     [..., d_out] (for instance [m, B, z] importance samples), by folding the leading axes into
     the batch. With `input_shape` (a network on images, (28, 28, 1) say) the flat inputs
@@ -169,14 +172,14 @@ def apply(
     per example ([N, 28, 28, 1] logits) comes back flat ([..., 784]). `training` is passed to
     the network (Dropout drops and BatchNormalization uses and updates batch statistics only
     when True: the training steps')."""
-    inputs = tf.convert_to_tensor(inputs)
+    inputs = ops.convert_to_tensor(inputs)
     shape = (inputs.shape[-1],) if input_shape is None else tuple(input_shape)
-    if inputs.shape.rank == 2 and len(shape) == 1:
+    if len(inputs.shape) == 2 and len(shape) == 1:
         out = network(inputs, training=training)
-        return out if len(out.shape) == 2 else tf.reshape(out, [-1, math.prod(out.shape[1:])])
-    out = network(tf.reshape(inputs, (-1,) + shape), training=training)
+        return out if len(out.shape) == 2 else ops.reshape(out, [-1, math.prod(out.shape[1:])])
+    out = network(ops.reshape(inputs, (-1,) + shape), training=training)
     width = math.prod(out.shape[1:])
-    return tf.reshape(out, tf.concat([tf.shape(inputs)[:-1], [width]], axis=0))
+    return ops.reshape(out, tuple(ops.shape(inputs)[:-1]) + (width,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,10 +211,10 @@ def split_first_dense(network, label_width):
 
 def _label_rows(first, label_width, dtype):
     """W_y + b: the first layer's pre-activation contribution of each label, [K, units]."""
-    kernel = tf.cast(first.kernel, dtype)
+    kernel = ops.cast(first.kernel, dtype)
     rows = kernel[-label_width:]
     if first.use_bias:
-        rows = rows + tf.cast(first.bias, dtype)
+        rows = rows + ops.cast(first.bias, dtype)
     return kernel[:-label_width], rows
 
 
@@ -224,12 +227,12 @@ def _finish(first, rest, pre_activation, training=False):
 
 def apply_labelled(
     network: keras.Layer,
-    x: tf.Tensor,
-    labels: tf.Tensor,
+    x: Tensor,
+    labels: Tensor,
     num_classes: int,
     factorise: bool = True,
     training: bool = False,
-) -> tf.Tensor:
+) -> Tensor:
     """network([x, onehot(labels)], training=training) for x [N, d] and int labels [N]:
     [N, d_out].
 
@@ -237,22 +240,22 @@ def apply_labelled(
     row of the kernel is gathered and added instead of concatenating a one-hot block."""
     split = split_first_dense(network, num_classes) if factorise else None
     if split is None:
-        onehot = tf.one_hot(labels, num_classes, dtype=x.dtype)
-        return network(tf.concat([x, onehot], axis=-1), training=training)
+        onehot = ops.one_hot(labels, num_classes, dtype=x.dtype)
+        return network(ops.concatenate([x, onehot], axis=-1), training=training)
     first, rest = split
     kernel_x, rows = _label_rows(first, num_classes, first.compute_dtype)
-    pre = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x) + tf.gather(rows, labels)
+    pre = ops.matmul(ops.cast(x, first.compute_dtype), kernel_x) + ops.take(rows, labels, axis=0)
     return _finish(first, rest, pre, training)
 
 
 def apply_enumerated(
     network: keras.Layer,
-    x: tf.Tensor,
+    x: Tensor,
     num_classes: int,
     shared: bool,
     factorise: bool = True,
     training: bool = False,
-) -> tf.Tensor:
+) -> Tensor:
     """network([x_r, onehot(k)], training=training) for every label k, class-major:
     [K * B, d_out], row k * B + i pairing example i with label k.
 
@@ -267,17 +270,19 @@ def apply_enumerated(
     k = num_classes
     split = split_first_dense(network, k) if factorise else None
     if split is None:
-        rows_per_class = tf.shape(x)[0] if shared else tf.shape(x)[0] // k
         if shared:
-            x = tf.reshape(tf.tile(x[None], [k, 1, 1]), [-1, x.shape[-1]])
-        onehot = tf.one_hot(tf.repeat(tf.range(k), rows_per_class), k, dtype=x.dtype)
-        return network(tf.concat([x, onehot], axis=-1), training=training)
+            x = ops.reshape(ops.tile(x[None], [k, 1, 1]), [-1, x.shape[-1]])
+        rows_per_class = ops.shape(x)[0] // k
+        # Class-major labels [K * rows]: row r has label r // rows_per_class.
+        labels = ops.arange(ops.shape(x)[0]) // rows_per_class
+        onehot = ops.one_hot(labels, k, dtype=x.dtype)
+        return network(ops.concatenate([x, onehot], axis=-1), training=training)
     first, rest = split
     kernel_x, rows = _label_rows(first, k, first.compute_dtype)
-    xw = tf.matmul(tf.cast(x, first.compute_dtype), kernel_x)  # [B, H] or [K * B, H]
+    xw = ops.matmul(ops.cast(x, first.compute_dtype), kernel_x)  # [B, H] or [K * B, H]
     units = xw.shape[-1]
-    xw = xw[None] if shared else tf.reshape(xw, [k, -1, units])  # [1 or K, B, H]
-    pre = tf.reshape(xw + rows[:, None, :], [-1, units])  # [K * B, H]
+    xw = xw[None] if shared else ops.reshape(xw, [k, -1, units])  # [1 or K, B, H]
+    pre = ops.reshape(xw + rows[:, None, :], [-1, units])  # [K * B, H]
     return _finish(first, rest, pre, training)
 
 

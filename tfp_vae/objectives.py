@@ -1,17 +1,20 @@
 """The bounds, as pure functions of per-sample log-densities.
 
 Tests check each against a brute-force NumPy computation; the models only gather the
-log-densities and call these.
+log-densities and call these. Written in `keras.ops`: the same code on TensorFlow and JAX.
 """
 
 import math
 
-import tensorflow as tf
+import keras
 
+from tfp_vae.backend import Tensor
 from tfp_vae.checks import NUM_CLASSES
 
+ops = keras.ops
 
-def negative_elbo(log_likelihood: tf.Tensor, kl: tf.Tensor, beta: float = 1.0) -> tf.Tensor:
+
+def negative_elbo(log_likelihood: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:
     """-ELBO per example = Rec + beta * KL.
 
     Args:
@@ -25,14 +28,14 @@ def negative_elbo(log_likelihood: tf.Tensor, kl: tf.Tensor, beta: float = 1.0) -
     return -log_likelihood + beta * kl
 
 
-def monte_carlo_kl(log_q: tf.Tensor, log_p: tf.Tensor) -> tf.Tensor:
+def monte_carlo_kl(log_q: Tensor, log_p: Tensor) -> Tensor:
     """One-sample unbiased estimate of KL(q || p) at z ~ q: log q(z) - log p(z). Shapes [...]."""
     return log_q - log_p
 
 
 def iwae_bound(
-    log_likelihood: tf.Tensor, log_prior: tf.Tensor, log_posterior: tf.Tensor, axis: int = 0
-) -> tf.Tensor:
+    log_likelihood: Tensor, log_prior: Tensor, log_posterior: Tensor, axis: int = 0
+) -> Tensor:
     """Importance-weighted bound log (1/m) sum_i p(x, z_i) / q(z_i | x).
 
     Args:
@@ -46,38 +49,34 @@ def iwae_bound(
     return log_mean_exp(log_weights(log_likelihood, log_prior, log_posterior), axis=axis)
 
 
-def log_weights(
-    log_likelihood: tf.Tensor, log_prior: tf.Tensor, log_posterior: tf.Tensor
-) -> tf.Tensor:
+def log_weights(log_likelihood: Tensor, log_prior: Tensor, log_posterior: Tensor) -> Tensor:
     """Importance log-weights log p(x|z) + log p(z) - log q(z|x), elementwise ([m, B] in,
     [m, B] out)."""
     return log_likelihood + log_prior - log_posterior
 
 
-def log_mean_exp(values: tf.Tensor, axis: int = 0) -> tf.Tensor:
+def log_mean_exp(values: Tensor, axis: int = 0) -> Tensor:
     """log mean exp(values) along `axis`, stably: `values` with that axis removed."""
-    n = tf.cast(tf.shape(values)[axis], values.dtype)
-    return tf.reduce_logsumexp(values, axis=axis) - tf.math.log(n)
+    n = ops.cast(ops.shape(values)[axis], values.dtype)
+    return ops.logsumexp(values, axis=axis) - ops.log(n)
 
 
 # ----------------------------------------------------------------------------------------------
 # The semi-supervised bounds (M2), as pure functions of per-class terms.
 
 
-def categorical_kl_to_uniform(logits: tf.Tensor) -> tf.Tensor:
+def categorical_kl_to_uniform(logits: Tensor) -> Tensor:
     """KL(Categorical(logits) || Uniform(K)) = sum_k q_k log q_k + log K, per row of [..., K].
 
     Computed from log-softmax, so it stays finite (with finite gradients) when some q_k
     underflow to 0.
     """
-    log_q = tf.nn.log_softmax(logits, axis=-1)
-    num_classes = tf.cast(tf.shape(logits)[-1], logits.dtype)
-    return tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1) + tf.math.log(num_classes)
+    log_q = ops.log_softmax(logits, axis=-1)
+    num_classes = ops.cast(ops.shape(logits)[-1], logits.dtype)
+    return ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes)
 
 
-def unlabelled_bound_terms(
-    class_logits: tf.Tensor, rec: tf.Tensor, kl_z: tf.Tensor
-) -> dict[str, tf.Tensor]:
+def unlabelled_bound_terms(class_logits: Tensor, rec: Tensor, kl_z: Tensor) -> dict[str, Tensor]:
     """The unlabelled bound -U(x) from the per-class terms of every label.
 
     Args:
@@ -90,9 +89,9 @@ def unlabelled_bound_terms(
       parts `rec` = sum_k q(k|x) rec_k, `kl_z` = sum_k q(k|x) kl_z_k and `kl_y` =
       KL(q(y|x) || p(y)) with p(y) uniform; nelbo = rec + kl_z + kl_y.
     """
-    probs = tf.nn.softmax(class_logits, axis=-1)
-    expected_rec = tf.reduce_sum(probs * rec, axis=-1)
-    expected_kl_z = tf.reduce_sum(probs * kl_z, axis=-1)
+    probs = ops.softmax(class_logits, axis=-1)
+    expected_rec = ops.sum(probs * rec, axis=-1)
+    expected_kl_z = ops.sum(probs * kl_z, axis=-1)
     kl_y = categorical_kl_to_uniform(class_logits)
     return {
         "nelbo": expected_rec + expected_kl_z + kl_y,
@@ -102,9 +101,7 @@ def unlabelled_bound_terms(
     }
 
 
-def labelled_negative_elbo(
-    rec: tf.Tensor, kl_z: tf.Tensor, num_classes: int = NUM_CLASSES
-) -> tf.Tensor:
+def labelled_negative_elbo(rec: Tensor, kl_z: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
     """The labelled bound -L(x, y) = rec_y + kl_z_y - log p(y), with p(y) = 1/K: [B].
 
     Args:
@@ -114,6 +111,6 @@ def labelled_negative_elbo(
     return negative_elbo(-rec, kl_z) + math.log(num_classes)
 
 
-def classification_loss(class_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+def classification_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy -log q(y|x) of integer labels [B] under logits [B, K]: [B]."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=class_logits)
+    return ops.sparse_categorical_crossentropy(labels, class_logits, from_logits=True)

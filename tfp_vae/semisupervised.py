@@ -1,16 +1,23 @@
 """Semi-supervised data: the labelled split (by seed or by an index file) and the pipelines the
 semi-supervised models train and evaluate on (an unlabelled batch zipped with the labelled set).
 
-Beside `tfp_vae.data`, which loads the datasets and makes the unsupervised pipelines.
+Beside `tfp_vae.data`, which loads the datasets and makes the unsupervised pipelines. As there,
+the pipelines are tf.data on Keras' TensorFlow backend and NumPy `keras.utils.PyDataset`s on the
+others (`tfp_vae.data_numpy`); the labelled split needs no TensorFlow.
 """
 
+from __future__ import annotations
+
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from tfp_vae import data
-from tfp_vae.checks import NUM_CLASSES
+from tfp_vae.data import NUM_CLASSES
+
+if TYPE_CHECKING:  # Imported where a tf.data pipeline is built.
+    import tensorflow as tf
 
 
 def check_label_array(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -136,6 +143,8 @@ def make_train_dataset(
     labelled_indices: Sequence[int] | np.ndarray | None = None,
     labelled_batch_size: int | None = None,
     start_step: int = 0,
+    *,
+    pipeline: str | None = None,
 ) -> tf.data.Dataset:
     """The endless training stream: (unlabelled_batch, (labelled_x, labelled_y)) per step.
 
@@ -158,11 +167,13 @@ def make_train_dataset(
         when given, `labels_per_class` and `label_seed` are not used.
       labelled_batch_size: None (the whole labelled set every step) or the size of a batch
         drawn from it with replacement at every step (stateless RNG keyed by seed and step).
+      pipeline: "tf.data", "numpy" or None (the backend's; see `data.uses_numpy_pipeline`).
 
     Returns:
       tf.data.Dataset of (float32 [batch_size, 784], (float32 [L, 784], int32 [L])), where
       L = labelled_batch_size, or the labelled set's size: 10 * labels_per_class (or
-      len(labelled_indices)).
+      len(labelled_indices)); on a Keras backend other than TensorFlow's the same stream drawn
+      by NumPy, a `tfp_vae.data_numpy.LabelledStream`.
     """
     if labelled_batch_size is not None and (
         int(labelled_batch_size) != labelled_batch_size or labelled_batch_size < 1
@@ -181,8 +192,14 @@ def make_train_dataset(
         raise ValueError(f"binarization must be dynamic, static or none; got {binarization!r}.")
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
+    numpy = data.uses_numpy_pipeline(pipeline)
     unlabelled_ds = data.train_dataset(
-        images[unlabelled], batch_size, binarization, seed=seed, start_step=start_step
+        images[unlabelled],
+        batch_size,
+        binarization,
+        seed=seed,
+        start_step=start_step,
+        pipeline="numpy" if numpy else "tf.data",
     )
     x_l, y_l = images[labelled], labels[labelled].astype(np.int32)
     binarization = labelled_binarization or binarization
@@ -192,6 +209,12 @@ def make_train_dataset(
         )
     if binarization != "dynamic":
         x_l = data.binarize_static(x_l) if binarization == "static" else data.flatten(x_l)
+    if numpy:
+        from tfp_vae import data_numpy
+
+        return data_numpy.LabelledStream(unlabelled_ds, x_l, y_l, binarization, labelled_batch_size)
+    import tensorflow as tf
+
     table_x, table_y = tf.constant(x_l), tf.constant(y_l)
     seed = np.int64(seed)
 
@@ -213,13 +236,20 @@ def make_train_dataset(
 
 
 def make_eval_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int = 1000, binarization: str = "static"
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 1000,
+    binarization: str = "static",
+    *,
+    pipeline: str | None = None,
 ) -> tf.data.Dataset:
     """A finite labelled dataset for `evaluate` / `validation_data`: ((x_bound, x_gray), y).
 
     The bound is computed on the statically binarised images (`data.binarize_static`; with
     `binarization="none"`, for a likelihood of grayscale pixels, on the grayscale ones), the
-    accuracy on the grayscale ones, as the reference evaluates it.
+    accuracy on the grayscale ones, as the reference evaluates it. On a Keras backend other
+    than TensorFlow's (or with `pipeline="numpy"`), the same batches as a
+    `tfp_vae.data_numpy.EvalBatches`.
     """
     if binarization not in ("static", "none"):
         raise ValueError(
@@ -229,18 +259,12 @@ def make_eval_dataset(
     images = _check_uint8_images(images, labels)
     if len(images) == 0:
         raise ValueError("The evaluation set is empty.")
-    return (
-        tf.data.Dataset.from_tensor_slices(
-            (
-                (
-                    data.binarize_static(images)
-                    if binarization == "static"
-                    else data.flatten(images),
-                    data.flatten(images),
-                ),
-                labels,
-            )
-        )
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    x_bound = data.binarize_static(images) if binarization == "static" else data.flatten(images)
+    arrays = ((x_bound, data.flatten(images)), labels)
+    if data.uses_numpy_pipeline(pipeline):
+        from tfp_vae import data_numpy
+
+        return data_numpy.EvalBatches(arrays, batch_size)
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size).prefetch(tf.data.AUTOTUNE)

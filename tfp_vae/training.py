@@ -1,6 +1,11 @@
 """Training with model.fit: checkpoints that resume exactly, a NaN stop that keeps the last good
 checkpoint, TensorBoard scalars and sample images; tf.distribute strategies and mixed precision.
 
+On Keras' JAX backend the same `fit` trains (the checkpoints and the NaN stop are Keras'; the
+input pipeline is `tfp_vae.data_numpy`'s); TensorBoard needs TensorFlow's tf.summary, so without
+TensorFlow installed no logs are written (fit says so in one line), and the tf.distribute
+strategies are refused (`make_strategy`).
+
 Distributed training (see `make_strategy`): build *and compile* the model inside
 `strategy.scope()`, then `fit` as usual. The models' train/test steps divide each replica's sum
 of per-example losses by the global batch size (the optimizer sums the replicas' gradients), so a
@@ -8,6 +13,8 @@ replicated step is the single-device step on the whole batch; see
 `tfp_vae.models.core.Model.train_step`.
 """
 
+import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -16,7 +23,6 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tfp_vae import files, images
 
@@ -40,9 +46,26 @@ def make_strategy(name="default"):
                     "task": {"type": "worker", "index": 0}}). Every worker runs the same program;
                     create the strategy before any other TensorFlow work.
 
+    On another Keras backend than TensorFlow's (JAX) only "default" exists (a stand-in with one
+    replica and an empty scope); several devices there are `keras.distribution.DataParallel`'s.
+
     Raises:
-      ValueError: an unknown name, or multi_worker without a usable TF_CONFIG.
+      ValueError: an unknown name, multi_worker without a usable TF_CONFIG, or a tf.distribute
+        strategy on another backend (one line naming the alternative).
     """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {name!r}.")
+    if keras.config.backend() != "tensorflow":
+        if name == "default":
+            return OneDevice()
+        raise ValueError(
+            f"--strategy={name} is a tf.distribute strategy, and Keras runs on "
+            f"{keras.config.backend()}: train on several devices there with "
+            "keras.distribution.DataParallel (keras.distribution.set_distribution), or use "
+            "--backend=tensorflow."
+        )
+    import tensorflow as tf
+
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -65,7 +88,16 @@ def make_strategy(name="default"):
                 f"'index'); got {config!r} ({e!r})."
             ) from None
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"strategy must be one of {STRATEGIES}; got {name!r}.")
+
+
+class OneDevice:
+    """The default strategy's stand-in off TensorFlow: one replica, nothing to enter."""
+
+    num_replicas_in_sync = 1
+    cluster_resolver = None
+
+    def scope(self):
+        return contextlib.nullcontext()
 
 
 def task_of(strategy):
@@ -102,18 +134,31 @@ def mixed_precision_policy():
     """The Keras mixed-precision policy for this machine: "mixed_bfloat16" on CPUs and on GPUs
     with bfloat16 tensor cores (compute capability 8.0 and up), "mixed_float16" on older GPUs
     (Keras' compile then wraps the optimizer in a LossScaleOptimizer, which the models' train
-    steps honour)."""
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability is not None and tuple(capability) < (8, 0):
-            return "mixed_float16"
+    steps honour). On JAX, JAX's GPUs' compute capabilities decide."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        capabilities = [
+            getattr(d, "compute_capability", None) for d in jax.devices() if d.platform == "gpu"
+        ]
+        capabilities = [tuple(int(p) for p in str(c).split(".")) for c in capabilities if c]
+    else:
+        import tensorflow as tf
+
+        capabilities = [
+            tf.config.experimental.get_device_details(gpu).get("compute_capability")
+            for gpu in tf.config.list_physical_devices("GPU")
+        ]
+    if any(c is not None and tuple(c) < (8, 0) for c in capabilities):
+        return "mixed_float16"
     return "mixed_bfloat16"
 
 
 def _shard_by_data(dataset):
     """In-memory datasets have no files to shard across workers: each worker runs the whole
     (seeded, so identical) pipeline and keeps its part of every global batch."""
+    import tensorflow as tf
+
     if dataset is None or not isinstance(dataset, tf.data.Dataset):
         return dataset
     options = tf.data.Options()
@@ -307,6 +352,22 @@ class Checkpoint(keras.callbacks.Callback):
         save_checkpoint(self.model, self.directory, self.settings)
 
 
+def has_tensorflow() -> bool:
+    """Whether TensorFlow is installed (TensorBoard's tf.summary needs it, whatever the backend)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def summaries():
+    """TensorFlow, for tf.summary. Off its Keras backend (JAX with TensorFlow installed) it is
+    kept off the GPUs, which JAX holds."""
+    import tensorflow as tf
+
+    if keras.config.backend() != "tensorflow":
+        with contextlib.suppress(RuntimeError):  # Already started: its devices are set.
+            tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
 class StepScalars(keras.callbacks.Callback):
     """TensorBoard scalars on the optimizer's step axis (Keras' TensorBoard callback steps its
     epoch scalars by epoch and its batch scalars by its count of batch calls, one per
@@ -328,11 +389,13 @@ class StepScalars(keras.callbacks.Callback):
 
     def _writer(self, name):
         if name not in self._writers:
+            tf = summaries()
             self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
         return self._writers[name]
 
     @staticmethod
     def _write(writer, prefix, logs, step):
+        tf = summaries()
         # Summaries are written whatever an enclosing record_if says.
         with writer.as_default(), tf.summary.record_if(True):
             for name, value in logs.items():
@@ -380,7 +443,7 @@ class SampleImages(keras.callbacks.Callback):
 
     def __init__(self, log_dir, n=64, seed=0, images=None, columns=8):
         super().__init__()
-        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "samples"))
+        self.writer = summaries().summary.create_file_writer(os.path.join(log_dir, "samples"))
         self.n, self.seed, self.columns = n, seed, columns
         self.images = None if images is None else np.asarray(images, np.float32)
 
@@ -390,10 +453,13 @@ class SampleImages(keras.callbacks.Callback):
         tf.data.Dataset (its first element, a batch) or a structure of them, where the images
         are the first leaf ((x, y), ((x_binary, x_gray), y) or (unlabelled_x, (x, y)) all give
         x); None when no source does."""
+        tf = summaries() if has_tensorflow() else None
         for source in sources:
             if source is None:
                 continue
-            if isinstance(source, tf.data.Dataset):
+            if isinstance(source, keras.utils.PyDataset):  # The NumPy pipeline: a first batch.
+                source = source[0]
+            elif tf is not None and isinstance(source, tf.data.Dataset):
                 first_spec = tf.nest.flatten(source.element_spec)[0]
                 if getattr(first_spec, "shape", None) is not None and first_spec.shape.rank == 1:
                     source = source.batch(n)  # Unbatched images.
@@ -419,6 +485,7 @@ class SampleImages(keras.callbacks.Callback):
         if self.side is None:
             return  # Data that are not square one-channel images have no picture.
         step = global_step(self.model)
+        tf = summaries()
         with self.writer.as_default(), tf.summary.record_if(True):
             tf.summary.image("samples", self._samples()[None], step=step)
             if self.images is not None and len(self.images):
@@ -427,7 +494,7 @@ class SampleImages(keras.callbacks.Callback):
 
     def _samples(self):
         # The model's own grid (`sample_grid`): for a class-conditional one a column per class.
-        seed = tf.constant([self.seed, 0])
+        seed = np.array([self.seed, 0], np.int32)
         x = keras.ops.convert_to_numpy(self.model.sample_grid(1, seed=seed))
         cols = len(x)
         rows = max(1, self.n // cols)
@@ -500,7 +567,8 @@ def fit(
         compiled_lr = (
             float(keras.ops.convert_to_numpy(lr)) if isinstance(lr, keras.Variable) else None
         )
-        with model.distribute_strategy.scope():  # The optimizer's variables.
+        strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's only.
+        with strategy.scope() if strategy else contextlib.nullcontext():  # The optimizer's.
             start = restore(model, ckpt_dir)["step"]
         if compiled_lr is not None:
             model.optimizer.learning_rate = compiled_lr
@@ -513,26 +581,35 @@ def fit(
     if callable(train_data):
         train_data = train_data(start)
     elif start:
-        if not isinstance(train_data, tf.data.Dataset):
+        if not callable(getattr(train_data, "skip", None)):
             raise ValueError(
-                "Resuming needs the training data as a tf.data.Dataset, or as a "
-                "function start_step -> Dataset, to go on from the checkpoint's "
+                "Resuming needs the training data as a tf.data.Dataset or a tfp_vae.data_numpy "
+                "stream, or as a function start_step -> stream, to go on from the checkpoint's "
                 f"step ({start}); got {type(train_data).__name__}."
             )
         train_data = train_data.skip(start)
-    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        train_data, validation_data = _shard_by_data(train_data), _shard_by_data(validation_data)
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            train_data = _shard_by_data(train_data)
+            validation_data = _shard_by_data(validation_data)
     guard = NaNGuard()
     log_dir = os.path.join(out_dir, "logs")
-    callbacks = [
-        guard,
-        Checkpoint(ckpt_dir, guard, settings),
-        # Batch-level scalars (batch_loss, ...) every ~100 steps (about 10 points per epoch
-        # in short epochs); every scalar and image is stepped by the optimizer's step count.
-        StepScalars(log_dir, every=max(1, min(100, steps_per_epoch // 10))),
-        SampleImages(log_dir, images=SampleImages.first_images(validation_data, train_data)),
-        *extra_callbacks,
-    ]
+    callbacks = [guard, Checkpoint(ckpt_dir, guard, settings)]
+    if has_tensorflow():
+        callbacks += [
+            # Batch-level scalars (batch_loss, ...) every ~100 steps (about 10 points per epoch
+            # in short epochs); every scalar and image is stepped by the optimizer's step count.
+            StepScalars(log_dir, every=max(1, min(100, steps_per_epoch // 10))),
+            SampleImages(log_dir, images=SampleImages.first_images(validation_data, train_data)),
+        ]
+    else:
+        print(
+            f"Note: no TensorBoard logs in {log_dir}: they are written with tf.summary, and "
+            "TensorFlow is not installed (pip install tensorflow to have them)."
+        )
+    callbacks += list(extra_callbacks)
     history = model.fit(
         train_data,
         epochs=epochs,

@@ -40,6 +40,9 @@ def is_terminal(stream):
 
 MODEL_FILE = "model.keras"
 
+# The Keras backends the package runs on (`--backend`, every binary's).
+BACKENDS = ("tensorflow", "jax")
+
 
 class UserError(Exception):
     """A mistake of the user's that the binaries report in one line (no traceback)."""
@@ -61,6 +64,9 @@ def run_main(main):
 
     module = sys.modules[main.__module__]
     sys.modules["__main__"].__doc__ = module.__doc__
+    if "backend" not in flags.FLAGS:
+        define_backend_flag()
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["backend"])
     for flag in flags.FLAGS.get_flags_for_module(module.__name__):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     if "import" in flags.FLAGS:  # Defined by `define_import_flag`, in this module.
@@ -81,6 +87,7 @@ def run_main(main):
             # TF's SavedModel writer logs every function at INFO; keep the console readable.
             logging.set_verbosity(logging.WARNING)
         try:
+            set_backend(getattr(module, "BACKENDS", BACKENDS))
             return main(argv)
         except app.UsageError as e:
             return _fail(e, " (see --help)")
@@ -142,6 +149,65 @@ def _fail(error, hint=""):
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"ERROR: {message}{hint}", file=sys.stderr)
     return 1
+
+
+def define_backend_flag():
+    """Defines --backend (every binary has it, see `run_main`): the Keras backend, set before
+    Keras is imported (`set_backend`)."""
+    from absl import flags
+
+    env = os.environ.get("KERAS_BACKEND")
+    flags.DEFINE_enum(
+        "backend",
+        env if env in BACKENDS else "tensorflow",
+        list(BACKENDS),
+        "The Keras backend to run on: tensorflow or jax (pip install 'tfp_vae[jax]'; on JAX "
+        "the input pipeline is NumPy's and TensorFlow need not be installed). Default: "
+        "$KERAS_BACKEND, else tensorflow.",
+    )
+
+
+def set_backend(allowed=BACKENDS, flag=None):
+    """Sets KERAS_BACKEND to --backend before anything imports Keras. Refuses (UserError, one
+    line) a backend this binary does not run on (`allowed`), one that is not installed, an
+    unsupported $KERAS_BACKEND left to stand, and another backend than the one Keras already
+    runs on in this process. `flag`: the --backend flag (absl's; anything with `value` and
+    `present`)."""
+    import importlib.util
+    import sys
+
+    from absl import flags
+
+    flag = flags.FLAGS["backend"] if flag is None else flag
+    name = flag.value
+    env = os.environ.get("KERAS_BACKEND")
+    if not flag.present and len(allowed) == 1:
+        name = allowed[0]  # The binary's only backend, whatever $KERAS_BACKEND says.
+    elif not flag.present and env and env not in BACKENDS:
+        raise UserError(
+            f"KERAS_BACKEND={env}: tfp_vae runs on Keras' {' or '.join(BACKENDS)} backend; "
+            "set KERAS_BACKEND to one of them or pass --backend."
+        )
+    if name not in allowed:
+        raise UserError(
+            f"--backend={name}: this binary runs on {' or '.join(allowed)} only; pass "
+            f"--backend={allowed[0]} (a model trained on another backend loads there)."
+        )
+    if "keras" in sys.modules:
+        running = sys.modules["keras"].config.backend()
+        if running != name:
+            raise UserError(
+                f"--backend={name}: Keras already runs on {running} in this process; the "
+                "backend is chosen before Keras is imported."
+            )
+    if importlib.util.find_spec(name) is None:  # The backends' modules have their names.
+        how = "pip install 'tfp_vae[jax]'" if name == "jax" else "pip install tensorflow"
+        other = [b for b in allowed if b != name and importlib.util.find_spec(b)]
+        raise UserError(
+            f"--backend={name}: {name} is not installed; {how}"
+            + (f", or pass --backend={other[0]}." if other else ".")
+        )
+    os.environ["KERAS_BACKEND"] = name
 
 
 def check_dataset_flag(value):

@@ -22,6 +22,8 @@ from tfp_vae.cli import common
 
 FLAGS = flags.FLAGS
 common.define_import_flag()
+# A SavedModel is TensorFlow's: --backend=jax is refused (a JAX-trained model loads on TF).
+BACKENDS = ("tensorflow",)
 flags.DEFINE_string(
     "model_path", None, "A .keras file or the --out_dir of a `train` run.", required=True
 )

@@ -76,6 +76,8 @@ def run_settings(model):
             settings[name] = os.path.abspath(settings[name])
     if settings["dataset"].startswith("npz:"):
         settings["dataset"] = "npz:" + os.path.abspath(settings["dataset"][4:])
+    # Recorded, not a run-defining flag: a run may resume on the other backend (`check_resume`).
+    settings["backend"] = FLAGS.backend
     return settings
 
 
@@ -105,6 +107,14 @@ def check_resume(ckpt_dir, settings, steps_per_epoch, total_steps):
                 f"{'; '.join(differ)}. Resume with the run's values, or start "
                 "a new run in another --out_dir."
             )
+    started_on = (saved or {}).get("backend", "tensorflow")  # Runs before --backend: TF's.
+    if saved is not None and started_on != settings.get("backend"):
+        # The checkpoint (Keras weights and optimizer state) loads on either backend.
+        print(
+            f"Note: the run was trained on {started_on} and resumes on {settings.get('backend')}: "
+            "its weights and optimizer state carry over, its batches and noise from here on are "
+            "this backend's draws (the same distribution, not the same stream)."
+        )
     if step % steps_per_epoch:
         raise app.UsageError(
             f"The run's checkpoint is at step {step}: --steps_per_epoch must "
@@ -279,6 +289,7 @@ def _train_and_finish(
         data_source=dataset.source,
         data_files=dataset.files,
         data_identified_as=dataset.identified_as,
+        backend=FLAGS.backend,
         strategy=FLAGS.strategy,
         replicas=int(strategy.num_replicas_in_sync),
         dtype_policy=model.dtype_policy.name,

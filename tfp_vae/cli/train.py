@@ -370,6 +370,13 @@ def main(argv):
                 f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                 f"--steps={FLAGS.steps} (shorter than an epoch, it is the epoch)."
             )
+    if FLAGS.backend != "tensorflow" and FLAGS.strategy != "default":
+        from tfp_vae import training  # Keras and the backend only: refused before the rest.
+
+        try:
+            training.make_strategy(FLAGS.strategy)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
     common.import_library()
     from tfp_vae import likelihoods, training
 

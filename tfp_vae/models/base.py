@@ -13,10 +13,9 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tfp_vae import checks, data, likelihoods, objectives
+from tfp_vae import backend, checks, likelihoods, objectives
+from tfp_vae.backend import Tensor, tfd, tfp
 from tfp_vae.checks import (
     call_arguments,
     check_array,
@@ -29,7 +28,7 @@ from tfp_vae.models import params
 from tfp_vae.models.core import Model, batch_means, evaluation_seed, with_training
 from tfp_vae.models.params import Param
 
-tfd = tfp.distributions
+ops = keras.ops
 
 OBJECTIVES = ("elbo", "iwae")
 
@@ -111,13 +110,13 @@ class LatentVariableModel(Model):
 
     # ---- what a subclass provides -------------------------------------------------------------
 
-    def encode(self, x: tf.Tensor, training: bool = False) -> tfd.Distribution:
+    def encode(self, x: Tensor, training: bool = False) -> tfd.Distribution:
         """q(z|x) for checked inputs x [B, x_dim]: batch [B], event [z_dim]. `training`: the
         encoder's mode (True only in the training steps; a subclass's `encode(x)` without the
         argument is called without it)."""
         raise NotImplementedError
 
-    def decode(self, z: tf.Tensor, training: bool = False) -> tfd.Distribution:
+    def decode(self, z: Tensor, training: bool = False) -> tfd.Distribution:
         """p(x|z) for latents z [..., z_dim]: batch = z's leading dims, event [x_dim].
         `training`: the decoder's mode (as for `encode`)."""
         raise NotImplementedError
@@ -139,8 +138,8 @@ class LatentVariableModel(Model):
         return checks.INPUT_PROBLEMS
 
     def check_inputs(
-        self, x: tf.Tensor | np.ndarray, check_values: bool = True, bound: bool = True
-    ) -> tf.Tensor:
+        self, x: Tensor | np.ndarray, check_values: bool = True, bound: bool = True
+    ) -> Tensor:
         """Checks inputs x as the likelihood needs them and returns them as float32 [B, x_dim].
 
         Bernoulli: images (`check_images`, also [B, 28, 28]), binary when `bound` (the pixels
@@ -152,7 +151,7 @@ class LatentVariableModel(Model):
         """
         return self.likelihood.check(x, self.input_shape, bound, check_values)
 
-    def input_problem(self, x: tf.Tensor, bound: bool = True) -> tf.Tensor:
+    def input_problem(self, x: Tensor, bound: bool = True) -> Tensor:
         """int32 code (0: fine) of the values of checked-shape inputs x, float32 [B, x_dim], as
         `check_inputs` checks them; the message is `input_problems[code - 1]`. Plain ops
         (XLA-safe)."""
@@ -160,7 +159,7 @@ class LatentVariableModel(Model):
 
     # ---- bounds -------------------------------------------------------------------------------
 
-    def kl(self, q: tfd.Distribution, z: tf.Tensor) -> tf.Tensor:
+    def kl(self, q: tfd.Distribution, z: Tensor) -> Tensor:
         """KL(q(z|x) || p(z)) per example [B]: analytic if the model has it, else the one-sample
         estimate at z (the sample used for the reconstruction term), which is unbiased."""
         if self.analytic_kl:
@@ -168,8 +167,8 @@ class LatentVariableModel(Model):
         return objectives.monte_carlo_kl(q.log_prob(z), self.prior().log_prob(z))
 
     def elbo_terms(
-        self, x: tf.Tensor, seed: tf.Tensor | None = None, training: bool = False
-    ) -> dict[str, tf.Tensor]:
+        self, x: Tensor, seed: Tensor | None = None, training: bool = False
+    ) -> dict[str, Tensor]:
         """One-sample ELBO terms for x [B, x_dim] (checked): dict of [B] tensors nelbo, kl, rec.
         `training`: the networks' mode (True in the training steps)."""
         q = with_training(self.encode, x, training=training)
@@ -178,14 +177,14 @@ class LatentVariableModel(Model):
         kl = self.kl(q, z)
         return {"nelbo": objectives.negative_elbo(-rec, kl), "kl": kl, "rec": rec}
 
-    def elbo(self, x: tf.Tensor | np.ndarray, seed: tf.Tensor | None = None) -> tf.Tensor:
+    def elbo(self, x: Tensor | np.ndarray, seed: Tensor | None = None) -> Tensor:
         """Per-example ELBO (a lower bound on log p(x), nats) [B]; x is checked first."""
         x = self.check_inputs(x)
-        return -self.elbo_terms(x, seed=seed)["nelbo"]
+        return -self.elbo_terms(x, seed=backend.sampling_seed(seed))["nelbo"]
 
     def iwae_log_weights(
-        self, x: tf.Tensor, m: int | tf.Tensor, seed: tf.Tensor | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        self, x: Tensor, m: int | Tensor, seed: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x|z_i), log p(z_i), log q(z_i|x) for z_i ~ q(z|x), i < m: each [m, B]."""
         return self._importance_samples(x, m, seed)[2:]
 
@@ -198,16 +197,17 @@ class LatentVariableModel(Model):
 
     def iwae(
         self,
-        x: tf.Tensor | np.ndarray,
-        m: int | tf.Tensor,
-        seed: tf.Tensor | None = None,
+        x: Tensor | np.ndarray,
+        m: int | Tensor,
+        seed: Tensor | None = None,
         chunk: int | None = None,
-    ) -> tf.Tensor:
+    ) -> Tensor:
         """Per-example IWAE bound with m samples [B]; m = 1 is the ELBO with a sampled KL.
 
         Samples are drawn `chunk` (default 1000, fewer for a large batch) at a time and folded
-        into a running log-sum-exp, so memory is bounded whatever m is. m may be a tensor (for
-        serving): 1 <= m <= `checks.MAX_IMPORTANCE_SAMPLES` (`check_importance_samples`).
+        into a running log-sum-exp, so memory is bounded whatever m is:
+        1 <= m <= `checks.MAX_IMPORTANCE_SAMPLES` (`check_importance_samples`). m may be a
+        tensor (for serving; TF only: on JAX the chunks have static shapes, m is concrete).
         """
         chunk_arg = chunk
         x = self.check_inputs(x)
@@ -215,29 +215,31 @@ class LatentVariableModel(Model):
         # Rows per chunk: `chunk` samples, or fewer so that chunk x B rows of the widest
         # intermediate stay within checks.CHUNK_VALUES (a large batch draws one at a time).
         rows = checks.chunk_rows(self.widest_values())
-        chunk = tf.maximum(1, rows // tf.maximum(1, tf.shape(x)[0]))
-        chunk = tf.minimum(chunk, int(chunk_arg or 1000))
-        if seed is None:
-            seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
-        seed = tfp.random.sanitize_seed(seed)
-
-        def body(done, acc, seed):
-            size = tf.minimum(chunk, m - done)
-            seed, this_seed = tfp.random.split_seed(seed)
-            lse = tf.reduce_logsumexp(
-                objectives.log_weights(*self.iwae_log_weights(x, size, seed=this_seed)), axis=0
+        if backend.is_tensorflow():  # A tf.while_loop, also for a signature's tensor m.
+            return backend.steps().iwae_while_loop(self, x, m, rows, chunk_arg, seed)
+        m = backend.static_value(m)
+        if m is None:
+            raise ValueError(
+                "On JAX the IWAE bound's number of samples m must be known outside jax.jit "
+                "(its chunks have static shapes); pass m as a Python int."
             )
-            return done + size, tf.reduce_logsumexp(tf.stack([acc, lse]), axis=0), seed
-
-        acc = tf.fill([tf.shape(x)[0]], tf.constant(-np.inf, tf.float32))
-        _, acc, _ = tf.while_loop(
-            lambda done, acc, seed: done < m, body, (tf.constant(0), acc, seed)
-        )
-        return acc - tf.math.log(tf.cast(m, tf.float32))
+        m = int(m)
+        chunk = min(max(1, rows // max(1, int(ops.shape(x)[0]))), int(chunk_arg or 1000))
+        seed = tfp.random.sanitize_seed(backend.as_seed(seed))
+        # The chunks in a Python loop: the same draws and sums as TF's while loop.
+        acc = ops.full([ops.shape(x)[0]], -np.inf, dtype="float32")
+        for done in range(0, m, chunk):
+            seed, this_seed = tfp.random.split_seed(seed)
+            log_w = objectives.log_weights(
+                *self.iwae_log_weights(x, min(chunk, m - done), seed=this_seed)
+            )
+            lse = ops.logsumexp(log_w, axis=0)
+            acc = ops.logsumexp(ops.stack([acc, lse]), axis=0)
+        return acc - ops.log(ops.cast(m, "float32"))
 
     def compute_terms(
-        self, x: tf.Tensor, training: bool = False, seed: tf.Tensor | None = None
-    ) -> dict[str, tf.Tensor]:
+        self, x: Tensor, training: bool = False, seed: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Per-example [B] tensors: `loss` (minimised) and every reported metric. `seed`: a
         stateless seed (int32 [2]) for the posterior samples, or None (stateful). `training`:
         the networks' mode, True in the training steps (`batch_losses`), False in `test_step`."""
@@ -276,6 +278,10 @@ class LatentVariableModel(Model):
         terms = self.compute_terms(batch["x"], training=training, seed=seed)
         return batch_means({"loss": terms["loss"]})["loss"], terms
 
+    def check_test_data(self, data):
+        """The inputs of an element of test data, checked (`check_inputs`)."""
+        self.check_inputs(self._images_of(data))
+
     def test_terms(self, data):
         x = self.check_inputs(self._images_of(data))
         # Seeded by the batch (`evaluation_seed`): the same weights and data, the same numbers.
@@ -305,7 +311,7 @@ class LatentVariableModel(Model):
 
     # ---- uses -----------------------------------------------------------------------------------
 
-    def sample(self, n: int | tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
+    def sample(self, n: int | Tensor, seed: Tensor | None = None) -> Tensor:
         """n images from the model: the means [n, x_dim] of p(x|z), z ~ p(z) (pixel
         probabilities for the Bernoulli; for the continuous Bernoulli the mean, not its
         parameter lambda). A large n is drawn in chunks (`checks.in_chunks`); an n whose
@@ -313,7 +319,7 @@ class LatentVariableModel(Model):
         (`checks.check_size`) before anything is drawn."""
         return self.sample_latents(n, seed)["images"]
 
-    def sample_latents(self, n: int | tf.Tensor, seed: tf.Tensor | None = None) -> dict:
+    def sample_latents(self, n: int | Tensor, seed: Tensor | None = None) -> dict:
         """{"images": [n, x_dim] (see `sample`), "z": [n, z_dim] the latents they decode}."""
         n = self.check_sample_count(n)
 
@@ -321,19 +327,20 @@ class LatentVariableModel(Model):
             z = self.prior().sample(size, seed=seed)
             return {"images": self.decode(z).mean(), "z": z}
 
-        return checks.in_chunks(draw, n, checks.chunk_rows(self.widest_values()), seed)
+        rows = checks.chunk_rows(self.widest_values())
+        return checks.in_chunks(draw, n, rows, backend.sampling_seed(seed))
 
-    def sample_grid(self, rows: int, seed: tf.Tensor | None = None, columns: int = 10) -> tf.Tensor:
+    def sample_grid(self, rows: int, seed: Tensor | None = None, columns: int = 10) -> Tensor:
         """`rows * columns` samples (see `sample`), for a grid of `rows` rows."""
         return self.sample(int(rows) * int(columns), seed=seed)
 
-    def reconstruct(self, x: tf.Tensor | np.ndarray) -> tf.Tensor:
+    def reconstruct(self, x: Tensor | np.ndarray) -> Tensor:
         """The mean [B, x_dim] of p(x|z) at the posterior mean of q(z|x) (pixel probabilities
         for the Bernoulli); x is checked (`check_inputs(x, bound=False)`: grayscale allowed)."""
         x = self.check_inputs(x, bound=False)
         return self.decode(self.encode(x).mean()).mean()
 
-    def call(self, x: tf.Tensor | np.ndarray, training: bool = False) -> tf.Tensor:
+    def call(self, x: Tensor | np.ndarray, training: bool = False) -> Tensor:
         """Reconstructions [B, x_dim] (see `reconstruct`; `predict` calls it), always with the
         networks in inference mode (`training` is ignored: training runs in `train_step`)."""
         return self.reconstruct(x)
@@ -345,6 +352,8 @@ class LatentVariableModel(Model):
         needs them (`data_transforms["train"]`: fresh binarisation per batch for the Bernoulli,
         grayscale as it is otherwise); `binarization` overrides it where the likelihood can
         model the result (ValueError otherwise)."""
+        from tfp_vae import data  # Deferred: the input pipeline is not the numeric core.
+
         binarization = self.likelihood.check_transform(
             binarization or self.data_transforms["train"]
         )
@@ -356,6 +365,8 @@ class LatentVariableModel(Model):
     def eval_dataset(self, images, labels=None, batch_size=1000):
         """`tfp_vae.data.eval_dataset` of `images`, transformed as the likelihood needs them
         (`data_transforms["eval"]`); labels are not used."""
+        from tfp_vae import data  # Deferred: the input pipeline is not the numeric core.
+
         del labels
         return data.eval_dataset(images, batch_size, self.data_transforms["eval"])
 
@@ -364,12 +375,12 @@ class LatentVariableModel(Model):
         """The figures of `core.Model`, and with a 2-D latent space the decoded manifold."""
         return super().figure_kinds + (("manifold",) if self.z_dim == 2 else ())
 
-    def latent_means(self, x: tf.Tensor | np.ndarray) -> tuple[tf.Tensor, None]:
+    def latent_means(self, x: Tensor | np.ndarray) -> tuple[Tensor, None]:
         """(the means [B, z_dim] of q(z|x), None): what the figures place in latent space (a
         class-conditional model returns the classes it conditioned on instead of None)."""
         return self.encode(self.check_inputs(x, bound=False)).mean(), None
 
-    def generate(self, z: tf.Tensor | np.ndarray, y=None) -> tf.Tensor:
+    def generate(self, z: Tensor | np.ndarray, y=None) -> Tensor:
         """The data-space means [B, x_dim] of p(x|z) at latents z [B, z_dim] (`y` is for
         class-conditional models and must be None here)."""
         if y is not None:

@@ -1,23 +1,49 @@
 """What every tfp_vae model shares: the Keras hooks and the one training step.
 
-`Model` is a `keras.Model` whose `train_step` is written once for every model and every path:
-one device (an XLA-compiled update that checks the inputs inside), tf.distribute (exact
-global-batch scaling) and the trainable SavedModel (`signature_train_step`). A model supplies
-its losses and metrics (`batch_losses`) and how to read and check a batch (`parse_batch`,
-`batch_problem`); `gradient_step` is the one place that computes and applies gradients.
+`Model` is a `keras.Model` whose training step is written once for every model: a model
+supplies its losses and metrics (`batch_losses`) and how to read and check a batch
+(`parse_batch`, `batch_problem`), in `keras.ops` and the active backend's TFP. The step's
+machinery, which differs between the frameworks, lives in one module per backend
+(`tfp_vae.backend.steps()`):
+  - `tfp_vae.models.steps_tf`: one device (an XLA-compiled update that checks the inputs
+    inside), tf.distribute (exact global-batch scaling) and the trainable SavedModel
+    (`signature_train_step`); `gradient_step` computes and applies the gradients;
+  - `tfp_vae.models.steps_jax`: Keras' stateless JAX trainer, with the batches checked on the
+    host before they reach the compiled step.
 """
 
 import inspect
 import math
+import sys
 from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfp_vae.checks import call_arguments, check_count, check_size, raise_on_problem
+from tfp_vae import backend
+from tfp_vae.backend import Tensor
+from tfp_vae.checks import call_arguments, check_count, check_size
 from tfp_vae.models import params
 from tfp_vae.models.params import Param
+
+# The training step's machinery of the active backend, and the two functions the models call.
+_steps = backend.steps()
+batch_means = _steps.batch_means
+evaluation_seed = _steps.evaluation_seed
+step_seed = _steps.step_seed
+if backend.is_tensorflow():  # Kept importable from here, where they lived before.
+    from tfp_vae.models.steps_tf import (  # noqa: F401
+        apply_gradients,
+        clip_gradients,
+        compiled_update,
+        global_counts,
+        global_results,
+        gradient_step,
+        guarded_update,
+        replica_context,
+        symbolic_build_under_strategy,
+        training_outputs,
+    )
 
 
 def with_training(method: Callable, *args, training: bool = False, **kwargs):
@@ -35,84 +61,6 @@ def with_training(method: Callable, *args, training: bool = False, **kwargs):
     if any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in parameters):
         kwargs["training"] = training
     return method(*args, **kwargs)
-
-
-def replica_context() -> tf.distribute.ReplicaContext | None:
-    """The replica context when a step runs under a tf.distribute strategy (any, also one with a
-    single replica: its optimizer synchronises through `merge_call`, which the single-device
-    update's tf.cond and XLA function cannot hold), else None.
-
-    Decided when the step is traced, so the single-device graph has no distribution ops at all.
-    """
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or not tf.distribute.has_strategy():
-        return None
-    return ctx
-
-
-def global_counts(ctx, *sizes):
-    """The sizes (scalars) summed over all replicas: float32 scalars, one per argument.
-
-    Used to divide each replica's *sum* of per-example losses by the *global* number of examples.
-    Keras' optimizer sums the replicas' gradients (`optimizer.apply` all-reduces with
-    ReduceOp.SUM), so the summed gradient is exactly that of the mean over the global batch, also
-    when the batch does not split evenly (97 over 2 replicas is 49 + 48). (Keras' own losses
-    divide a replica's mean by the number of replicas instead, which is exact only for even
-    splits.)
-    """
-    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.stack(list(sizes)), tf.float32))
-    return tf.unstack(sums, num=len(sizes))
-
-
-def global_results(ctx, trackers):
-    """name -> pooled mean over all replicas of each `keras.metrics.Mean` in `trackers`.
-
-    A replica's tracker holds its own total and count (metric variables are sync-on-read), so
-    `result()` inside a replicated step is that replica's mean, and Keras would average those
-    means across replicas, which is not the mean over all examples when the replicas saw
-    different numbers. One all-reduce of the totals and counts gives the exact pooled mean, the
-    same on every replica.
-    """
-    local = tf.stack(
-        [
-            tf.cast(tf.convert_to_tensor(v), tf.float32)
-            for t in trackers
-            for v in (t.total.value, t.count.value)
-        ]
-    )
-    sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
-    results = {
-        t.name: tf.math.divide_no_nan(sums[2 * i], sums[2 * i + 1]) for i, t in enumerate(trackers)
-    }
-    strategy = ctx.strategy
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and resolver is not None
-        and resolver.cluster_spec().as_dict()
-    ):
-        # Keras 3 reduces a multi-worker step's outputs with strategy.reduce(MEAN, v, axis=0),
-        # which fails on scalars (tensorflow/tensorflow#72388); as shape [1] they reduce to the
-        # scalar value itself (it is the same on every replica).
-        results = {name: tf.reshape(value, [1]) for name, value in results.items()}
-    return results
-
-
-def symbolic_build_under_strategy(model, iterator=None, data_batch=None):
-    """Replaces Keras' `Trainer._maybe_symbolic_build` (TF backend) for our models.
-
-    Under a tf.distribute strategy Keras builds the model from the first batch after reducing it
-    with an elementwise MEAN across replicas, which fails when the global batch does not split
-    evenly (97 examples over 2 replicas are slices of 49 and 48). Our models create every
-    variable at construction and compile no Keras loss or metrics, so only the optimizer's
-    variables are missing: they are created here, in the strategy's scope (not lazily inside the
-    replicated step, where tf.distribute cannot create them).
-    """
-    if model.optimizer is not None and not model.optimizer.built:
-        # Also without a strategy: inside the traced step the optimizer would be built in the
-        # fused update's tf.cond branch (or its XLA function, where it cannot be).
-        with model.distribute_strategy.scope():
-            model.optimizer.build(model.trainable_variables)
 
 
 def build_at_construction(model, input_shape=None):
@@ -160,85 +108,6 @@ def training_seed(seed: int | None = None) -> int:
     raise ValueError(f"seed must be an integer; got {seed!r}.")
 
 
-def evaluation_seed(model: keras.Model, x: tf.Tensor) -> tf.Tensor:
-    """int32 [2]: the stateless seed of a test step's random draws (the posterior samples of the
-    bounds), keyed by the model's `seed` and the batch's content (a fingerprint of each example),
-    so that evaluating the same weights on the same data gives the same numbers every time."""
-    rows = tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
-    prints = tf.bitcast(tf.fingerprint(rows)[:, :4], tf.int32)  # [B]: 4 bytes of each row's.
-    content = tf.math.floormod(tf.reduce_sum(tf.cast(prints, tf.int64)), 2**31 - 1)
-    return tf.stack([tf.constant(model.seed % (2**31 - 1), tf.int32), tf.cast(content, tf.int32)])
-
-
-def step_seed(model: keras.Model) -> tf.Tensor:
-    """int32 [2]: the stateless seed of the current training step's random draws (the
-    posterior samples), keyed by the model's `seed` and the optimizer's step count, so that a
-    run resumed from a checkpoint draws exactly what the uninterrupted run would have. Under
-    tf.distribute each replica folds in its id (its examples differ from the others')."""
-    step = tf.cast(tf.convert_to_tensor(model.optimizer.iterations) % (2**31 - 1), tf.int32)
-    seed = tf.stack([tf.constant(model.seed % (2**31 - 1), tf.int32), step])
-    ctx = replica_context()
-    if ctx is not None:
-        seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
-    return seed
-
-
-def apply_gradients(optimizer, grads, variables):
-    """`optimizer.apply` on the variables that have a gradient. A variable the loss does not
-    reach (the decoder of an SSVAE with gen_weight 0, say) gets None and is left alone; Keras'
-    optimizer would fail on it."""
-    pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
-    optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-
-
-def gradient_step(
-    model: keras.Model, losses: Callable[[], tuple[tf.Tensor, dict[str, tf.Tensor]]]
-) -> dict[str, tf.Tensor]:
-    """One optimizer step on `losses()` -> (loss scalar, values): returns the values. The one
-    place where every model, on every path (single device, the XLA update, tf.distribute, the
-    trainable SavedModel), computes and applies its gradients.
-
-    The loss is scaled by the optimizer (a LossScaleOptimizer under mixed_float16 scales here and
-    unscales in `apply`; any other optimizer returns the loss itself). With `model.clip_norm`
-    the gradient is clipped to that global norm first (`clip_gradients`)."""
-    variables = model.trainable_variables
-    with tf.GradientTape() as tape:
-        loss, values = losses()
-        loss = model.optimizer.scale_loss(loss)
-    grads = tape.gradient(loss, variables)
-    if getattr(model, "clip_norm", None):
-        grads = clip_gradients(grads, model.clip_norm, model.optimizer)
-    apply_gradients(model.optimizer, grads, variables)
-    return values
-
-
-def clip_gradients(
-    grads: list[tf.Tensor | None], clip_norm: float, optimizer: keras.optimizers.Optimizer
-) -> list[tf.Tensor | None]:
-    """`grads` (a list; None entries kept) scaled so that the global norm of the *whole batch's*
-    gradient is at most `clip_norm`.
-
-    Replicated, each replica holds its share and the optimizer sums them; the global norm is that
-    of the sum, so the shares are all-reduced here, clipped, and divided by the number of
-    replicas for the optimizer's sum to give the clipped gradient exactly. Under loss scaling the
-    gradients are scaled: the bound is scaled with them (non-finite ones stay non-finite, and the
-    LossScaleOptimizer skips the step)."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        clip_norm = clip_norm * tf.cast(optimizer.dynamic_scale, tf.float32)
-    ctx = replica_context()
-    present = [i for i, g in enumerate(grads) if g is not None]
-    values = [grads[i] for i in present]
-    if ctx is not None:
-        values = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
-    values, _ = tf.clip_by_global_norm(values, clip_norm)
-    if ctx is not None:
-        values = [v / ctx.num_replicas_in_sync for v in values]
-    out = list(grads)
-    for i, v in zip(present, values, strict=True):
-        out[i] = v
-    return out
-
-
 def check_clip_norm(clip_norm: float | None) -> float | None:
     """A model's `clip_norm` argument: None (no clipping) or a positive float."""
     if clip_norm is None:
@@ -253,40 +122,6 @@ def check_clip_norm(clip_norm: float | None) -> float | None:
             f"clip_norm must be > 0 and finite (or None: no clipping); got {clip_norm}."
         )
     return float(clip_norm)
-
-
-def guarded_update(model, problem, losses, record):
-    """`gradient_step(model, losses)` and `record(values)` (the metric updates), unless
-    `problem` (an int32 code from the input checks) is not 0: then nothing changes at all.
-
-    Plain tensor ops and a `tf.cond`, so it compiles under XLA, which drops assertion ops: the
-    caller asserts on `problem` outside (`raise_on_problem`)."""
-
-    def update():
-        record(gradient_step(model, losses))
-        return tf.constant(True)
-
-    tf.cond(tf.equal(problem, 0), update, lambda: tf.constant(False))
-
-
-def training_outputs(model, values):
-    """A trainable SavedModel's `train_step` outputs: the batch means of `values` (float32
-    scalars), `optimizer_iterations` (int64) and `learning_rate` (float32), both read after the
-    update (automatic control dependencies order the variable ops)."""
-    out = {name: tf.cast(tf.reduce_mean(value), tf.float32) for name, value in values.items()}
-    out["optimizer_iterations"] = tf.identity(tf.convert_to_tensor(model.optimizer.iterations))
-    out["learning_rate"] = tf.cast(model.optimizer.learning_rate, tf.float32)
-    return out
-
-
-def compiled_update(model, update):
-    """`update` itself, or (when the model was compiled with an XLA update and the step is
-    being traced, not run eagerly) its XLA compilation, made once per model."""
-    if not getattr(model, "xla_update", False) or tf.executing_eagerly():
-        return update
-    if getattr(model, "_xla_update_fn", None) is None:
-        model._xla_update_fn = tf.function(update, jit_compile=True)
-    return model._xla_update_fn
 
 
 CONVOLUTIONS = (
@@ -324,26 +159,8 @@ def resolve_jit_compile(model, jit_compile):
     if jit_compile not in (True, False, "auto"):
         raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
     if jit_compile == "auto" and has_convolution(model):
-        jit_compile = bool(tf.config.list_physical_devices("GPU"))
+        jit_compile = _steps.has_gpu()
     return bool(jit_compile) and not model.run_eagerly
-
-
-def batch_means(values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """name -> the mean over the *global* batch of each per-example tensor [n] in `values`.
-
-    On one device, its mean. Replicated (tf.distribute), this replica's sum divided by the
-    number of examples of that tensor on all replicas (one all-reduce for all of them): the
-    optimizer sums the replicas' gradients, so the update is exactly the single-device one on
-    the whole batch, even when it does not split evenly (97 = 49 + 48).
-    """
-    ctx = replica_context()
-    if ctx is None:
-        return {name: tf.reduce_mean(value) for name, value in values.items()}
-    names = list(values)
-    counts = global_counts(ctx, *[tf.size(values[name]) for name in names])
-    return {
-        name: tf.reduce_sum(values[name]) / count for name, count in zip(names, counts, strict=True)
-    }
 
 
 class Model(keras.Model):
@@ -390,28 +207,28 @@ class Model(keras.Model):
 
     # ---- what a subclass provides -------------------------------------------------------------
 
-    def parse_batch(self, data, check_values: bool = True) -> dict[str, tf.Tensor]:
+    def parse_batch(self, data, check_values: bool = True) -> dict[str, Tensor]:
         """An element of training data (as `fit` gives it to `train_step`) as a dict of tensors,
         shapes checked (a ValueError, or a graph assertion, naming the expected shape); values
         too when `check_values`."""
         raise NotImplementedError
 
-    def batch_problem(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    def batch_problem(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """(problem, batch) for a batch parsed without value checks: `problem` is an int32
         scalar, 0 when the values are fine, else 1 + an index into `input_problems`. Plain ops
         (it runs inside XLA, which drops assertions; the step asserts on it outside)."""
         raise NotImplementedError
 
     def batch_losses(
-        self, batch: dict[str, tf.Tensor], seed: tf.Tensor | None = None, training: bool = False
-    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        self, batch: dict[str, Tensor], seed: Tensor | None = None, training: bool = False
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, values): the scalar loss to minimise, made with `batch_means` (this replica's
         share under tf.distribute), and the train metrics' per-example [B] (or scalar) values,
         by name. `seed`: a stateless seed (int32 [2]) for the random draws, or None.
         `training`: the mode of the networks (True in the training steps)."""
         raise NotImplementedError
 
-    def test_terms(self, data) -> dict[str, tf.Tensor]:
+    def test_terms(self, data) -> dict[str, Tensor]:
         """The test metrics' per-example [B] values, by name, for an element of test data."""
         raise NotImplementedError
 
@@ -423,7 +240,7 @@ class Model(keras.Model):
         """The metrics `test_step` reports (by default every metric the model made)."""
         return list(self._trackers)
 
-    def sample_grid(self, rows: int, seed: tf.Tensor | None = None) -> tf.Tensor:
+    def sample_grid(self, rows: int, seed: Tensor | None = None) -> Tensor:
         """Images [rows * columns, x_dim] for a grid of `rows` rows (the binaries' samples.png
         and `bin/sample`); `seed`: a stateless seed (int32 [2]) or None."""
         raise NotImplementedError
@@ -509,7 +326,7 @@ class Model(keras.Model):
         enumerated = int(getattr(self, "num_classes", 1) or 1) if self.class_conditional else 1
         return 4 * enumerated * (3 * sum(widths[2:]) + 8 * widths[1])
 
-    def check_sample_count(self, n, name: str = "n") -> tf.Tensor:
+    def check_sample_count(self, n, name: str = "n") -> Tensor:
         """`n` as an int32 scalar if n samples fit in one output (`checks.check_count`, then
         `checks.check_size` of [n, x_dim] float32, twice: the chunks and their
         concatenation), else a ValueError (eagerly) or a graph assertion naming `name`."""
@@ -562,8 +379,8 @@ class Model(keras.Model):
     # ---- the training step --------------------------------------------------------------------
 
     def compute_losses(
-        self, data, seed: tf.Tensor | None = None, training: bool = False
-    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        self, data, seed: Tensor | None = None, training: bool = False
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, values) for an element of training data, as `fit` gives it to `train_step`
         (checked first): the scalar loss the step minimises and the train metrics' per-example
         values. `seed`: a stateless seed (int32 [2]) for the random draws, or None. `training`:
@@ -573,77 +390,64 @@ class Model(keras.Model):
         return with_training(self.batch_losses, batch, seed, training=training)
 
     def _step_losses(self, batch):
-        """`batch_losses` at this step's stateless seed, with the networks in training mode, and
-        a `loss` value for the metric when the model gives none (a replica's share times the
-        number of replicas: pooled over the replicas, the global loss). Every training path (the
-        fused update, XLA or not; the replicated step; `signature_train_step`) comes here."""
-        loss, values = with_training(self.batch_losses, batch, seed=step_seed(self), training=True)
-        if "loss" not in values:
-            ctx = replica_context()
-            replicas = 1 if ctx is None else ctx.num_replicas_in_sync
-            values = {**values, "loss": loss * tf.cast(replicas, loss.dtype)}
-        return loss, values
+        """`batch_losses` at this step's stateless seed (`step_seed`), with the networks in
+        training mode, and a `loss` value for the metric when the model gives none. Every
+        training path comes here (`steps_tf.step_losses`, `steps_jax.step_losses`)."""
+        return _steps.step_losses(self, batch)
 
     def _fused_update(self, batch):
-        """One gradient step and the metric updates, unless the batch fails a check: returns
-        (problem, metric results), and nothing changes (weights, optimizer state, metrics) when
-        `problem` is not 0. Compiled with XLA when `xla_update` (see `compile`)."""
-        problem, batch = self.batch_problem(batch)
-        names = self.train_metric_names()
-        guarded_update(
-            self,
-            problem,
-            lambda: self._step_losses(batch),
-            lambda values: self._record(values, names),
-        )
-        return problem, {name: self._trackers[name].result() for name in names}
+        """TF: one gradient step and the metric updates, unless the batch fails a check
+        (`steps_tf.fused_update`)."""
+        return _steps.fused_update(self, batch)
 
-    def train_step(self, data) -> dict[str, tf.Tensor]:
-        """One gradient step on `batch_losses` of the element `data`.
+    def train_step(self, *args):
+        """One gradient step on `batch_losses` of an element of training data: Keras'
+        `train_step(data)` on TF (`steps_tf.train_step`: the values checked inside the
+        XLA-compiled update, which applies nothing unless they pass; tf.distribute), its
+        stateless `train_step(state, data)` on JAX (`steps_jax.train_step`: the values checked on
+        the host before the step)."""
+        return _steps.train_step(self, *args)
 
-        On one device the shapes are checked here, the values inside the (XLA-compiled) fused
-        update, which applies nothing unless they pass, and asserted on outside it. Replicated
-        (tf.distribute, N > 1 replicas), each replica checks its slice and minimises its share
-        of the global-batch mean (`batch_means`); metrics are pooled over all examples.
-        """
-        ctx = replica_context()
-        if ctx is None:
-            batch = self.parse_batch(data, check_values=False)
-            if not self.optimizer.built:  # Not inside the update's tf.cond or XLA function.
-                with tf.init_scope():
-                    self.optimizer.build(self.trainable_variables)
-            problem, results = compiled_update(self, self._fused_update)(batch)
-            return raise_on_problem(results, problem, self.input_problems)
-        batch = self.parse_batch(data, check_values=True)
-        values = gradient_step(self, lambda: self._step_losses(batch))
-        return self._record(values, self.train_metric_names(), ctx)
-
-    def signature_train_step(self, data) -> dict[str, tf.Tensor]:
+    def signature_train_step(self, data) -> dict[str, Tensor]:
         """The trainable SavedModel's `train_step` (see `training_functions`): one optimizer
         step on `data` (checked); returns the batch means of the train metrics, computed before
         the update, `optimizer_iterations` (after it) and `learning_rate`. Nothing goes into
-        Keras' running metrics: each call reports its own batch."""
-        batch = self.parse_batch(data, check_values=True)
-        return training_outputs(self, gradient_step(self, lambda: self._step_losses(batch)))
+        Keras' running metrics: each call reports its own batch. TensorFlow only."""
+        backend.refuse_on_jax(
+            "The trainable SavedModel", "save the model as .keras and export it where TF runs"
+        )
+        return _steps.signature_train_step(self, data)
 
-    def test_step(self, data) -> dict[str, tf.Tensor]:
-        """Keras' test step: adds the `test_terms` of `data` to the test metrics and returns their
-        means so far (pooled over all replicas under tf.distribute)."""
-        return self._record(self.test_terms(data), self.test_metric_names(), replica_context())
+    def test_step(self, *args):
+        """Keras' test step: adds the `test_terms` of the data to the test metrics and returns
+        their means so far (pooled over all replicas under tf.distribute); on JAX the stateless
+        `test_step(state, data)` (`steps_jax.test_step`)."""
+        return _steps.test_step(self, *args)
 
     def _record(self, values, names, ctx=None):
         """Adds values (per-example vectors or scalars) to the named metrics; returns their
-        means so far, pooled over all replicas when `ctx` (a replica context) is given."""
-        for name in names:
-            self._trackers[name].update_state(values[name])
-        if ctx is not None:
-            return global_results(ctx, [self._trackers[name] for name in names])
-        return {name: self._trackers[name].result() for name in names}
+        means so far (pooled over all replicas when `ctx`, a TF replica context, is given)."""
+        return _steps.record(self, values, names, ctx)
 
     # ---- Keras plumbing -----------------------------------------------------------------------
 
     build = build_at_construction
-    _maybe_symbolic_build = symbolic_build_under_strategy
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        _steps.symbolic_build(self, iterator, data_batch)
+
+    if backend.is_jax():
+        # Keras' JAX trainer: the optimizer built without a symbolic pass, and the batches
+        # checked on the host before the compiled steps (`steps_jax`).
+        _symbolic_build = _maybe_symbolic_build
+        make_train_function = _steps.make_train_function
+        make_test_function = _steps.make_test_function
+
+    def check_test_data(self, data) -> None:
+        """Raises ValueError (one line) when an element of test data is bad: what `test_terms`
+        checks when it runs eagerly (the JAX steps call this on the host before each compiled
+        test step). By default nothing."""
+
     get_compile_config = saved_compile_config
     compile_from_config = compile_from_saved_config
 
@@ -656,10 +460,13 @@ class Model(keras.Model):
         of 0 rows, or a dataset that says it is empty (cardinality 0), which Keras would "train"
         for zero steps with only a warning."""
         x = call_arguments(keras.Model.fit, self, args, kwargs).get("x")
-        if isinstance(x, tf.data.Dataset):
+        tf = sys.modules.get("tensorflow")  # A tf.data.Dataset only where TF is imported.
+        if tf is not None and isinstance(x, tf.data.Dataset):
             empty = int(x.cardinality()) == 0
+        elif isinstance(x, keras.utils.PyDataset):
+            empty = x.num_batches == 0  # None: endless or unknown.
         else:
-            leaves = [v for v in tf.nest.flatten(x) if hasattr(v, "shape")]
+            leaves = [v for v in keras.tree.flatten(x) if hasattr(v, "shape")]
             empty = bool(leaves) and len(leaves[0].shape) > 0 and leaves[0].shape[0] == 0
         if empty:
             raise ValueError(
@@ -682,10 +489,12 @@ class Model(keras.Model):
         a problem code from the inputs and applies nothing unless it is 0, and the step asserts
         on the code outside XLA. "auto" is XLA for a single device (fastest on CPU and GPU, see
         benchmarks/); replicated steps (tf.distribute) and `run_eagerly` never use it.
+        On JAX the whole step is compiled (`jax.jit`) unless `jit_compile` is False or
+        `run_eagerly`; the batches are checked on the host before it (`steps_jax`).
         """
-        super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
-        self.xla_update = resolve_jit_compile(self, jit_compile)
-        self._xla_update_fn = None
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or 'auto'; got {jit_compile!r}.")
+        _steps.compile_model(self, optimizer, jit_compile, **kwargs)
         self.jit_compile_setting = jit_compile
 
     def get_config(self):

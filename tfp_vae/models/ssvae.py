@@ -37,10 +37,9 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tfp_vae import checks, layers, likelihoods, networks, semisupervised
+from tfp_vae import backend, checks, layers, likelihoods, networks, semisupervised
+from tfp_vae.backend import Tensor, tfd, tfp
 from tfp_vae.checks import (
     IMAGE_PROBLEMS,
     INPUT_PROBLEMS,
@@ -60,7 +59,7 @@ from tfp_vae.models.core import Model, batch_means, evaluation_seed
 from tfp_vae.models.params import Param
 from tfp_vae.objectives import classification_loss, labelled_negative_elbo, unlabelled_bound_terms
 
-tfd = tfp.distributions
+ops = keras.ops
 
 # The likelihoods known by name (the SSVAE takes any `tfp_vae.likelihoods.Likelihood`).
 LIKELIHOODS = likelihoods.names()
@@ -81,7 +80,7 @@ class CategoricalFromLogits(keras.layers.Layer):
         super().__init__(**{**kwargs, "dtype": "float32"})
 
     def call(self, logits):
-        return tfd.Categorical(logits=tf.cast(logits, tf.float32))
+        return tfd.Categorical(logits=ops.cast(logits, "float32"))
 
 
 def _class_count(value):
@@ -284,7 +283,7 @@ class SSVAE(Model):
 
     def label_prior(self) -> tfd.Distribution:
         """p(y): uniform Categorical over num_classes."""
-        return tfd.Categorical(logits=tf.zeros([self.num_classes]))
+        return tfd.Categorical(logits=ops.zeros([self.num_classes]))
 
     @property
     def likelihood_name(self) -> str:
@@ -339,39 +338,41 @@ class SSVAE(Model):
         """The classifier's logits [B, K] as float32 (the network may compute in bfloat16 or
         float16 under a mixed-precision policy; every softmax, KL and loss is float32)."""
         logits = networks.apply(self.classifier, x, self.classifier_input_shape, training)
-        return tf.cast(logits, tf.float32)
+        return ops.cast(logits, "float32")
 
-    def class_logits(self, x: tf.Tensor | np.ndarray) -> tf.Tensor:
+    def class_logits(self, x: Tensor | np.ndarray) -> Tensor:
         """Logits [B, K] of q(y|x); x may be grayscale in [0, 1] (checked)."""
         return self._classifier_logits(self._inputs(x, binary=False))
 
-    def label_distribution(self, x: tf.Tensor | np.ndarray) -> tfd.Distribution:
+    def label_distribution(self, x: Tensor | np.ndarray) -> tfd.Distribution:
         """q(y|x) as a tfd.Categorical, batch [B]."""
         return self.label_posterior(self.class_logits(x))
 
-    def classify(self, x: tf.Tensor | np.ndarray) -> tf.Tensor:
+    def classify(self, x: Tensor | np.ndarray) -> Tensor:
         """Class probabilities q(y|x), [B, K]; x may be grayscale in [0, 1]."""
-        return tf.nn.softmax(self.class_logits(x), axis=-1)
+        return ops.softmax(self.class_logits(x), axis=-1)
 
     def encode(
-        self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray, training: bool = False
+        self, x: Tensor | np.ndarray, y: int | Tensor | np.ndarray, training: bool = False
     ) -> tfd.Distribution:
         """q(z|x,y): batch [B], event [z_dim]. y: ints [B] (or one scalar) or one-hot [B, K].
         `training`: the encoder's mode (a stacked model's M1 stays in inference mode)."""
         x = self._inputs(x, binary=False)
-        return self._encode(x, labels_for(y, tf.shape(x)[0], self.num_classes), training)
+        return self._encode(x, labels_for(y, ops.shape(x)[0], self.num_classes), training)
 
     def decode(
-        self, z: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray, training: bool = False
+        self, z: Tensor | np.ndarray, y: int | Tensor | np.ndarray, training: bool = False
     ) -> tfd.Distribution:
         """p(x|y,z): batch [B], event [x_dim]. z: [B, z_dim]; y as in `encode`; `training`: the
         decoder's mode."""
-        z = tf.convert_to_tensor(z, tf.float32)
-        if z.shape.rank != 2 or z.shape[-1] != self.z_dim:
+        z = ops.convert_to_tensor(z, "float32")
+        shape = backend.static_shape(z)  # A JAX shape is a tuple, with no .rank.
+        if shape is None or len(shape) != 2 or shape[-1] != self.z_dim:
             raise ValueError(
-                f"Expected latents of shape [batch, {self.z_dim}]; got {tuple(z.shape)}."
+                f"Expected latents of shape [batch, {self.z_dim}]; got "
+                f"{'unknown' if shape is None else shape}."
             )
-        return self._decode(z, labels_for(y, tf.shape(z)[0], self.num_classes), training)
+        return self._decode(z, labels_for(y, ops.shape(z)[0], self.num_classes), training)
 
     # ---- bounds -----------------------------------------------------------------------------
 
@@ -383,8 +384,8 @@ class SSVAE(Model):
         return rec, tfd.kl_divergence(q, self.prior())
 
     def enumerated_terms(
-        self, x: tf.Tensor, seed: tf.Tensor | None = None, training: bool = False
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+        self, x: Tensor, seed: Tensor | None = None, training: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """rec and kl_z for every label, in one batched pass: two [B, K] tensors.
 
         For x [B, x_dim] (binary, not checked), the networks run on K * B rows, class-major (row
@@ -405,14 +406,14 @@ class SSVAE(Model):
         )  # [K * B, d_out]
         # As [K, B, d_out] the likelihood has batch [K, B], and x [B, x_dim] broadcasts against
         # it: no K copies of the images.
-        p = self.likelihood(tf.reshape(out, [k, -1, out.shape[-1]]))
+        p = self.likelihood(ops.reshape(out, [k, -1, out.shape[-1]]))
         rec = -p.log_prob(x)  # [K, B]
-        kl_z = tf.reshape(tfd.kl_divergence(q, self.prior()), [k, -1])
-        return tf.transpose(rec), tf.transpose(kl_z)
+        kl_z = ops.reshape(tfd.kl_divergence(q, self.prior()), [k, -1])
+        return ops.transpose(rec), ops.transpose(kl_z)
 
     def unlabelled_terms(
-        self, x: tf.Tensor, seed: tf.Tensor | None = None, training: bool = False
-    ) -> dict[str, tf.Tensor]:
+        self, x: Tensor, seed: Tensor | None = None, training: bool = False
+    ) -> dict[str, Tensor]:
         """-U(x) and its parts for binary x [B, x_dim] (not checked): dict of [B] tensors
         `nelbo`, `rec`, `kl_z`, `kl_y` (see `unlabelled_bound_terms`) and `class_logits` [B, K].
         `training`: the networks' mode (True in the training steps)."""
@@ -422,11 +423,11 @@ class SSVAE(Model):
 
     def labelled_terms(
         self,
-        x: tf.Tensor,
-        labels: tf.Tensor,
-        seed: tf.Tensor | None = None,
+        x: Tensor,
+        labels: Tensor,
+        seed: Tensor | None = None,
         training: bool = False,
-    ) -> dict[str, tf.Tensor]:
+    ) -> dict[str, Tensor]:
         """-L(x, y) (including log K) and its parts for binary x [B, x_dim] and int labels [B]
         (not checked): dict of [B] tensors `nelbo`, `rec`, `kl_z`. `training`: the networks'
         mode."""
@@ -439,31 +440,32 @@ class SSVAE(Model):
 
     def bound_terms(
         self,
-        x: tf.Tensor | np.ndarray,
-        labels: tf.Tensor | None = None,
-        seed: tf.Tensor | None = None,
-    ) -> dict[str, tf.Tensor]:
+        x: Tensor | np.ndarray,
+        labels: Tensor | None = None,
+        seed: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """-U(x) (labels None) or -L(x, y) (int labels [B], not checked) with its parts, for
         inputs x that are checked first (binary images): dict of [B] tensors with `nelbo`,
         `rec`, `kl_z` (and `kl_y` for -U). The bound of every use (`elbo`, `test_step`,
         serving); a stacked model overrides it with its own."""
         x = self._inputs(x)
+        seed = backend.sampling_seed(seed)
         if labels is None:
             return self.unlabelled_terms(x, seed)
         return self.labelled_terms(x, labels, seed)
 
-    def elbo(self, x: tf.Tensor | np.ndarray, seed: tf.Tensor | None = None) -> tf.Tensor:
+    def elbo(self, x: Tensor | np.ndarray, seed: Tensor | None = None) -> Tensor:
         """Per-example unlabelled ELBO U(x) <= log p(x) (nats) [B]; x must be binary."""
         return -self.bound_terms(x, seed=seed)["nelbo"]
 
     def labelled_elbo(
         self,
-        x: tf.Tensor | np.ndarray,
-        y: int | tf.Tensor | np.ndarray,
-        seed: tf.Tensor | None = None,
-    ) -> tf.Tensor:
+        x: Tensor | np.ndarray,
+        y: int | Tensor | np.ndarray,
+        seed: Tensor | None = None,
+    ) -> Tensor:
         """Per-example labelled ELBO L(x, y) <= log p(x, y) (nats) [B]; x must be binary."""
-        labels = labels_for(y, tf.shape(x)[0], self.num_classes)
+        labels = labels_for(y, ops.shape(x)[0], self.num_classes)
         return -self.bound_terms(x, labels, seed)["nelbo"]
 
     # Which set each per-example training term is averaged over.
@@ -495,12 +497,12 @@ class SSVAE(Model):
             seed=seeds[1],
             check_values=check_values,
         )
-        y_l = labels_for(labelled_y, tf.shape(x_l)[0], self.num_classes, check_values)
+        y_l = labels_for(labelled_y, ops.shape(x_l)[0], self.num_classes, check_values)
         logits_l = self._classifier_logits(x_l, training)
         out = {
             "class_loss": classification_loss(logits_l, y_l),
-            "accuracy": tf.cast(
-                tf.equal(tf.argmax(logits_l, -1, output_type=tf.int32), y_l), tf.float32
+            "accuracy": ops.cast(
+                ops.equal(ops.cast(ops.argmax(logits_l, -1), "int32"), y_l), "float32"
             ),
         }
         if self.gen_weight == 0:
@@ -538,7 +540,7 @@ class SSVAE(Model):
             ) from None
         x_u, x_l = self._raw_inputs(unlabelled_x), self._raw_inputs(labelled_x)
         # One label per labelled input: a ValueError when traced with static shapes.
-        n_l = x_l.shape[0] if x_l.shape[0] is not None else tf.shape(x_l)[0]
+        n_l = ops.shape(x_l)[0]
         batch = {
             "unlabelled_x": x_u,
             "labelled_x": x_l,
@@ -567,7 +569,7 @@ class SSVAE(Model):
         # Kept in range even when the batch is refused: TF may run the cross-entropy op (whose
         # CPU kernel raises on a label out of range) although the update's branch is not taken,
         # and its error would hide ours.
-        labels = tf.clip_by_value(batch["labels"], 0, self.num_classes - 1)
+        labels = ops.clip(batch["labels"], 0, self.num_classes - 1)
         return problem, {**batch, "labels": labels}
 
     def batch_losses(self, batch, seed=None, training=False):
@@ -601,7 +603,9 @@ class SSVAE(Model):
         """Raw inputs as float32 [B, input_dim], their shape checked (not their values)."""
         return self._inputs(x, check_values=False)
 
-    def test_terms(self, data):
+    @staticmethod
+    def _test_parts(data):
+        """(x for the bound, x for the classifier, y) of an element of test data."""
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ValueError(
                 "SSVAE evaluates on (x, y) or ((x_binary, x_for_classifier), y); "
@@ -612,13 +616,24 @@ class SSVAE(Model):
             x_bound, x_class = inputs
         else:
             x_bound = x_class = inputs
+        return x_bound, x_class, y
+
+    def check_test_data(self, data):
+        """What `test_terms` checks: both inputs and the labels (one per example)."""
+        x_bound, x_class, y = self._test_parts(data)
+        x_class = self._inputs(x_class, binary=False)
+        labels_for(y, ops.shape(x_class)[0], self.num_classes)
+        self._inputs(x_bound)
+
+    def test_terms(self, data):
+        x_bound, x_class, y = self._test_parts(data)
         logits = self.class_logits(x_class)
-        labels = labels_for(y, tf.shape(logits)[0], self.num_classes)
+        labels = labels_for(y, ops.shape(logits)[0], self.num_classes)
         # Seeded by the batch (`evaluation_seed`): the same weights and data, the same numbers.
         terms = self.bound_terms(x_bound, seed=evaluation_seed(self, x_bound))
         values = {name: terms[name] for name in ("nelbo", "rec", "kl_z", "kl_y")}
-        values["accuracy"] = tf.cast(
-            tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32
+        values["accuracy"] = ops.cast(
+            ops.equal(ops.cast(ops.argmax(logits, -1), "int32"), labels), "float32"
         )
         return values
 
@@ -660,10 +675,10 @@ class SSVAE(Model):
 
     def sample(
         self,
-        n: int | tf.Tensor,
-        y: int | tf.Tensor | np.ndarray | None = None,
-        seed: tf.Tensor | None = None,
-    ) -> tf.Tensor:
+        n: int | Tensor,
+        y: int | Tensor | np.ndarray | None = None,
+        seed: Tensor | None = None,
+    ) -> Tensor:
         """Pixel probabilities [n, x_dim] of p(x|y,z), z ~ p(z), for digits of class y.
 
         y: one class for all (scalar), one per sample ([n], ints or one-hot), or None for the
@@ -671,7 +686,7 @@ class SSVAE(Model):
         """
         n = self.check_sample_count(n)
         if y is None:
-            y = tf.range(n) % self.num_classes
+            y = ops.arange(n, dtype="int32") % self.num_classes
         labels = labels_for(y, n, self.num_classes)
 
         def draw(start, size, seed):
@@ -680,20 +695,22 @@ class SSVAE(Model):
 
         # A large n in chunks (`checks.in_chunks`); one too large for its output is refused.
         rows = checks.chunk_rows(self.widest_values())
-        return checks.in_chunks(draw, n, rows, seed)["images"]
+        return checks.in_chunks(draw, n, rows, backend.sampling_seed(seed))["images"]
 
-    def sample_grid(self, rows: int, seed: tf.Tensor | None = None) -> tf.Tensor:
+    def sample_grid(self, rows: int, seed: Tensor | None = None) -> Tensor:
         """The style grid (`style_grid`): a row per z ~ p(z), a column per class."""
         return self.style_grid(rows, seed=seed)
 
-    def style_grid(self, rows: int, seed: tf.Tensor | None = None) -> tf.Tensor:
+    def style_grid(self, rows: int, seed: Tensor | None = None) -> Tensor:
         """[rows * K, x_dim] data-space means: row r decodes one z ~ p(z) with y = 0..K-1 (the
         style held, the class varied). `seed`: a stateless seed of the z draws."""
         k = self.num_classes
-        z = self.prior().sample(rows, seed=seed)
-        return self.generate(tf.repeat(z, k, axis=0), tf.tile(tf.range(k), [rows]))
+        z = self.prior().sample(rows, seed=backend.sampling_seed(seed))
+        return self.generate(
+            ops.repeat(z, k, axis=0), ops.tile(ops.arange(k, dtype="int32"), [rows])
+        )
 
-    def generate(self, z: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray) -> tf.Tensor:
+    def generate(self, z: Tensor | np.ndarray, y: int | Tensor | np.ndarray) -> Tensor:
         """The data-space mean of p(x|y,z) at given latents: pixel probabilities [B, x_dim] (or
         feature means). z: [B, z_dim]; y as in `encode`."""
         return self._observed(self.decode(z, y))
@@ -704,14 +721,14 @@ class SSVAE(Model):
         return p.mean()
 
     def reconstruct(
-        self, x: tf.Tensor | np.ndarray, y: int | tf.Tensor | np.ndarray | None = None
-    ) -> tf.Tensor:
+        self, x: Tensor | np.ndarray, y: int | Tensor | np.ndarray | None = None
+    ) -> Tensor:
         """Pixel probabilities [B, x_dim] of p(x|y,z) at the mean of q(z|x,y); y defaults to
         the classifier's prediction argmax q(y|x). x may be grayscale."""
         x = self._inputs(x, binary=False)
         if y is None:
-            y = tf.argmax(self._classifier_logits(x), axis=-1, output_type=tf.int32)
-        labels = labels_for(y, tf.shape(x)[0], self.num_classes)
+            y = ops.cast(ops.argmax(self._classifier_logits(x), axis=-1), "int32")
+        labels = labels_for(y, ops.shape(x)[0], self.num_classes)
         return self._observed(self._decode(self._encode(x, labels).mean(), labels))
 
     # ---- data and figures (what the tools ask; see tfp_vae.models.core.Model) ---------------
@@ -797,5 +814,5 @@ class SSVAE(Model):
     def latent_means(self, x):
         """(the means [B, z_dim] of q(z|x, y), y [B]): y the classifier's prediction
         argmax q(y|x), which the figures condition on."""
-        y = tf.argmax(self.class_logits(x), axis=-1, output_type=tf.int32)
+        y = ops.cast(ops.argmax(self.class_logits(x), axis=-1), "int32")
         return self.encode(x, y).mean(), y

@@ -35,15 +35,16 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
 
+from tfp_vae import backend
+from tfp_vae.backend import Tensor, tfd, tfp
+from tfp_vae.checks import labels_for
 from tfp_vae.models.base import LatentVariableModel
 from tfp_vae.models.core import with_training
 from tfp_vae.models.params import Param
 from tfp_vae.models.ssvae import SSVAE
 
-tfd = tfp.distributions
+ops = keras.ops
 
 
 def _check_m1(m1):
@@ -129,16 +130,24 @@ class M1M2(SSVAE):
     def _value_problem(self, x, binary=True):
         return self.m1.likelihood.problem(x, binary)
 
+    def check_test_data(self, data):
+        """What `test_terms` checks, on the images themselves (not M1's features: the JAX steps
+        call this on the host, where the weights are the compiled step's)."""
+        x_bound, x_class, y = self._test_parts(data)
+        x_class = self.m1.likelihood.check(x_class, self.m1.input_shape, bound=False)
+        labels_for(y, ops.shape(x_class)[0], self.num_classes)
+        self.m1.likelihood.check(x_bound, self.m1.input_shape)
+
     def features(
-        self, x: tf.Tensor | np.ndarray, sample: bool = False, seed: tf.Tensor | None = None
-    ) -> tf.Tensor:
+        self, x: Tensor | np.ndarray, sample: bool = False, seed: Tensor | None = None
+    ) -> Tensor:
         """M1's latent z1 for images x [B, pixels] (checked, grayscale allowed): the mean of
         q(z1|x), or one draw when `sample`. [B, m1.z_dim]."""
         return self._inputs(x, binary=False, sample=sample, seed=seed)
 
     @staticmethod
     def active_units(
-        m1: LatentVariableModel, images: tf.Tensor | np.ndarray, threshold: float = 0.1
+        m1: LatentVariableModel, images: Tensor | np.ndarray, threshold: float = 0.1
     ) -> list[int]:
         """The units of M1's z whose posterior mean varies across `images` (binary [N, pixels]):
         std over the images > threshold, as in the paper's code. A sorted list of ints."""
@@ -148,7 +157,7 @@ class M1M2(SSVAE):
 
     def _modelled(self, z1):
         """The units of z1 [..., m1.z_dim] that M2 models: [..., x_dim]."""
-        return tf.gather(z1, self.feature_indices, axis=-1)
+        return ops.take(z1, ops.convert_to_tensor(self.feature_indices, "int32"), axis=-1)
 
     def _inputs(self, x, binary=True, sample=False, seed=None, check_values=True):
         """Images (checked as the SSVAE checks them; only their shape unless `check_values`)
@@ -162,14 +171,15 @@ class M1M2(SSVAE):
         x = self.m1.likelihood.check(x, self.m1.input_shape, binary, check_values)
         q = with_training(self.m1.encode, x, training=False)
         # M1 is fixed; no gradient flows into it (its variables are not trainable anyway).
-        return tf.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
+        return ops.stop_gradient(self._modelled(q.sample(seed=seed) if sample else q.mean()))
 
     def _full_z1(self, features):
         """Modelled units [B, x_dim] -> z1 [B, m1.z_dim], the others at their prior mean 0."""
         slot = {unit: i for i, unit in enumerate(self.feature_indices)}
         # Each unit of z1 reads its feature, or the appended zero column (slot x_dim).
-        padded = tf.pad(features, [[0, 0], [0, 1]])
-        return tf.gather(padded, [slot.get(u, self.x_dim) for u in range(self.m1.z_dim)], axis=-1)
+        padded = ops.pad(features, [[0, 0], [0, 1]])
+        units = [slot.get(u, self.x_dim) for u in range(self.m1.z_dim)]
+        return ops.take(padded, ops.convert_to_tensor(units, "int32"), axis=-1)
 
     def _observed(self, p):
         """p(z1|y,z2) -> pixel probabilities of M1's decoder at its mean z1."""
@@ -178,14 +188,16 @@ class M1M2(SSVAE):
     def _unmodelled_log_prior(self, z1):
         """log N(z1_rest; 0, I) of the units M2 does not model: [B] (0 when it models all)."""
         rest = [i for i in range(self.m1.z_dim) if i not in set(self.feature_indices)]
-        z_rest = tf.gather(z1, tf.constant(rest, tf.int32), axis=-1)  # [B, 0] when rest is empty
-        return tf.reduce_sum(tfd.Normal(0.0, 1.0).log_prob(z_rest), axis=-1)
+        # [B, 0] when rest is empty.
+        z_rest = ops.take(z1, ops.convert_to_tensor(rest, "int32"), axis=-1)
+        return ops.sum(tfd.Normal(0.0, 1.0).log_prob(z_rest), axis=-1)
 
     def bound_terms(self, x, labels=None, seed=None):
         """The stacked bound (module docstring) and its parts for binary images x, without
         labels (with M2's -U(z1)) or with int labels [B] (with M2's -L(z1, y)): dict of [B]
         tensors `nelbo`, `rec`, `kl_z1`, `kl_z` (and `kl_y` without labels)."""
         x = self.m1.likelihood.check(x, self.m1.input_shape)
+        seed = backend.sampling_seed(seed)
         seed_z1, seed_m2 = (None, None) if seed is None else tfp.random.split_seed(seed, 2)
         q = self.m1.encode(x)
         z1 = q.sample(seed=seed_z1)
