@@ -55,8 +55,12 @@ K, Z2, Z1, RECIPE_BATCH = 10, 64, 50, 97
 def read_idx(directory, stem):
     for name in (stem + ".gz", stem):
         path = os.path.join(directory, name)
-        if os.path.exists(path):
-            raw = (gzip.open if name.endswith(".gz") else open)(path, "rb").read()
+        # tfp_vae's shipped copy keeps its training images in parts (NAME.part1of2, ...).
+        parts = sorted(p for p in os.listdir(directory) if p.startswith(name + ".part"))
+        if os.path.exists(path) or parts:
+            paths = [path] if os.path.exists(path) else [os.path.join(directory, p) for p in parts]
+            blob = b"".join(open(p, "rb").read() for p in paths)
+            raw = gzip.decompress(blob) if name.endswith(".gz") else blob
             break
     else:
         raise FileNotFoundError(f"{stem}(.gz) not in {directory}")

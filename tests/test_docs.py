@@ -79,6 +79,7 @@ def mnist_reason():
         if (
             "mnist.npz" in names
             or {"train-images-idx3-ubyte.gz", "train-images-idx3-ubyte"} & names
+            or "train-images-idx3-ubyte.gz.part1of2" in names
         ):
             return None
     if data_dir:

@@ -30,9 +30,11 @@ _TRAIN = textwrap.dedent("""
 
     saved, resaved, data_dir = sys.argv[1:4]
 
-    def images(name):
-        with gzip.open(os.path.join(data_dir, name), "rb") as f:
-            raw = f.read()
+    def images(name):  # The file, or its parts in order (the shipped copy's training images).
+        path = os.path.join(data_dir, name)
+        parts = sorted(p for p in os.listdir(data_dir) if p.startswith(name + ".part"))
+        paths = [path] if os.path.isfile(path) else [os.path.join(data_dir, p) for p in parts]
+        raw = gzip.decompress(b"".join(open(p, "rb").read() for p in paths))
         return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784)
 
     rng = np.random.default_rng(0)

@@ -163,11 +163,32 @@ def _one_line(error) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _read_file(path: str) -> tuple[bytes, str]:
-    """(the file's content, gunzipped if it ends in .gz; the SHA-256 of the file itself)."""
+def split_parts(path: str) -> list[str] | None:
+    """The parts of a file kept split in pieces beside it (`PATH.part1of2`, `PATH.part2of2`, ...;
+    the shipped MNIST's training images, as no file of the repository may pass 5 MiB), in
+    order; None when `path` is not kept so (or a part is missing)."""
+    folder, name = os.path.split(path)
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
+        names = os.listdir(folder or ".")
+    except OSError:
+        return None
+    counts = {n.rsplit("of", 1)[-1] for n in names if n.startswith(name + ".part") and "of" in n}
+    if len(counts) != 1 or not next(iter(counts)).isdigit():
+        return None
+    total = int(next(iter(counts)))
+    parts = [os.path.join(folder, f"{name}.part{i}of{total}") for i in range(1, total + 1)]
+    return parts if all(os.path.isfile(p) for p in parts) else None
+
+
+def _read_file(path: str) -> tuple[bytes, str]:
+    """(the file's content, gunzipped if it ends in .gz; the SHA-256 of the file itself). A file
+    kept in parts (`split_parts`) is read as their concatenation."""
+    parts = None if os.path.isfile(path) else split_parts(path)
+    try:
+        blob = b""
+        for part in parts or [path]:
+            with open(part, "rb") as f:
+                blob += f.read()
     except OSError as e:
         raise DataError(f"Cannot read {path}: {_one_line(e)}.") from e
     digest = hashlib.sha256(blob).hexdigest()
@@ -229,7 +250,7 @@ def _find_file(directory: str, stem: str) -> str | None:
         stem.replace("-idx", ".idx"),
     ):
         path = os.path.join(directory, candidate)
-        if os.path.isfile(path):
+        if os.path.isfile(path) or split_parts(path):
             return path
     return None
 
