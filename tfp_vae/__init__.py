@@ -96,6 +96,7 @@ _LAZY_MODULES = (
     "data",
     "data_numpy",
     "export",
+    "files",
     "signatures",
     "images",
     "plots",
@@ -146,11 +147,13 @@ __all__ = [
     "LatentVariableModel",
     # The library's modules (also what the API reference, `make docs`, documents; the binaries'
     # modules, tfp_vae.cli, are not a library API).
+    "backend",
     "checks",
     "data",
     "data_numpy",
     "evaluation",
     "export",
+    "files",
     "images",
     "layers",
     "likelihoods",

@@ -5,8 +5,8 @@ Every numeric module of the package (the distribution layers, the bounds, the mo
 maths once, in `keras.ops` and the TFP of this module (`tfd`, `tfb`, `tfp`):
 `tensorflow_probability` on the TensorFlow backend, `tensorflow_probability.substrates.jax` on
 JAX (which needs no TensorFlow installed). What differs between the frameworks beyond that lives
-in one module each: the training step's machinery (`tfp_vae.models.steps_tf` and
-`tfp_vae.models.steps_jax`, chosen by `steps()`), and here, the seeds and whether a value is
+in one module each: the training step's machinery (`models/steps_tf.py` and
+`models/steps_jax.py`, chosen by `steps()`), and here, the seeds and whether a value is
 concrete (an eager tensor or array, whose values a check can read on the host).
 
 Seeds: every random draw takes an explicit stateless seed, a pair of integers, int32 [2] on
@@ -36,7 +36,9 @@ else:
     )
 
 tfd = tfp.distributions
+"""`tfp.distributions` of the active backend's TFP substrate (TF's, or `substrates.jax`)."""
 tfb = tfp.bijectors
+"""`tfp.bijectors` of the active backend's TFP substrate."""
 # float32 as the framework's own dtype object (a distribution's `dtype=` argument).
 float32 = _numpy.float32
 
@@ -53,7 +55,7 @@ def is_jax() -> bool:
 
 def steps():
     """The module of the training step's machinery for the active backend:
-    `tfp_vae.models.steps_tf` or `tfp_vae.models.steps_jax`."""
+    `models/steps_tf.py` or `models/steps_jax.py`."""
     return importlib.import_module(f"tfp_vae.models.steps_{'tf' if is_tensorflow() else 'jax'}")
 
 

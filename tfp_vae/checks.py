@@ -10,7 +10,7 @@ the code inside XLA and asserts on it outside (`raise_on_problem`).
 The checks are written once, in `keras.ops`, for both backends. On JAX a value is checked where
 the host can read it (`tfp_vae.backend.is_concrete`: outside `jax.jit`), with the same messages;
 the training and test steps check each batch on the host before it reaches the compiled step
-(`tfp_vae.models.steps_jax`). Graph assertions (a value the host cannot read: inside a
+(`models/steps_jax.py`). Graph assertions (a value the host cannot read: inside a
 `tf.function`, a SavedModel signature) exist on TensorFlow only.
 """
 
@@ -385,7 +385,7 @@ def in_chunks(fn, n, rows: int, seed=None):
     no intermediate holds more than `rows` rows: one call `fn(0, n, seed)` when n <= rows (the
     same draws as without chunks); else chunk i with the stateless seed `seed` folded with i
     (or None: stateful draws, TF only). On TF an n known only when a graph runs (a SavedModel
-    signature's) is chunked in the graph (`tfp_vae.models.steps_tf.in_chunks_graph`); on JAX n
+    signature's) is chunked in the graph (`models/steps_tf.py`'s `in_chunks_graph`); on JAX n
     is concrete (its shapes are static) and the chunks are a Python loop."""
     static = backend.static_value(n)
     if static is not None and int(static) <= rows:

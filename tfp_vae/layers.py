@@ -1,5 +1,6 @@
 """Keras 3 layers whose `call` returns a `tfp.distributions.Distribution` (of the active
-backend's TFP substrate, `tfp_vae.backend.tfd`; the maths in `keras.ops`, the same on TF and JAX).
+backend's TFP substrate, `tfd` of `tfp_vae.backend`; the maths in `keras.ops`, the same on TF
+and JAX).
 
 `tfp.layers` is Keras-2-only, so these are our own. Every distribution is built inside `call`
 from the current variable values (Keras 3 variables are not `tf.Variable`s: a distribution

@@ -23,7 +23,7 @@ A user's own likelihood subclasses `Likelihood`, registers itself with Keras
 it by name or as an instance.
 
 Every layer computes in float32 whatever the global dtype policy (see `tfp_vae.layers`), in
-`keras.ops` and the active backend's TFP (`tfp_vae.backend.tfd`): the same code on TF and JAX.
+`keras.ops` and the active backend's TFP (`tfd` of `tfp_vae.backend`): the same code on TF and JAX.
 """
 
 from collections.abc import Sequence

@@ -5,10 +5,10 @@ supplies its losses and metrics (`batch_losses`) and how to read and check a bat
 (`parse_batch`, `batch_problem`), in `keras.ops` and the active backend's TFP. The step's
 machinery, which differs between the frameworks, lives in one module per backend
 (`tfp_vae.backend.steps()`):
-  - `tfp_vae.models.steps_tf`: one device (an XLA-compiled update that checks the inputs
+  - `models/steps_tf.py`: one device (an XLA-compiled update that checks the inputs
     inside), tf.distribute (exact global-batch scaling) and the trainable SavedModel
     (`signature_train_step`); `gradient_step` computes and applies the gradients;
-  - `tfp_vae.models.steps_jax`: Keras' stateless JAX trainer, with the batches checked on the
+  - `models/steps_jax.py`: Keras' stateless JAX trainer, with the batches checked on the
     host before they reach the compiled step.
 """
 

@@ -9,7 +9,7 @@ keyed by the model's seed and the optimizer's step count (`step_seed`) or the ba
 
 The models' maths (`batch_losses`, the bounds) are backend-neutral; `tfp_vae.models.core.Model`
 calls the functions here by name (`train_step`, `test_step`, ...), and
-`tfp_vae.models.steps_jax` has the same names for JAX.
+`models/steps_jax.py` has the same names for JAX.
 """
 
 from collections.abc import Callable
