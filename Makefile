@@ -44,8 +44,10 @@ demo: setup
 	$(PY) bin/export --model_path=$(DEMO_DIR) --export_dir=$(DEMO_DIR)/savedmodel --overwrite
 	@echo "Demo done: $(DEMO_DIR)/samples.png, reconstructions.png, metrics.json, iwae.json, savedmodel/"
 
+# Three workers on two cores: the suite is mostly single-threaded start-up and small batches
+# (docs/testing.md: 15 min 20 s against 16 min 40 s with two, back to back).
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 3 --dist loadfile tests
 	$(MAKE) test-jax
 
 # The tiers are pytest marks (setup.cfg, tests/tiers.py); `make test` runs them all.

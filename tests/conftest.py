@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import numpy as np
 import pytest
 import tiers
 
@@ -59,3 +60,20 @@ def h5_arrays():
 def pytest_collection_modifyitems(config, items):
     # tryfirst: before pytest's own hook deselects by `-m`, which must see one tier per test.
     tiers.assign(items, config)
+
+
+@pytest.fixture(scope="module")
+def small_mnist_dir(tmp_path_factory):
+    """A folder with a small MNIST-like `mnist.npz` (random pixels): 600 training and 100 test
+    images with labels, for the tests that run `bin/train` many times (faults, the finish)."""
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (700, 28, 28), dtype=np.uint8)
+    np.savez(
+        d / "mnist.npz",
+        x_train=x[:600],
+        y_train=rng.integers(0, 10, 600),
+        x_test=x[600:],
+        y_test=rng.integers(0, 10, 100),
+    )
+    return str(d)

@@ -99,19 +99,8 @@ def _one_line_error(result):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A small MNIST-like npz: 600 training and 100 test images."""
-    d = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (700, 28, 28), dtype=np.uint8)
-    np.savez(
-        d / "mnist.npz",
-        x_train=x[:600],
-        y_train=rng.integers(0, 10, 600),
-        x_test=x[600:],
-        y_test=rng.integers(0, 10, 100),
-    )
-    return str(d)
+def data_dir(small_mnist_dir):
+    return small_mnist_dir
 
 
 @pytest.fixture(scope="module")

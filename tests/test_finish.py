@@ -20,6 +20,7 @@ import uuid
 import numpy as np
 import pytest
 from binaries import ROOT
+from test_faults import _FLAGS  # The same small run as the fault tests, on the same data.
 
 from tfp_vae import files, rundir, training
 
@@ -68,15 +69,6 @@ sys.argv = ["train"] + sys.argv[4:]
 run()
 """
 
-_FLAGS = (
-    "--z_dim=3",
-    "--hidden=16",
-    "--batch_size=32",
-    "--steps_per_epoch=10",
-    "--verbose=0",
-    "--noxla",
-)
-
 
 def _train(*args, driver=None, env=None):
     if driver is None:
@@ -88,26 +80,10 @@ def _train(*args, driver=None, env=None):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A small MNIST-like npz: 600 training and 100 test images."""
-    d = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (700, 28, 28), dtype=np.uint8)
-    np.savez(
-        d / "mnist.npz",
-        x_train=x[:600],
-        y_train=rng.integers(0, 10, 600),
-        x_test=x[600:],
-        y_test=rng.integers(0, 10, 100),
-    )
-    return str(d)
-
-
-@pytest.fixture(scope="module")
-def whole_run(data_dir, tmp_path_factory):
+def whole_run(small_mnist_dir, tmp_path_factory):
     """The run never killed: 20 steps."""
     out = str(tmp_path_factory.mktemp("whole") / "run")
-    result = _train(*_FLAGS, "--steps=20", f"--data_dir={data_dir}", f"--out_dir={out}")
+    result = _train(*_FLAGS, "--steps=20", f"--data_dir={small_mnist_dir}", f"--out_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -137,10 +113,10 @@ def _same_results(run, whole):
 
 
 def test_killed_at_each_write_of_the_finish_resumes_to_the_same_results(
-    whole_run, data_dir, tmp_path
+    whole_run, small_mnist_dir, tmp_path
 ):
     out = str(tmp_path / "run")
-    args = (*_FLAGS, f"--data_dir={data_dir}", f"--out_dir={out}")
+    args = (*_FLAGS, f"--data_dir={small_mnist_dir}", f"--out_dir={out}")
     assert _train(*args, "--steps=10").returncode == 0  # A finished 10-step run, then extended:
     # killed while writing its model (case 1 of #22: the 10-step files stay whole, none partial).
     killed = _train(*args, "--steps=20", "--resume", driver=("before", "model.keras"))
@@ -187,14 +163,14 @@ def _small_tmpfs(path):
 
 
 def test_a_full_disk_is_one_sentence_and_a_rerun_with_room_resumes_exactly(
-    whole_run, data_dir, tmp_path
+    whole_run, small_mnist_dir, tmp_path
 ):
     disk = str(tmp_path / f"disk-{uuid.uuid4().hex[:6]}")
     mounted = _small_tmpfs(disk)
     try:
         out = os.path.join(disk, "run")
         filler = os.path.join(disk, "filler")
-        args = (*_FLAGS, "--steps=20", f"--data_dir={data_dir}", f"--out_dir={out}")
+        args = (*_FLAGS, "--steps=20", f"--data_dir={small_mnist_dir}", f"--out_dir={out}")
         # The disk fills up once the checkpoint of step 10 is written (a real full tmpfs where
         # mounting is possible, else the next weights file fails with ENOSPC).
         driver = ("fill", "10") if mounted else ("inject", "20")
@@ -247,12 +223,14 @@ def test_replacing_leaves_the_old_file_or_the_new_one(tmp_path):
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~files.umask())
 
 
-def test_a_run_shorter_than_an_epoch_trains_its_steps_and_is_then_complete(data_dir, tmp_path):
+def test_a_run_shorter_than_an_epoch_trains_its_steps_and_is_then_complete(
+    small_mnist_dir, tmp_path
+):
     """--steps below --steps_per_epoch: the default steps_per_execution divides --steps (25 made
     a 60-step run train 75, and its rerun was refused for a step no epoch divides)."""
     out = str(tmp_path / "run")
     args = ("--z_dim=3", "--hidden=16", "--batch_size=32", "--verbose=0", "--noxla")
-    args += ("--steps=30", f"--data_dir={data_dir}", f"--out_dir={out}")
+    args += ("--steps=30", f"--data_dir={small_mnist_dir}", f"--out_dir={out}")
     assert _train(*args).returncode == 0
     assert [s for s, _ in training.checkpoints(os.path.join(out, "checkpoints"))] == [30]
     assert json.load(open(os.path.join(out, "finished.json")))["step"] == 30
