@@ -150,12 +150,12 @@ def test_killed_at_each_write_of_the_finish_resumes_to_the_same_results(
     assert "samples.png is not the file written" in rundir.unfinished(out, 20)
 
 
-def _small_tmpfs(path):
-    """Mounts a 4 MiB tmpfs at `path`; False where this machine does not let us."""
+def _small_tmpfs(path, size="4m"):
+    """Mounts a tmpfs of `size` at `path`; False where this machine does not let us."""
     os.makedirs(path)
     try:
         result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", path], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True
         )
     except OSError:
         return False
@@ -236,3 +236,22 @@ def test_a_run_shorter_than_an_epoch_trains_its_steps_and_is_then_complete(
     assert json.load(open(os.path.join(out, "finished.json")))["step"] == 30
     again = _train(*args, "--resume")
     assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stderr[-2000:]
+
+
+def test_a_disk_that_fills_by_itself_is_one_line_and_no_crash(small_mnist_dir, tmp_path):
+    """A 3 MiB tmpfs that the run's own checkpoints fill (the issue's case: h5py's finalizers
+    then printed tracebacks and the process died of a segfault, rc 139)."""
+    disk = str(tmp_path / f"disk-{uuid.uuid4().hex[:6]}")
+    if not _small_tmpfs(disk, "3m"):
+        pytest.skip("this machine does not let the test mount a tmpfs (see the injected case)")
+    try:
+        args = ("--z_dim=3", "--hidden=64", "--steps=200", "--steps_per_epoch=50", "--verbose=0")
+        args += (f"--data_dir={small_mnist_dir}", f"--out_dir={disk}/run", "--noxla")
+        for resume in ((), ("--resume",)):
+            full = _train(*args, *resume)
+            lines = [line for line in full.stderr.splitlines() if line.strip()]
+            assert full.returncode == 1 and len(lines) == 1, full.stderr[-3000:]
+            assert lines[0].startswith("ERROR: No space left on device"), lines[0]
+    finally:
+        subprocess.run(["umount", disk], check=False)
+        shutil.rmtree(disk, ignore_errors=True)

@@ -233,7 +233,13 @@ def train_run(run, out_dir, strategy, distributed):
     except Exception as e:
         if not files.disk_full(e):
             raise
-        raise common.UserError(_disk_full_sentence(out_dir, e)) from None
+        # The failed write's h5py objects cannot be closed on a full disk: their finalizers print
+        # tracebacks and crash the interpreter's exit (rc 139). Say it in one line and leave at
+        # once (the kernel releases the run's lock; every checkpoint in place is whole).
+        common._fail(_disk_full_sentence(out_dir, e))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _train_and_finish(
