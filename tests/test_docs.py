@@ -10,6 +10,7 @@ as its slowest page.
 
 import concurrent.futures
 import glob
+import importlib.util
 import os
 import re
 import subprocess
@@ -87,8 +88,9 @@ def mnist_reason():
     return f"No MNIST files in {SHIPPED_MNIST} (the copy shipped in the package)."
 
 
-def run_page(page, work_dir):
-    """Runs the page's runnable blocks in order in `work_dir`; returns None, or the failure."""
+def run_page(page, work_dir, backend=None):
+    """Runs the page's runnable blocks in order in `work_dir` (under KERAS_BACKEND=`backend`
+    when given); returns None, or the failure."""
     scripts = os.path.join(os.path.dirname(work_dir), "scripts")
     os.makedirs(scripts, exist_ok=True)
     os.makedirs(work_dir, exist_ok=True)
@@ -99,6 +101,7 @@ def run_page(page, work_dir):
         **({ENV_VAR: os.path.abspath(os.environ[ENV_VAR])} if os.environ.get(ENV_VAR) else {}),
         # The tree under test, also when another copy of the package is installed.
         "PYTHONPATH": os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+        **({"KERAS_BACKEND": backend} if backend else {}),
     }
     for line, code in runnable_blocks(page):
         script = os.path.join(scripts, f"line{line}.py")
@@ -158,6 +161,19 @@ def test_readme_example_is_marked_and_short():
 @pytest.mark.slow
 def test_runnable_blocks(page, page_runs):
     failure = page_runs[page].result()
+    assert failure is None, failure
+
+
+@pytest.mark.slow
+def test_design_models_run_on_jax(tmp_path):
+    """The models design.md shows how to write (a new prior, a new latent-variable model) train,
+    evaluate, sample and save on Keras' JAX backend too, written once."""
+    reason = mnist_reason()
+    if reason:
+        pytest.skip(reason)
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("JAX is not installed (pip install -e .[jax])")
+    failure = run_page(os.path.join(ROOT, "docs", "design.md"), str(tmp_path / "work"), "jax")
     assert failure is None, failure
 
 
