@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 PAGES = [README] + DOCS
+DESIGN = os.path.join(ROOT, "docs", "design.md")
 RUNNABLE = "python runnable"  # The info string that marks a block to run.
 README_HEADING = "## Python in 15 lines"
 README_MAX_LINES = 20
@@ -133,13 +134,17 @@ def page_runs(tmp_path_factory):
     reason = mnist_reason()
     if reason:
         pytest.skip(reason)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(RUNNABLE_PAGES))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(RUNNABLE_PAGES) + 1)
     futures = {
         page: pool.submit(
             run_page, page, str(tmp_path_factory.mktemp(os.path.basename(page)) / "work")
         )
         for page in RUNNABLE_PAGES
     }
+    if importlib.util.find_spec("jax") is not None:  # design.md's models on JAX, beside them.
+        futures[DESIGN, "jax"] = pool.submit(
+            run_page, DESIGN, str(tmp_path_factory.mktemp("design-jax") / "work"), "jax"
+        )
     yield futures
     pool.shutdown(wait=True)
 
@@ -165,15 +170,12 @@ def test_runnable_blocks(page, page_runs):
 
 
 @pytest.mark.slow
-def test_design_models_run_on_jax(tmp_path):
+def test_design_models_run_on_jax(page_runs):
     """The models design.md shows how to write (a new prior, a new latent-variable model) train,
     evaluate, sample and save on Keras' JAX backend too, written once."""
-    reason = mnist_reason()
-    if reason:
-        pytest.skip(reason)
-    if importlib.util.find_spec("jax") is None:
+    if (DESIGN, "jax") not in page_runs:
         pytest.skip("JAX is not installed (pip install -e .[jax])")
-    failure = run_page(os.path.join(ROOT, "docs", "design.md"), str(tmp_path / "work"), "jax")
+    failure = page_runs[DESIGN, "jax"].result()
     assert failure is None, failure
 
 
