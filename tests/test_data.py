@@ -1154,3 +1154,12 @@ def test_real_mnist_is_refused_as_fashion_mnist(mnist, tmp_path, monkeypatch):
     else:
         with pytest.raises(data.DataError, match="holds MNIST, not Fashion-MNIST"):
             data.load("fashion_mnist", download=False)
+
+
+def test_a_keras_npz_without_labels_names_what_it_needs(tmp_path):
+    """A Keras-style mnist.npz needs all four arrays: the message asks for them, nothing else."""
+    a = make_arrays(n_train=6, n_test=3)
+    path = save(tmp_path / "mnist.npz", x_train=a["x_train"], x_test=a["x_test"])
+    with pytest.raises(data.DataError, match=r"missing array\(s\) \['y_train', 'y_test'\]") as e:
+        data._load_npz(path)
+    assert "optionally" not in str(e.value), e.value

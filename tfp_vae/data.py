@@ -298,7 +298,8 @@ def _read_npz(path: str, required: Sequence[str]) -> tuple[dict[str, np.ndarray]
             if missing:
                 raise DataError(
                     f"{path}: missing array(s) {missing}; the file holds {keys}, "
-                    f"expected {list(required)} (and optionally y_train, y_test)."
+                    f"expected {list(required)}"
+                    + ("." if "y_test" in required else " (and optionally y_train, y_test).")
                 )
             arrays = {}
             for key in _IDX_FILES:
