@@ -295,7 +295,9 @@ flags.DEFINE_enum(
     "across hosts, configured by the TF_CONFIG environment variable; run the same "
     "command on every worker, and the non-chief workers write to "
     "OUT_DIR/worker-<index>). --batch_size is the global batch, split across the "
-    "replicas; the update is the single-device one on the whole batch.",
+    "replicas; the update is the single-device one on the whole batch. With "
+    "--backend=jax, mirrored is keras.distribution.DataParallel over every local "
+    "device (--batch_size a multiple of their number); multi_worker is TensorFlow's.",
 )
 flags.DEFINE_bool(
     "mixed_precision",
@@ -370,7 +372,7 @@ def main(argv):
                 f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                 f"--steps={FLAGS.steps} (shorter than an epoch, it is the epoch)."
             )
-    if FLAGS.backend != "tensorflow" and FLAGS.strategy != "default":
+    if FLAGS.backend != "tensorflow" and FLAGS.strategy == "multi_worker":
         from tfp_vae import training  # Keras and the backend only: refused before the rest.
 
         try:
@@ -393,7 +395,14 @@ def main(argv):
         raise app.UsageError(str(e)) from e
     distributed = FLAGS.strategy != "default"
     if distributed:
-        print(f"Strategy: {FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s) in sync")
+        where = f" ({strategy})" if isinstance(strategy, training.DataParallel) else ""
+        print(
+            f"Strategy: {FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s) in sync{where}"
+        )
+    try:  # JAX's DataParallel shards a batch in equal parts only.
+        training.check_global_batch(FLAGS.batch_size, "--batch_size: the global batch")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     if FLAGS.mixed_precision:
         import keras
 
