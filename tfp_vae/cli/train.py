@@ -372,13 +372,13 @@ def main(argv):
                 f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                 f"--steps={FLAGS.steps} (shorter than an epoch, it is the epoch)."
             )
-    if FLAGS.backend != "tensorflow" and FLAGS.strategy == "multi_worker":
-        from tfp_vae import training  # Keras and the backend only: refused before the rest.
+    strategy = None
+    if FLAGS.backend != "tensorflow":
+        # Keras and JAX only, before the library (TFP's JAX substrate imports TensorFlow where
+        # it is installed): a refusal is quick, and the distribution precedes every variable.
+        from tfp_vae import training
 
-        try:
-            training.make_strategy(FLAGS.strategy)
-        except ValueError as e:
-            raise app.UsageError(str(e)) from e
+        strategy = _strategy(training)
     common.import_library()
     from tfp_vae import likelihoods, training
 
@@ -389,20 +389,9 @@ def main(argv):
     _refuse_foreign_parameters()
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).
-    try:
-        strategy = training.make_strategy(FLAGS.strategy)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+    if strategy is None:
+        strategy = _strategy(training)
     distributed = FLAGS.strategy != "default"
-    if distributed:
-        where = f" ({strategy})" if isinstance(strategy, training.DataParallel) else ""
-        print(
-            f"Strategy: {FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s) in sync{where}"
-        )
-    try:  # JAX's DataParallel shards a batch in equal parts only.
-        training.check_global_batch(FLAGS.batch_size, "--batch_size: the global batch")
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
     if FLAGS.mixed_precision:
         import keras
 
@@ -412,6 +401,25 @@ def main(argv):
     # One process per run directory; a run that fails before training leaves none behind.
     with rundir.RunDirectory(out_dir) as run:
         return running.train_run(run, out_dir, strategy, distributed)
+
+
+def _strategy(training):
+    """`training.make_strategy(--strategy)`, its Strategy line, and the check that its devices
+    share --batch_size (JAX's DataParallel shards a batch in equal parts only); UsageError."""
+    try:
+        strategy = training.make_strategy(FLAGS.strategy)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    if FLAGS.strategy != "default":
+        where = f" ({strategy})" if isinstance(strategy, training.DataParallel) else ""
+        print(
+            f"Strategy: {FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s) in sync{where}"
+        )
+    try:
+        training.check_global_batch(FLAGS.batch_size, "--batch_size: the global batch")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    return strategy
 
 
 # The flags of the models' training-data options (`train_options`: the labelled set).
