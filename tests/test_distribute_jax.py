@@ -82,13 +82,15 @@ def test_two_device_steps_equal_one_device_steps(equivalence, model):
 
 def test_train_binary_mirrored(tmp_path, small_mnist_dir):
     """bin/train --backend=jax --strategy=mirrored: the Strategy line names the distribution, a
-    run trains two epochs and writes its checkpoints and model.keras with it set (restoring
-    them is tested above); a batch the devices cannot share is one line and exit status 1."""
+    run trains two epochs (with --mixed_precision: bfloat16 networks, float32 losses) and writes
+    its checkpoints and model.keras with it set (restoring them is tested above); a batch the
+    devices cannot share is one line and exit status 1."""
     out = tmp_path / "run"
     args = [
         os.path.join(ROOT, "bin", "train"),
         "--backend=jax",
         "--strategy=mirrored",
+        "--mixed_precision",  # bin/train --backend=jax --mixed_precision: bfloat16 networks.
         f"--data_dir={small_mnist_dir}",
         "--z_dim=2",
         "--hidden=8",
@@ -115,4 +117,5 @@ def test_train_binary_mirrored(tmp_path, small_mnist_dir):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 4 and (out / "checkpoints" / "step-000000004").is_dir(), metrics
     assert metrics["replicas"] == 2 and metrics["strategy"] == "mirrored"
+    assert metrics["dtype_policy"] == "mixed_bfloat16"
     assert np.isfinite(metrics["nelbo"]) and (out / "model.keras").is_file()
