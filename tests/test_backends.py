@@ -97,15 +97,19 @@ def test_binaries_refuse_a_backend_in_one_line(tmp_path):
 
 
 @pytest.mark.integration  # A binary.
-def test_train_refuses_a_tf_distribute_strategy_on_jax(tmp_path):
+def test_train_refuses_multi_worker_on_jax(tmp_path):
+    """Several hosts on JAX are jax.distributed's, which bin/train does not run (--strategy=
+    mirrored, one host's devices, is keras.distribution.DataParallel: test_distribute_jax.py)."""
     pytest.importorskip("jax")
-    result = run("train", "--backend=jax", "--strategy=mirrored", f"--out_dir={tmp_path}/r")
+    result = run("train", "--backend=jax", "--strategy=multi_worker", f"--out_dir={tmp_path}/r")
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
         (
-            "ERROR: --strategy=mirrored is a tf.distribute strategy, and Keras runs on jax: "
-            "train on several devices there with keras.distribution.DataParallel "
-            "(keras.distribution.set_distribution), or use --backend=tensorflow. (see --help)"
+            "ERROR: --strategy=multi_worker is tf.distribute's MultiWorkerMirroredStrategy, and "
+            "Keras runs on jax: several hosts there take jax.distributed "
+            "(keras.distribution.initialize) with keras.distribution.DataParallel, which "
+            "bin/train does not run; use --strategy=mirrored for this host's devices, or "
+            "--backend=tensorflow. (see --help)"
         )
     ]
     assert not (tmp_path / "r").exists()

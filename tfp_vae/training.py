@@ -3,8 +3,9 @@ checkpoint, TensorBoard scalars and sample images; tf.distribute strategies and 
 
 On Keras' JAX backend the same `fit` trains (the checkpoints and the NaN stop are Keras'; the
 input pipeline is `tfp_vae.data_numpy`'s); TensorBoard needs TensorFlow's tf.summary, so without
-TensorFlow installed no logs are written (fit says so in one line), and the tf.distribute
-strategies are refused (`make_strategy`).
+TensorFlow installed no logs are written (fit says so in one line). Several devices there are
+Keras' `keras.distribution.DataParallel` (`make_strategy("mirrored")` gives `DataParallel`);
+several hosts (multi_worker) are refused.
 
 Distributed training (see `make_strategy`): build *and compile* the model inside
 `strategy.scope()`, then `fit` as usual. The models' train/test steps divide each replica's sum
@@ -46,22 +47,27 @@ def make_strategy(name="default"):
                     "task": {"type": "worker", "index": 0}}). Every worker runs the same program;
                     create the strategy before any other TensorFlow work.
 
-    On another Keras backend than TensorFlow's (JAX) only "default" exists (a stand-in with one
-    replica and an empty scope); several devices there are `keras.distribution.DataParallel`'s.
+    On JAX the same names give stand-ins with the strategy's `num_replicas_in_sync` and
+    `scope()`: "default" one device (`OneDevice`), "mirrored" every local device through
+    `keras.distribution.DataParallel` (`DataParallel`, which sets it for the process: create it
+    before any model); "multi_worker" is refused (several hosts there are `jax.distributed`'s).
 
     Raises:
-      ValueError: an unknown name, multi_worker without a usable TF_CONFIG, or a tf.distribute
-        strategy on another backend (one line naming the alternative).
+      ValueError: an unknown name, multi_worker without a usable TF_CONFIG, or multi_worker on
+        JAX (one line naming the alternative).
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {name!r}.")
     if keras.config.backend() != "tensorflow":
         if name == "default":
             return OneDevice()
+        if name == "mirrored":
+            return DataParallel()
         raise ValueError(
-            f"--strategy={name} is a tf.distribute strategy, and Keras runs on "
-            f"{keras.config.backend()}: train on several devices there with "
-            "keras.distribution.DataParallel (keras.distribution.set_distribution), or use "
+            f"--strategy={name} is tf.distribute's MultiWorkerMirroredStrategy, and Keras runs "
+            f"on {keras.config.backend()}: several hosts there take jax.distributed "
+            "(keras.distribution.initialize) with keras.distribution.DataParallel, which "
+            "bin/train does not run; use --strategy=mirrored for this host's devices, or "
             "--backend=tensorflow."
         )
     import tensorflow as tf
@@ -98,6 +104,96 @@ class OneDevice:
 
     def scope(self):
         return contextlib.nullcontext()
+
+    def __str__(self):
+        return "one device"
+
+
+class _EvenBatches(keras.distribution.DataParallel):
+    """Keras' DataParallel, laying out an array whose first dimension the devices do not divide
+    (a labelled set of 25 over 2 devices) whole on every device instead of failing: JAX shards
+    only in equal parts. Keras lays out every batch of an iteration as its first."""
+
+    def get_data_layout(self, data_shape):
+        devices = self.device_mesh.devices.size
+        if data_shape and data_shape[0] is not None and data_shape[0] % devices == 0:
+            return super().get_data_layout(data_shape)
+        return keras.distribution.TensorLayout([None] * len(data_shape), self.device_mesh)
+
+
+class DataParallel:
+    """`--strategy=mirrored` on JAX: synchronous data parallelism over every local device (the
+    GPUs, else the CPU's devices), MirroredStrategy's meaning, through Keras' own
+    `keras.distribution.DataParallel`, which this sets for the whole process
+    (`keras.distribution.set_distribution`): every variable made from then on is replicated on
+    the devices, and `fit`/`evaluate` shard each batch [B, ...] in B / devices rows per device.
+    The compiled step is the one-device step on the global batch (jax.jit partitions it; the
+    loss is the mean over the whole batch), so an update equals the one-device update up to the
+    order of the sums.
+
+    The global batch must divide evenly over the devices (`check_global_batch`); an array of
+    another size in a batch (the SSVAE's labelled set when the devices do not divide it) goes
+    whole to every device. Create it before any model, as a tf.distribute strategy.
+    """
+
+    cluster_resolver = None
+
+    def __init__(self, devices=None):
+        """`devices`: Keras device names ("cpu:0", "gpu:1", ...); default: every local one
+        (`keras.distribution.list_devices()`)."""
+        self.devices = list(devices or keras.distribution.list_devices())
+        self.distribution = _EvenBatches(devices=self.devices)
+        keras.distribution.set_distribution(self.distribution)
+
+    @property
+    def num_replicas_in_sync(self):
+        return len(self.devices)
+
+    def scope(self):
+        return self.distribution.scope()
+
+    def __str__(self):
+        return f"keras.distribution.DataParallel over {', '.join(self.devices)}"
+
+
+def _data_parallel_devices():
+    """How many devices a `keras.distribution.DataParallel` set for the process shards batches
+    over (1 without one)."""
+    if keras.config.backend() != "jax":
+        return 1
+    distribution = keras.distribution.distribution()
+    if not isinstance(distribution, keras.distribution.DataParallel):
+        return 1
+    return int(distribution.device_mesh.devices.size)
+
+
+def check_global_batch(batch_size, what="the global batch"):
+    """Raises ValueError (one line) when a `keras.distribution.DataParallel` is set (JAX's
+    `--strategy=mirrored`) and `batch_size` does not divide evenly over its devices."""
+    devices = _data_parallel_devices()
+    if batch_size % devices:
+        lower = batch_size - batch_size % devices
+        raise ValueError(
+            f"{what} of {batch_size} examples does not divide evenly over the {devices} devices "
+            "of keras.distribution.DataParallel (JAX shards each batch in equal parts): use a "
+            f"multiple of {devices}, e.g. {lower or devices} or {lower + devices}."
+        )
+
+
+def check_eval_batches(n, batch_size, what="the evaluation set"):
+    """Raises ValueError (one line) when a `keras.distribution.DataParallel` is set and
+    evaluating `n` examples in batches of `batch_size` cannot be laid out: Keras lays out every
+    batch as the first, so a first batch the devices divide (sharded) followed by a last one they
+    do not fails. (A first batch they do not divide goes whole to every device, and so do the
+    rest.)"""
+    devices = _data_parallel_devices()
+    first, last = min(n, batch_size), n % batch_size
+    if first % devices == 0 and last % devices:
+        raise ValueError(
+            f"{what} of {n} examples ends with a batch of {last}, which the {devices} devices of "
+            "keras.distribution.DataParallel cannot share in equal parts after a first batch "
+            f"of {first} that they do: use a set size that is a multiple of {devices}."
+        )
 
 
 def task_of(strategy):
@@ -543,7 +639,9 @@ def fit(
     checkpoint's), so a run can go on at a lower one.
 
     A model built and compiled in a tf.distribute strategy's scope trains replicated: each batch
-    of `train_data` is the global batch, split across the replicas. Under
+    of `train_data` is the global batch, split across the replicas. On JAX, with a
+    `keras.distribution.DataParallel` set (`make_strategy("mirrored")`), Keras shards each batch
+    over the devices, which must divide it evenly (ValueError otherwise). Under
     MultiWorkerMirroredStrategy every worker calls `fit` with the same (seeded) datasets and
     keeps its share of each batch (tf.data DATA sharding), and should have its own `out_dir`
     (see `worker_out_dir`).
@@ -554,7 +652,8 @@ def fit(
     Raises:
       NonFiniteLossError: a NaN/Inf loss; the last good checkpoint is left in place.
       CheckpointError: `resume` and the checkpoint cannot be restored.
-      ValueError: the checkpoint's step is not a whole number of epochs of `steps_per_epoch`.
+      ValueError: the checkpoint's step is not a whole number of epochs of `steps_per_epoch`,
+        or a batch that a `keras.distribution.DataParallel`'s devices cannot share.
     """
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     steps_per_epoch = min(steps_per_epoch, steps)
@@ -588,6 +687,12 @@ def fit(
                 f"step ({start}); got {type(train_data).__name__}."
             )
         train_data = train_data.skip(start)
+    if _data_parallel_devices() > 1:
+        # The batches' sizes, before Keras lays them out (its failure is JAX's many lines).
+        if isinstance(train_data, keras.utils.PyDataset):
+            check_global_batch(len(keras.tree.flatten(train_data[0])[0]))
+        if hasattr(validation_data, "batch_size") and hasattr(validation_data, "n"):
+            check_eval_batches(validation_data.n, validation_data.batch_size, "validation_data")
     if keras.config.backend() == "tensorflow":
         import tensorflow as tf
 

@@ -371,13 +371,16 @@ def check_writable(path, flag):
         raise app.UsageError(f"--{flag}={path} exists and cannot be written; give another name.")
 
 
-def eval_dataset(model, dataset, batch_size=1000):
+EVAL_BATCH = 1000  # Examples per batch of the test and validation metrics.
+
+
+def eval_dataset(model, dataset, batch_size=EVAL_BATCH):
     """The test split as the model's test_step takes it (the model says how:
     `eval_dataset`, transformed as its likelihood needs)."""
     return model.eval_dataset(dataset.x_test, dataset.y_test, batch_size)
 
 
-def test_metrics(model, dataset, batch_size=1000):
+def test_metrics(model, dataset, batch_size=EVAL_BATCH):
     """The model's test metrics on the test split (dict of floats; `model.test_metrics`), and
     the data transform they were computed on (`data_transform`, e.g. "static" binarisation for a
     Bernoulli, "none" for grayscale)."""

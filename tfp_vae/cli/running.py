@@ -155,6 +155,14 @@ def train_run(run, out_dir, strategy, distributed):
             f"Validation: {len(dataset.x_validation)} training examples held out "
             f"(--validation_seed={FLAGS.validation_seed}), {len(dataset.x_train)} trained on"
         )
+    try:  # JAX's DataParallel: the evaluations' batches, laid out as their first.
+        training.check_eval_batches(len(dataset.x_test), common.EVAL_BATCH, "the test set")
+        if dataset.x_validation is not None:
+            training.check_eval_batches(
+                len(dataset.x_validation), common.EVAL_BATCH, "--validation_split's set"
+            )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     steps = FLAGS.steps or RECIPE_STEPS[FLAGS.model]
     spe = min(FLAGS.steps_per_epoch, steps)
     total = -(-steps // spe) * spe  # training.fit trains whole epochs.

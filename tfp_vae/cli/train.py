@@ -295,7 +295,9 @@ flags.DEFINE_enum(
     "across hosts, configured by the TF_CONFIG environment variable; run the same "
     "command on every worker, and the non-chief workers write to "
     "OUT_DIR/worker-<index>). --batch_size is the global batch, split across the "
-    "replicas; the update is the single-device one on the whole batch.",
+    "replicas; the update is the single-device one on the whole batch. With "
+    "--backend=jax, mirrored is keras.distribution.DataParallel over every local "
+    "device (--batch_size a multiple of their number); multi_worker is TensorFlow's.",
 )
 flags.DEFINE_bool(
     "mixed_precision",
@@ -370,13 +372,13 @@ def main(argv):
                 f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                 f"--steps={FLAGS.steps} (shorter than an epoch, it is the epoch)."
             )
-    if FLAGS.backend != "tensorflow" and FLAGS.strategy != "default":
-        from tfp_vae import training  # Keras and the backend only: refused before the rest.
+    strategy = None
+    if FLAGS.backend != "tensorflow":
+        # Keras and JAX only, before the library (TFP's JAX substrate imports TensorFlow where
+        # it is installed): a refusal is quick, and the distribution precedes every variable.
+        from tfp_vae import training
 
-        try:
-            training.make_strategy(FLAGS.strategy)
-        except ValueError as e:
-            raise app.UsageError(str(e)) from e
+        strategy = _strategy(training)
     common.import_library()
     from tfp_vae import likelihoods, training
 
@@ -387,13 +389,9 @@ def main(argv):
     _refuse_foreign_parameters()
 
     # Before any other TensorFlow work (MultiWorkerMirroredStrategy starts its server here).
-    try:
-        strategy = training.make_strategy(FLAGS.strategy)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+    if strategy is None:
+        strategy = _strategy(training)
     distributed = FLAGS.strategy != "default"
-    if distributed:
-        print(f"Strategy: {FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s) in sync")
     if FLAGS.mixed_precision:
         import keras
 
@@ -403,6 +401,25 @@ def main(argv):
     # One process per run directory; a run that fails before training leaves none behind.
     with rundir.RunDirectory(out_dir) as run:
         return running.train_run(run, out_dir, strategy, distributed)
+
+
+def _strategy(training):
+    """`training.make_strategy(--strategy)`, its Strategy line, and the check that its devices
+    share --batch_size (JAX's DataParallel shards a batch in equal parts only); UsageError."""
+    try:
+        strategy = training.make_strategy(FLAGS.strategy)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    if FLAGS.strategy != "default":
+        where = f" ({strategy})" if isinstance(strategy, training.DataParallel) else ""
+        print(
+            f"Strategy: {FLAGS.strategy}, {strategy.num_replicas_in_sync} replica(s) in sync{where}"
+        )
+    try:
+        training.check_global_batch(FLAGS.batch_size, "--batch_size: the global batch")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    return strategy
 
 
 # The flags of the models' training-data options (`train_options`: the labelled set).

@@ -383,10 +383,12 @@ class Model(keras.Model):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, values) for an element of training data, as `fit` gives it to `train_step`
         (checked first): the scalar loss the step minimises and the train metrics' per-example
-        values. `seed`: a stateless seed (int32 [2]) for the random draws, or None. `training`:
-        the networks' mode; the step's is True (Dropout drops, BatchNormalization updates its
-        moving statistics), the default False gives the same numbers for the same seed."""
+        values. `seed`: a stateless seed [2] for the random draws, or None (fresh ones; on JAX
+        a fresh key, `backend.sampling_seed`). `training`: the networks' mode; the step's is
+        True (Dropout drops, BatchNormalization updates its moving statistics), the default
+        False gives the same numbers for the same seed."""
         batch = self.parse_batch(data, check_values=True)
+        seed = backend.sampling_seed(seed)
         return with_training(self.batch_losses, batch, seed, training=training)
 
     def _step_losses(self, batch):
