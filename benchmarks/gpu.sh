@@ -159,12 +159,14 @@ RESERVE=20  # Seconds kept for results.json at the end.
 export KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=3
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
-# The packages: what imports already, else the wheels.
+# The packages: what is installed already, else the wheels (found, not imported: importing takes
+# seconds; the first bin/train imports them).
+found='import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ("jax", "keras", "tensorflow_probability")))'
 check='import keras, tensorflow_probability.substrates.jax; assert keras.config.backend() == "jax"'
-if "$PYTHON" -c "$check" 2> /dev/null; then
-  [ -z "$WHEELS" ] || echo "== keras and TFP's JAX substrate already import: nothing installed from $WHEELS"
+if "$PYTHON" -c "$found" 2> /dev/null; then
+  [ -z "$WHEELS" ] || echo "== jax, keras and TFP are installed already: nothing installed from $WHEELS"
 else
-  [ -n "$WHEELS" ] || die "keras and TFP's JAX substrate do not import with $PYTHON; pass --wheels DIR (see --download_wheels)"
+  [ -n "$WHEELS" ] || die "jax, keras or TFP is not installed for $PYTHON; pass --wheels DIR (see --download_wheels)"
   SITE="$(mktemp -d)/site"
   echo "== pip install --no-index --no-deps --target $SITE $WHEELS/*.whl"
   "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl > "$OUT_DIR/install.log" 2>&1 \

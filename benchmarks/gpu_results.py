@@ -10,6 +10,7 @@ those runs' entries are replaced: what earlier calls recorded for other runs or 
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -47,12 +48,13 @@ def run_entry(out, name, status):
 
 
 def versions():
+    """The installed versions (package metadata: nothing is imported, which takes seconds)."""
     out = {"python": platform.python_version()}
-    for module in ("jax", "keras", "numpy", "torch", "tensorflow_probability"):
+    for package in ("jax", "jaxlib", "keras", "numpy", "torch", "tfp-nightly"):
         try:
-            out[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001  (absent or broken: recorded as such)
-            out[module] = None
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
     return out
 
 
@@ -135,7 +137,7 @@ def main():
                 iwae = "; bin/evaluate: " + ", ".join(
                     f"{k} {v:.2f}"
                     for k, v in r["iwae"].items()
-                    if k.startswith("iwae") and isinstance(v, float)
+                    if k.startswith("niwae") and isinstance(v, float)
                 )
             lines.append(
                 f"{name}: test {bounds}{iwae}; {m['steps']} steps, {m['train_seconds']:.0f} s"

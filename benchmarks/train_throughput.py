@@ -401,6 +401,26 @@ def time_torch_m2(steps):
     return dict(rates(times, steps, BATCH + 100, 6.0 * macs), device=device, batch=BATCH)
 
 
+def format_table(rows, headers):
+    """Plain-text table: rows of values under headers (as `tfp_vae.cli.common.format_table`,
+    which this process does not import: it would start Keras, and TensorFlow with it)."""
+    cells = [[str(h) for h in headers]] + [
+        [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json(path, obj):
+    """Writes `obj` as JSON to `path`, whole or not at all."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
 def fail(message):
     """A mistake in the flags: one line on stderr, exit status 2."""
     print(f"ERROR: {message}", file=sys.stderr)
@@ -470,7 +490,6 @@ def main(argv):
         run_child(FLAGS.child_json)
         return
     backends = check_flags()
-    from tfp_vae.cli import common  # format_table, write_json (no Keras backend is chosen here)
 
     peak_framework = "tensorflow" if "tensorflow" in backends else "jax"
     peak_device = framework_device(peak_framework)
@@ -549,7 +568,7 @@ def main(argv):
         f"the fastest of {FLAGS.repeats}"
     )
     print(
-        common.format_table(
+        format_table(
             rows,
             [
                 "backend",
@@ -570,7 +589,7 @@ def main(argv):
         print(f"PyTorch peers: {results['torch']}")
     print(json.dumps(results))
     if FLAGS.output_json:
-        common.write_json(FLAGS.output_json, results)
+        write_json(FLAGS.output_json, results)
 
 
 if __name__ == "__main__":
