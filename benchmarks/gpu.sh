@@ -167,7 +167,8 @@ if "$PYTHON" -c "$found" 2> /dev/null; then
   [ -z "$WHEELS" ] || echo "== jax, keras and TFP are installed already: nothing installed from $WHEELS"
 else
   [ -n "$WHEELS" ] || die "jax, keras or TFP is not installed for $PYTHON; pass --wheels DIR (see --download_wheels)"
-  SITE="$(mktemp -d)/site"
+  SITE_ROOT="$(mktemp -d)"; SITE="$SITE_ROOT/site"
+  trap 'rm -rf "$SITE_ROOT"' EXIT
   echo "== pip install --no-index --no-deps --target $SITE $WHEELS/*.whl"
   "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl > "$OUT_DIR/install.log" 2>&1 \
     || { echo "gpu.sh: installing the wheels failed; the end of $OUT_DIR/install.log:" >&2; tail -5 "$OUT_DIR/install.log" >&2; exit 1; }
@@ -177,7 +178,7 @@ else
 fi
 
 STATUS="$(mktemp)"  # "NAME STATUS" lines of this call, for results.json.
-trap 'rm -f "$STATUS"' EXIT
+trap 'rm -rf "$STATUS" ${SITE_ROOT:+"$SITE_ROOT"}' EXIT
 STOPPED=0
 left() { echo $(( DEADLINE - $(date +%s) - RESERVE )); }
 
