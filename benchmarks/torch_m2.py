@@ -18,21 +18,22 @@ def mlp(sizes, activation):
     return nn.Sequential(*layers)
 
 
-def build_peer(x_u, x_l, y_l, batch=BATCH, return_classifier=False):
+def build_peer(x_u, x_l, y_l, batch=BATCH, return_classifier=False, device="cpu"):
     """The peer's training step, a function of no arguments that draws a batch of `batch`
     dynamically binarised unlabelled images from x_u (float32 [N, 784] intensities in [0, 1]),
     takes one Adam step on mean -U(x) + 100 * cross-entropy on the labelled (x_l, y_l) and
-    returns the loss (a tensor). Also returns the classifier when `return_classifier`."""
+    returns the loss (a tensor). Also returns the classifier when `return_classifier`. The
+    networks live on `device` ("cpu" or "cuda"), where the tensors passed must be too."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    classifier = mlp([784, 300, 300, K], nn.ReLU)
-    encoder = mlp([784 + K, 300, 300, 2 * Z], nn.ELU)
-    decoder = mlp([Z + K, 300, 300, 784], nn.ELU)
+    classifier = mlp([784, 300, 300, K], nn.ReLU).to(device)
+    encoder = mlp([784 + K, 300, 300, 2 * Z], nn.ELU).to(device)
+    decoder = mlp([Z + K, 300, 300, 784], nn.ELU).to(device)
     params = [*classifier.parameters(), *encoder.parameters(), *decoder.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
-    eye = torch.eye(K)
+    eye = torch.eye(K, device=device)
 
     def negative_unlabelled_bound(x):
         logits = classifier(x)
@@ -52,7 +53,7 @@ def build_peer(x_u, x_l, y_l, batch=BATCH, return_classifier=False):
         return ((q * per_class).sum(1) + kl_y).mean()
 
     def step():
-        xb = torch.bernoulli(x_u[torch.randint(0, len(x_u), (batch,))])
+        xb = torch.bernoulli(x_u[torch.randint(0, len(x_u), (batch,), device=device)])
         loss = negative_unlabelled_bound(xb) + 100.0 * F.cross_entropy(classifier(x_l), y_l)
         opt.zero_grad()
         loss.backward()

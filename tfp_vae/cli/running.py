@@ -253,6 +253,8 @@ def train_run(run, out_dir, strategy, distributed):
 def _train_and_finish(
     model, dataset, out_dir, train_ds, val_ds, steps, start_step, settings, strategy
 ):
+    import keras
+
     from tfp_vae import training
 
     start = time.time()
@@ -308,7 +310,8 @@ def _train_and_finish(
         replicas=int(strategy.num_replicas_in_sync),
         dtype_policy=model.dtype_policy.name,
         # The optimizer's own value: a resumed run keeps its checkpoint's.
-        learning_rate=float(model.optimizer.learning_rate.numpy()),
+        # A schedule's value is a tensor or, on JAX, an array (no .numpy()): read it as NumPy.
+        learning_rate=float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
         command=" ".join(["train"] + sys.argv[1:]),
         likelihood=model.data_likelihood.family,
         data_transforms=model.data_transforms,
