@@ -26,13 +26,7 @@ def _import_tensorflow():
     """Imports TensorFlow. When TF_CPP_MIN_LOG_LEVEL asks for warnings and errors only (>= 2;
     the binaries default to 3, errors dropped too), the INFO lines of its start-up are dropped;
     everything else it writes to stderr then (warnings, errors) still reaches stderr."""
-    try:
-        level = int(_os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0)
-    except ValueError:
-        level = 0
-    if _os.environ.get("KERAS_BACKEND", "").strip().lower() == "jax":
-        return  # Keras on JAX: TensorFlow is not needed (and need not be installed).
-    if "tensorflow" in _sys.modules or level < 2:
+    if "tensorflow" in _sys.modules or not _quiet():
         import tensorflow
 
         return
@@ -54,6 +48,14 @@ def _import_tensorflow():
             _sys.stderr.write("".join(kept))
 
 
+def _quiet():
+    """Whether TF_CPP_MIN_LOG_LEVEL asks for warnings and errors only (>= 2; the binaries' 3)."""
+    try:
+        return int(_os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) >= 2
+    except ValueError:
+        return False
+
+
 def _keras_backend():
     """The Keras backend this process runs (or will run) on: Keras' own word once imported,
     else KERAS_BACKEND's (Keras' default, TensorFlow, without it)."""
@@ -71,6 +73,14 @@ def _import_all():
 
     if _keras_backend() == "tensorflow":
         _import_tensorflow()
+    elif _quiet():
+        # On JAX TensorFlow is not needed, but Keras imports it where it is installed (e.g.
+        # keras.utils.set_random_seed seeds tf.data): import it now, when its start-up lines can
+        # still be dropped, so that a binary's error stays one line.
+        try:
+            _import_tensorflow()
+        except ImportError:
+            pass  # Not installed (or not importable): nothing to quiet.
     for name in _MODULES:
         importlib.import_module(f"tfp_vae.{name}")  # Each becomes an attribute of the package.
     models = importlib.import_module("tfp_vae.models")

@@ -23,9 +23,34 @@ import numpy as np
 NAME = keras.backend.backend()
 BACKENDS = ("tensorflow", "jax")
 
+
+class _NoTensorFlow:
+    """An import hook under which `import tensorflow` fails, as where TF is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError("tfp_vae imports TFP's JAX substrate without TensorFlow")
+        return None
+
+
 if NAME == "jax":
+    import sys
+
     import jax.numpy as _numpy
-    from tensorflow_probability.substrates import jax as tfp
+
+    # TFP's JAX substrate imports TensorFlow, when installed, only to copy its docstrings: seconds
+    # of start-up and TF's log lines on stderr. Import it as if TF were absent (unless the process
+    # already has TF), and load the distributions and bijectors now, under the same hook.
+    _hook = None if "tensorflow" in sys.modules else _NoTensorFlow()
+    if _hook:
+        sys.meta_path.insert(0, _hook)
+    try:
+        from tensorflow_probability.substrates import jax as tfp
+
+        tfp.distributions.Normal, tfp.bijectors.Identity  # noqa: B018 (load the lazy modules)
+    finally:
+        if _hook:
+            sys.meta_path.remove(_hook)
 elif NAME == "tensorflow":
     import tensorflow as _numpy
     import tensorflow_probability as tfp
