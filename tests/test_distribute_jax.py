@@ -26,13 +26,16 @@ pytestmark = [
 ]
 
 
-def _run(args):
+def _run(args, without_tensorflow=False):
+    """Runs `args` with the JAX backend on two CPU devices (and, `without_tensorflow`, as where
+    TF is not installed: tests/without_tensorflow, which saves its start-up)."""
+    path = [os.path.join(ROOT, "tests", "without_tensorflow")] if without_tensorflow else []
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([*path, ROOT, os.environ.get("PYTHONPATH", "")]),
     )
     python = os.environ.get("TFP_VAE_JAX_PYTHON", sys.executable)
     return subprocess.run(
@@ -43,7 +46,8 @@ def _run(args):
 @pytest.fixture(scope="module")
 def equivalence():
     """The JSON report of tests/distribute_equivalence_jax.py."""
-    result = _run([os.path.join(ROOT, "tests", "distribute_equivalence_jax.py")])
+    script = os.path.join(ROOT, "tests", "distribute_equivalence_jax.py")
+    result = _run([script], without_tensorflow=True)
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])

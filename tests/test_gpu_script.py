@@ -18,8 +18,13 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.sh")
 THROUGHPUT = os.path.join(ROOT, "benchmarks", "train_throughput.py")
 
 
+# On PYTHONPATH, it makes every process of the script start as on the GPU machine, without TF.
+WITHOUT_TF = os.path.join(ROOT, "tests", "without_tensorflow")
+
+
 def _run(*args, data_dir=None, timeout=600):
     env = dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join([WITHOUT_TF] + [p for p in [env.get("PYTHONPATH")] if p])
     env.pop("OUT", None)
     if data_dir is not None:
         env["TFP_VAE_DATA_DIR"] = str(data_dir)
