@@ -1,6 +1,6 @@
-"""An independent PyTorch M1+M2 at the schedule of benchmarks/ssvae_gpu.sh, for a GPU with no
-TensorFlow: does the paper's number of example passes take M1+M2 to 95% when our package cannot
-run there? Needs only NumPy, PyTorch and absl (no tfp_vae, no TensorFlow).
+"""An independent PyTorch M1+M2 at the paper's schedule (benchmarks/gpu.sh's m1m2 part), written
+when our package could not run on a GPU without TensorFlow (it now can, on JAX): does the paper's
+number of example passes take M1+M2 to 95%? Needs only NumPy, PyTorch and absl (no tfp_vae).
 
   python benchmarks/torch_m1m2.py --data_dir=../shared/data/mnist --seeds=0,1,2 \
       --output_json=runs/torch_m1m2.json             # the full schedule (a GPU)
