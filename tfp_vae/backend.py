@@ -169,7 +169,7 @@ def compiled(fn, jit_compile: bool = False, static_argnums: tuple[int, ...] = ()
     if is_tensorflow():
         import tensorflow as tf
 
-        return tf.function(fn, jit_compile=jit_compile)
+        return tf.function(fn, jit_compile=jit_compile, autograph=False)
     import jax
 
     return jax.jit(fn, static_argnums=static_argnums)

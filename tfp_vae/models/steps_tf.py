@@ -212,7 +212,7 @@ def compiled_update(model, update):
     if not getattr(model, "xla_update", False) or tf.executing_eagerly():
         return update
     if getattr(model, "_xla_update_fn", None) is None:
-        model._xla_update_fn = tf.function(update, jit_compile=True)
+        model._xla_update_fn = tf.function(update, jit_compile=True, autograph=False)
     return model._xla_update_fn
 
 
@@ -264,6 +264,7 @@ def fused_update(model, batch):
     return problem, {name: model._trackers[name].result() for name in names}
 
 
+@tf.autograph.experimental.do_not_convert
 def train_step(model, data) -> dict[str, tf.Tensor]:
     """One gradient step on `batch_losses` of the element `data` (`Model.train_step`).
 
@@ -291,6 +292,7 @@ def signature_train_step(model, data) -> dict[str, tf.Tensor]:
     return training_outputs(model, gradient_step(model, lambda: model._step_losses(batch)))
 
 
+@tf.autograph.experimental.do_not_convert
 def test_step(model, data) -> dict[str, tf.Tensor]:
     """Keras' test step: adds the `test_terms` of `data` to the test metrics and returns their
     means so far (pooled over all replicas under tf.distribute)."""
