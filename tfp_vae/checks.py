@@ -25,6 +25,9 @@ import numpy as np
 from tfp_vae import backend
 from tfp_vae.backend import Tensor
 
+# Without TensorFlow, in files: the binaries check a model file before TF starts.
+from tfp_vae.files import check_keras_file  # noqa: F401
+
 ops = keras.ops
 
 NUM_CLASSES = 10  # The default number of classes of the semi-supervised models (MNIST's digits).
@@ -405,29 +408,6 @@ def in_chunks(fn, n, rows: int, seed=None):
         for i, start in enumerate(range(0, total, rows))
     ]
     return {key: ops.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-
-def check_keras_file(path: str) -> str:
-    """`path` if it is a .keras archive (a zip holding config.json), else a ValueError saying
-    it is not a valid .keras file (Keras calls a truncated or empty one "File not found"), or a
-    FileNotFoundError where there is no file."""
-    import zipfile
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No .keras file at {path}.")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            valid = "config.json" in archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError):
-        valid = False
-    if not valid:
-        raise ValueError(
-            f"{path} is not a valid .keras file (truncated or empty? "
-            f"{os.path.getsize(path)} bytes, not a zip "
-            "archive with the model's config.json); write it again (model.save, bin/train "
-            "--resume) or restore it."
-        )
-    return path
 
 
 def check_seed(seed: Tensor | np.ndarray | Sequence[int]) -> Tensor:

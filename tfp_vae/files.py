@@ -106,3 +106,26 @@ def disk_full(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def check_keras_file(path: str) -> str:
+    """`path` if it is a .keras archive (a zip holding config.json), else a ValueError saying
+    it is not a valid .keras file (Keras calls a truncated or empty one "File not found"), or a
+    FileNotFoundError where there is no file."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No .keras file at {path}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            valid = "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"{path} is not a valid .keras file (truncated or empty? "
+            f"{os.path.getsize(path)} bytes, not a zip "
+            "archive with the model's config.json); write it again (model.save, bin/train "
+            "--resume) or restore it."
+        )
+    return path

@@ -265,9 +265,11 @@ def import_library():
             ) from e
 
 
-def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
-    """Loads a model from a .keras file, a training run's out_dir, or a SavedModel directory
-    with its Keras model beside it (DIR.keras, as `bin/export` and savedmodels/ have it)."""
+def model_file(path):
+    """The .keras file that `path` names: itself, a training run's out_dir's model.keras, or the
+    Keras model beside a SavedModel directory (DIR.keras, as `bin/export` and savedmodels/ have
+    it). FileNotFoundError where there is none, UserError where it is not a .keras archive.
+    Without TensorFlow: the binaries call it before TF starts, so such a mistake is said at once."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
         beside = os.path.normpath(path) + ".keras"
         if not os.path.isfile(beside):
@@ -284,15 +286,21 @@ def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
             f"No saved model at {path}: pass a .keras file, the --out_dir "
             "of a finished `train` run or an exported SavedModel."
         )
+    from tfp_vae import files
+
+    try:
+        return files.check_keras_file(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def load_model(path, compile=True):  # noqa: A002  Keras' own argument name.
+    """Loads the model of `path` (`model_file`: a .keras file, a training run's out_dir, or a
+    SavedModel directory with its Keras model beside it)."""
+    path = model_file(path)
     import_library()
     import keras
 
-    from tfp_vae import checks
-
-    try:
-        checks.check_keras_file(path)
-    except ValueError as e:
-        raise UserError(str(e)) from None
     try:
         return keras.models.load_model(path, compile=compile)
     except Exception as e:  # zipfile, h5py, JSON and Keras raise many kinds.

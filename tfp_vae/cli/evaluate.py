@@ -80,6 +80,7 @@ def main(argv):
     iw = _iw_values()
     if FLAGS.output_json:
         common.check_output_file(FLAGS.output_json, "output_json")
+    common.model_file(FLAGS.model_path)  # A missing or broken model: said before TF starts.
     common.import_library()
     from tfp_vae import checks, data, evaluation
 

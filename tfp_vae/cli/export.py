@@ -56,6 +56,7 @@ def main(argv):
     for target in (FLAGS.export_dir, os.path.normpath(FLAGS.export_dir) + ".keras"):
         if os.path.lexists(target) and not FLAGS.overwrite:
             raise app.UsageError(f"{target} already exists; pass --overwrite to replace it.")
+    common.model_file(FLAGS.model_path)  # A missing or broken model: said before TF starts.
     common.import_library()
     from tfp_vae import export
 

@@ -139,6 +139,7 @@ def main(argv):
         plots.require_matplotlib()
     except ImportError as e:
         raise common.UserError(str(e)) from e
+    common.model_file(FLAGS.model_path)  # A missing or broken model: said before TF starts.
     common.import_library()
     import numpy as np
 
