@@ -429,3 +429,47 @@ def test_plain_stream_drops_ansi_escapes():
     text = "\x1b[1m10/10\x1b[0m \x1b[32m\u2501\x1b[0m - loss: 1.0\n"
     assert stream.write(text) == len(text)  # What was asked, as a stream answers.
     assert out.getvalue() == "10/10 \u2501 - loss: 1.0\n" and not stream.isatty()
+
+
+def test_mistakes_that_need_no_model_are_said_before_tensorflow_starts(tmp_path):
+    """A missing or broken model file, an --import that is nowhere, and train's run-directory and
+    --validation_split mistakes: one line, and TensorFlow never imported (python -X importtime
+    lists every import on stderr)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000000010").mkdir(parents=True)
+    archive = tmp_path / "m.keras"  # What a .keras file looks like from outside, to get past it.
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("config.json", "{}")
+    for binary, args, expected in [
+        ("sample", [f"--model_path={tmp_path / 'none'}", f"--output={tmp_path}/s.png"], "No saved"),
+        ("evaluate", [f"--model_path={broken}"], "is not a valid .keras file"),
+        ("export", [f"--model_path={run}", f"--export_dir={tmp_path}/e"], "No saved model"),
+        ("plot", [f"--model_path={broken}", f"--output={tmp_path}/p.png"], "not a valid .keras"),
+        (
+            "sample",
+            ["--import=nowhere", f"--model_path={archive}", f"--output={tmp_path}/s.png"],
+            "no module named",
+        ),
+        ("train", [f"--out_dir={a_file}"], "is a file, not a directory"),
+        ("train", [f"--out_dir={run}"], "already holds a training run; pass --resume"),
+        ("train", ["--validation_split=2.5", f"--out_dir={tmp_path}/v"], "neither a whole count"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", os.path.join(ROOT, "bin", binary), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("import ")]
+        assert result.returncode == 1 and len(errors) == 1 and expected in errors[0], errors
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()[1:]}
+        assert "tensorflow" not in imported and "keras" not in imported, (binary, args)
+    assert not (tmp_path / "v").exists() and not (tmp_path / "e").exists()

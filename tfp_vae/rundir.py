@@ -13,6 +13,7 @@ run that failed early (missing data, a bad flag) leaves nothing behind.
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import socket
 
@@ -87,6 +88,33 @@ class RunDirectory:
                 os.close(self._fd)  # Releases the lock.
                 self._fd = None
         return False
+
+
+# ---- the checkpoints of a run (written by `tfp_vae.training`) -----------------------------------
+CHECKPOINT_PREFIX = "step-"  # checkpoints/step-<global step, 9 digits>/
+STATE = "state.json"
+LEGACY_WEIGHTS = "last.weights.h5"  # Before checkpoints were directories: with state.json.
+
+
+def checkpoints(directory):
+    """[(step, path)] of the complete checkpoints in `directory`, newest first."""
+    found = []
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
+                found.append((int(name[len(CHECKPOINT_PREFIX) :]), os.path.join(directory, name)))
+        legacy = os.path.join(directory, STATE)
+        if os.path.isfile(legacy) and os.path.isfile(os.path.join(directory, LEGACY_WEIGHTS)):
+            try:
+                with open(legacy) as f:
+                    found.append((int(json.load(f)["step"]), directory))
+            except (OSError, ValueError, KeyError, TypeError):
+                found.append((-1, directory))
+    return sorted(found, reverse=True)
+
+
+def has_checkpoint(directory):
+    return bool(checkpoints(directory))
 
 
 # ---- the end of a run ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import tempfile
 import keras
 import numpy as np
 
-from tfp_vae import files, images
+from tfp_vae import files, images, rundir
 
 _WEIGHTS = "last.weights.h5"
 _STATE = "state.json"
@@ -303,32 +303,13 @@ class NaNGuard(keras.callbacks.Callback):
 # not at all, whenever the process dies. The global step is the whole of the training state
 # beyond the variables: the input pipelines and the models' training noise are keyed by it
 # (stateless RNGs).
-_PREFIX = "step-"
+# The names and the listing live in `rundir` (no TensorFlow there: bin/train refuses a run
+# directory's mistakes before TF starts).
+_PREFIX, _STATE, _LEGACY_WEIGHTS = rundir.CHECKPOINT_PREFIX, rundir.STATE, rundir.LEGACY_WEIGHTS
 _WEIGHTS = "weights.weights.h5"
-_STATE = "state.json"
-_LEGACY_WEIGHTS = "last.weights.h5"  # Before checkpoints were directories: with state.json.
 KEEP = 2  # Checkpoints kept: the newest, and one to fall back on if it is damaged.
-
-
-def checkpoints(directory):
-    """[(step, path)] of the complete checkpoints in `directory`, newest first."""
-    found = []
-    if os.path.isdir(directory):
-        for name in os.listdir(directory):
-            if name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit():
-                found.append((int(name[len(_PREFIX) :]), os.path.join(directory, name)))
-        legacy = os.path.join(directory, _STATE)
-        if os.path.isfile(legacy) and os.path.isfile(os.path.join(directory, _LEGACY_WEIGHTS)):
-            try:
-                with open(legacy) as f:
-                    found.append((int(json.load(f)["step"]), directory))
-            except (OSError, ValueError, KeyError, TypeError):
-                found.append((-1, directory))
-    return sorted(found, reverse=True)
-
-
-def has_checkpoint(directory):
-    return bool(checkpoints(directory))
+checkpoints = rundir.checkpoints
+has_checkpoint = rundir.has_checkpoint
 
 
 def _files_of(path):

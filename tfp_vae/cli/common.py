@@ -245,17 +245,27 @@ def import_library():
     has it. The launchers in bin/ defer all of them until the flags are parsed
     (TFP_VAE_DEFER_IMPORT=1)."""
     import importlib
+    import importlib.util
     import sys
 
     from absl import flags
 
     import tfp_vae
 
-    tfp_vae._import_all()  # The package whole, as a user's module may use it (tfp_vae.VAE).
-
     modules = flags.FLAGS["import"].value if "import" in flags.FLAGS else []
     if modules and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # A module beside the user, as `python -m` would find it.
+    for name in modules:  # One that is nowhere is said before TensorFlow starts.
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # Its package is missing, or the name is empty.
+            found = False
+        if not found:
+            raise UserError(
+                f"--import={name}: no module named {name!r}; give a module on PYTHONPATH or in "
+                "the current directory."
+            )
+    tfp_vae._import_all()  # The package whole, as a user's module may use it (tfp_vae.VAE).
     for name in modules:
         try:
             importlib.import_module(name)

@@ -134,16 +134,23 @@ def _flag_text(value):
     return "unset" if value is None else str(value)
 
 
-def train_run(run, out_dir, strategy, distributed):
-    from tfp_vae import data, training
-
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    resuming = training.has_checkpoint(ckpt_dir)
+def refuse_unasked_resume(out_dir):
+    """Whether `out_dir` holds a training run's checkpoint; a UsageError when it does and
+    --resume was not passed. Without TensorFlow (bin/train asks before TF starts)."""
+    resuming = rundir.has_checkpoint(os.path.join(out_dir, "checkpoints"))
     if resuming and not FLAGS.resume:
         raise app.UsageError(
             f"{out_dir} already holds a training run; pass --resume to continue "
             "it or choose another --out_dir."
         )
+    return resuming
+
+
+def train_run(run, out_dir, strategy, distributed):
+    from tfp_vae import data, training
+
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    resuming = refuse_unasked_resume(out_dir)
     dataset = data.load(FLAGS.dataset, FLAGS.data_dir)
     print(f"Data: {dataset.source}")
     if FLAGS.validation_split:

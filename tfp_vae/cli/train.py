@@ -10,6 +10,9 @@ On several GPUs or hosts (--batch_size is the global batch, split across the rep
   "index": 0}}' train --strategy=multi_worker --out_dir=runs/vae   # on h1; index 1 on h2
 """
 
+import contextlib
+import sys
+
 from absl import app, flags
 
 from tfp_vae import rundir
@@ -372,6 +375,26 @@ def main(argv):
                 f"--steps_per_execution={FLAGS.steps_per_execution} must divide "
                 f"--steps={FLAGS.steps} (shorter than an epoch, it is the epoch)."
             )
+    if FLAGS.validation_split:
+        from tfp_vae import data  # NumPy only: said before TensorFlow starts.
+
+        try:  # Its form: a count or a fraction (against the data's size once they are loaded).
+            data.validation_count(sys.maxsize, FLAGS.validation_split)
+        except data.DataError as e:
+            raise app.UsageError(f"--validation_split={FLAGS.validation_split:g}: {e}") from e
+    with contextlib.ExitStack() as stack:
+        run = None
+        if FLAGS.strategy != "multi_worker":
+            # One process writes to --out_dir: the directory is made, checked and locked before
+            # TensorFlow starts, so its mistakes (a file in the way, a run there without --resume,
+            # another process on it) are said at once. A cluster's workers know theirs later.
+            run = stack.enter_context(rundir.RunDirectory(FLAGS.out_dir))
+            running.refuse_unasked_resume(FLAGS.out_dir)
+        return _start(stack, run)
+
+
+def _start(stack, run):
+    """The rest of `main`: the library, the strategy, the run directory (if not yet taken)."""
     strategy = None
     if FLAGS.backend != "tensorflow":
         # Keras and JAX only, before the library (TFP's JAX substrate imports TensorFlow where
@@ -399,8 +422,9 @@ def main(argv):
         print(f"Mixed precision: {keras.mixed_precision.global_policy().name}")
     out_dir = training.worker_out_dir(FLAGS.out_dir, strategy)
     # One process per run directory; a run that fails before training leaves none behind.
-    with rundir.RunDirectory(out_dir) as run:
-        return running.train_run(run, out_dir, strategy, distributed)
+    if run is None:
+        run = stack.enter_context(rundir.RunDirectory(out_dir))
+    return running.train_run(run, out_dir, strategy, distributed)
 
 
 def _strategy(training):
