@@ -61,3 +61,53 @@ def assign(items, config):
         for node in item.listchain():
             node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
         item.add_marker(tier)
+
+
+# The CPU-seconds of the heaviest files, measured with tests/cpu_profile.py (docs/testing.md,
+# stop 26); any other file is estimated from its tests' tiers (ESTIMATE, CPU-seconds a test).
+MEASURED = {
+    "test_cli.py": 248,
+    "test_faults.py": 200,
+    "test_tools_follow_model.py": 186,
+    "test_docs.py": 139,
+    "test_gpu_script.py": 136,
+    "test_finish.py": 121,
+    "test_distribute.py": 116,
+    "test_jax_backend.py": 100,
+    "test_trainable_export.py": 99,
+    "test_validation_split.py": 78,
+    "test_mixed_precision.py": 66,
+    "test_pretrained.py": 64,
+    "test_signature_shapes.py": 62,
+    "test_vae.py": 61,
+    "test_ssvae.py": 58,
+    "test_export.py": 53,
+    "test_datasets_cli.py": 48,
+    "test_signatures.py": 45,
+    "test_plots.py": 45,
+    "test_conv_networks.py": 43,
+}
+ESTIMATE = {"unit": 0.3, "integration": 3, "slow": 20}
+
+
+def heaviest_files_first(items, config):
+    """Reorders `items` file by file, the files with the most work first (MEASURED, else their
+    tests' ESTIMATE), each file's tests in their own order. `pytest -n N --dist loadfile` hands
+    files to the workers in this order, so the long files start early rather than run on alone
+    at the end while the other workers idle."""
+    assigned = config.stash[ASSIGNED]
+    weight, order = {}, {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        tier = assigned.get(item.nodeid)
+        estimate = ESTIMATE.get(tier if isinstance(tier, str) else "", ESTIMATE["integration"])
+        weight[path] = weight.get(path, 0) + estimate
+        order.setdefault(path, len(order))
+    for path in weight:
+        weight[path] = MEASURED.get(path.rsplit("/", 1)[-1], weight[path])
+
+    def key(item):
+        path = item.nodeid.split("::")[0]
+        return -weight[path], order[path]
+
+    items.sort(key=key)
