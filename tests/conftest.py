@@ -60,7 +60,6 @@ def h5_arrays():
 def pytest_collection_modifyitems(config, items):
     # tryfirst: before pytest's own hook deselects by `-m`, which must see one tier per test.
     tiers.assign(items, config)
-    tiers.heaviest_files_first(items, config)
 
 
 @pytest.fixture(scope="module")

@@ -33,19 +33,3 @@ def test_two_tiers_on_one_level_is_a_conflict():
     assert tiers.resolve([[], ["unit", "integration", "unit"]]) == (None, ["integration", "unit"])
     # A repeated mark is still one tier.
     assert tiers.resolve([["slow", "slow"]]) == ("slow", None)
-
-
-def test_heaviest_files_first_keeps_each_files_order():
-    class Item:
-        def __init__(self, nodeid):
-            self.nodeid = nodeid
-
-    class Config:
-        stash = pytest.Stash()
-
-    ids = ["tests/a.py::t1", "tests/a.py::t2", "tests/b.py::t1", "tests/test_cli.py::t1"]
-    Config.stash[tiers.ASSIGNED] = dict(zip(ids, ["unit", "unit", "slow", "unit"], strict=True))
-    items = [Item(i) for i in ids]
-    tiers.heaviest_files_first(items, Config)
-    # test_cli.py by its measured seconds, then b.py (one slow test) before a.py (two unit ones).
-    assert [item.nodeid for item in items] == [ids[3], ids[2], ids[0], ids[1]]
