@@ -25,9 +25,6 @@ import numpy as np
 from tfp_vae import backend
 from tfp_vae.backend import Tensor
 
-# Without TensorFlow, in files: the binaries check a model file before TF starts.
-from tfp_vae.files import check_keras_file  # noqa: F401
-
 ops = keras.ops
 
 NUM_CLASSES = 10  # The default number of classes of the semi-supervised models (MNIST's digits).

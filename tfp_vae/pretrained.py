@@ -106,9 +106,9 @@ def load(name: str, compile: bool = True):  # noqa: A002  Keras' own argument na
             f"No shipped model {name!r}; the shipped ones are "
             f"{', '.join(sorted(known))} (tfp_vae.pretrained.list())."
         )
-    from tfp_vae import checks
+    from tfp_vae import files
 
-    path = checks.check_keras_file(os.path.join(directory(), name + ".keras"))
+    path = files.check_keras_file(os.path.join(directory(), name + ".keras"))
     return keras.models.load_model(path, compile=compile)
 
 

@@ -27,9 +27,6 @@ import numpy as np
 
 from tfp_vae import files, images, rundir
 
-_WEIGHTS = "last.weights.h5"
-_STATE = "state.json"
-
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
