@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 
+import binaries
 import numpy as np
 import pytest
 
@@ -81,10 +82,10 @@ def _env():
 def _train(*args, kill=None, timeout=240):
     """Runs bin/train (through the killing driver when `kill` = (point, step))."""
     if kill is None:
-        cmd = [sys.executable, os.path.join(ROOT, "bin", "train"), *args]
+        cmd = [os.path.join(ROOT, "bin", "train"), *args]
     else:
-        cmd = [sys.executable, "-c", _DRIVER, ROOT, kill[0], str(kill[1]), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+        cmd = ["-c", _DRIVER, ROOT, kill[0], str(kill[1]), *args]
+    return binaries.python(*cmd, env=_env(), timeout=timeout)
 
 
 def _weights_file(run_dir, step):
@@ -261,17 +262,11 @@ def test_export_never_replaces_a_run(whole_run, tmp_path):
     before = sorted(os.listdir(whole_run))
     for target in (whole_run, os.path.dirname(whole_run)):
         line = _one_line_error(
-            subprocess.run(
-                [
-                    sys.executable,
-                    os.path.join(ROOT, "bin", "export"),
-                    f"--model_path={whole_run}",
-                    f"--export_dir={target}",
-                    "--overwrite",
-                ],
-                capture_output=True,
-                text=True,
-                env=_env(),
+            binaries.run(
+                "export",
+                f"--model_path={whole_run}",
+                f"--export_dir={target}",
+                "--overwrite",
                 timeout=120,
             )
         )

@@ -14,9 +14,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 
+import binaries
 import numpy as np
 import pytest
 from binaries import ROOT
@@ -72,11 +72,11 @@ run()
 
 def _train(*args, driver=None, env=None):
     if driver is None:
-        cmd = [sys.executable, os.path.join(ROOT, "bin", "train"), *args]
+        cmd = [os.path.join(ROOT, "bin", "train"), *args]
     else:
-        cmd = [sys.executable, "-c", _DRIVER, ROOT, *driver, *args]
+        cmd = ["-c", _DRIVER, ROOT, *driver, *args]
     environ = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300)
+    return binaries.python(*cmd, env=environ, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ check what is drawn and written, not how good it looks."""
 
 import glob
 import os
-import subprocess
 import sys
 
+import binaries
 import keras
 import numpy as np
 import pytest
@@ -217,14 +217,7 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, vae):
 
 
 def _run(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", "plot"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return binaries.run("plot", *args)
 
 
 @pytest.fixture(scope="module")
