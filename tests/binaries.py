@@ -15,14 +15,16 @@ import zygote
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def python(*args, env=None, timeout=300, fresh=False):
+def python(*args, env=None, timeout=300, fresh=False, cwd=None):
     """`python *args` -> subprocess.CompletedProcess (text stdout and stderr); `env`, the whole
     environment, defaults to this one with TensorFlow's C++ logging off."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3") if env is None else env
     if not fresh and zygote.can_serve(args, env):
-        return zygote.run(args, env, timeout)
+        forked = zygote.run(args, env, timeout, cwd=cwd)
+        if forked is not None:
+            return forked
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
     )
 
 

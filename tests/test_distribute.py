@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import binaries
 import numpy as np
 import pytest
 
@@ -36,12 +37,8 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def equivalence():
     """The JSON report of tests/distribute_equivalence.py (one SGD step, mirrored vs one device)."""
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "distribute_equivalence.py")],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=TIMEOUT,
+    result = binaries.python(
+        os.path.join(ROOT, "tests", "distribute_equivalence.py"), env=_env(), timeout=TIMEOUT
     )
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
@@ -178,20 +175,15 @@ def test_a_strategy_with_one_replica_trains(tmp_path):
     or XLA function) for the VAE family and the SSVAE."""
     for model in ("vae", "ssvae"):
         out = tmp_path / model
-        result = subprocess.run(
-            [
-                sys.executable,
-                os.path.join(ROOT, "bin", "train"),
-                f"--model={model}",
-                "--z_dim=3",
-                "--steps=20",
-                "--steps_per_epoch=10",
-                "--verbose=0",
-                "--strategy=mirrored",
-                f"--out_dir={out}",
-            ],
-            capture_output=True,
-            text=True,
+        result = binaries.python(
+            os.path.join(ROOT, "bin", "train"),
+            f"--model={model}",
+            "--z_dim=3",
+            "--steps=20",
+            "--steps_per_epoch=10",
+            "--verbose=0",
+            "--strategy=mirrored",
+            f"--out_dir={out}",
             env=_env(),
             timeout=TIMEOUT,
         )

@@ -14,8 +14,8 @@ import importlib.util
 import os
 import re
 import subprocess
-import sys
 
+import binaries
 import pytest
 
 pytestmark = pytest.mark.unit
@@ -109,14 +109,7 @@ def run_page(page, work_dir, backend=None):
         with open(script, "w", encoding="utf-8") as f:
             f.write(code)
         try:
-            run = subprocess.run(
-                [sys.executable, script],
-                cwd=work_dir,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=BLOCK_TIMEOUT,
-            )
+            run = binaries.python(script, cwd=work_dir, env=env, timeout=BLOCK_TIMEOUT)
         except subprocess.TimeoutExpired:
             return f"{rel(page)}, the block at line {line}: no exit within {BLOCK_TIMEOUT} s."
         if run.returncode != 0:

@@ -7,12 +7,14 @@ interpreter they need lacks JAX or TensorFlow: set TFP_VAE_JAX_PYTHON / TFP_VAE_
 interpreter that has it (by default this one).
 """
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import binaries
 import keras
 import numpy as np
 import pytest
@@ -34,11 +36,13 @@ def binary(shape, seed=0, p=0.3):
     return (np.random.default_rng(seed).random(shape) < p).astype(np.float32)
 
 
+@functools.cache
 def interpreter(backend):
-    """An interpreter that imports `backend`'s framework, or None."""
+    """An interpreter that has `backend`'s framework installed, or None."""
     python = os.environ.get(f"TFP_VAE_{'JAX' if backend == 'jax' else 'TF'}_PYTHON", sys.executable)
     module = "jax" if backend == "jax" else "tensorflow"
-    found = subprocess.run([python, "-c", f"import {module}"], capture_output=True, check=False)
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    found = subprocess.run([python, "-c", code], capture_output=True, check=False)
     return python if found.returncode == 0 else None
 
 
@@ -56,14 +60,12 @@ def run_in(backend, code, block_tensorflow=False):
         "PYTHONPATH": os.pathsep.join([*hide, ROOT]),
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-    out = subprocess.run(
-        [python, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
+    if python == sys.executable:  # A warm start where it runs as a fresh one (tests/zygote.py).
+        out = binaries.python("-c", textwrap.dedent(code), env=env, cwd=ROOT)
+    else:
+        out = subprocess.run(
+            [python, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=ROOT
+        )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

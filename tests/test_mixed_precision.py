@@ -8,9 +8,8 @@ puts float32 back (the models keep the policy they were built with).
 import contextlib
 import json
 import os
-import subprocess
-import sys
 
+import binaries
 import keras
 import numpy as np
 import pytest
@@ -434,21 +433,14 @@ def test_train_binary_mixed_precision(tmp_path):
         y_test=rng.integers(0, 10, 100),
     )
     out = tmp_path / "run"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bin", "train"),
-            "--mixed_precision",
-            f"--data_dir={tmp_path}",
-            "--steps=30",
-            "--steps_per_epoch=30",
-            "--verbose=0",
-            f"--out_dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    result = binaries.run(
+        "train",
+        "--mixed_precision",
+        f"--data_dir={tmp_path}",
+        "--steps=30",
+        "--steps_per_epoch=30",
+        "--verbose=0",
+        f"--out_dir={out}",
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,9 +3,8 @@
 import math
 import os
 import re
-import subprocess
-import sys
 
+import binaries
 import pytest
 
 pytestmark = pytest.mark.unit
@@ -46,14 +45,7 @@ def test_example_runs(tmp_path):
         **({data.ENV_VAR: os.path.abspath(data_dir)} if data_dir else {}),
         "TMPDIR": str(tmp_path),
     }
-    run = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = binaries.python(str(script), cwd=tmp_path, env=env, timeout=600)
     assert run.returncode == 0, (
         f"The README example failed (exit {run.returncode}):\n"
         f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"

@@ -7,6 +7,7 @@ import os
 import re
 import textwrap
 
+import binaries
 import keras
 import numpy as np
 import pytest
@@ -236,9 +237,6 @@ USER_MODULE = textwrap.dedent(
 @pytest.fixture(scope="module")
 def user_model(tmp_path_factory):
     """A VampVAE trained from Python (in its own process, as a user's script would) and saved."""
-    import subprocess
-    import sys
-
     tmp = tmp_path_factory.mktemp("user")
     (tmp / "user_vamp.py").write_text(USER_MODULE)
     npz = _gray_npz(tmp / "bin.npz")
@@ -254,10 +252,9 @@ def user_model(tmp_path_factory):
         model.save("{tmp / "vamp.keras"}")
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
+    path = os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="3")
+    done = binaries.python("-c", script, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp, npz
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import binaries
 import keras
 import numpy as np
 import pytest
@@ -232,19 +233,11 @@ def test_export_binary_trainable_flag(tmp_path):
     model.compile(keras.optimizers.Adam(1e-3))
     model.fit(np.zeros((4, 784), np.float32), batch_size=2, epochs=1, verbose=0)
     model.save(tmp_path / "model.keras")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bin", "export"),
-            f"--model_path={tmp_path / 'model.keras'}",
-            f"--export_dir={tmp_path / 'saved'}",
-            "--trainable",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = binaries.run(
+        "export",
+        f"--model_path={tmp_path / 'model.keras'}",
+        f"--export_dir={tmp_path / 'saved'}",
+        "--trainable",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_step" in result.stdout

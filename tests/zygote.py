@@ -25,8 +25,10 @@ import sys
 import threading
 
 # Variables that the imports read once (or that decide what is imported): a run that sets any of
-# them differently gets a fresh interpreter, as does one that
-# changes a PYTHON* variable.
+# them differently gets a fresh interpreter, as does one that changes a PYTHON* variable other than
+# PYTHONPATH. Entries that a run adds to PYTHONPATH are added to the child's sys.path, unless one
+# of them holds a module that the server has imported (a stand-in for TensorFlow, say): then that
+# run, too, gets a fresh interpreter.
 _IMPORT_TIME = (
     "KERAS_BACKEND",
     "KERAS_HOME",
@@ -83,6 +85,8 @@ def _child(request, fds):
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    if "tempfile" in sys.modules:  # It keeps the TMPDIR it first saw.
+        sys.modules["tempfile"].tempdir = None
     argv = request["argv"]
     code = 0
     try:
@@ -105,7 +109,14 @@ def _child(request, fds):
             print(stop.code, file=sys.stderr)
             code = 1
     except BaseException:  # noqa: BLE001 (the interpreter's own: any uncaught one is printed)
-        sys.excepthook(*sys.exc_info())
+        kind, error, tb = sys.exc_info()
+        # The traceback from the program's first frame on, as the interpreter prints it.
+        first = "<string>" if argv[0] == "-c" else argv[0]
+        while tb is not None and tb.tb_frame.f_code.co_filename != first:
+            tb = tb.tb_next
+        if tb is not None:
+            error.__traceback__ = tb  # What the default hook prints, whatever it is passed.
+        sys.excepthook(kind, error, error.__traceback__)
         code = 1
     # What the interpreter does at exit: wait for the non-daemon threads, run atexit, flush.
     for thread in threading.enumerate():
@@ -124,6 +135,23 @@ def _child(request, fds):
         os._exit(code & 0xFF)
 
 
+def _added_path(env):
+    """The PYTHONPATH entries that `env` adds to the server's, in order; None when the child
+    cannot be given them faithfully (one is removed, or one holds a module already imported)."""
+    ours = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    theirs = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if any(p not in theirs for p in ours):
+        return None
+    added = [os.path.abspath(p) for p in theirs if p not in ours]
+    # What the server imported, and what any interpreter imports at start-up where it finds it.
+    imported = {name.partition(".")[0] for name in sys.modules} | {"sitecustomize", "usercustomize"}
+    for entry in added:
+        names = os.listdir(entry) if os.path.isdir(entry) else []
+        if imported & {name.partition(".")[0] for name in names}:
+            return None
+    return added
+
+
 def serve(fd):
     sock = socket.socket(fileno=fd)
     import keras  # noqa: F401  (TensorFlow backend: the server's KERAS_BACKEND)
@@ -136,23 +164,36 @@ def serve(fd):
             request, fds = _recv(sock, with_fds=3)
         except EOFError:
             return
+        added = _added_path(request["env"])
+        if added is None:
+            for fd in fds:
+                os.close(fd)
+            _send(sock, {"fresh": True})
+            continue
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             sock.close()
+            sys.path[1:1] = added
             _child(request, fds)
         for fd in fds:
             os.close(fd)
         _send(sock, {"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        _send(sock, {"returncode": os.waitstatus_to_exitcode(status)})
+        _, status, usage = os.wait4(pid, 0)
+        cpu = usage.ru_utime + usage.ru_stime
+        _send(sock, {"returncode": os.waitstatus_to_exitcode(status), "cpu": cpu})
 
 
 # ---- the client: one server per pytest worker -----------------------------------------------
 
-_SERVER = None
+# The idle servers of this process: a run takes one, or starts one when all are busy (threads that
+# run binaries at once, as test_docs' pages do, each get their own).
+_IDLE = []
 _LOCK = threading.Lock()
+# CPU-seconds of the children this process's runs forked (tests/cpu_profile.py adds them: they
+# are not this process's children, so RUSAGE_CHILDREN leaves them out).
+CHILD_CPU = 0.0
 
 
 def _base_env():
@@ -164,10 +205,9 @@ def enabled():
 
 
 def _start():
-    global _SERVER
+    """A new server, once it has done its imports: (its process, our end of its socket)."""
     ours, theirs = socket.socketpair()
-    env = _base_env()
-    env.setdefault("KERAS_BACKEND", "tensorflow")
+    env = dict(_base_env(), KERAS_BACKEND="tensorflow")
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), str(theirs.fileno())],
         pass_fds=[theirs.fileno()],
@@ -178,8 +218,7 @@ def _start():
     )
     theirs.close()
     _recv(ours)
-    _SERVER = (proc, ours, env)
-    return _SERVER
+    return proc, ours
 
 
 def can_serve(argv, env):
@@ -189,50 +228,73 @@ def can_serve(argv, env):
     if any(a == "--backend" or a.startswith("--backend=") for a in argv):
         if not any(a in ("--backend=tensorflow", "--backend=tf") for a in argv):
             return False
-    base = dict(_base_env())
-    base.setdefault("KERAS_BACKEND", "tensorflow")
-    keys = set(_IMPORT_TIME) | {k for k in (*env, *base) if k.startswith("PYTHON")}
+    if env.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return False
+    base = dict(_base_env(), KERAS_BACKEND=env.get("KERAS_BACKEND", "tensorflow"))
+    python = {k for k in (*env, *base) if k.startswith("PYTHON") and k != "PYTHONPATH"}
+    keys = set(_IMPORT_TIME) | python
     return all(env.get(k) == base.get(k) for k in keys)
 
 
 def run(argv, env, timeout, cwd=None):
     """`python *argv` (a script and its arguments, or -c CODE and its arguments) in a forked
-    child -> CompletedProcess."""
+    child -> CompletedProcess; None when the server cannot run it as a fresh interpreter would
+    (`_added_path`)."""
     with _LOCK:
-        server = _SERVER or _start()
-        _, sock, _ = server
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        with open(os.devnull, "rb") as devnull:
-            _send(
-                sock,
-                {"argv": list(argv), "env": env, "cwd": cwd or os.getcwd()},
-                fds=(devnull.fileno(), out_w, err_w),
-            )
-        os.close(out_w)
-        os.close(err_w)
-        pid = _recv(sock)[0]["pid"]
-        chunks = {out_r: [], err_r: []}
+        server = _IDLE.pop() if _IDLE else None
+    server = server or _start()
+    try:
+        result = _run_on(server[1], argv, env, timeout, cwd)
+    except BaseException:
+        server[1].close()  # Its protocol may be mid-message: it ends, a next run starts another.
+        raise
+    with _LOCK:
+        _IDLE.append(server)
+    return result
 
-        def drain(fd):
-            with open(fd, "rb", closefd=True) as f:
-                chunks[fd].append(f.read())
 
-        readers = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in chunks]
-        for r in readers:
-            r.start()
-        sock.settimeout(timeout)
-        try:
-            code = _recv(sock)[0]["returncode"]
-        except TimeoutError:
-            os.kill(pid, 9)
-            sock.settimeout(None)
-            _recv(sock)
-            raise subprocess.TimeoutExpired(argv, timeout) from None
-        finally:
-            sock.settimeout(None)
-        for r in readers:
-            r.join()
+def _run_on(sock, argv, env, timeout, cwd):
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    with open(os.devnull, "rb") as devnull:
+        _send(
+            sock,
+            {"argv": list(argv), "env": env, "cwd": os.fspath(cwd or os.getcwd())},
+            fds=(devnull.fileno(), out_w, err_w),
+        )
+    os.close(out_w)
+    os.close(err_w)
+    started = _recv(sock)[0]
+    if started.get("fresh"):
+        os.close(out_r)
+        os.close(err_r)
+        return None
+    pid = started["pid"]
+    chunks = {out_r: [], err_r: []}
+
+    def drain(fd):
+        with open(fd, "rb", closefd=True) as f:
+            chunks[fd].append(f.read())
+
+    readers = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in chunks]
+    for r in readers:
+        r.start()
+    sock.settimeout(timeout)
+    try:
+        done = _recv(sock)[0]
+    except TimeoutError:
+        os.kill(pid, 9)
+        sock.settimeout(None)
+        _recv(sock)
+        raise subprocess.TimeoutExpired(argv, timeout) from None
+    finally:
+        sock.settimeout(None)
+    for r in readers:
+        r.join()
+    global CHILD_CPU
+    with _LOCK:
+        CHILD_CPU += done["cpu"]
+    code = done["returncode"]
     # As subprocess.run(text=True) reads them: the locale's encoding, universal newlines.
     out, err = (io.TextIOWrapper(io.BytesIO(b"".join(chunks[fd]))).read() for fd in (out_r, err_r))
     return subprocess.CompletedProcess([sys.executable, *argv], code, out, err)
