@@ -245,6 +245,10 @@ def run(argv, env, timeout, cwd=None):
     server = server or _start()
     try:
         result = _run_on(server[1], argv, env, timeout, cwd)
+    except subprocess.TimeoutExpired:  # The child was killed and its end read: still in step.
+        with _LOCK:
+            _IDLE.append(server)
+        raise
     except BaseException:
         server[1].close()  # Its protocol may be mid-message: it ends, a next run starts another.
         raise
