@@ -12,7 +12,9 @@ It is used only where that cannot change the outcome: the Keras backend is Tenso
 is done), and no variable that those imports read differs from the server's (`_IMPORT_TIME`).
 Otherwise, and wherever a test asks (`fresh=True`), the run gets a fresh interpreter. Fork is safe
 here because the server has started no TensorFlow runtime (no eager context, no thread pools)
-before forking: only the imports ran. `TFP_VAE_TEST_ZYGOTE=0` turns it off.
+before forking: only the imports ran. Its only other threads are OpenBLAS' (numpy's and scipy's;
+with OPENBLAS_NUM_THREADS=1 there are none), which OpenBLAS stops and restarts around a fork; a
+Python thread in the server would make it answer "fresh". `TFP_VAE_TEST_ZYGOTE=0` turns it off.
 """
 
 import io
@@ -165,7 +167,7 @@ def serve(fd):
         except EOFError:
             return
         added = _added_path(request["env"])
-        if added is None:
+        if added is None or threading.active_count() > 1:
             for fd in fds:
                 os.close(fd)
             _send(sock, {"fresh": True})
