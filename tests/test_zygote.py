@@ -21,6 +21,7 @@ _PROGRAMS = {
     "killed": "import os; print('before', flush=True); os.kill(os.getpid(), 9)",
     "atexit": "import atexit; atexit.register(lambda: print('at exit')); print('main')",
     "argv and path": "import sys; print(sys.argv, sys.path[0] == '')",
+    "__main__": "X = 5; import __main__; print(__main__.X, __name__)",
 }
 
 

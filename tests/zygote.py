@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
+import types
 
 # Variables that the imports read once (or that decide what is imported): a run that sets any of
 # them differently gets a fresh interpreter, as does one that changes a PYTHON* variable other than
@@ -95,7 +96,9 @@ def _child(request, fds):
         if argv[0] == "-c":  # python -c CODE ARGS: argv ["-c", *ARGS], the path starts with ""
             sys.argv = ["-c", *argv[2:]]
             sys.path[0] = ""
-            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+            main = types.ModuleType("__main__")  # The program's own, as `import __main__` sees.
+            sys.modules["__main__"] = main
+            exec(compile(argv[1], "<string>", "exec"), main.__dict__)
         else:
             import runpy
 
