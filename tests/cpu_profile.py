@@ -5,8 +5,9 @@
 Each test (setup, call and teardown) appends one JSON line to $CPU_PROFILE_DIR/<worker pid>.jsonl
 (default: cpu_profile/ in the current directory): its node id, the CPU seconds of the pytest
 process itself ("self") and of the subprocesses it waited for ("children", the binaries), and its
-wall seconds. Wall time is contended by the other workers; CPU time much less so. Not loaded by
-default.
+wall seconds. Wall time is contended by the other workers; CPU time much less so. The binaries
+forked warm (tests/zygote.py) count in "children"; the imports of the process they fork from
+(once per pytest process) count nowhere. Not loaded by default.
 """
 
 import json

@@ -296,6 +296,9 @@ def _run_on(sock, argv, env, timeout, cwd):
         sock.settimeout(None)
         _recv(sock)
         raise subprocess.TimeoutExpired(argv, timeout) from None
+    except BaseException:  # Interrupted (Ctrl-C): the child goes too, as subprocess.run does.
+        os.kill(pid, 9)
+        raise
     finally:
         sock.settimeout(None)
     for r in readers:
