@@ -447,7 +447,10 @@ def _batch(n_u=8, n_l=20):
     return binary_images(n_u, seed=1), binary_images(n_l, seed=2), np.arange(n_l) % K
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+# The XLA twin compiles for 7 CPU-seconds: the slow tier (the graph one stays fast).
+@pytest.mark.parametrize(
+    "jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["graph", "xla"]
+)
 def test_bad_batch_in_fit_fails_clearly_and_changes_nothing(jit_compile):
     """XLA drops assertion ops: the fused update must still refuse a bad batch (pixels of either
     set, labels), with the same messages, and leave every weight and optimizer slot as it was."""
@@ -511,7 +514,8 @@ def test_xla_update_matches_graph_update():
     assert int(xla.optimizer.iterations) == 3
 
 
-@pytest.mark.parametrize("jit_compile", ["auto", False])
+# "auto" (XLA) compiles for 7 CPU-seconds: the slow tier (False stays fast).
+@pytest.mark.parametrize("jit_compile", [pytest.param("auto", marks=pytest.mark.slow), False])
 def test_compile_survives_a_reload(tmp_path, jit_compile):
     """A reloaded model comes back compiled the same way (XLA update or not), optimizer state
     included."""
