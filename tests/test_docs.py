@@ -1,5 +1,5 @@
 """The documentation runs: the README's "Python in 15 lines" and every `python runnable` block of
-docs/*.md, each in a fresh Python process on real MNIST, and every relative link of README.md and
+docs/*.md, each in its own Python process on real MNIST, and every relative link of README.md and
 docs/*.md points at an existing file (and heading). The convention is in docs/design.md
 ("Runnable code blocks").
 

@@ -47,7 +47,7 @@ def interpreter(backend):
 
 
 def run_in(backend, code, block_tensorflow=False):
-    """Runs `code` under KERAS_BACKEND=`backend` in a fresh interpreter (skips the test when none
+    """Runs `code` under KERAS_BACKEND=`backend` in its own interpreter (skips the test when none
     has that framework); returns its stdout's last line parsed as JSON."""
     python = interpreter(backend)
     if python is None:

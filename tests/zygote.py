@@ -69,6 +69,8 @@ def _recv(sock, with_fds=0):
     fds = []
     if with_fds:
         msg, fds, _, _ = socket.recv_fds(sock, 4, with_fds)
+        if not msg:
+            raise EOFError("zygote closed")
         head, rest = msg[:4], msg[4:]
     else:
         head, rest = _recv_exact(sock, 4), b""
@@ -163,7 +165,7 @@ def serve(fd):
     import tensorflow  # noqa: F401
     import tensorflow_probability  # noqa: F401
 
-    _send(sock, {"ready": os.getpid()})
+    _send(sock, {"ready": True})
     while True:
         try:
             request, fds = _recv(sock, with_fds=3)
@@ -230,14 +232,14 @@ def can_serve(argv, env):
     """Whether a forked child would run `argv` with `env` as a fresh interpreter would."""
     if not enabled():
         return False
-    if any(a == "--backend" or a.startswith("--backend=") for a in argv):
-        if not any(a in ("--backend=tensorflow", "--backend=tf") for a in argv):
-            return False
-    if env.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    backend = [a for a in argv if a == "--backend" or a.startswith("--backend=")]
+    if any(a != "--backend=tensorflow" for a in backend):  # "--backend jax" too: fresh.
         return False
-    base = dict(_base_env(), KERAS_BACKEND=env.get("KERAS_BACKEND", "tensorflow"))
+    if env.get("KERAS_BACKEND", "tensorflow") != "tensorflow":  # The server's (`_start`).
+        return False
+    base = _base_env()
     python = {k for k in (*env, *base) if k.startswith("PYTHON") and k != "PYTHONPATH"}
-    keys = set(_IMPORT_TIME) | python
+    keys = (set(_IMPORT_TIME) | python) - {"KERAS_BACKEND"}
     return all(env.get(k) == base.get(k) for k in keys)
 
 
